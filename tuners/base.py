@@ -1,0 +1,66 @@
+"""The ask/tell interface every tuner implements.
+
+A tuner never sees a clock or a device: the controller asks it which configuration to run
+for the next window, runs it, and tells it the window's cost. ``state_dict`` /
+``load_state_dict`` let a daemon resume tuning after a restart instead of exploring from
+scratch.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from ecoserve.space import Config, SearchSpace
+
+
+class Tuner(ABC):
+    """Base class: holds the space and a seeded random generator."""
+
+    #: Registry name (``--tuner NAME``).
+    name: str = "tuner"
+
+    def __init__(self, space: SearchSpace, seed: int | None = 0) -> None:
+        self.space = space
+        self.seed = seed
+        self.rng = random.Random(seed)
+
+    @abstractmethod
+    def ask(self) -> Config:
+        """The configuration to run for the next window."""
+
+    @abstractmethod
+    def tell(self, config: Config, cost: float, metrics: Mapping[str, float] | None = None) -> None:
+        """Report the cost measured for ``config`` over one window.
+
+        ``metrics`` may carry ``arrival_rate`` (requests/s), ``energy_per_request_j``,
+        ``latency_mean_s``: tuners that react to load changes read them.
+        """
+
+    def reset(self) -> None:
+        """Forget everything learned (the space and seed stay)."""
+        self.rng = random.Random(self.seed)
+
+    def governed_knobs(self) -> frozenset[str]:
+        """Knobs this tuner hands to the operating system's governors instead of pinning."""
+        return frozenset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state; the base part stores the random generator's state."""
+        state = self.rng.getstate()
+        return {"tuner": self.name, "rng": [state[0], list(state[1]), state[2]]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("tuner") != self.name:
+            raise ValueError(
+                f"state was saved by tuner {state.get('tuner')!r}, not {self.name!r}; "
+                "delete the state file or start with the same tuner"
+            )
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def describe(self) -> dict[str, Any]:
+        """A short, human-readable summary for status pages."""
+        return {"tuner": self.name}
