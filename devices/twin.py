@@ -36,15 +36,28 @@ class DeviceTwin(ABC):
         """Expected seconds to run one batch of ``batch`` items (noise-free)."""
 
     @abstractmethod
-    def power(self, freqs: Mapping[str, float], busy: float) -> float:
-        """Expected whole-board watts at these frequencies and activity (noise-free)."""
+    def power(self, freqs: Mapping[str, float], busy: float, *, batch: int | None = None) -> float:
+        """Expected whole-board watts at these frequencies and activity (noise-free).
 
-    def sample_batch_time(self, batch: int, freqs: Mapping[str, float], rng: random.Random) -> float:
+        ``batch`` is the size of the batch running while busy (power grows with it on
+        real boards); twins that do not model it ignore it.
+        """
+
+    def sample_batch_time(
+        self, batch: int, freqs: Mapping[str, float], rng: random.Random
+    ) -> float:
         t = self.batch_time(batch, freqs)
         return t * max(0.05, 1.0 + self.noise * rng.gauss(0.0, 1.0)) if self.noise else t
 
-    def sample_power(self, freqs: Mapping[str, float], busy: float, rng: random.Random) -> float:
-        p = self.power(freqs, busy)
+    def sample_power(
+        self,
+        freqs: Mapping[str, float],
+        busy: float,
+        rng: random.Random,
+        *,
+        batch: int | None = None,
+    ) -> float:
+        p = self.power(freqs, busy, batch=batch)
         return p * max(0.05, 1.0 + self.noise * rng.gauss(0.0, 1.0)) if self.noise else p
 
     def max_freqs(self) -> dict[str, float]:
@@ -95,7 +108,7 @@ class AnalyticTwin(DeviceTwin):
         cpu, gpu = self._parts(batch, freqs)
         return cpu + gpu
 
-    def power(self, freqs: Mapping[str, float], busy: float) -> float:
+    def power(self, freqs: Mapping[str, float], busy: float, *, batch: int | None = None) -> float:
         rc, rg = self._ratios(freqs)
         cpu_part, gpu_part = self._parts(8, freqs)
         cpu_share = cpu_part / (cpu_part + gpu_part)

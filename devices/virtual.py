@@ -62,18 +62,20 @@ class TwinMeter(PowerMeter):
         self._lock = threading.Lock()
         self._joules = 0.0
         self._busy = 0.0
+        self._batch: int | None = None
         self._last = clock()
 
     def _advance(self) -> None:
         now = self.clock()
         dt = max(0.0, now - self._last)
         self._last = now
-        self._joules += self.twin.power(self.actuator.current(), self._busy) * dt
+        self._joules += self.twin.power(self.actuator.current(), self._busy, batch=self._batch) * dt
 
-    def set_busy(self, busy: bool) -> None:
+    def set_busy(self, busy: bool, batch: int | None = None) -> None:
         with self._lock:
             self._advance()
             self._busy = 1.0 if busy else 0.0
+            self._batch = batch if busy else None
 
     def energy_joules(self) -> float:
         with self._lock:
@@ -89,7 +91,7 @@ class VirtualDevice(Device):
 
     def begin_batch(self, batch_size: int) -> None:
         assert isinstance(self.meter, TwinMeter)
-        self.meter.set_busy(True)
+        self.meter.set_busy(True, batch_size)
 
     def end_batch(self, batch_size: int, measured_s: float) -> float:
         freqs = self.actuator.current()

@@ -38,7 +38,9 @@ class Knob:
         if list(self.values) != sorted(self.values) or len(set(self.values)) != len(self.values):
             raise ValueError(f"knob {self.name!r}: values must be strictly increasing")
         if not 0 <= self.floor < len(self.values):
-            raise ValueError(f"knob {self.name!r}: floor {self.floor} outside 0..{len(self.values) - 1}")
+            raise ValueError(
+                f"knob {self.name!r}: floor {self.floor} outside 0..{len(self.values) - 1}"
+            )
 
     @property
     def size(self) -> int:
@@ -150,9 +152,7 @@ class SearchSpace:
 
     def config_for(self, values: Mapping[str, float]) -> Config:
         """The configuration nearest to the given values; missing knobs take their maximum."""
-        return tuple(
-            k.index_of(values[k.name]) if k.name in values else k.top for k in self.knobs
-        )
+        return tuple(k.index_of(values[k.name]) if k.name in values else k.top for k in self.knobs)
 
     def with_value(self, config: Config, name: str, index: int) -> Config:
         axis = self.axis(name)

@@ -1,0 +1,28 @@
+"""Request-arrival traces: bundled real ones, synthetic generators and CSV loaders.
+
+``load_trace("azure-code")``, ``load_trace("fixed:50ms", duration="10m")`` or
+``load_trace("my_trace.csv", rate=15)`` all return a ``Trace`` of arrival times.
+"""
+
+from .bundled import BUNDLED, BundledTrace, bundled_names, bundled_path, load_bundled
+from .durations import parse_duration
+from .generators import SPEC_FORMS, generate
+from .loaders import TIMESTAMP_COLUMNS, TraceFormatError, load_csv_trace
+from .resolve import load_trace
+from .trace import Trace
+
+__all__ = [
+    "BUNDLED",
+    "BundledTrace",
+    "SPEC_FORMS",
+    "TIMESTAMP_COLUMNS",
+    "Trace",
+    "TraceFormatError",
+    "bundled_names",
+    "bundled_path",
+    "generate",
+    "load_bundled",
+    "load_csv_trace",
+    "load_trace",
+    "parse_duration",
+]

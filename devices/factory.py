@@ -1,0 +1,67 @@
+"""Opening a device from a spec string (``--device``).
+
+Specs:
+- ``virtual:BOARD`` — the virtual device on BOARD's twin (``xavier-nx``, ``agx-xavier``,
+  ``nano``, ``orin``): no hardware touched; the default everywhere a test or a laptop runs.
+- ``virtual:analytic`` / ``virtual:analytic:BOARD`` — the stated analytic model instead of
+  the twin fitted to measured data.
+- ``sysfs`` — the real cpufreq/devfreq knobs and the best meter found under ``sysfs_root``.
+- ``none`` — no frequency knobs (batch-size-only tuning) with an estimated meter.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Device, NullActuator
+from .profiles import PROFILES, get_profile
+from .twin import AnalyticTwin, DeviceTwin
+from .virtual import VirtualDevice
+
+DEVICE_SPECS = ("virtual:BOARD", "virtual:analytic[:BOARD]", "sysfs", "none")
+
+
+def load_board_twin(board: str, noise: float | None = None) -> DeviceTwin:
+    """The twin fitted to measured data when available, else the analytic model."""
+    try:
+        fitted = importlib.import_module("devices.fitted_twin")
+    except ImportError:
+        fitted = None
+    if fitted is not None and hasattr(fitted, "load_twin"):
+        return fitted.load_twin(board, noise=noise)
+    twin = AnalyticTwin(get_profile(board))
+    if noise is not None:
+        twin.noise = noise
+    return twin
+
+
+def open_device(
+    spec: str = "virtual:xavier-nx", sysfs_root: str = "/", meter: str = "auto"
+) -> Device:
+    kind, _, rest = spec.partition(":")
+    if kind == "virtual":
+        board = rest or "xavier-nx"
+        if board.startswith("analytic"):
+            _, _, board_name = board.partition(":")
+            return VirtualDevice(AnalyticTwin(get_profile(board_name or "xavier-nx")))
+        if board not in PROFILES:
+            raise ValueError(
+                f"unknown virtual board {board!r}; choose one of {', '.join(sorted(PROFILES))}"
+            )
+        return VirtualDevice(load_board_twin(board))
+    if kind == "sysfs":
+        from .discovery import open_sysfs_actuator
+        from .meters import open_meter
+        from .sysfs import SysfsRoot
+
+        root = SysfsRoot(sysfs_root)
+        return Device(
+            f"sysfs:{sysfs_root}", open_sysfs_actuator(root), open_meter(meter, sysfs_root)
+        )
+    if kind == "none":
+        from .meters import open_meter
+
+        return Device(
+            "none", NullActuator(), open_meter("estimate" if meter == "auto" else meter, sysfs_root)
+        )
+    raise ValueError(f"unknown device spec {spec!r}; accepted forms: {', '.join(DEVICE_SPECS)}")

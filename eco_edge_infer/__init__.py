@@ -1,0 +1,13 @@
+"""The decorator API of ecoserve under the name the EcoEdgeInfer paper uses.
+
+import eco_edge_infer
+
+@eco_edge_infer.inference_method
+def run_inference(batch):
+    return model(batch)
+"""
+
+from ecoserve.decorator import InferenceMethod, inference_method
+from ecoserve.engine import EngineSettings
+
+__all__ = ["EngineSettings", "InferenceMethod", "inference_method"]

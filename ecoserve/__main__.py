@@ -1,0 +1,5 @@
+import sys
+
+from ecoserve.cli import main
+
+sys.exit(main())

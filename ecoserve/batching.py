@@ -1,0 +1,103 @@
+"""The batching policy: when a batch leaves the queue, and how big it is.
+
+Sans-IO: the policy holds the queue (items with their arrival times) and is asked, with
+the current time, what to do. It never sleeps; the asyncio runtime and the simulator each
+turn its answer into their own kind of waiting.
+
+The rule: dispatch when ``batch_size`` items wait, or when the oldest has waited
+``max_wait`` seconds. The wait is measured from the oldest item's arrival, not from when
+the worker became free, so a partial batch is never starved, and items keep joining the
+pending batch while the model is busy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dispatch(Generic[T]):
+    """Run these items now as one batch (oldest first)."""
+
+    items: list[T]
+    arrivals: list[float]
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    """Nothing to run before ``deadline`` unless more items arrive."""
+
+    deadline: float
+
+
+class QueueFullError(RuntimeError):
+    """The bounded queue is full; the caller should retry later."""
+
+
+class BatchPolicy(Generic[T]):
+    def __init__(
+        self, batch_size: int = 1, max_wait: float = 0.05, max_queue: int | None = None
+    ) -> None:
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait}")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.max_wait = float(max_wait)
+        self.max_queue = max_queue
+        self._queue: deque[tuple[float, T]] = deque()
+        self.batch_size = 1
+        self.set_batch_size(batch_size)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def full(self) -> bool:
+        return self.max_queue is not None and len(self._queue) >= self.max_queue
+
+    def add(self, item: T, arrival: float) -> None:
+        """Queue an item; raises QueueFullError when the bound is reached."""
+        if self.full:
+            raise QueueFullError(f"queue is full ({self.max_queue} waiting)")
+        self._queue.append((arrival, item))
+
+    def oldest_arrival(self) -> float | None:
+        return self._queue[0][0] if self._queue else None
+
+    def poll(self, now: float) -> Dispatch[T] | WaitUntil | None:
+        """What to do at ``now``: a batch to run, a time to wake up, or None (empty queue)."""
+        if not self._queue:
+            return None
+        oldest = self._queue[0][0]
+        # compare with the same sum as the deadline handed out, so waking at it always dispatches
+        if len(self._queue) >= self.batch_size or now >= oldest + self.max_wait:
+            return self._take(self.batch_size)
+        return WaitUntil(oldest + self.max_wait)
+
+    def flush(self) -> Dispatch[T] | None:
+        """Take the next batch regardless of the wait (used when draining at shutdown)."""
+        return self._take(self.batch_size) if self._queue else None
+
+    def discard(self, gone: Callable[[T], bool]) -> list[T]:
+        """Drop items whose caller has gone before they are batched; returns them."""
+        kept: deque[tuple[float, T]] = deque()
+        dropped = []
+        for arrival, item in self._queue:
+            (dropped.append(item) if gone(item) else kept.append((arrival, item)))
+        self._queue = kept
+        return dropped
+
+    def _take(self, n: int) -> Dispatch[T]:
+        count = min(n, len(self._queue))
+        taken = [self._queue.popleft() for _ in range(count)]
+        return Dispatch(items=[item for _, item in taken], arrivals=[a for a, _ in taken])

@@ -1,0 +1,300 @@
+"""The controller: from finished batches to windows, costs and the next configuration.
+
+Sans-IO: it is told what happened (arrivals, finished batches, the meter's cumulative
+reading, the time) and answers with a window report when a window closes; the
+configuration to run next is then ``controller.config``. The asyncio runtime and the
+simulator both drive this one object, so the benchmark measures what the daemon does.
+
+Life of a configuration: after each change the first ``warmup_requests`` completions
+are dropped (caches, clocks and queues settle), then a window collects
+``window_requests`` completions (or runs ``window_seconds``, whichever comes first, so a
+slow arrival rate still tunes). The very first window runs every knob at its maximum and
+becomes the cost's baseline (E0, L0) unless a baseline was given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tuners.base import Tuner
+
+from .cost import Baseline, CostModel, EnergyAccounting
+from .space import BATCH, Config, SearchSpace
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one finished batch tells the controller."""
+
+    config: Config
+    latencies: Sequence[float]
+    energy_j: float
+    end: float
+    meter_j: float
+    failed: int = 0
+
+    @property
+    def served(self) -> int:
+        return len(self.latencies)
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    index: int
+    phase: str
+    config: Config
+    values: dict[str, float]
+    requests: int
+    failed: int
+    start: float
+    end: float
+    energy_j: float
+    energy_per_request_j: float
+    latency_mean_s: float
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_p99_s: float
+    arrival_rate: float
+    cost: float
+    accounting: str
+    next_config: Config
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = list(self.config)
+        d["next_config"] = list(self.next_config)
+        return d
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (q in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass
+class _Window:
+    opened_at: float
+    meter_at_open: float
+    latencies: list[float] = field(default_factory=list)
+    active_energy_j: float = 0.0
+    failed: int = 0
+    arrivals: int = 0
+
+
+class Controller:
+    def __init__(
+        self,
+        space: SearchSpace,
+        tuner: Tuner,
+        cost_model: CostModel | None = None,
+        baseline: Baseline | None = None,
+        window_requests: int | None = 416,
+        warmup_requests: int = 100,
+        window_seconds: float | None = None,
+        accounting: EnergyAccounting | str = EnergyAccounting.ACTIVE,
+        history: int = 256,
+    ) -> None:
+        if window_requests is None and window_seconds is None:
+            raise ValueError("a window needs window_requests, window_seconds, or both")
+        if window_requests is not None and window_requests < 1:
+            raise ValueError(f"window_requests must be >= 1, got {window_requests}")
+        if warmup_requests < 0:
+            raise ValueError(f"warmup_requests must be >= 0, got {warmup_requests}")
+        self.space = space
+        self.tuner = tuner
+        self.cost_model = cost_model or CostModel()
+        self.baseline = baseline
+        self.window_requests = window_requests
+        self.warmup_requests = warmup_requests
+        self.window_seconds = window_seconds
+        self.accounting = EnergyAccounting(accounting)
+        self.reports: deque[WindowReport] = deque(maxlen=history)
+        self.windows_closed = 0
+        self.pinned: dict[str, int] = {}
+        self._config: Config = space.maximum()
+        self._changed_at = 0.0
+        self._warmup_left = warmup_requests
+        self._window: _Window | None = None
+        self._started = False
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        """The configuration to run now."""
+        return self._config
+
+    @property
+    def phase(self) -> str:
+        return "tuning" if self.baseline is not None else "baseline"
+
+    @property
+    def ready(self) -> bool:
+        """True once the baseline is known (measured or loaded)."""
+        return self.baseline is not None
+
+    def governed_knobs(self) -> frozenset[str]:
+        return self.tuner.governed_knobs() - frozenset(self.pinned)
+
+    def values(self) -> dict[str, float]:
+        return self.space.values(self._config)
+
+    def batch_size(self) -> int:
+        return int(self.values()[BATCH]) if self.space.has(BATCH) else 1
+
+    # -- events ---------------------------------------------------------------------------
+    def start(self, now: float, meter_j: float) -> Config:
+        """Choose the first configuration: the maximum for the baseline, else the tuner's."""
+        self._started = True
+        first = self.space.maximum() if self.baseline is None else self.tuner.ask()
+        self._switch(self._with_pins(first), now, meter_j)
+        return self._config
+
+    def on_arrival(self, now: float) -> None:
+        """A request arrived (used for the window's arrival rate)."""
+        if self._window is not None:
+            self._window.arrivals += 1
+
+    def on_batch(self, outcome: BatchOutcome) -> WindowReport | None:
+        """Account one finished batch; returns a report when it closes a window."""
+        if not self._started:
+            raise RuntimeError("Controller.start() must be called before on_batch()")
+        if tuple(outcome.config) != self._config:
+            return None  # ran under the previous configuration: not this one's to judge
+        if self._window is None:
+            if outcome.failed:
+                self._warmup_left -= outcome.failed
+            self._warmup_left -= outcome.served
+            if self._warmup_left > 0 and not self._warmup_timed_out(outcome.end):
+                return None
+            self._open_window(outcome.end, outcome.meter_j)
+            return None
+        w = self._window
+        w.latencies.extend(outcome.latencies)
+        w.active_energy_j += outcome.energy_j
+        w.failed += outcome.failed
+        return self._maybe_close(outcome.end, outcome.meter_j)
+
+    def tick(self, now: float, meter_j: float) -> WindowReport | None:
+        """Let time pass with no batch: closes a timed window or ends a timed warm-up."""
+        if not self._started:
+            return None
+        if self._window is None:
+            if self._warmup_timed_out(now):
+                self._open_window(now, meter_j)
+            return None
+        return self._maybe_close(now, meter_j)
+
+    # -- run-time control -----------------------------------------------------------------
+    def pin(self, values: Mapping[str, float], now: float, meter_j: float) -> Config:
+        """Hold some knobs at given values (nearest available); the tuner moves the rest."""
+        for name, value in values.items():
+            knob = self.space.knobs[self.space.axis(name)]
+            self.pinned[name] = knob.index_of(float(value))
+        self._switch(self._with_pins(self._config), now, meter_j)
+        return self._config
+
+    def unpin(self, now: float, meter_j: float) -> None:
+        self.pinned.clear()
+        self._switch(self._config, now, meter_j)
+
+    def set_tuner(self, tuner: Tuner, now: float, meter_j: float) -> Config:
+        """Switch tuner mid-run; the new one starts from its own first ask."""
+        if tuner.space != self.space:
+            raise ValueError("the new tuner must work on the controller's search space")
+        self.tuner = tuner
+        if self.baseline is not None:
+            self._switch(self._with_pins(tuner.ask()), now, meter_j)
+        return self._config
+
+    # -- internals ------------------------------------------------------------------------
+    def _with_pins(self, config: Config) -> Config:
+        for name, index in self.pinned.items():
+            config = self.space.with_value(config, name, index)
+        return config
+
+    def _warmup_timed_out(self, now: float) -> bool:
+        return (
+            self.window_seconds is not None and now - self._changed_at >= 0.25 * self.window_seconds
+        )
+
+    def _switch(self, config: Config, now: float, meter_j: float) -> None:
+        changed = config != self._config
+        self._config = config
+        self._changed_at = now
+        self._window = None
+        self._warmup_left = self.warmup_requests if changed or self.windows_closed == 0 else 0
+        if self._warmup_left <= 0:
+            self._open_window(now, meter_j)
+
+    def _open_window(self, now: float, meter_j: float) -> None:
+        self._window = _Window(opened_at=now, meter_at_open=meter_j)
+
+    def _maybe_close(self, now: float, meter_j: float) -> WindowReport | None:
+        w = self._window
+        assert w is not None
+        n = len(w.latencies)
+        full = self.window_requests is not None and n >= self.window_requests
+        timed = (
+            self.window_seconds is not None and now - w.opened_at >= self.window_seconds and n > 0
+        )
+        if not (full or timed):
+            return None
+        return self._close(now, meter_j)
+
+    def _close(self, now: float, meter_j: float) -> WindowReport:
+        w = self._window
+        assert w is not None
+        n = len(w.latencies)
+        lat = sorted(w.latencies)
+        total_j = max(0.0, meter_j - w.meter_at_open)
+        energy = w.active_energy_j if self.accounting is EnergyAccounting.ACTIVE else total_j
+        e_req = energy / n
+        l_mean = sum(lat) / n
+        duration = max(now - w.opened_at, 1e-9)
+        phase = self.phase
+        if self.baseline is None:
+            self.baseline = Baseline(max(e_req, 1e-12), max(l_mean, 1e-9), self.accounting.value)
+        p = self.cost_model.slo_percentile
+        cost = self.cost_model.cost(e_req, l_mean, self.baseline, percentile(lat, p))
+        rate = w.arrivals / duration
+        metrics = {
+            "arrival_rate": rate,
+            "energy_per_request_j": e_req,
+            "latency_mean_s": l_mean,
+            "requests": float(n),
+        }
+        self.tuner.tell(self._config, cost, metrics)
+        done_config = self._config
+        self.windows_closed += 1
+        self._switch(self._with_pins(self.tuner.ask()), now, meter_j)
+        report = WindowReport(
+            index=self.windows_closed - 1,
+            phase=phase,
+            config=done_config,
+            values=self.space.values(done_config),
+            requests=n,
+            failed=w.failed,
+            start=w.opened_at,
+            end=now,
+            energy_j=energy,
+            energy_per_request_j=e_req,
+            latency_mean_s=l_mean,
+            latency_p50_s=percentile(lat, 50),
+            latency_p95_s=percentile(lat, 95),
+            latency_p99_s=percentile(lat, 99),
+            arrival_rate=rate,
+            cost=cost,
+            accounting=self.accounting.value,
+            next_config=self._config,
+        )
+        self.reports.append(report)
+        return report

@@ -1,0 +1,84 @@
+"""The normalised energy-plus-latency cost of a window, and its baseline.
+
+``cost = a * E / E0 + (1 - a) * L / L0`` where ``E`` is the mean energy per request and
+``L`` the mean latency per request (arrival to completion, waiting included); ``E0`` and
+``L0`` are the same figures with every knob at its maximum. A cost of 1.0 means "as good
+as running flat out"; lower is better.
+
+Optional SLO mode: minimise energy subject to a latency percentile bound. The cost is
+then ``E / E0`` while the percentile meets the bound, plus a penalty that grows with the
+relative violation, so the tuners still see one scalar to minimise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+
+class EnergyAccounting(str, Enum):
+    """How a window's energy is divided among its requests (reports say which)."""
+
+    #: Energy measured while batches ran, divided among their requests (the paper's).
+    ACTIVE = "active"
+    #: All energy of the window, idle included, divided by requests served (the power bill).
+    TOTAL = "total"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Energy per request (J) and latency per request (s) with every knob at maximum."""
+
+    energy_per_request_j: float
+    latency_s: float
+    accounting: str = EnergyAccounting.ACTIVE.value
+
+    def __post_init__(self) -> None:
+        if not (self.energy_per_request_j > 0 and self.latency_s > 0):
+            raise ValueError(f"baseline figures must be positive, got {self}")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Baseline:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(
+                float(data["energy_per_request_j"]),
+                float(data["latency_s"]),
+                str(data.get("accounting", "active")),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"cannot read baseline file {path}: {exc}; expected JSON with "
+                "energy_per_request_j and latency_s (delete it to measure a new baseline)"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class CostModel:
+    alpha: float = 0.5
+    slo_latency_s: float | None = None
+    slo_percentile: float = 95.0
+    slo_penalty: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be within [0, 1], got {self.alpha}")
+
+    def cost(
+        self,
+        energy_per_request_j: float,
+        latency_mean_s: float,
+        baseline: Baseline,
+        latency_percentile_s: float | None = None,
+    ) -> float:
+        e = energy_per_request_j / baseline.energy_per_request_j
+        if self.slo_latency_s is not None:
+            tail = latency_percentile_s if latency_percentile_s is not None else latency_mean_s
+            excess = max(0.0, tail / self.slo_latency_s - 1.0)
+            return e + self.slo_penalty * excess
+        return self.alpha * e + (1.0 - self.alpha) * latency_mean_s / baseline.latency_s

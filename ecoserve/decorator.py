@@ -1,0 +1,159 @@
+"""``@inference_method``: batch and tune an existing inference function unchanged.
+
+The wrapped function receives a batch (tensors of one shape stacked along a new first
+dimension, anything else as a list) and returns one result per item. Callers keep
+calling it with one item: a plain call blocks until that item's batch has run and
+returns the item's own result; if the function is ``async def``, the call returns an
+awaitable. The engine runs on a background event loop thread, started on first use
+(or by ``start()``) and stopped by ``stop()`` or at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from devices.base import Device
+
+from .engine import EngineSettings, build_runtime
+from .runtime import Runtime
+
+
+class InferenceMethod:
+    """The callable a decorated function becomes."""
+
+    def __init__(
+        self, fn: Callable[[Any], Any], settings: EngineSettings, device: Device | None = None
+    ) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.settings = settings
+        self._device = device
+        self._is_async = inspect.iscoroutinefunction(fn)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runtime: Runtime | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> InferenceMethod:
+        """Start the engine (idempotent). Called automatically on the first call."""
+        with self._lock:
+            if self._runtime is not None:
+                return self
+            loop = asyncio.new_event_loop()
+            ready: concurrent.futures.Future[Runtime] = concurrent.futures.Future()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                try:
+                    runtime = build_runtime(self.fn, self.settings, device=self._device)
+                    loop.run_until_complete(runtime.start())
+                except BaseException as exc:
+                    ready.set_exception(exc)
+                    loop.close()
+                    return
+                ready.set_result(runtime)
+                loop.run_forever()
+                loop.close()
+
+            thread = threading.Thread(target=run, name=f"ecoserve:{self.fn.__name__}", daemon=True)
+            thread.start()
+            self._runtime = ready.result()
+            self._loop, self._thread = loop, thread
+            atexit.register(self.stop)
+        return self
+
+    def stop(self, drain: bool = True) -> None:
+        """Finish queued work (unless ``drain`` is False), restore the device, stop the loop."""
+        with self._lock:
+            runtime, loop, thread = self._runtime, self._loop, self._thread
+            self._runtime = self._loop = self._thread = None
+        if runtime is None or loop is None or thread is None:
+            return
+        atexit.unregister(self.stop)
+        try:
+            asyncio.run_coroutine_threadsafe(runtime.stop(drain=drain), loop).result()
+        finally:
+            runtime.device.close()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+
+    def __enter__(self) -> InferenceMethod:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def runtime(self) -> Runtime:
+        """The running engine (starts it if needed): controller, reports, counters."""
+        return self.start()._runtime  # type: ignore[return-value]
+
+    # -- calls ----------------------------------------------------------------------------
+    def submit(self, item: Any) -> concurrent.futures.Future[Any]:
+        """Queue one item from any thread; the future resolves to its own result."""
+        runtime = self.runtime
+        loop = self._loop
+        assert loop is not None
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def enqueue() -> None:
+            try:
+                inner = runtime.submit_nowait(item)
+            except Exception as exc:
+                result.set_exception(exc)
+                return
+            inner.add_done_callback(lambda f: _copy_outcome(f, result))
+
+        loop.call_soon_threadsafe(enqueue)
+        return result
+
+    def __call__(self, item: Any) -> Any:
+        if self._is_async:
+            return self._call_async(item)
+        return self.submit(item).result()
+
+    async def _call_async(self, item: Any) -> Any:
+        return await asyncio.wrap_future(self.submit(item))
+
+
+def _copy_outcome(source: asyncio.Future[Any], target: concurrent.futures.Future[Any]) -> None:
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(source.result())
+
+
+def inference_method(
+    fn: Callable[[Any], Any] | None = None, *, device: Device | str | None = None, **settings: Any
+) -> Any:
+    """Decorate a batch inference function; see the module docstring.
+
+    Keyword arguments are ``EngineSettings`` fields, e.g. ``device="virtual:xavier-nx"``,
+    ``tuner="ecogd"``, ``max_batch=16``, ``window_requests=64``. A ``Device`` object may
+    be passed as ``device`` too.
+    """
+    unknown = set(settings) - set(EngineSettings.field_names())
+    if unknown:
+        raise TypeError(
+            f"unknown setting(s) {sorted(unknown)}; valid: {', '.join(EngineSettings.field_names())}"
+        )
+    if isinstance(device, str):
+        settings["device"] = device
+        device = None
+    settings.setdefault("device", "auto")
+    engine_settings = EngineSettings(**settings)
+
+    def wrap(f: Callable[[Any], Any]) -> InferenceMethod:
+        return InferenceMethod(f, engine_settings, device=device)
+
+    return wrap(fn) if fn is not None else wrap

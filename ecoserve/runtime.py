@@ -1,0 +1,294 @@
+"""The asyncio runtime: drives the batching policy and the controller in real time.
+
+Requests are queued with their arrival time; one dispatcher task asks the
+``BatchPolicy`` what to do, runs each batch of the user's function in a worker thread
+(or awaits it, for an ``async def`` function), measures the batch's energy through the
+device's ``PowerMeter``, resolves every caller's own future, and feeds the outcome to the
+``Controller``. When a window closes, the new configuration is applied to the device.
+
+One batch runs at a time: an edge box has one accelerator, and overlapping batches would
+blur the energy measured for each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from devices.base import Device
+
+from .batching import BatchPolicy, Dispatch, QueueFullError, WaitUntil
+from .collate import collate, split
+from .controller import BatchOutcome, Controller, WindowReport
+from .space import BATCH
+
+log = logging.getLogger("ecoserve.runtime")
+
+BatchFunction = Callable[[Any], Any]
+
+
+class RuntimeStoppedError(RuntimeError):
+    """The runtime is stopping or stopped and accepts no new work."""
+
+
+@dataclass
+class _Request:
+    item: Any
+    future: asyncio.Future[Any]
+    arrival: float
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    size: int
+    queue_wait_s: list[float]
+    latencies_s: list[float]
+    run_s: float
+    energy_j: float
+    ok: bool
+
+
+class RuntimeObserver:
+    """Hooks for metrics and logs; every method is optional."""
+
+    def on_batch(self, stats: BatchStats) -> None: ...
+
+    def on_window(self, report: WindowReport) -> None: ...
+
+    def on_reject(self, reason: str) -> None: ...
+
+    def on_config(self, values: dict[str, float]) -> None: ...
+
+
+@dataclass
+class RuntimeCounters:
+    accepted: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+
+
+class Runtime:
+    def __init__(
+        self,
+        fn: BatchFunction,
+        device: Device,
+        controller: Controller,
+        max_wait: float = 0.05,
+        max_queue: int | None = 1024,
+        observer: RuntimeObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        tick_s: float = 0.5,
+    ) -> None:
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.device = device
+        self.controller = controller
+        self.policy: BatchPolicy[_Request] = BatchPolicy(
+            controller.batch_size(), max_wait=max_wait, max_queue=max_queue
+        )
+        self.observer = observer or RuntimeObserver()
+        self.clock = clock
+        self.tick_s = tick_s
+        self.counters = RuntimeCounters()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecoserve-batch")
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._warned: set[str] = set()
+        self._in_flight = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        now = self.clock()
+        self.controller.start(now, self.device.meter.energy_joules())
+        await self._apply_config()
+        self._accepting = True
+        self._task = asyncio.create_task(self._dispatch_loop(), name="ecoserve-dispatch")
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting work; with ``drain``, finish every accepted request first."""
+        self._accepting = False
+        if self._task is None:
+            return
+        if not drain:
+            for req in self.policy.discard(lambda r: True):
+                if not req.future.done():
+                    req.future.set_exception(
+                        RuntimeStoppedError("runtime stopped before this request ran")
+                    )
+        self._wake.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        self._executor.shutdown(wait=True)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.policy)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- requests -------------------------------------------------------------------------
+    def submit_nowait(self, item: Any) -> asyncio.Future[Any]:
+        """Queue one item; the returned future resolves to that item's own result."""
+        if not self._accepting:
+            self._reject("stopping")
+            raise RuntimeStoppedError("not accepting requests (stopping or not started)")
+        loop = asyncio.get_running_loop()
+        req = _Request(item=item, future=loop.create_future(), arrival=self.clock())
+        try:
+            self.policy.add(req, req.arrival)
+        except QueueFullError:
+            self._reject("queue_full")
+            raise
+        self.counters.accepted += 1
+        self.controller.on_arrival(req.arrival)
+        self._wake.set()
+        return req.future
+
+    async def submit(self, item: Any) -> Any:
+        return await self.submit_nowait(item)
+
+    def _reject(self, reason: str) -> None:
+        self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
+        self.observer.on_reject(reason)
+
+    # -- the dispatcher -------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self.clock()
+            self.policy.discard(lambda r: r.future.done())  # callers that gave up
+            action = self.policy.poll(now) if self._accepting else self.policy.flush()
+            if isinstance(action, Dispatch):
+                await self._run_batch(action)
+                continue
+            if action is None and not self._accepting:
+                return
+            report = self.controller.tick(now, self.device.meter.energy_joules())
+            if report is not None:
+                await self._on_window(report)
+                continue
+            timeout = self.tick_s
+            if isinstance(action, WaitUntil):
+                timeout = min(timeout, max(0.0, action.deadline - now))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _run_batch(self, batch: Dispatch[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        requests = batch.items
+        config = self.controller.config
+        meter = self.device.meter
+        self._in_flight = len(requests)
+        started = self.clock()
+        energy_before = meter.energy_joules()
+        error: BaseException | None = None
+        results: list[Any] = []
+        try:
+            inputs = collate([r.item for r in requests])
+            self.device.begin_batch(len(requests))
+            t0 = time.perf_counter()
+            if self.is_async:
+                output = await self.fn(inputs)
+            else:
+                output = await loop.run_in_executor(self._executor, self.fn, inputs)
+            measured = time.perf_counter() - t0
+            extra = self.device.end_batch(len(requests), measured)
+            if extra > 0:
+                await asyncio.sleep(extra)
+            results = split(output, len(requests))
+        except Exception as exc:  # the user's function failed: only this batch's callers see it
+            error = exc
+        finally:
+            self.device.batch_done()
+        energy_after = meter.energy_joules()
+        end = self.clock()
+        self._in_flight = 0
+        latencies = []
+        for i, req in enumerate(requests):
+            if req.future.done():
+                continue
+            if error is None:
+                req.future.set_result(results[i])
+                latencies.append(end - req.arrival)
+            else:
+                req.future.set_exception(error)
+        ok = error is None
+        if ok:
+            self.counters.completed += len(latencies)
+        else:
+            self.counters.failed += len(requests)
+            log.warning("batch of %d failed: %s", len(requests), error)
+        self.counters.batches += 1
+        energy = max(0.0, energy_after - energy_before)
+        self.observer.on_batch(
+            BatchStats(
+                size=len(requests),
+                queue_wait_s=[started - a for a in batch.arrivals],
+                latencies_s=latencies,
+                run_s=end - started,
+                energy_j=energy,
+                ok=ok,
+            )
+        )
+        outcome = BatchOutcome(
+            config=config,
+            latencies=latencies,
+            energy_j=energy if ok else 0.0,
+            end=end,
+            meter_j=energy_after,
+            failed=0 if ok else len(requests),
+        )
+        report = self.controller.on_batch(outcome)
+        if report is not None:
+            await self._on_window(report)
+
+    async def _on_window(self, report: WindowReport) -> None:
+        self.observer.on_window(report)
+        log.info(
+            "window %d (%s): cost %.3f  E/req %.4f J  L %.1f ms  -> %s",
+            report.index,
+            report.phase,
+            report.cost,
+            report.energy_per_request_j,
+            report.latency_mean_s * 1e3,
+            self.controller.space.values(report.next_config),
+        )
+        await self._apply_config()
+
+    async def _apply_config(self) -> None:
+        values = self.controller.values()
+        if BATCH in values:
+            self.policy.set_batch_size(int(values[BATCH]))
+        governed = self.controller.governed_knobs()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor, lambda: self.device.actuator.apply(values, governed)
+        )
+        for warning in self.device.actuator.warnings():
+            if warning not in self._warned:
+                self._warned.add(warning)
+                log.warning("%s", warning)
+        self.observer.on_config(values)
+
+    async def apply_now(self) -> None:
+        """Apply the controller's configuration at once (after a pin or a tuner switch)."""
+        await self._apply_config()

@@ -1,0 +1,299 @@
+"""A model as a chain of stages: how long each stage takes here, and what crosses each cut.
+
+The split planner needs, per tier, the time of every stage and, per cut, the bytes of the one
+tensor that would cross the network if the model were cut there. This module measures both:
+
+- :func:`profile_stages` runs an ``nn.Sequential`` (or any list of stages) on an example
+  input, warms up, then records each stage's median time over repeats. It reads the clock —
+  it is a measurement, not decision logic — and returns a :class:`StageProfile`, plain data
+  that can be saved as JSON on one tier and loaded by the planner on another.
+- :func:`sequential_from_fx` turns a model that is not a ``Sequential`` into one: it traces it
+  with ``torch.fx``, finds the points where exactly one tensor is live (made before the point
+  and used after it), and slices the graph there. Inside a residual block two tensors are
+  live (the block's input for the skip and the branch's output), so cuts land only at block
+  boundaries, which is what makes a split there correct.
+
+Cut ``k`` is the tensor entering stage ``k``: cut 0 is the model input, cut ``N`` the output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+#: Floating dtypes whose elements fp16 transfer sends as 2 bytes.
+_FP16_SHRINKS = ("torch.float32", "torch.float64", "torch.bfloat16", "torch.float16")
+
+
+@dataclass(frozen=True)
+class StageProfile:
+    """Per-stage times on one tier and per-cut tensor sizes; JSON-serialisable.
+
+    ``times_s[i]`` is the median seconds of stage ``i``; ``cut_bytes[k]`` (``k`` in
+    ``0..N``) the bytes of the tensor entering stage ``k`` (``numel * element_size``, payload
+    only, no framing), with its shape and dtype beside it. ``batch_size`` is the example's
+    first dimension, since times and sizes are for that batch.
+    """
+
+    names: tuple[str, ...]
+    times_s: tuple[float, ...]
+    cut_bytes: tuple[int, ...]
+    cut_shapes: tuple[tuple[int, ...], ...]
+    cut_dtypes: tuple[str, ...]
+    tier: str = "device"
+    batch_size: int = 1
+    repeats: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if len(self.times_s) != n:
+            raise ValueError(f"{n} stage names but {len(self.times_s)} stage times")
+        for label, seq in (
+            ("cut_bytes", self.cut_bytes),
+            ("cut_shapes", self.cut_shapes),
+            ("cut_dtypes", self.cut_dtypes),
+        ):
+            if len(seq) != n + 1:
+                raise ValueError(f"{label} needs N + 1 = {n + 1} entries, got {len(seq)}")
+        if any(not t >= 0 for t in self.times_s):
+            raise ValueError(f"stage times must be >= 0 s: {self.times_s}")
+        if any(b < 0 for b in self.cut_bytes):
+            raise ValueError(f"cut sizes must be >= 0 bytes: {self.cut_bytes}")
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.names)
+
+    @property
+    def total_s(self) -> float:
+        return math.fsum(self.times_s)
+
+    def transfer_bytes(self, cut: int, *, fp16: bool = False) -> int:
+        """Payload bytes sent at ``cut``; with ``fp16``, floating tensors at 2 bytes each."""
+        if not 0 <= cut <= self.n_stages:
+            raise ValueError(f"cut {cut} outside 0..{self.n_stages}")
+        if fp16 and self.cut_dtypes[cut] in _FP16_SHRINKS:
+            return 2 * math.prod(self.cut_shapes[cut])
+        return self.cut_bytes[cut]
+
+    def scaled(self, speedup: float, *, tier: str | None = None) -> StageProfile:
+        """This profile with every stage ``speedup`` times faster (to emulate another tier)."""
+        if not speedup > 0:
+            raise ValueError(f"speedup must be > 0, got {speedup}")
+        return replace(
+            self,
+            times_s=tuple(t / speedup for t in self.times_s),
+            tier=self.tier if tier is None else tier,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cut_shapes"] = [list(s) for s in self.cut_shapes]
+        for key in ("names", "times_s", "cut_bytes", "cut_dtypes"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageProfile:
+        try:
+            return cls(
+                names=tuple(str(n) for n in data["names"]),
+                times_s=tuple(float(t) for t in data["times_s"]),
+                cut_bytes=tuple(int(b) for b in data["cut_bytes"]),
+                cut_shapes=tuple(tuple(int(d) for d in s) for s in data["cut_shapes"]),
+                cut_dtypes=tuple(str(d) for d in data["cut_dtypes"]),
+                tier=str(data.get("tier", "device")),
+                batch_size=int(data.get("batch_size", 1)),
+                repeats=int(data.get("repeats", 0)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a stage profile: {exc!r}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> StageProfile:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _stage_list(model: nn.Module | Sequence[nn.Module]) -> tuple[list[str], list[nn.Module]]:
+    if isinstance(model, nn.Sequential):
+        items = list(model.named_children())
+        return [n for n, _ in items], [m for _, m in items]
+    if isinstance(model, nn.Module):
+        raise TypeError(
+            f"{type(model).__name__} is not a sequence of stages; "
+            "convert it with sequential_from_fx(model, example) first"
+        )
+    stages = list(model)
+    return [str(i) for i in range(len(stages))], stages
+
+
+def _single_tensor(value: Any, where: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where} is a {type(value).__name__}, not a single tensor")
+    return value
+
+
+@torch.inference_mode()
+def profile_stages(
+    model: nn.Module | Sequence[nn.Module],
+    example: torch.Tensor,
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+    tier: str = "device",
+) -> StageProfile:
+    """Median time of every stage over ``repeats`` runs after ``warmup`` runs, and cut sizes.
+
+    Each run times every stage in turn with ``time.perf_counter``, so a stage is measured
+    with its caches in the state the previous stage leaves them in, as in serving. The
+    median, not the mean, because a shared machine's noise is one-sided (a preempted run is
+    slow, never fast). The stages are put in eval mode: inference is what is timed. Raises
+    TypeError if a stage passes on anything but one tensor.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    names, stages = _stage_list(model)
+    if not stages:
+        raise ValueError("a model with no stages cannot be profiled")
+    for stage in stages:
+        stage.eval()
+    x = _single_tensor(example, "the example input")
+
+    cuts = [x]
+    for i, stage in enumerate(stages):
+        cuts.append(_single_tensor(stage(cuts[-1]), f"the output of stage {i} ({names[i]})"))
+    for _ in range(warmup):
+        h = x
+        for stage in stages:
+            h = stage(h)
+    samples: list[list[float]] = [[] for _ in stages]
+    for _ in range(repeats):
+        h = x
+        for i, stage in enumerate(stages):
+            t0 = time.perf_counter()
+            h = stage(h)
+            samples[i].append(time.perf_counter() - t0)
+
+    return StageProfile(
+        names=tuple(names),
+        times_s=tuple(statistics.median(s) for s in samples),
+        cut_bytes=tuple(c.numel() * c.element_size() for c in cuts),
+        cut_shapes=tuple(tuple(c.shape) for c in cuts),
+        cut_dtypes=tuple(str(c.dtype) for c in cuts),
+        tier=tier,
+        batch_size=int(x.shape[0]) if x.dim() > 0 else 1,
+        repeats=repeats,
+    )
+
+
+def _compute_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that compute something; placeholders, outputs and get_attr do not."""
+    return [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+
+
+def single_tensor_cuts(gm: fx.GraphModule) -> list[int]:
+    """Positions in the graph's compute nodes after which exactly one tensor is live.
+
+    Position ``p`` means "after the ``p``-th compute node" (``-1``: before the first, where
+    only the input is live). ``get_attr`` nodes (parameters, buffers, constants) are not
+    compute nodes and never count as live: every stage that needs one re-reads it from the
+    module, so they neither block a cut nor make a stage of their own. Needs ``ShapeProp`` to
+    have run, to tell tensors from other values (a shape, a size).
+    """
+    nodes = list(gm.graph.nodes)
+    body = _compute_nodes(gm)
+    pos = {n: i for i, n in enumerate(body)}
+    end = len(body)
+    defined: dict[fx.Node, int] = {}
+    last_use: dict[fx.Node, int] = {}
+    for n in nodes:
+        if n.op == "get_attr" or n.op == "output":
+            continue
+        defined[n] = -1 if n.op == "placeholder" else pos[n]
+        uses = [end if u.op == "output" else pos[u] for u in n.users]
+        last_use[n] = max(uses, default=defined[n])
+    cuts = []
+    for p in range(-1, end):
+        live = [v for v, d in defined.items() if d <= p < last_use[v]]
+        if len(live) == 1 and isinstance(live[0].meta.get("tensor_meta"), TensorMetadata):
+            cuts.append(p)
+    return cuts
+
+
+def sequential_from_fx(module: nn.Module, example: torch.Tensor) -> nn.Sequential:
+    """``module`` as an ``nn.Sequential`` of stages cut wherever a single tensor flows.
+
+    The module must take one tensor and return one tensor, and be traceable by
+    ``torch.fx.symbolic_trace`` (no data-dependent control flow). Every stage is a
+    ``GraphModule`` sharing the original's parameters; ``result(x)`` equals ``module(x)``.
+    Stages are named after the last operation they contain.
+    """
+    gm = fx.symbolic_trace(module)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ValueError(
+            f"sequential_from_fx needs a module with one tensor input, got {len(placeholders)}"
+        )
+    # eval mode for the one shape-propagation run, so batch-norm statistics are not updated
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        with torch.inference_mode():
+            ShapeProp(gm).propagate(example)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    body = _compute_nodes(gm)
+    cuts = single_tensor_cuts(gm)
+    if not body or not cuts or cuts[-1] != len(body) - 1:
+        raise ValueError("the module's output is not a single tensor; cannot cut it into stages")
+    if cuts[0] != -1:
+        raise ValueError("the module's input is not a single tensor used by the graph")
+
+    def live_after(p: int) -> fx.Node:
+        if p < 0:
+            return placeholders[0]
+        # the one value defined at or before p and still used after it
+        for v in body[: p + 1][::-1] + placeholders:
+            if any(u.op == "output" or body.index(u) > p for u in v.users):
+                return v
+        raise AssertionError("a single-tensor cut has no live value")  # pragma: no cover
+
+    stages: dict[str, nn.Module] = {}
+    for k, (start, stop) in enumerate(itertools.pairwise(cuts)):
+        incoming, outgoing = live_after(start), live_after(stop)
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {incoming: graph.placeholder("x")}
+
+        def lookup(
+            a: fx.Node, env: dict[fx.Node, fx.Node] = env, graph: fx.Graph = graph
+        ) -> fx.Node:
+            if a not in env:
+                if a.op != "get_attr":  # pragma: no cover - ruled out by the cut analysis
+                    raise AssertionError(f"value {a.name} crosses a single-tensor cut")
+                env[a] = graph.node_copy(a)
+            return env[a]
+
+        for node in body[start + 1 : stop + 1]:
+            env[node] = graph.node_copy(node, lookup)
+        graph.output(env[outgoing])
+        name = body[stop].name
+        stages[name if name not in stages else f"{name}_{k}"] = fx.GraphModule(
+            gm, graph, class_name=f"Stage{k}"
+        )
+    return nn.Sequential(OrderedDict(stages))
