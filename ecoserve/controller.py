@@ -9,7 +9,8 @@ Life of a configuration: after each change the first ``warmup_requests`` complet
 are dropped (caches, clocks and queues settle), then a window collects
 ``window_requests`` completions (or runs ``window_seconds``, whichever comes first, so a
 slow arrival rate still tunes). The very first window runs every knob at its maximum and
-becomes the cost's baseline (E0, L0) unless a baseline was given.
+becomes the cost's baseline (E0, L0) unless a baseline was given (the last of
+``baseline_windows`` such windows, so start-up transients do not set it).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Controller:
         window_seconds: float | None = None,
         accounting: EnergyAccounting | str = EnergyAccounting.ACTIVE,
         history: int = 256,
+        baseline_windows: int = 2,
     ) -> None:
         if window_requests is None and window_seconds is None:
             raise ValueError("a window needs window_requests, window_seconds, or both")
@@ -117,6 +119,10 @@ class Controller:
         self.warmup_requests = warmup_requests
         self.window_seconds = window_seconds
         self.accounting = EnergyAccounting(accounting)
+        if baseline_windows < 1:
+            raise ValueError(f"baseline_windows must be >= 1, got {baseline_windows}")
+        self.baseline_windows = baseline_windows
+        self._baseline_windows_left = baseline_windows
         self.reports: deque[WindowReport] = deque(maxlen=history)
         self.windows_closed = 0
         self.pinned: dict[str, int] = {}
@@ -261,10 +267,17 @@ class Controller:
         l_mean = sum(lat) / n
         duration = max(now - w.opened_at, 1e-9)
         phase = self.phase
-        if self.baseline is None:
-            self.baseline = Baseline(max(e_req, 1e-12), max(l_mean, 1e-9), self.accounting.value)
         p = self.cost_model.slo_percentile
-        cost = self.cost_model.cost(e_req, l_mean, self.baseline, percentile(lat, p))
+        if self.baseline is None:
+            # Start-up transients (cold caches, the first backlog) inflate the first
+            # windows, so the baseline is the last of ``baseline_windows`` at maximum.
+            self._baseline_windows_left -= 1
+            provisional = Baseline(max(e_req, 1e-12), max(l_mean, 1e-9), self.accounting.value)
+            cost = 1.0
+            if self._baseline_windows_left <= 0:
+                self.baseline = provisional
+        else:
+            cost = self.cost_model.cost(e_req, l_mean, self.baseline, percentile(lat, p))
         rate = w.arrivals / duration
         metrics = {
             "arrival_rate": rate,
@@ -272,10 +285,13 @@ class Controller:
             "latency_mean_s": l_mean,
             "requests": float(n),
         }
-        self.tuner.tell(self._config, cost, metrics)
         done_config = self._config
         self.windows_closed += 1
-        self._switch(self._with_pins(self.tuner.ask()), now, meter_j)
+        if self.baseline is None:
+            self._switch(self._config, now, meter_j)  # keep measuring at maximum
+        else:
+            self.tuner.tell(self._config, cost, metrics)
+            self._switch(self._with_pins(self.tuner.ask()), now, meter_j)
         report = WindowReport(
             index=self.windows_closed - 1,
             phase=phase,

@@ -53,7 +53,9 @@ class InferenceMethod:
             def run() -> None:
                 asyncio.set_event_loop(loop)
                 try:
-                    runtime = build_runtime(self.fn, self.settings, device=self._device)
+                    runtime = build_runtime(
+                        self.fn, self.settings, device=self._device, run_inline=True
+                    )
                     loop.run_until_complete(runtime.start())
                 except BaseException as exc:
                     ready.set_exception(exc)

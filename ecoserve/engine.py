@@ -83,6 +83,7 @@ def build_runtime(
     settings: EngineSettings,
     device: Device | None = None,
     observer: RuntimeObserver | None = None,
+    run_inline: bool = False,
 ) -> Runtime:
     device = device or open_device(settings.device, settings.sysfs_root, settings.meter)
     try:
@@ -98,4 +99,5 @@ def build_runtime(
         max_wait=settings.max_wait_s,
         max_queue=settings.max_queue,
         observer=observer,
+        run_inline=run_inline,
     )

@@ -87,6 +87,7 @@ class Runtime:
         observer: RuntimeObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick_s: float = 0.5,
+        run_inline: bool = False,
     ) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -98,6 +99,9 @@ class Runtime:
         self.observer = observer or RuntimeObserver()
         self.clock = clock
         self.tick_s = tick_s
+        # A loop that serves nothing else (the decorator's private thread) can run the
+        # batch itself and save a thread hop; a server's loop must stay free for sockets.
+        self.run_inline = run_inline
         self.counters = RuntimeCounters()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecoserve-batch")
         self._wake = asyncio.Event()
@@ -208,6 +212,8 @@ class Runtime:
             t0 = time.perf_counter()
             if self.is_async:
                 output = await self.fn(inputs)
+            elif self.run_inline:
+                output = self.fn(inputs)
             else:
                 output = await loop.run_in_executor(self._executor, self.fn, inputs)
             measured = time.perf_counter() - t0

@@ -45,7 +45,7 @@ def feed(ctrl, n_batches, per_batch, latency, energy, t0, dt=1.0, meter0=0.0, me
 
 def test_first_window_is_baseline_at_maximum_then_cost_is_normalised(space):
     tuner = ScriptedTuner(space, [(0, 0)])
-    ctrl = Controller(space, tuner, window_requests=8, warmup_requests=4)
+    ctrl = Controller(space, tuner, window_requests=8, warmup_requests=4, baseline_windows=1)
     assert ctrl.start(0.0, 0.0) == space.maximum()
     assert not ctrl.ready
     # warm-up: 4 requests dropped (one batch of 4), then 2 batches of 4 close the window
@@ -178,3 +178,17 @@ def test_baseline_file_round_trip_and_clear_error(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="baseline"):
         Baseline.load(tmp_path / "bad.json")
+
+
+def test_baseline_is_the_last_of_several_windows_at_maximum(space):
+    tuner = ScriptedTuner(space, [(0, 0)])
+    ctrl = Controller(space, tuner, window_requests=4, warmup_requests=0, baseline_windows=2)
+    ctrl.start(0.0, 0.0)
+    first, t, m = feed(ctrl, 1, 4, latency=5.0, energy=40.0, t0=0.0)  # cold start
+    assert first[0].phase == "baseline" and not ctrl.ready
+    assert ctrl.config == space.maximum() and tuner.told == []
+    second, t, m = feed(ctrl, 1, 4, latency=0.5, energy=4.0, t0=t, meter0=m)
+    assert second[0].phase == "baseline" and ctrl.ready
+    assert ctrl.baseline.latency_s == pytest.approx(0.5)
+    assert tuner.told == [(space.maximum(), 1.0, tuner.told[0][2])]
+    assert ctrl.config == (0, 0)

@@ -8,12 +8,21 @@ scratch.
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 from ecoserve.space import Config, SearchSpace
+
+
+def finite_cost(cost: float) -> float:
+    """``cost`` as a float, refusing NaN and infinities: one would poison every comparison."""
+    value = float(cost)
+    if not math.isfinite(value):
+        raise ValueError(f"a window's cost must be a finite number, got {cost!r}")
+    return value
 
 
 class Tuner(ABC):

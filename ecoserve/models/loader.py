@@ -1,0 +1,149 @@
+"""Resolving ``--model`` specs into a batch function with its input contract.
+
+Specs:
+- ``builtin:cnn`` (3x32x32 images), ``builtin:transformer`` (32x64 token embeddings),
+  ``builtin:noop`` (returns its input; measures serving overhead), ``builtin:digits-small``
+  and ``builtin:digits-large`` (1x8x8 digits, trained weights shipped with the package);
+- ``torchscript:PATH`` or a path ending in ``.pt`` / ``.ts`` — a TorchScript module;
+- ``module:callable`` — a Python entry point returning either an ``nn.Module`` or a batch
+  function (called with no arguments if it is a factory).
+
+Pre- and post-processing are pluggable (``preprocess`` / ``postprocess`` entry points):
+``preprocess`` maps one request's decoded tensor to the model's item; ``postprocess`` maps
+one item's output to what the response carries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .builtin import Identity, SmallCNN, SmallTransformer
+
+Transform = Callable[[Any], Any]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve: its batch function and what one input item looks like."""
+
+    name: str
+    module: nn.Module | None
+    batch_fn: Callable[[Any], Any]
+    input_shape: tuple[int, ...] | None
+    input_dtype: torch.dtype = torch.float32
+    preprocess: Transform | None = None
+    postprocess: Transform | None = None
+
+    def example_item(self, seed: int = 0) -> torch.Tensor:
+        if self.input_shape is None:
+            raise ValueError(f"model {self.name} declares no input shape")
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand(self.input_shape, generator=gen).to(self.input_dtype)
+
+
+def _module_batch_fn(module: nn.Module) -> Callable[[Any], Any]:
+    module.eval()
+
+    def run(batch: Any) -> Any:
+        with torch.inference_mode():
+            if isinstance(batch, list):
+                batch = torch.stack(batch)
+            return module(batch)
+
+    return run
+
+
+def _builtin(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    if name == "cnn":
+        m: nn.Module = SmallCNN()
+    elif name == "transformer":
+        m = SmallTransformer()
+    elif name in ("noop", "identity"):
+        m = Identity()
+    elif name in ("digits-small", "digits-large"):
+        from .digits import load_digits_model
+
+        return load_digits_model(name.split("-")[1]), (1, 8, 8)
+    else:
+        raise ValueError(
+            f"unknown built-in model {name!r}; choose cnn, transformer, noop, digits-small or digits-large"
+        )
+    return m, tuple(m.input_shape)  # type: ignore[arg-type]
+
+
+def resolve_entry_point(spec: str) -> Any:
+    """Import ``package.module:attribute`` and return the attribute."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"entry point {spec!r} must look like 'package.module:callable'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for entry point {spec!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def load_model(
+    spec: str,
+    input_shape: tuple[int, ...] | None = None,
+    preprocess: str | None = None,
+    postprocess: str | None = None,
+) -> LoadedModel:
+    """Resolve a model spec (see the module docstring); raises ValueError with the fix."""
+    shape = input_shape
+    module: nn.Module | None
+    if spec.startswith("builtin:"):
+        module, builtin_shape = _builtin(spec.split(":", 1)[1])
+        shape = shape or builtin_shape
+        fn = _module_batch_fn(module)
+    elif spec.startswith("torchscript:") or spec.endswith((".pt", ".ts")):
+        path = Path(spec.split(":", 1)[1] if spec.startswith("torchscript:") else spec)
+        if not path.is_file():
+            raise ValueError(f"TorchScript file {path} not found")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # torch raises several types for a bad archive
+            raise ValueError(f"{path} is not a loadable TorchScript archive: {exc}") from exc
+        shape = shape or getattr(module, "input_shape", None)
+        fn = _module_batch_fn(module)
+    elif ":" in spec:
+        obj = resolve_entry_point(spec)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            obj = obj()
+        elif callable(obj) and not isinstance(obj, nn.Module) and getattr(obj, "__ecoserve_factory__", False):
+            obj = obj()
+        if isinstance(obj, nn.Module):
+            module = obj
+            fn = _module_batch_fn(module)
+            shape = shape or getattr(module, "input_shape", None)
+        elif callable(obj):
+            module = None
+            fn = obj
+            shape = shape or getattr(obj, "input_shape", None)
+        else:
+            raise ValueError(f"entry point {spec!r} is neither an nn.Module nor a callable")
+    else:
+        raise ValueError(
+            f"model spec {spec!r} not understood; use builtin:NAME, torchscript:PATH, a .pt file, "
+            "or package.module:callable"
+        )
+    return LoadedModel(
+        name=spec,
+        module=module,
+        batch_fn=fn,
+        input_shape=tuple(shape) if shape else None,
+        preprocess=resolve_entry_point(preprocess) if preprocess else None,
+        postprocess=resolve_entry_point(postprocess) if postprocess else None,
+    )

@@ -1,0 +1,129 @@
+"""The decorator face: each caller gets its own result, batching happens, failures stay local."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+import eco_edge_infer
+from ecoserve.runtime import RuntimeStoppedError
+
+FAST = dict(device="virtual:xavier-nx", window_requests=16, warmup_requests=4, max_wait_s=0.005)
+
+
+def test_fifty_concurrent_sync_callers_get_their_own_results():
+    sizes = []
+
+    @eco_edge_infer.inference_method(**FAST)
+    def double(batch: torch.Tensor) -> torch.Tensor:
+        sizes.append(batch.shape[0])
+        return batch * 2
+
+    results: dict[tuple[int, int], float] = {}
+    barrier = threading.Barrier(50)
+
+    def caller(i: int) -> None:
+        barrier.wait()
+        for j in range(10):
+            x = float(i * 1000 + j)
+            results[(i, j)] = float(double(torch.tensor([x]))[0])
+
+    with double:
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        counters = double.runtime.counters
+    assert len(results) == 500
+    assert all(v == 2 * (i * 1000 + j) for (i, j), v in results.items())
+    assert counters.completed == 500 and counters.failed == 0
+    assert max(sizes) > 1, "concurrent callers should share batches"
+    assert max(sizes) <= 16
+
+
+def test_fifty_concurrent_async_callers_get_their_own_results():
+    @eco_edge_infer.inference_method(**FAST)
+    async def label(batch: list) -> list:
+        await asyncio.sleep(0.001)
+        return [f"item-{x}" for x in batch]
+
+    async def main() -> list:
+        return await asyncio.gather(*(label(i) for i in range(50)))
+
+    with label:
+        out = asyncio.run(main())
+    assert out == [f"item-{i}" for i in range(50)]
+
+
+def test_non_tensor_items_arrive_as_a_list():
+    seen = []
+
+    @eco_edge_infer.inference_method(**FAST)
+    def upper(batch):
+        seen.append(type(batch))
+        return [s.upper() for s in batch]
+
+    with upper:
+        assert upper("abc") == "ABC"
+    assert seen == [list]
+
+
+def test_an_exception_fails_only_the_callers_of_that_batch():
+    @eco_edge_infer.inference_method(**dict(FAST, max_batch=1, min_batch=1))
+    def picky(batch: list) -> list:
+        if batch[0] == "bad":
+            raise ValueError("cannot handle 'bad'")
+        return batch
+
+    with picky:
+        with pytest.raises(ValueError, match="cannot handle"):
+            picky("bad")
+        assert picky("good") == "good"
+        counters = picky.runtime.counters
+    assert counters.failed == 1 and counters.completed == 1
+
+
+def test_wrong_number_of_results_fails_the_batch_loudly():
+    @eco_edge_infer.inference_method(**FAST)
+    def short(batch: list) -> list:
+        return batch[:-1] if len(batch) > 0 else batch
+
+    with short:
+        with pytest.raises(ValueError, match="results for a batch"):
+            short("x")
+
+
+def test_start_stop_are_explicit_and_restartable():
+    @eco_edge_infer.inference_method(**FAST)
+    def ident(batch: list) -> list:
+        return batch
+
+    ident.start()
+    assert ident(1) == 1
+    runtime = ident.runtime
+    ident.stop()
+    with pytest.raises(RuntimeStoppedError):
+        asyncio.run(runtime.submit(2))
+    assert ident(3) == 3  # a call after stop starts a fresh engine
+    ident.stop()
+
+
+def test_unknown_setting_is_refused_with_the_valid_names():
+    with pytest.raises(TypeError, match="window_requests"):
+        eco_edge_infer.inference_method(windw_requests=3)
+
+
+def test_the_tuner_moves_knobs_on_the_virtual_device():
+    @eco_edge_infer.inference_method(**dict(FAST, window_requests=8, warmup_requests=2))
+    def ident(batch: list) -> list:
+        return batch
+
+    with ident:
+        for i in range(200):
+            ident(i)
+        controller = ident.runtime.controller
+        configs = {r.config for r in controller.reports}
+    assert controller.ready
+    assert len(configs) > 1, "the tuner should have tried more than one configuration"

@@ -1,0 +1,232 @@
+"""EcoGD's mechanics: neighbourhood, diagonal estimates, loops and jumps, expiry, options."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ecoserve.space import BATCH, CPU, GPU, Config, Knob, SearchSpace
+from tuners import EcoGD
+
+Cost = Callable[[Config], float]
+
+
+def space_of(*sizes: int, names: tuple[str, ...] | None = None) -> SearchSpace:
+    """Knobs named CPU, GPU, batch, then knob3, knob4, ... unless ``names`` says otherwise."""
+    if names is None:
+        names = (CPU, GPU, BATCH, *(f"knob{i}" for i in range(3, len(sizes))))[: len(sizes)]
+    return SearchSpace.of(*(Knob(n, tuple(range(s))) for n, s in zip(names, sizes, strict=True)))
+
+
+def bowl(optimum: Config, sizes: tuple[int, ...]) -> Cost:
+    return lambda c: (
+        1.0 + sum(3 * ((i - o) / (n - 1)) ** 2 for i, o, n in zip(c, optimum, sizes, strict=True))
+    )
+
+
+def step(tuner: EcoGD, cost: Cost) -> Config:
+    config = tuner.ask()
+    tuner.tell(config, cost(config))
+    return config
+
+
+def diff(a: Config, b: Config) -> list[int]:
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
+def test_starts_at_the_maximum_then_measures_each_axis_neighbour_once() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space)
+    cost = bowl((7, 9, 5), (25, 15, 16))
+    asked = [step(tuner, cost) for _ in range(4)]
+    assert asked[0] == space.maximum()
+    assert sorted(asked[1:]) == sorted(space.neighbours(space.maximum()))
+
+
+def test_a_diagonal_move_in_the_cpu_gpu_plane_takes_one_decision() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space)
+
+    # Lowering either frequency saves 0.1, the batch 0.05: the estimated diagonal saves 0.2.
+    def cost(c: Config) -> float:
+        return 1.0 + 0.1 * c[0] + 0.1 * c[1] + 0.05 * c[2]
+
+    for _ in range(4):  # the centre and its three axis neighbours at the corner
+        step(tuner, cost)
+    assert tuner.ask() == (23, 13, 15)
+    assert tuner.centre == (23, 13, 15)
+
+
+def test_diagonals_involving_the_batch_size_are_not_estimated() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space)
+
+    # Lowering the CPU or the batch saves cost; the GPU is flat. A CPU–batch diagonal would
+    # be best if it were estimated; only axis moves are allowed.
+    def cost(c: Config) -> float:
+        return 1.0 + 0.1 * c[0] + 0.1 * c[2]
+
+    for _ in range(4):
+        step(tuner, cost)
+    tuner.ask()  # decides
+    moved = diff(tuner.centre, space.maximum())
+    assert sorted(abs(d) for d in moved) == [0, 0, 1]
+
+
+def test_a_fresh_measurement_of_a_diagonal_beats_its_estimate() -> None:
+    space = space_of(5, 5, names=(CPU, GPU))
+    tuner = EcoGD(space)
+
+    def cost(c: Config) -> float:  # additive estimate says (3, 3) is best, it is not
+        return 10.0 if c == (3, 3) else 1.0 + 0.1 * (c[0] + c[1])
+
+    tuner.tell((3, 3), cost((3, 3)))  # measured without being asked: still recorded
+    for _ in range(3):
+        step(tuner, cost)
+    tuner.ask()  # decides
+    assert tuner.centre in {(3, 4), (4, 3)}
+
+
+def test_an_unasked_measurement_is_used_and_not_asked_again() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space)
+    tuner.tell((23, 14, 15), 1.0)
+    asked = [step(tuner, lambda c: 2.0) for _ in range(3)]
+    assert (23, 14, 15) not in asked
+    tuner.ask()
+    assert tuner.centre == (23, 14, 15)
+
+
+@pytest.mark.parametrize("sizes", [(30,), (12, 9), (6, 7, 5, 8)])
+def test_works_for_any_number_of_knobs(sizes: tuple[int, ...]) -> None:
+    space = space_of(*sizes)
+    optimum = tuple(s // 3 for s in sizes)
+    tuner = EcoGD(space, max_loops=1000)  # no jump to land on at the end
+    cost = bowl(optimum, sizes)
+    for _ in range(60 * len(sizes)):
+        config = step(tuner, cost)
+        assert len(space.neighbours(tuner.centre)) <= 2 * len(sizes)
+        assert space.contains(config)
+    assert tuner.centre == optimum
+
+
+def test_loops_count_only_decisions_with_new_measurements_then_jump_off_axis() -> None:
+    sizes = (25, 15, 16)
+    space = space_of(*sizes)
+    optimum = (7, 9, 5)
+    tuner = EcoGD(space, max_loops=4)
+    cost = bowl(optimum, sizes)
+    loops, exploited, told = 0, 0, None
+    while tuner.describe()["jumps"] == 0:
+        config = tuner.ask()  # decisions (and loop counts) happen here
+        now = tuner.describe()["loops"]
+        if now > loops:
+            assert told != optimum, "a loop counted without a new neighbour measurement"
+        exploited += told == optimum == config
+        loops = now
+        tuner.tell(config, cost(config))
+        told = config
+        assert tuner.describe()["windows"] < 1000, "never jumped"
+    assert loops == 0  # reset by the jump
+    assert exploited >= 4, "the converged centre should be exploited between loops"
+    offset = diff(tuner.centre, optimum)
+    assert max(abs(d) for d in offset) == 1 and sum(d != 0 for d in offset) >= 2
+    for _ in range(60):
+        step(tuner, cost)
+    assert tuner.centre == optimum, "it should climb back after the jump"
+
+
+def test_more_loops_allowed_means_a_later_jump() -> None:
+    space = space_of(25, 15, 16)
+    cost = bowl((7, 9, 5), (25, 15, 16))
+    first_jump = {}
+    for max_loops in (2, 10):
+        tuner = EcoGD(space, max_loops=max_loops)
+        while tuner.describe()["jumps"] == 0:
+            step(tuner, cost)
+        first_jump[max_loops] = tuner.describe()["windows"]
+    assert first_jump[10] > first_jump[2] + 8 * 5
+
+
+def test_a_jump_in_one_dimension_steps_two_indices() -> None:
+    space = space_of(20, names=(BATCH,))
+    # A short memory, so the jump lands on an unmeasured index rather than one it would
+    # leave again at once on fresh evidence.
+    tuner = EcoGD(space, max_loops=1, memory_limit=3)
+    cost = bowl((10,), (20,))
+    while tuner.describe()["jumps"] == 0:
+        step(tuner, cost)
+    assert abs(tuner.centre[0] - 10) == 2
+
+
+def test_measurements_expire_and_history_stays_bounded() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space, memory_limit=20)
+    cost = bowl((7, 9, 5), (25, 15, 16))
+    last_seen: dict[Config, int] = {}
+    for window in range(600):
+        last_seen[step(tuner, cost)] = window
+        assert tuner.describe()["known"] <= 20
+    # Once converged, every axis neighbour of the optimum is re-measured regularly.
+    for n in space.neighbours((7, 9, 5)):
+        assert last_seen[n] >= 600 - 40
+
+
+def test_memory_limit_is_raised_to_fit_a_whole_neighbourhood() -> None:
+    space = space_of(*(5,) * 6)
+    tuner = EcoGD(space, memory_limit=3, max_loops=1000)
+    cost = bowl((1, 2, 3, 1, 2, 3), (5,) * 6)
+    for _ in range(400):
+        step(tuner, cost)
+    assert tuner.centre == (1, 2, 3, 1, 2, 3)
+
+
+def test_a_rate_change_beyond_the_threshold_forgets_the_history() -> None:
+    space = space_of(25, 15, 16)
+    cost = bowl((7, 9, 5), (25, 15, 16))
+    for threshold in (0.3, None):
+        tuner = EcoGD(space, rate_change_threshold=threshold)
+        for rate in [10.0] * 200 + [12.0]:  # +20%: below the threshold
+            c = tuner.ask()
+            tuner.tell(c, cost(c), {"arrival_rate": rate})
+        assert tuner.describe()["known"] > 1
+        c = tuner.ask()
+        tuner.tell(c, cost(c), {"arrival_rate": 20.0})  # +100% against the centre's rate
+        assert (tuner.describe()["known"] == 1) is (threshold is not None)
+
+
+def test_adaptive_steps_grow_along_a_steep_slope() -> None:
+    space = space_of(25, 15, 16)
+
+    def cost(c: Config) -> float:  # every step down saves far more than 10%
+        return math.exp(0.2 * sum(c))
+
+    for adaptive, expect_long in ((False, False), (True, True)):
+        tuner = EcoGD(space, adaptive_step=adaptive)
+        longest = 0
+        for _ in range(80):
+            before = tuner.centre
+            step(tuner, cost)
+            longest = max(longest, *(abs(d) for d in diff(tuner.centre, before)))
+        assert (longest >= 2) is expect_long, longest
+
+
+def test_rejects_nonsense_parameters() -> None:
+    space = space_of(5, 5)
+    for kwargs in ({"memory_limit": 0}, {"max_loops": 0}, {"rate_change_threshold": 0.0}):
+        with pytest.raises(ValueError):
+            EcoGD(space, **kwargs)
+
+
+def test_step_time_is_small() -> None:
+    """Cheap enough to run every window on a board: far below 100 µs per ask+tell."""
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space)
+    cost = bowl((7, 9, 5), (25, 15, 16))
+    start = time.perf_counter()
+    for _ in range(2000):
+        step(tuner, cost)
+    assert (time.perf_counter() - start) / 2000 < 500e-6  # generous: shared CI machines
