@@ -7,6 +7,7 @@ Specs:
   the twin fitted to measured data.
 - ``sysfs`` — the real cpufreq/devfreq knobs and the best meter found under ``sysfs_root``.
 - ``none`` — no frequency knobs (batch-size-only tuning) with an estimated meter.
+- ``auto`` — ``sysfs`` when discovery finds a frequency knob it can write, else ``none``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .profiles import PROFILES, get_profile
 from .twin import AnalyticTwin, DeviceTwin
 from .virtual import VirtualDevice
 
-DEVICE_SPECS = ("virtual:BOARD", "virtual:analytic[:BOARD]", "sysfs", "none")
+DEVICE_SPECS = ("virtual:BOARD", "virtual:analytic[:BOARD]", "sysfs", "none", "auto")
 
 
 def load_board_twin(board: str, noise: float | None = None) -> DeviceTwin:
@@ -49,6 +50,11 @@ def open_device(
                 f"unknown virtual board {board!r}; choose one of {', '.join(sorted(PROFILES))}"
             )
         return VirtualDevice(load_board_twin(board))
+    if kind == "auto" and not rest:
+        from .discovery import discover
+
+        writable = any(k.writable for k in discover(sysfs_root).knobs)
+        return open_device("sysfs" if writable else "none", sysfs_root, meter)
     if kind == "sysfs":
         from .discovery import open_sysfs_actuator
         from .meters import open_meter

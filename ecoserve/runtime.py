@@ -88,6 +88,7 @@ class Runtime:
         clock: Callable[[], float] = time.monotonic,
         tick_s: float = 0.5,
         run_inline: bool = False,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -102,6 +103,9 @@ class Runtime:
         # A loop that serves nothing else (the decorator's private thread) can run the
         # batch itself and save a thread hop; a server's loop must stay free for sockets.
         self.run_inline = run_inline
+        # Called whenever the loop makes progress; the daemon feeds its device watchdog here,
+        # so a hung loop hands the clocks back to the governors.
+        self.heartbeat = heartbeat or (lambda: None)
         self.counters = RuntimeCounters()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecoserve-batch")
         self._wake = asyncio.Event()
@@ -177,6 +181,7 @@ class Runtime:
     # -- the dispatcher -------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while True:
+            self.heartbeat()
             self._wake.clear()
             now = self.clock()
             self.policy.discard(lambda r: r.future.done())  # callers that gave up

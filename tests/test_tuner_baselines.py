@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -33,7 +34,7 @@ def nx_space(batch: Knob | None = None) -> SearchSpace:
     )
 
 
-def run(tuner: Tuner, cost, steps: int) -> list[Config]:  # noqa: ANN001 - any callable
+def run(tuner: Tuner, cost: Callable[[Config], float], steps: int) -> list[Config]:
     asked = []
     for _ in range(steps):
         c = tuner.ask()
