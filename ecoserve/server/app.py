@@ -1,0 +1,72 @@
+"""``create_app``: the FastAPI application of one daemon (no global app object).
+
+The app owns an ``InferenceService``; its lifespan starts the runtime (opening the device,
+resuming saved tuner state, warming up) and, at shutdown, drains accepted requests,
+saves the state and restores the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from devices.base import Device
+from ecoserve.models.loader import LoadedModel, load_model
+
+from . import admin, routes_v1, routes_v2
+from .bodies import json_response
+from .service import InferenceService
+from .settings import ServeSettings
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    model: LoadedModel | None = None,
+    device: Device | None = None,
+) -> FastAPI:
+    """Build the app; ``model`` and ``device`` default to what ``settings`` name."""
+    settings = settings or ServeSettings()
+    if model is None:
+        model = load_model(
+            settings.model, settings.input_shape, settings.preprocess, settings.postprocess
+        )
+    service = InferenceService(settings, model, device)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    from importlib.metadata import version
+
+    app = FastAPI(
+        title="ecoserve",
+        version=version("ecoserve"),
+        description=(
+            "Energy- and latency-aware inference serving: requests are batched, and CPU "
+            "frequency, GPU frequency and batch size are tuned while serving."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.include_router(routes_v1.router)
+    app.include_router(admin.router)
+    app.include_router(routes_v2.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ()))) or 'request'}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return json_response({"detail": problems}, 422)
+
+    return app

@@ -1,0 +1,190 @@
+"""Prometheus metrics of one daemon, in a registry of its own.
+
+A registry per app (not prometheus-client's global one) keeps two apps in one process (the
+tests, an embedding application) from colliding. ``ServerMetrics`` is also the runtime's
+observer: batches, windows, rejections and configuration changes arrive through its hooks.
+Names follow Prometheus conventions: ``ecoserve_`` prefix, base units, ``_total`` counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ecoserve.controller import WindowReport
+from ecoserve.runtime import BatchStats, RuntimeObserver
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+#: Outcomes of ``POST /v1/infer`` and ``/v2/.../infer`` requests.
+OUTCOMES = ("ok", "invalid", "too_large", "rejected", "timeout", "error", "unavailable")
+
+
+class _LiveCollector(Collector):
+    """Values read when scraped: queue length, meter joules, readiness."""
+
+    def __init__(
+        self,
+        queue_depth: Callable[[], int],
+        joules: Callable[[], float],
+        ready: Callable[[], bool],
+    ) -> None:
+        self.queue_depth = queue_depth
+        self.joules = joules
+        self.ready = ready
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "ecoserve_queue_length", "Requests waiting to be batched", value=self.queue_depth()
+        )
+        yield CounterMetricFamily(
+            "ecoserve_energy_joules",
+            "Energy measured by the device's meter since start (idle included)",
+            value=self.joules(),
+        )
+        yield GaugeMetricFamily(
+            "ecoserve_ready",
+            "1 once the baseline is known and the daemon takes traffic",
+            value=1.0 if self.ready() else 0.0,
+        )
+
+
+class ServerMetrics(RuntimeObserver):
+    """Every metric the daemon exports; also the runtime observer that feeds most of them."""
+
+    def __init__(self, max_batch: int = 16) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "ecoserve_requests", "Inference requests by outcome", ["outcome"], registry=r
+        )
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome)
+        self.request_latency = Histogram(
+            "ecoserve_request_duration_seconds",
+            "Time from receiving a successful inference request to its response",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "ecoserve_queue_wait_seconds",
+            "Time a request waited in the queue before its batch started",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_execution = Histogram(
+            "ecoserve_batch_execution_seconds",
+            "Time one batch ran (model call plus device slowdown)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, max_batch} - {0})
+        self.batch_size = Histogram(
+            "ecoserve_batch_size", "Requests per batch run", buckets=sizes, registry=r
+        )
+        self.batch_fill = Histogram(
+            "ecoserve_batch_fill_ratio",
+            "Batch size run divided by the configured batch size",
+            buckets=(0.125, 0.25, 0.5, 0.75, 0.99, 1.0),
+            registry=r,
+        )
+        self.batches = Counter(
+            "ecoserve_batches", "Batches run by outcome", ["outcome"], registry=r
+        )
+        self.batch_energy = Counter(
+            "ecoserve_batch_energy_joules",
+            "Energy measured while batches ran (active accounting)",
+            registry=r,
+        )
+        self.completed = Counter(
+            "ecoserve_completed", "Items the model answered successfully", registry=r
+        )
+        self.rejections = Counter(
+            "ecoserve_rejections", "Requests refused by the runtime, by reason", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        for reason in ("queue_full", "stopping"):
+            self.rejections.labels(reason)
+        self.knob = Gauge("ecoserve_knob_value", "Current value of each knob", ["knob"], registry=r)
+        self.window_cost = Gauge(
+            "ecoserve_window_cost", "Normalised cost of the last window", registry=r
+        )
+        self.window_energy = Gauge(
+            "ecoserve_window_energy_per_request_joules",
+            "Mean energy per request in the last window",
+            registry=r,
+        )
+        self.window_latency = Gauge(
+            "ecoserve_window_latency_mean_seconds",
+            "Mean request latency (arrival to completion) in the last window",
+            registry=r,
+        )
+        self.window_p99 = Gauge(
+            "ecoserve_window_latency_p99_seconds", "p99 latency in the last window", registry=r
+        )
+        self.window_rate = Gauge(
+            "ecoserve_window_arrival_rate", "Requests per second in the last window", registry=r
+        )
+        self.windows = Counter("ecoserve_windows", "Tuning windows closed", ["phase"], registry=r)
+        self.tuner_switches = Counter(
+            "ecoserve_config_changes", "Configurations applied (tuner moves and pins)", registry=r
+        )
+        self._live: _LiveCollector | None = None
+        self._configured_batch = 1
+
+    def bind(
+        self,
+        queue_depth: Callable[[], int],
+        joules: Callable[[], float],
+        ready: Callable[[], bool],
+    ) -> None:
+        """Attach the values read at scrape time (once the runtime exists)."""
+        if self._live is not None:
+            self.registry.unregister(self._live)
+        self._live = _LiveCollector(queue_depth, joules, ready)
+        self.registry.register(self._live)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- request outcomes (called by the handlers) ----------------------------------------
+    def request_done(self, outcome: str, seconds: float | None = None) -> None:
+        self.requests.labels(outcome).inc()
+        if outcome == "ok" and seconds is not None:
+            self.request_latency.observe(seconds)
+
+    # -- RuntimeObserver ------------------------------------------------------------------
+    def on_batch(self, stats: BatchStats) -> None:
+        self.batches.labels("ok" if stats.ok else "error").inc()
+        self.batch_size.observe(stats.size)
+        self.batch_fill.observe(min(1.0, stats.size / max(1, self._configured_batch)))
+        self.batch_execution.observe(stats.run_s)
+        for wait in stats.queue_wait_s:
+            self.queue_wait.observe(wait)
+        if stats.ok:
+            self.batch_energy.inc(stats.energy_j)
+            self.completed.inc(len(stats.latencies_s))
+
+    def on_window(self, report: WindowReport) -> None:
+        self.windows.labels(report.phase).inc()
+        self.window_cost.set(report.cost)
+        self.window_energy.set(report.energy_per_request_j)
+        self.window_latency.set(report.latency_mean_s)
+        self.window_p99.set(report.latency_p99_s)
+        self.window_rate.set(report.arrival_rate)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
+
+    def on_config(self, values: dict[str, float]) -> None:
+        self.tuner_switches.inc()
+        self._configured_batch = int(values.get("batch_size", self._configured_batch))
+        for name, value in values.items():
+            self.knob.labels(name).set(value)

@@ -1,0 +1,121 @@
+"""The command-line flags of ``ecoserve serve``, declared without importing the engine.
+
+``ecoserve`` builds every sub-command's parser on each run, so this module must stay cheap:
+it names the fields and their help, and converts values and shows defaults only when the
+serve command actually parses or prints help (via ``settings``). A test keeps ``FIELDS``
+equal to the fields of ``ServeSettings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+ENV_PREFIX = "ECOSERVE_"
+
+#: Every setting, in ``--help`` order, with its help text.
+FIELDS: dict[str, str] = {
+    # the engine (EngineSettings)
+    "device": "device spec: virtual:BOARD, virtual:analytic[:BOARD], sysfs or none",
+    "sysfs_root": "root under which sysfs paths are read (tests point it at a fake tree)",
+    "meter": "power meter: auto, or a meter name (see `ecoserve devices`)",
+    "tuner": "tuner name: ecogd, grid, linear, dvfs, bayes, mab, mab-joint, fixed, random",
+    "tuner_params": "tuner parameters as a JSON object, e.g. '{\"memory_limit\": 20}'",
+    "seed": "random seed of the tuner",
+    "min_batch": "smallest batch size the tuner may choose",
+    "max_batch": "largest batch size the tuner may choose",
+    "max_wait_s": "longest time the oldest queued request waits for its batch to fill",
+    "max_queue": "bound of the request queue; beyond it requests get 503 with Retry-After",
+    "window_requests": "completions per tuning window ('none' for time windows only)",
+    "warmup_requests": "completions dropped after each configuration change",
+    "window_seconds": "a window also closes after this many seconds ('none' to disable)",
+    "alpha": "weight of energy in the cost (1 - alpha weighs latency)",
+    "accounting": "energy accounting: active (while batches run) or total (idle included)",
+    "baseline_path": "JSON file with the baseline (E0, L0): loaded if present, else written",
+    "slo_latency_s": "latency bound for SLO mode (minimise energy under it)",
+    "slo_percentile": "latency percentile the SLO bound applies to",
+    # the daemon (ServeSettings)
+    "model": "model spec: builtin:NAME, torchscript:PATH, FILE.pt or package.module:callable",
+    "model_name": "name the model is served under (default: derived from --model)",
+    "input_shape": "shape of one input item, e.g. 3,32,32 (default: the model's own)",
+    "preprocess": "entry point package.module:callable mapping one decoded input to an item",
+    "postprocess": "entry point package.module:callable mapping one item's output",
+    "host": "address to bind (loopback by default; 0.0.0.0 exposes the daemon)",
+    "port": "TCP port to bind (0 picks a free one and prints it)",
+    "admin_token": "bearer token enabling POST /v1/config (prefer ECOSERVE_ADMIN_TOKEN)",
+    "state_file": "JSON file where tuner state is saved each window and at exit, and resumed",
+    "request_timeout_s": "per-request deadline; past it the client gets 504 ('none' to disable)",
+    "max_body_bytes": "largest request body accepted; bigger ones get 413",
+    "warmup_at_start": "send synthetic example items at start to measure the baseline",
+    "drain_timeout_s": "longest time a SIGTERM/SIGINT drain waits for accepted requests",
+    "retry_after_s": "Retry-After seconds sent with 503 responses",
+    "access_log": "log every HTTP request (uvicorn access log)",
+    "torch_threads": "torch intra-op threads (default torch's; 1 leaves a core to the server)",
+}
+
+BOOL_FIELDS = frozenset({"warmup_at_start", "access_log"})
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends each setting's default and environment variable, read only when help prints."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        name = action.dest
+        if name in FIELDS:
+            from .settings import ServeSettings
+
+            default = getattr(ServeSettings(), name)
+            if isinstance(default, dict):
+                import json
+
+                default = json.dumps(default)
+            shown = str(default).replace("%", "%%")
+            text = f"{text} (default: {shown}; env {ENV_PREFIX}{name.upper()})"
+        return text
+
+
+def _converter(name: str) -> Any:
+    def convert(text: str) -> Any:
+        from .settings import parse_text
+
+        try:
+            return parse_text(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def formatter_class() -> type[argparse.HelpFormatter]:
+    return _DefaultsFormatter
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting plus ``--config``; flags not given stay absent from the result."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML file with any of these settings, same names (env ECOSERVE_CONFIG)",
+    )
+    for name, help_text in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if name in BOOL_FIELDS:
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=name,
+                metavar=name.upper(),
+                default=argparse.SUPPRESS,
+                type=_converter(name),
+                help=help_text,
+            )

@@ -1,0 +1,190 @@
+"""The ecoserve HTTP API: inference, health, readiness, metrics and status."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from .bodies import accepts, error_response, json_response, media_type, read_limited
+from .metrics import CONTENT_TYPE
+from .schemas import ErrorResponse, InferRequest, InferResponse
+from .service import InferenceService, ServiceError
+from .tensors import (
+    NPY_MEDIA_TYPES,
+    InputError,
+    json_items,
+    load_npy,
+    parse_json,
+    to_jsonable,
+    to_npy,
+)
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        413: "body larger than --max-body-bytes, or more items than the queue holds",
+        422: "malformed JSON, wrong shape or dtype (the message says which)",
+        500: "the model failed on this request's batch",
+        503: "queue full or shutting down (see Retry-After)",
+        504: "no result within --request-timeout-s",
+    }.items()
+}
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": InferRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "one .npy array: one item, or (n, *item_shape) for n items",
+            },
+        },
+    }
+}
+
+
+def service_of(request: Request) -> InferenceService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def decode_v1(request: Request, service: InferenceService) -> tuple[list[Any], bool, Any]:
+    """Items from a v1 body; also whether to answer with a list, and the client's id."""
+    body = await read_limited(request, service.settings.max_body_bytes)
+    kind = media_type(request)
+    try:
+        if kind in NPY_MEDIA_TYPES:
+            arr = load_npy(body)
+            items = service.spec.split_items(arr)
+            batched = service.spec.shape is not None and tuple(arr.shape) != service.spec.shape
+            return items, batched, None
+        payload = parse_json(body)  # JSON whatever the label: curl -d sends a form type
+        items, many = json_items(payload, service.spec)
+        request_id = payload.get("id")
+        return items, many, request_id if isinstance(request_id, str) else None
+    except InputError as exc:
+        raise ServiceError(422, str(exc), "invalid") from None
+
+
+@router.post(
+    "/v1/infer",
+    response_model=InferResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_BODY,
+    summary="Run the model on one item or several",
+)
+async def infer(request: Request) -> Response:
+    """JSON ``{"input": ...}`` / ``{"inputs": [...]}`` or one ``.npy`` array.
+
+    With ``Accept: application/octet-stream`` the output comes back as one ``.npy`` array.
+    """
+    service = service_of(request)
+    started = time.perf_counter()
+    try:
+        items, many, request_id = await decode_v1(request, service)
+        results = await service.infer(items)
+    except ServiceError as err:
+        service.metrics.request_done(err.outcome)
+        return error_response(err)
+    latency = time.perf_counter() - started
+    headers = {"X-Ecoserve-Model": service.name, "X-Ecoserve-Latency-S": f"{latency:.6f}"}
+    if accepts(request, *NPY_MEDIA_TYPES):
+        try:
+            body = to_npy(results if many else results[0])
+        except (TypeError, ValueError) as exc:
+            service.metrics.request_done("error")
+            return json_response({"detail": f"output cannot be sent as .npy: {exc}"}, 406)
+        service.metrics.request_done("ok", latency)
+        return Response(body, media_type="application/octet-stream", headers=headers)
+    data: dict[str, Any] = {"model": service.name, "latency_s": latency}
+    if many:
+        data["outputs"] = [to_jsonable(r) for r in results]
+    else:
+        data["output"] = to_jsonable(results[0])
+    if request_id is not None:
+        data["id"] = request_id
+    service.metrics.request_done("ok", latency)
+    return json_response(data, headers=headers)
+
+
+@router.get("/healthz", summary="Liveness: the process serves HTTP")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: model loaded, baseline known, not draining",
+    responses={503: {"description": "not ready (warming up or draining)"}},
+)
+async def readyz(request: Request) -> Response:
+    service = service_of(request)
+    if service.ready:
+        return json_response({"status": "ready"})
+    reason = "draining" if service.draining else "measuring baseline"
+    return json_response({"status": "not ready", "reason": reason}, 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(service_of(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+@router.get("/v1/status", summary="Configuration, recent windows and tuner state")
+async def status(request: Request, windows: int = 20) -> Response:
+    service = service_of(request)
+    runtime = service.runtime
+    data: dict[str, Any] = {
+        "model": service.name,
+        "model_spec": service.settings.model,
+        "input": service.spec.describe(),
+        "ready": service.ready,
+        "draining": service.draining,
+        "uptime_s": time.time() - service.started_at,
+        "resumed": service.resumed,
+        "settings": service.settings.public_dict(),
+    }
+    if runtime is not None:
+        c = runtime.controller
+        counters = runtime.counters
+        data.update(
+            device=runtime.device.name,
+            phase=c.phase,
+            accounting=c.accounting.value,
+            config=c.values(),
+            pinned={n: c.space.knobs[c.space.axis(n)].values[i] for n, i in c.pinned.items()},
+            knobs={k.name: list(k.values) for k in c.space.knobs},
+            baseline=None if c.baseline is None else vars(c.baseline),
+            windows_closed=c.windows_closed,
+            windows=[r.as_dict() for r in list(c.reports)[-max(0, windows) :]] if windows else [],
+            tuner={
+                "name": c.tuner.name,
+                **c.tuner.describe(),
+                "state": {k: v for k, v in c.tuner.state_dict().items() if k != "rng"},
+            },
+            queue_depth=runtime.queue_depth,
+            counters={
+                "accepted": counters.accepted,
+                "completed": counters.completed,
+                "failed": counters.failed,
+                "rejected": dict(counters.rejected),
+                "batches": counters.batches,
+            },
+        )
+    return json_response(_clean(data))

@@ -1,0 +1,242 @@
+"""The inference service behind the HTTP routes: one runtime, one model, their lifecycle.
+
+Routes only parse and format; this object submits items to the runtime, applies the
+per-request deadline, turns engine failures into ``ServiceError`` with the HTTP status a
+client should see, warms the runtime up so the baseline exists without traffic, and
+drains it on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from devices.base import Device
+from ecoserve.batching import QueueFullError
+from ecoserve.engine import build_runtime
+from ecoserve.models.loader import LoadedModel
+from ecoserve.runtime import Runtime, RuntimeStoppedError
+
+from .metrics import ServerMetrics
+from .observers import Observers
+from .settings import ServeSettings
+from .state import StateSaver, resume
+from .tensors import TensorSpec
+
+log = logging.getLogger("ecoserve.server")
+
+
+class ServiceError(Exception):
+    """A request failed in a way the client should see as ``status`` with ``detail``."""
+
+    def __init__(
+        self, status: int, detail: str, outcome: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.outcome = outcome
+        self.headers = headers or {}
+
+
+class InferenceService:
+    def __init__(
+        self, settings: ServeSettings, model: LoadedModel, device: Device | None = None
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.name = settings.served_name
+        self.spec = TensorSpec(
+            None if model.preprocess else (settings.input_shape or model.input_shape),
+            model.input_dtype,
+        )
+        self.metrics = ServerMetrics(max_batch=settings.max_batch)
+        self.runtime: Runtime | None = None
+        self.saver: StateSaver | None = None
+        self.draining = False
+        self.started_at = time.time()
+        self.resumed: list[str] = []
+        self._device = device
+        self._warmup: asyncio.Task[None] | None = None
+        self._drained = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the device, resume saved state, start the runtime and the warm-up."""
+        s = self.settings
+        observers = Observers([self.metrics])
+        runtime = build_runtime(self.model.batch_fn, s, device=self._device, observer=observers)
+        self.runtime = runtime
+        controller = runtime.controller
+        self.saver = StateSaver(controller, s.state_file, s.model, s.device, s.baseline_path)
+        if s.state_file:
+            self.resumed = resume(controller, s.state_file, s.model, s.device)
+            if self.resumed:
+                log.info("resumed %s from %s", " and ".join(self.resumed), s.state_file)
+        observers.observers.append(self.saver)
+        self.metrics.bind(
+            lambda: runtime.queue_depth, runtime.device.meter.energy_joules, lambda: self.ready
+        )
+        await runtime.start()
+        if s.warmup_at_start and not controller.ready:
+            self._warmup = asyncio.create_task(self._warm_up(), name="ecoserve-warmup")
+
+    @property
+    def ready(self) -> bool:
+        return self.runtime is not None and self.runtime.controller.ready and not self.draining
+
+    async def drain(self) -> None:
+        """Refuse new work, finish every accepted request, save state (idempotent)."""
+        self.draining = True
+        if self._drained:
+            return
+        self._drained = True
+        if self._warmup is not None:
+            self._warmup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmup
+        runtime = self.runtime
+        if runtime is None:
+            return
+        log.info("draining: %d queued, %d running", runtime.queue_depth, runtime.in_flight)
+        stop = asyncio.ensure_future(runtime.stop(drain=True))
+        try:
+            await asyncio.wait_for(asyncio.shield(stop), self.settings.drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.error(
+                "drain timed out after %.1f s; failing what is left", self.settings.drain_timeout_s
+            )
+            await runtime.stop(drain=False)
+            await stop
+        if self.saver is not None:
+            self.saver.save()
+        log.info(
+            "drained: %d completed, %d failed", runtime.counters.completed, runtime.counters.failed
+        )
+
+    async def close(self) -> None:
+        """Drain if not yet done, then restore the device's knobs and close its meter."""
+        if self._closed:
+            return
+        try:
+            await self.drain()
+        finally:
+            self._closed = True
+            if self.runtime is not None:
+                self.runtime.device.close()
+                log.info("device %s restored", self.runtime.device.name)
+
+    async def _warm_up(self) -> None:
+        """Send synthetic example items until the baseline window has closed."""
+        runtime = self.runtime
+        assert runtime is not None
+        try:
+            item = self.model.example_item()
+        except ValueError as exc:
+            log.warning("no warm-up (%s); the baseline is measured on real traffic", exc)
+            return
+        s = self.settings
+        budget = 4 * (s.warmup_requests + (s.window_requests or 0)) + 64
+        deadline = time.monotonic() + 4 * (s.window_seconds or 60.0) + 10.0
+        sent = 0
+        log.info("warm-up: measuring the baseline with synthetic items")
+        while not runtime.controller.ready and not self.draining:
+            if sent >= budget or time.monotonic() > deadline:
+                log.warning("warm-up gave up after %d items; baseline left to real traffic", sent)
+                return
+            n = max(1, min(runtime.controller.batch_size(), s.max_queue - runtime.queue_depth))
+            futures = []
+            for _ in range(n):
+                try:
+                    futures.append(runtime.submit_nowait(item.clone()))
+                except (QueueFullError, RuntimeStoppedError):
+                    break
+            sent += len(futures)
+            if not futures:
+                await asyncio.sleep(0.05)
+                continue
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors and len(errors) == len(results):
+                log.warning("warm-up items failed (%s); baseline left to real traffic", errors[0])
+                return
+        if runtime.controller.ready:
+            log.info("baseline measured: %s", runtime.controller.baseline)
+
+    # -- requests -------------------------------------------------------------------------
+    def _retry(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_s)}
+
+    async def infer(self, items: Sequence[Any]) -> list[Any]:
+        """Run each item through the engine (batched with others); one result per item."""
+        runtime = self.runtime
+        if runtime is None or self.draining or not runtime.accepting:
+            raise ServiceError(
+                503, "shutting down; not accepting requests", "unavailable", self._retry()
+            )
+        if len(items) > self.settings.max_queue:
+            raise ServiceError(
+                413,
+                f"request carries {len(items)} items; at most {self.settings.max_queue} "
+                "(the queue bound) fit",
+                "too_large",
+            )
+        if self.model.preprocess is not None:
+            try:
+                items = [self.model.preprocess(x) for x in items]
+            except Exception as exc:
+                raise ServiceError(
+                    422, f"preprocessing rejected the input: {exc}", "invalid"
+                ) from None
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for item in items:
+                futures.append(runtime.submit_nowait(item))
+        except QueueFullError:
+            for f in futures:
+                f.cancel()
+            raise ServiceError(
+                503,
+                "server overloaded: request queue is full; retry later",
+                "rejected",
+                self._retry(),
+            ) from None
+        except RuntimeStoppedError:
+            for f in futures:
+                f.cancel()
+            raise ServiceError(
+                503, "shutting down; not accepting requests", "unavailable", self._retry()
+            ) from None
+        gathered = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+        try:
+            out = await asyncio.wait_for(gathered, self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            for f in futures:
+                f.cancel()
+            raise ServiceError(
+                504,
+                f"no result within the request timeout of {self.settings.request_timeout_s} s",
+                "timeout",
+            ) from None
+        except RuntimeStoppedError:
+            raise ServiceError(
+                503, "shutting down; request was not run", "unavailable", self._retry()
+            ) from None
+        except Exception as exc:
+            raise ServiceError(
+                500,
+                f"the model failed on this request's batch: {type(exc).__name__}: {exc}",
+                "error",
+            ) from None
+        results = [out] if len(futures) == 1 else list(out)
+        if self.model.postprocess is not None:
+            try:
+                results = [self.model.postprocess(r) for r in results]
+            except Exception as exc:
+                raise ServiceError(500, f"postprocessing failed: {exc}", "error") from None
+        return results

@@ -1,0 +1,202 @@
+"""``ServeSettings``: the daemon's settings, merged from defaults, TOML, environment and flags.
+
+Every field has one name used everywhere: ``--max-queue`` on the command line,
+``ECOSERVE_MAX_QUEUE`` in the environment, ``max_queue`` in the TOML file given with
+``--config``. Precedence: command line > environment > TOML file > defaults, so a systemd
+unit can keep a config file and an operator can still override one value for one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ecoserve.engine import EngineSettings
+
+from .options import ENV_PREFIX
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class ServeSettings(EngineSettings):
+    """Engine settings plus what the HTTP daemon needs (model, socket, limits, control)."""
+
+    model: str = "builtin:cnn"
+    model_name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    preprocess: str | None = None
+    postprocess: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: str | None = None
+    state_file: str | None = None
+    request_timeout_s: float | None = 30.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    warmup_at_start: bool = True
+    drain_timeout_s: float = 30.0
+    retry_after_s: int = 1
+    access_log: bool = False
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be within 0..65535, got {self.port}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+        if self.request_timeout_s is not None and self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.admin_token == "":
+            self.admin_token = None
+
+    @property
+    def served_name(self) -> str:
+        """The model's short name in responses and Open Inference Protocol paths."""
+        if self.model_name:
+            return self.model_name
+        tail = self.model.rsplit(":", 1)[-1]
+        return Path(tail).stem if tail.endswith((".pt", ".ts")) else tail
+
+    def public_dict(self) -> dict[str, Any]:
+        """All settings, the admin token masked (for status pages and logs)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["admin_token"]:
+            out["admin_token"] = "***"
+        if out["input_shape"] is not None:
+            out["input_shape"] = list(out["input_shape"])
+        return out
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(ServeSettings)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_text(name: str, text: str) -> Any:
+    """Convert a flag or environment string to the field's type (ValueError says which)."""
+    tp, optional = _unwrap_optional(_field_types()[name])
+    if optional and text.strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        if tp is bool:
+            return _parse_bool(text)
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if typing.get_origin(tp) is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return value
+        if typing.get_origin(tp) is tuple:
+            parts = text.replace("x", ",").split(",")
+            return tuple(int(p) for p in parts if p.strip())
+        return text
+    except ValueError as exc:
+        raise ValueError(f"{name}: cannot read {text!r}: {exc}") from None
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """Check and convert a value taken from TOML (already typed) to the field's type."""
+    if isinstance(value, str):
+        return parse_text(name, value)
+    tp, optional = _unwrap_optional(_field_types()[name])
+    ok: bool
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typing.get_origin(tp) is dict:
+        ok = isinstance(value, dict)
+    elif typing.get_origin(tp) is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, int) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: {value!r} is not a valid {tp.__name__}")
+    return value
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(ServeSettings)]
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys (or a ``[serve]`` table) named like fields."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    if isinstance(data.get("serve"), dict):
+        data = {**{k: v for k, v in data.items() if k != "serve"}, **data["serve"]}
+    known = set(field_names())
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"config file {path}: unknown setting {key!r}")
+        out[name] = coerce_value(name, value)
+    return out
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in field_names():
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            out[name] = parse_text(name, environ[key])
+    return out
+
+
+def load_settings(
+    args: argparse.Namespace | Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServeSettings:
+    """Merge defaults < TOML (``--config`` or ECOSERVE_CONFIG) < environment < flags."""
+    given = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
+    env = os.environ if environ is None else environ
+    config_path = given.pop("config", None) or env.get(ENV_PREFIX + "CONFIG")
+    known = set(field_names())
+    merged: dict[str, Any] = {}
+    if config_path:
+        merged.update(read_toml(config_path))
+    merged.update(read_env(env))
+    merged.update({k: v for k, v in given.items() if k in known})
+    return replace(ServeSettings(), **merged)

@@ -1,0 +1,267 @@
+"""Decoding request bodies into model items, and encoding outputs, with validation.
+
+Two body formats reach ``POST /v1/infer``:
+
+- JSON: ``{"input": <nested list>}`` for one item, ``{"inputs": [<nested list>, ...]}`` for
+  several;
+- binary: one NumPy ``.npy`` array (``application/octet-stream``), loaded with
+  ``allow_pickle=False``; its shape is either one item's shape or ``(n, *item_shape)``.
+
+Everything that can be wrong with an input is reported as ``InputError`` with a message
+that names the problem, so the handler answers 422 instead of letting the model fail a
+whole batch of other people's requests.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+NPY_MEDIA_TYPES = ("application/octet-stream", "application/x-npy")
+
+#: Open Inference Protocol datatype names and the NumPy dtypes they stand for.
+V2_DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+
+
+class InputError(ValueError):
+    """The request's input cannot be served; the message says why (answered with 422)."""
+
+
+class TensorSpec:
+    """What one input item must look like: shape (None = any) and dtype."""
+
+    def __init__(self, shape: Sequence[int] | None, dtype: torch.dtype) -> None:
+        self.shape = tuple(shape) if shape is not None else None
+        self.dtype = dtype
+        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+
+    @property
+    def v2_datatype(self) -> str:
+        for name, dt in V2_DATATYPES.items():
+            if dt == self.np_dtype:
+                return name
+        return str(self.np_dtype).upper()
+
+    def describe(self) -> str:
+        shape = "any shape" if self.shape is None else f"shape {list(self.shape)}"
+        return f"{shape}, dtype {self.np_dtype}"
+
+    # -- validation -----------------------------------------------------------------------
+    def check_array(self, arr: np.ndarray, what: str = "input") -> torch.Tensor:
+        """One item: check dtype kind, shape and finiteness, convert to the model's dtype."""
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{what} must hold numbers, got dtype {arr.dtype}")
+        if not np.can_cast(arr.dtype, self.np_dtype, casting="same_kind"):
+            raise InputError(
+                f"{what} has dtype {arr.dtype}, which cannot be converted to the model's "
+                f"{self.np_dtype}"
+            )
+        if self.shape is not None and tuple(arr.shape) != self.shape:
+            raise InputError(
+                f"{what} has shape {list(arr.shape)}; the model takes one item of shape "
+                f"{list(self.shape)}"
+            )
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError(f"{what} contains NaN or infinity")
+        if arr.dtype.kind in "iu" and self.np_dtype.kind in "iu":
+            info = np.iinfo(self.np_dtype)
+            if arr.size and (arr.min() < info.min or arr.max() > info.max):
+                raise InputError(f"{what} has values outside the range of {self.np_dtype}")
+        converted = np.ascontiguousarray(arr, dtype=self.np_dtype)
+        return torch.from_numpy(converted)
+
+    def split_items(self, arr: np.ndarray, what: str = "body") -> list[torch.Tensor]:
+        """A binary array: one item of the item shape, or ``(n, *item_shape)`` for n items."""
+        if self.shape is None or tuple(arr.shape) == self.shape:
+            return [self.check_array(arr, what)]
+        if arr.ndim == len(self.shape) + 1 and tuple(arr.shape[1:]) == self.shape:
+            if arr.shape[0] == 0:
+                raise InputError(f"{what} holds zero items")
+            whole = self.check_array(arr[0], f"{what} item 0")  # dtype checks once
+            rest = [self.check_array(arr[i], f"{what} item {i}") for i in range(1, arr.shape[0])]
+            return [whole, *rest]
+        raise InputError(
+            f"{what} has shape {list(arr.shape)}; expected one item of shape {list(self.shape)} "
+            f"or a batch of shape [n, {', '.join(map(str, self.shape))}]"
+        )
+
+
+# -- JSON -----------------------------------------------------------------------------------
+def _reject_constant(name: str) -> float:
+    raise InputError(f"JSON body contains {name}, which is not a number JSON allows")
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body strictly (no NaN/Infinity); InputError on anything malformed."""
+    if not body:
+        raise InputError('request body is empty; send JSON like {"input": [...]}')
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except InputError:
+        raise
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError("request body is nested too deeply") from None
+
+
+def nested_to_array(value: Any, what: str) -> np.ndarray:
+    """A nested list of numbers as an array; InputError for ragged or non-numeric data."""
+    if isinstance(value, (bool, int, float)):
+        arr = np.asarray(value)
+    elif not isinstance(value, list):
+        raise InputError(f"{what} must be a (nested) list of numbers, got {type(value).__name__}")
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, OverflowError, TypeError, RecursionError) as exc:
+            msg = str(exc).split("\n")[0]
+            if "inhomogeneous" in msg or "sequence" in msg:
+                msg = "nested lists have different lengths (ragged)"
+            raise InputError(f"{what} is not a rectangular list of numbers: {msg}") from None
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{what} must hold only numbers (found {_kind_name(arr)})")
+    return arr
+
+
+def _kind_name(arr: np.ndarray) -> str:
+    return {"U": "strings", "O": "nulls, objects or mixed values", "S": "bytes"}.get(
+        arr.dtype.kind, str(arr.dtype)
+    )
+
+
+def json_items(payload: Any, spec: TensorSpec) -> tuple[list[torch.Tensor], bool]:
+    """Items from a v1 JSON payload; also whether the client sent a list (``inputs``)."""
+    if not isinstance(payload, dict):
+        raise InputError(
+            f'JSON body must be an object like {{"input": [...]}}, got {type(payload).__name__}'
+        )
+    unknown = sorted(set(payload) - {"input", "inputs", "id"})
+    if unknown:
+        raise InputError(f'unknown field(s) {unknown}; use "input" or "inputs"')
+    if ("input" in payload) == ("inputs" in payload):
+        raise InputError('give exactly one of "input" (one item) or "inputs" (a list of items)')
+    if "input" in payload:
+        return [spec.check_array(nested_to_array(payload["input"], "input"))], False
+    values = payload["inputs"]
+    if not isinstance(values, list) or not values:
+        raise InputError('"inputs" must be a non-empty list of items')
+    items = [
+        spec.check_array(nested_to_array(v, f"inputs[{i}]"), f"inputs[{i}]")
+        for i, v in enumerate(values)
+    ]
+    return items, True
+
+
+# -- .npy -----------------------------------------------------------------------------------
+def load_npy(body: bytes) -> np.ndarray:
+    """One ``.npy`` array from a body; never unpickles (object arrays are refused)."""
+    if not body:
+        raise InputError("request body is empty; send one .npy array")
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # NumPy raises several types for a bad header
+        raise InputError(f"body is not a valid .npy array: {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError("body must hold one .npy array, not an .npz archive")
+    return arr
+
+
+def to_npy(value: Any) -> bytes:
+    """Serialise an output (tensor, array or nested list of numbers) as ``.npy`` bytes."""
+    buf = io.BytesIO()
+    np.save(buf, to_numpy(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return np.stack([to_numpy(v) for v in value])
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(f"output of type {type(value).__name__} is not an array")
+    return arr
+
+
+def to_jsonable(value: Any) -> Any:
+    """Outputs as plain JSON values (tensors and arrays become nested lists)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return _finite_or_none(value.tolist())
+        return value.tolist()
+    if isinstance(value, np.ndarray):
+        return _finite_or_none(value.tolist()) if value.dtype.kind in "fc" else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no spelling for them."""
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# -- Open Inference Protocol v2 -------------------------------------------------------------
+def v2_tensor_items(tensor: Any, spec: TensorSpec) -> list[torch.Tensor]:
+    """Items from one v2 JSON input tensor ``{name, shape, datatype, data}``."""
+    if not isinstance(tensor, dict):
+        raise InputError('each entry of "inputs" must be an object {name, shape, datatype, data}')
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    if missing:
+        raise InputError(f"input tensor lacks {missing}")
+    shape = tensor["shape"]
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InputError('"shape" must be a list of non-negative integers')
+    datatype = tensor["datatype"]
+    if datatype not in V2_DATATYPES:
+        raise InputError(f"datatype {datatype!r} not supported; use one of {list(V2_DATATYPES)}")
+    flat = nested_to_array(tensor["data"], "data").reshape(-1)
+    count = math.prod(shape)
+    if flat.size != count:
+        raise InputError(f"data holds {flat.size} values but shape {shape} needs {count}")
+    target = V2_DATATYPES[datatype]
+    if not np.can_cast(flat.dtype, target, casting="same_kind"):
+        raise InputError(f"data values ({flat.dtype}) do not fit datatype {datatype}")
+    arr = flat.astype(target).reshape(shape)
+    return spec.split_items(arr, f"input {tensor['name']!r}")
+
+
+def v2_datatype_of(arr: np.ndarray) -> str:
+    for name, dt in V2_DATATYPES.items():
+        if dt == arr.dtype:
+            return name
+    return "BYTES"
