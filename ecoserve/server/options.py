@@ -51,6 +51,7 @@ FIELDS: dict[str, str] = {
     "retry_after_s": "Retry-After seconds sent with 503 responses",
     "access_log": "log every HTTP request (uvicorn access log)",
     "torch_threads": "torch intra-op threads (default torch's; 1 leaves a core to the server)",
+    "watchdog_s": "hand the clocks back to the governors if the engine stalls this long ('none' to disable)",
 }
 
 BOOL_FIELDS = frozenset({"warmup_at_start", "access_log"})

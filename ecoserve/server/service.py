@@ -17,6 +17,7 @@ from typing import Any
 
 from devices.base import Device
 from ecoserve.batching import QueueFullError
+from devices.safety import guarded
 from ecoserve.engine import build_runtime
 from ecoserve.models.loader import LoadedModel
 from ecoserve.runtime import Runtime, RuntimeStoppedError
@@ -64,6 +65,7 @@ class InferenceService:
         self._warmup: asyncio.Task[None] | None = None
         self._drained = False
         self._closed = False
+        self._exit_stack = contextlib.ExitStack()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -72,6 +74,9 @@ class InferenceService:
         observers = Observers([self.metrics])
         runtime = build_runtime(self.model.batch_fn, s, device=self._device, observer=observers)
         self.runtime = runtime
+        # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
+        guard = self._exit_stack.enter_context(guarded(runtime.device, s.watchdog_s))
+        runtime.heartbeat = guard.feed
         controller = runtime.controller
         self.saver = StateSaver(controller, s.state_file, s.model, s.device, s.baseline_path)
         if s.state_file:
@@ -127,6 +132,7 @@ class InferenceService:
             await self.drain()
         finally:
             self._closed = True
+            self._exit_stack.close()
             if self.runtime is not None:
                 self.runtime.device.close()
                 log.info("device %s restored", self.runtime.device.name)

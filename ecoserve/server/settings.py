@@ -49,6 +49,7 @@ class ServeSettings(EngineSettings):
     retry_after_s: int = 1
     access_log: bool = False
     torch_threads: int | None = None
+    watchdog_s: float | None = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
