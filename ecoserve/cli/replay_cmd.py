@@ -1,0 +1,218 @@
+"""``ecoserve replay``: replay arrival traces and compare tuners.
+
+Virtual time (default): every (trace, tuner, seed) is replayed through the engine on the
+device twin and scored against the workload's oracles. ``--mode real`` replays one trace as
+an HTTP client against a running daemon and writes the same report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TUNERS = "ecogd,grid,linear,dvfs,bayes,mab"
+
+
+def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=__doc__)
+    p.add_argument(
+        "--trace",
+        action="append",
+        default=[],
+        metavar="SPEC|NAME|FILE",
+        help="generator spec (fixed:50ms, bursty:10@500ms, poisson:20), bundled trace "
+        "(azure-code, azure-conv) or CSV file; repeat for several",
+    )
+    p.add_argument("--suite", choices=["paper"], help="run a predefined suite (see docs/replay.md)")
+    p.add_argument(
+        "--tuners", default=DEFAULT_TUNERS, help=f"comma list (default {DEFAULT_TUNERS})"
+    )
+    p.add_argument("--device", default="xavier-nx", help="twin: board name or profile CSV")
+    p.add_argument("--duration", help="trace length, e.g. 3h, 10m (generators default 10m)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per tuner, seeds 0..N-1")
+    p.add_argument("--rate", type=float, help="rescale the trace to this mean req/s")
+    p.add_argument("--time-scale", type=float, help="multiply the trace's times by this")
+    p.add_argument("--loop-to", help="repeat the trace back to back up to this duration")
+    p.add_argument("--alpha", type=float, default=0.5, help="energy weight of the cost")
+    p.add_argument("--accounting", choices=["active", "total"], default="active")
+    p.add_argument("--window-requests", type=int, default=416)
+    p.add_argument("--warmup-requests", type=int, default=100)
+    p.add_argument(
+        "--window-seconds", type=float, default=30.0, help="time limit of a window (0: none)"
+    )
+    p.add_argument("--max-wait", type=float, default=0.05, help="batching max wait (s)")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--noise", type=float, help="twin noise (relative std-dev; default: fit's)")
+    p.add_argument("--workers", type=int, help="worker processes (default: 2 if 2 cores)")
+    p.add_argument("--out", type=Path, help="folder for results.json/csv and plots")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--mode", choices=["sim", "real"], default="sim")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="daemon URL (real mode)")
+    p.add_argument("--input", type=Path, help="request body for real mode: .json or .npy")
+    p.add_argument(
+        "--input-shape",
+        default="3,32,32",
+        help="shape of the zero input sent when no --input (default 3,32,32: builtin:cnn)",
+    )
+    p.add_argument("--concurrency", type=int, default=256, help="max requests in flight (real)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (real)")
+    p.set_defaults(run=run)
+    return p
+
+
+def _workloads(args: argparse.Namespace) -> tuple[Any, ...]:
+    from ecoserve.replay.suite import Workload, suite, workload_kind
+
+    if args.suite:
+        return suite(args.suite)
+    if not args.trace:
+        raise SystemExit("ecoserve replay: give --trace (or --suite paper)")
+    return tuple(
+        Workload(
+            label=t,
+            trace=t,
+            kind=workload_kind(t),
+            duration=args.duration,
+            rate=args.rate,
+            time_scale=args.time_scale,
+            loop_to=args.loop_to,
+        )
+        for t in args.trace
+    )
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ecoserve.engine import EngineSettings
+
+    return EngineSettings(
+        max_batch=args.max_batch,
+        max_wait_s=args.max_wait,
+        window_requests=args.window_requests,
+        warmup_requests=args.warmup_requests,
+        window_seconds=args.window_seconds or None,
+        alpha=args.alpha,
+        accounting=args.accounting,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ecoserve.replay.report import render_table, summarise, write_outputs
+
+    err = Console(stderr=True)
+    out = Console(stderr=args.json)
+    if not out.is_terminal:
+        out = Console(stderr=args.json, width=200)
+    tuners = tuple(t.strip() for t in args.tuners.split(",") if t.strip())
+    try:
+        workloads = _workloads(args)
+        if args.mode == "real":
+            result = _run_real(args, workloads, err)
+        else:
+            result = _run_sim(args, workloads, tuners, err)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        err.print(f"[red]ecoserve replay: {exc}[/red]")
+        return 2
+    records, series, oracles, meta = result
+    summary = summarise(records)
+    if args.out:
+        files = write_outputs(args.out, records, series, meta)
+        if not args.no_plots:
+            from ecoserve.replay.plots import write_plots
+
+            costs = {k: (o.static_cost, o.dynamic_cost) for k, o in oracles.items()}
+            files += write_plots(args.out, records, series, costs)
+        err.print(f"wrote {len(files)} files to {args.out}")
+    if args.json:
+        payload = {"meta": meta, "results": [r.as_dict() for r in records]}
+        sys.stdout.write(json.dumps(payload, default=_jsonable) + "\n")
+    else:
+        out.print(render_table(summary, title=meta.get("title", "")))
+        out.print(
+            "cost: mean window cost on the workload's reference baseline (1 = every knob at max); "
+            f"accounting {meta['accounting']}, alpha {meta['alpha']}"
+        )
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def _run_sim(
+    args: argparse.Namespace, workloads: tuple[Any, ...], tuners: tuple[str, ...], err: Any
+) -> tuple[Any, ...]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ecoserve.replay.runner import ReplayPlan, default_workers, run_plan
+    from tuners.registry import TUNERS
+
+    unknown = [t for t in tuners if t.lower() not in TUNERS]
+    if unknown:
+        raise ValueError(f"unknown tuner(s) {unknown}; valid: {', '.join(sorted(TUNERS))}")
+    for w in workloads:
+        w.load(seed=0)  # fail fast on a bad trace before starting workers
+    plan = ReplayPlan(
+        workloads=workloads,
+        tuners=tuners,
+        seeds=tuple(range(max(1, args.seeds))),
+        device=args.device,
+        settings=_settings(args),
+        noise=args.noise,
+    )
+    workers = args.workers or default_workers()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("replaying", total=len(workloads) * (1 + len(tuners) * len(plan.seeds)))
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, description=f"replaying: {what}")
+
+        result = run_plan(plan, workers=workers, progress=progress)
+    meta = {
+        "mode": "sim",
+        "device": args.device,
+        "accounting": args.accounting,
+        "alpha": args.alpha,
+        "window_requests": args.window_requests,
+        "warmup_requests": args.warmup_requests,
+        "workers": workers,
+        "workloads": [w.__dict__ for w in workloads],
+        "oracles": {k: o.as_dict() for k, o in result.oracles.items()},
+        "title": f"replay on the {args.device} twin",
+    }
+    return result.records, result.series, result.oracles, meta
+
+
+def _run_real(args: argparse.Namespace, workloads: tuple[Any, ...], err: Any) -> tuple[Any, ...]:
+    from ecoserve.replay.real import RealReplayConfig, load_input, replay_real
+
+    if len(workloads) != 1:
+        raise ValueError("--mode real replays exactly one --trace")
+    w = workloads[0]
+    trace = w.load(seed=0)
+    body = load_input(args.input, args.input_shape)
+    cfg = RealReplayConfig(
+        url=args.url,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        alpha=args.alpha,
+    )
+    err.print(f"replaying {trace.describe()} against {args.url}")
+    record, series, meta = replay_real(trace, body, cfg, label=w.label, console=err)
+    meta.update(accounting=meta.get("accounting", args.accounting), alpha=args.alpha)
+    return [record], [series], {}, meta

@@ -1,0 +1,164 @@
+"""Virtual-time replays of many (workload, tuner, seed) runs, in parallel processes.
+
+Each workload's oracles are computed once; every run then replays the workload's trace
+through ``ecoserve.simulator`` and is summarised against them. Seeds: the trace is generated
+with seed 0 (every tuner and seed sees the same arrivals, and the oracles are its oracles);
+run seed ``s`` seeds the tuner and the twin's noise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+
+from devices.fitted_twin import load_twin
+from ecoserve.engine import EngineSettings
+from ecoserve.oracle import Oracles, compute_oracles, renormalised_costs
+from ecoserve.simulator import simulate
+
+from .report import RunRecord, WindowSeries, fill_ratio_dvfs, make_record
+from .suite import Workload
+
+#: Tuners known to take far longer per run; scheduled first so two workers finish together.
+SLOW_TUNERS = ("bayes", "bayesian")
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What to replay and how: everything a worker process needs to do one task."""
+
+    workloads: tuple[Workload, ...]
+    tuners: tuple[str, ...]
+    seeds: tuple[int, ...]
+    device: str = "xavier-nx"
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    noise: float | None = None
+    oracle_candidates: int = 6
+
+
+@dataclass
+class ReplayResult:
+    records: list[RunRecord]
+    series: list[WindowSeries]
+    oracles: dict[str, Oracles]
+
+
+def _oracle_task(plan: ReplayPlan, workload: Workload) -> tuple[str, Oracles]:
+    trace = workload.load(seed=0)
+    twin = load_twin(plan.device, noise=plan.noise)
+    oracles = compute_oracles(
+        trace.arrivals,
+        twin,
+        plan.settings,
+        validate=plan.oracle_candidates,
+        duration_s=trace.duration,
+    )
+    return workload.label, oracles
+
+
+def _run_task(
+    plan: ReplayPlan, workload: Workload, tuner: str, seed: int, oracles: Oracles
+) -> tuple[RunRecord, WindowSeries]:
+    trace = workload.load(seed=0)
+    twin = load_twin(plan.device, noise=plan.noise)
+    settings = replace(plan.settings, tuner=tuner, seed=seed)
+    result = simulate(trace.arrivals, twin, settings)
+    alpha = settings.alpha
+    costs = renormalised_costs(result.reports, oracles.baseline, alpha)
+    tuning = [r for r in result.reports if r.phase == "tuning"]
+    energy = result.active_energy_j if settings.accounting == "active" else result.total_energy_j
+    record = make_record(
+        workload=workload.label,
+        tuner=tuner,
+        seed=seed,
+        mode="sim",
+        device=plan.device,
+        accounting=settings.accounting,
+        alpha=alpha,
+        costs=costs,
+        latencies=result.latencies,
+        energy_j=energy,
+        requests=len(trace),
+        rejected=result.rejected,
+        static_cost=oracles.static_cost,
+        dynamic_cost=oracles.dynamic_cost,
+        virtual_s=result.end_s,
+        wall_s=result.wall_s,
+        final_config=result.reports[-1].values if result.reports else {},
+    )
+    series = WindowSeries(
+        workload=workload.label,
+        tuner=tuner,
+        seed=seed,
+        end_s=[r.end for r in tuning],
+        cost=[float(c) for c in costs],
+        energy_per_request_j=[r.energy_per_request_j for r in tuning],
+        latency_s=[r.latency_mean_s for r in tuning],
+    )
+    return record, series
+
+
+def run_plan(
+    plan: ReplayPlan,
+    workers: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ReplayResult:
+    """Oracles, then every run; ``progress(what, done, total)`` after each task."""
+    tasks = [(w, t, s) for w in plan.workloads for t in plan.tuners for s in plan.seeds]
+    tasks.sort(key=lambda x: x[1] not in SLOW_TUNERS)
+    total = len(plan.workloads) + len(tasks)
+    done = 0
+    oracles: dict[str, Oracles] = {}
+    records: list[RunRecord] = []
+    series: list[WindowSeries] = []
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(what, done, total)
+
+    if workers <= 1:
+        for w in plan.workloads:
+            label, o = _oracle_task(plan, w)
+            oracles[label] = o
+            tick(f"oracle {label}")
+        for w, t, s in tasks:
+            rec, ser = _run_task(plan, w, t, s, oracles[w.label])
+            records.append(rec)
+            series.append(ser)
+            tick(f"{w.label} {t} seed {s}")
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_oracle_task, plan, w) for w in plan.workloads]
+            for fut in as_completed(futures):
+                label, o = fut.result()
+                oracles[label] = o
+                tick(f"oracle {label}")
+            run_futures = {
+                pool.submit(_run_task, plan, w, t, s, oracles[w.label]): (w, t, s)
+                for w, t, s in tasks
+            }
+            for fut in as_completed(run_futures):
+                rec, ser = fut.result()
+                records.append(rec)
+                series.append(ser)
+                w, t, s = run_futures[fut]
+                tick(f"{w.label} {t} seed {s}")
+    order = {
+        (w.label, t, s): i
+        for i, (w, t, s) in enumerate(
+            (w, t, s) for w in plan.workloads for t in plan.tuners for s in plan.seeds
+        )
+    }
+    records.sort(key=lambda r: order[(r.workload, r.tuner, r.seed)])
+    series.sort(key=lambda r: order[(r.workload, r.tuner, r.seed)])
+    fill_ratio_dvfs(records)
+    return ReplayResult(records, series, oracles)
+
+
+def default_workers() -> int:
+    """Two workers where two cores exist (the suite's budget is set for two)."""
+    return max(1, min(2, os.cpu_count() or 1))

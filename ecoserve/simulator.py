@@ -1,0 +1,312 @@
+"""The virtual-time driver: replays an arrival trace through the engine on a device twin.
+
+It is the discrete-event counterpart of ``ecoserve.runtime``: the same ``BatchPolicy``,
+``Controller`` and tuner objects decide everything, and this loop only supplies time. Events
+are arrivals, batch completions, ``WaitUntil`` deadlines and the runtime's idle tick (the
+runtime wakes at least every ``tick_s`` to let a timed window close), so the controller is
+told the same things in the same order as in the daemon. Nothing sleeps: a batch's duration
+comes from ``twin.sample_batch_time`` at the knob values in force, its energy from
+``twin.sample_power(busy=1)`` times that duration, and the meter integrates idle power
+between batches. Knobs the tuner hands to the OS (DVFS) follow ``ecoserve.governors``.
+
+The hot loop keeps per-request work to a queue append and ``Controller.on_arrival``; request
+ids are trace indices, so a batch's completion times are one slice assignment.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from devices.twin import DeviceTwin
+from devices.virtual import VirtualDevice
+
+from .batching import BatchPolicy, Dispatch
+from .controller import BatchOutcome, Controller, WindowReport
+from .engine import EngineSettings, build_controller, build_space
+from .governors import UtilisationGovernor, podgov, schedutil
+from .space import CPU, GPU, SearchSpace
+
+
+@dataclass
+class SimResult:
+    """Everything one replay produced; ``completions`` is NaN for rejected requests."""
+
+    tuner: str
+    seed: int
+    accounting: str
+    reports: list[WindowReport]
+    arrivals: np.ndarray
+    completions: np.ndarray
+    rejected: int
+    batches: int
+    active_energy_j: float
+    total_energy_j: float
+    end_s: float
+    wall_s: float
+    space: SearchSpace
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def served(self) -> int:
+        return int(np.count_nonzero(~np.isnan(self.completions)))
+
+    @property
+    def latencies(self) -> np.ndarray:
+        lat = self.completions - self.arrivals
+        return lat[~np.isnan(lat)]
+
+    @property
+    def speedup(self) -> float:
+        """Virtual seconds replayed per wall-clock second."""
+        return self.end_s / self.wall_s if self.wall_s > 0 else math.inf
+
+
+def _gpu_share(twin: DeviceTwin) -> Callable[[int, float, float], float]:
+    """Share of a batch's time the GPU itself runs (for the GPU governor's load)."""
+    params = getattr(twin, "params", None)
+    if params is None:
+        return lambda batch, fc, fg: 1.0
+    from devices.fitted_twin import time_parts
+
+    def share(batch: int, fc: float, fg: float) -> float:
+        _, device, total = time_parts(params, batch, fc, fg)
+        return float(device / total) if total > 0 else 1.0
+
+    return share
+
+
+class Simulator:
+    """Drives one controller over one trace in virtual time on a twin."""
+
+    def __init__(
+        self,
+        twin: DeviceTwin,
+        controller: Controller,
+        *,
+        max_wait: float = 0.05,
+        max_queue: int | None = 1024,
+        noise_seed: int = 0,
+        tick_s: float = 0.5,
+    ) -> None:
+        self.twin = twin
+        self.controller = controller
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.rng = random.Random(noise_seed)
+        self.tick_s = tick_s
+        self.policy: BatchPolicy[int] = BatchPolicy(
+            controller.batch_size(), max_wait=max_wait, max_queue=max_queue
+        )
+        self.governors: dict[str, UtilisationGovernor] = {}
+        self._gpu_share = _gpu_share(twin)
+        self._twin_knobs = {k.name: k for k in twin.knobs()}
+        self._fixed_values: dict[str, float] = {}
+
+    def _governor(self, name: str) -> UtilisationGovernor:
+        gov = self.governors.get(name)
+        if gov is None:
+            table = self._twin_knobs[name].values
+            gov = schedutil(table) if name == CPU else podgov(table)
+            self.governors[name] = gov
+        return gov
+
+    def _governed_batch(
+        self, k: int, now: float, governed: list[tuple[str, UtilisationGovernor]]
+    ) -> tuple[float, float]:
+        """Run one batch under governors: in steps, letting the clocks move as it runs."""
+        twin, rng = self.twin, self.rng
+        for _, gov in governed:
+            gov.advance(now, 0.0)  # idle since the last batch
+        freqs = dict(self._fixed_values)
+        for name, gov in governed:
+            freqs[name] = gov.freq
+        nominal = twin.batch_time(k, freqs)
+        factor = twin.sample_batch_time(k, freqs, rng) / nominal if nominal > 0 else 1.0
+        step_max = min(gov.period_s for _, gov in governed)
+        left, t, energy = 1.0, now, 0.0
+        while left > 1e-12:
+            for name, gov in governed:
+                freqs[name] = gov.freq
+            span = twin.batch_time(k, freqs) * factor
+            step = min(step_max, left * span)
+            energy += twin.sample_power(freqs, 1.0, rng, batch=k) * step
+            left -= step / span
+            t += step
+            share = self._gpu_share(k, freqs.get(CPU, math.inf), freqs.get(GPU, math.inf))
+            for name, gov in governed:
+                gov.advance(t, share if name == GPU else 1.0)
+        return t - now, energy
+
+    def run(
+        self,
+        arrivals: Sequence[float] | np.ndarray,
+        on_window: Callable[[WindowReport], None] | None = None,
+    ) -> SimResult:
+        """Replay ``arrivals`` (seconds, sorted) to the end, draining the queue."""
+        wall0 = time.perf_counter()
+        arr_np = np.asarray(arrivals, dtype=np.float64)
+        arr = arr_np.tolist()
+        n = len(arr)
+        completions = np.full(n, np.nan)
+        ctl, policy, twin, rng = self.controller, self.policy, self.twin, self.rng
+        on_arrival, on_batch, tick = ctl.on_arrival, ctl.on_batch, ctl.tick
+        add, poll = policy.add, policy.poll
+        max_queue = self.max_queue if self.max_queue is not None else n + 1
+        sample_time, sample_power = twin.sample_batch_time, twin.sample_power
+        tick_s = self.tick_s
+        reports: list[WindowReport] = []
+
+        now = min(0.0, arr[0]) if n else 0.0
+        meter = 0.0  # joules up to ``mark``
+        mark = now
+        active = 0.0
+        rejected = batches = 0
+        i = 0
+        ctl.start(now, meter)
+
+        # knob values in force: fixed ones, and the governed ones (looked up per batch)
+        fixed: dict[str, float] = {}
+        governed: list[tuple[str, UtilisationGovernor]] = []
+        idle_w = 0.0
+
+        def apply() -> None:
+            nonlocal fixed, governed, idle_w
+            values = ctl.values()
+            policy.set_batch_size(ctl.batch_size())
+            gov_names = ctl.governed_knobs()
+            fixed = {k: v for k, v in values.items() if k in self._twin_knobs}
+            self._fixed_values = dict(fixed)
+            governed = [(k, self._governor(k)) for k in self._twin_knobs if k in gov_names]
+            for k, g in governed:
+                fixed[k] = g.freq
+            idle_w = twin.power(fixed, 0.0)
+
+        def window(report: WindowReport) -> None:
+            nonlocal meter, mark
+            reports.append(report)
+            if on_window is not None:
+                on_window(report)
+            meter += idle_w * (now - mark)
+            mark = now
+            apply()
+
+        apply()
+        while True:
+            while i < n and arr[i] <= now:
+                a = arr[i]
+                if len(policy) >= max_queue:
+                    rejected += 1
+                else:
+                    add(i, a)
+                    on_arrival(a)
+                i += 1
+            action = poll(now)
+            if action.__class__ is Dispatch:
+                items = action.items
+                k = len(items)
+                config = ctl.config
+                if governed:
+                    dur, energy = self._governed_batch(k, now, governed)
+                    new_fixed = dict(fixed)
+                    for name, gov in governed:
+                        new_fixed[name] = gov.freq
+                    if new_fixed != fixed:
+                        meter += idle_w * (now - mark)
+                        mark = now
+                        fixed = new_fixed
+                        idle_w = twin.power(fixed, 0.0)
+                else:
+                    dur = sample_time(k, fixed, rng)
+                    energy = sample_power(fixed, 1.0, rng, batch=k) * dur
+                end = now + dur
+                meter += idle_w * (now - mark) + energy
+                mark = end
+                active += energy
+                batches += 1
+                while i < n and arr[i] <= end:
+                    a = arr[i]
+                    if len(policy) >= max_queue:
+                        rejected += 1
+                    else:
+                        add(i, a)
+                        on_arrival(a)
+                    i += 1
+                first = items[0]
+                completions[first : first + k] = end
+                now = end
+                report = on_batch(
+                    BatchOutcome(
+                        config=config,
+                        latencies=[end - a for a in action.arrivals],
+                        energy_j=energy,
+                        end=end,
+                        meter_j=meter,
+                    )
+                )
+                if report is not None:
+                    window(report)
+                continue
+            if action is None and i >= n:
+                break
+            report = tick(now, meter + idle_w * (now - mark))
+            if report is not None:
+                window(report)
+                continue
+            nxt = now + tick_s
+            if action is not None and action.deadline < nxt:  # a WaitUntil
+                nxt = max(now, action.deadline)
+            if i < n and arr[i] < nxt:
+                nxt = arr[i]
+            now = nxt
+
+        return SimResult(
+            tuner=ctl.tuner.name,
+            seed=int(ctl.tuner.seed or 0),
+            accounting=ctl.accounting.value,
+            reports=reports,
+            arrivals=arr_np,
+            completions=completions,
+            rejected=rejected,
+            batches=batches,
+            active_energy_j=active,
+            total_energy_j=meter,
+            end_s=max(now, float(arr[-1]) if n else 0.0),
+            wall_s=time.perf_counter() - wall0,
+            space=ctl.space,
+        )
+
+
+def simulate(
+    arrivals: Sequence[float] | np.ndarray,
+    twin: DeviceTwin,
+    settings: EngineSettings | None = None,
+    *,
+    noise_seed: int | None = None,
+    tick_s: float = 0.5,
+    on_window: Callable[[WindowReport], None] | None = None,
+    **overrides: Any,
+) -> SimResult:
+    """Build the engine's controller exactly as the daemon does, then replay ``arrivals``.
+
+    ``overrides`` replace ``EngineSettings`` fields (``tuner="grid"``, ``seed=2``...).
+    ``noise_seed`` seeds the twin's noise (default: the tuner seed).
+    """
+    settings = replace(settings or EngineSettings(), **overrides)
+    space = build_space(VirtualDevice(twin), settings)
+    controller = build_controller(space, settings)
+    sim = Simulator(
+        twin,
+        controller,
+        max_wait=settings.max_wait_s,
+        max_queue=settings.max_queue,
+        noise_seed=settings.seed if noise_seed is None else noise_seed,
+        tick_s=tick_s,
+    )
+    return sim.run(arrivals, on_window=on_window)
