@@ -528,7 +528,7 @@ def fit_all(data: Path) -> tuple[dict[str, Any], str]:
 
 
 def markdown_tables(document: dict[str, Any]) -> str:
-    """The fit-error tables as printed and as pasted into docs/twin-fit.md."""
+    """The fit-error tables as printed and as pasted into BENCHMARKS.md (device twin section)."""
     head = (
         "| board | basis | points | batch time MAPE | power MAPE | energy/inference MAPE "
         "| worst energy error |\n|---|---|---:|---:|---:|---:|---:|"
