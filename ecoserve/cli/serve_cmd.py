@@ -60,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"ecoserve serve: {exc}", file=sys.stderr)
         return 2
     try:
-        app = create_app(settings, model=model, device=device)
+        try:
+            app = create_app(settings, model=model, device=device)
+        except ValueError as exc:
+            print(f"ecoserve serve: {exc}", file=sys.stderr)
+            return 2
         return serve(app, settings)
     finally:
         device.close()  # idempotent: the lifespan normally restored it already

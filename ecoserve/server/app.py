@@ -22,6 +22,7 @@ from . import admin, routes_v1, routes_v2
 from .bodies import json_response
 from .service import InferenceService
 from .settings import ServeSettings
+from .tiers import check_tier_settings, tier_routes
 
 
 def create_app(
@@ -29,12 +30,17 @@ def create_app(
     model: LoadedModel | None = None,
     device: Device | None = None,
 ) -> FastAPI:
-    """Build the app; ``model`` and ``device`` default to what ``settings`` name."""
+    """Build the app; ``model`` and ``device`` default to what ``settings`` name.
+
+    Raises ValueError when the tier settings do not fit the model (the message names the fix).
+    """
     settings = settings or ServeSettings()
     if model is None:
         model = load_model(
             settings.model, settings.input_shape, settings.preprocess, settings.postprocess
         )
+    check_tier_settings(settings, model)
+    tier_router = tier_routes(settings, model)
     service = InferenceService(settings, model, device)
 
     @asynccontextmanager
@@ -60,6 +66,8 @@ def create_app(
     app.include_router(routes_v1.router)
     app.include_router(admin.router)
     app.include_router(routes_v2.router)
+    if tier_router is not None:
+        app.include_router(tier_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

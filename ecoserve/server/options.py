@@ -52,9 +52,17 @@ FIELDS: dict[str, str] = {
     "access_log": "log every HTTP request (uvicorn access log)",
     "torch_threads": "torch intra-op threads (default torch's; 1 leaves a core to the server)",
     "watchdog_s": "hand the clocks back to the governors if the engine stalls this long ('none' to disable)",
+    # tiers (ecoserve.server.tiers)
+    "next_tier": "URL of the next tier's daemon (e.g. http://edge:8000); requests are split or cascaded to it",
+    "tier_mode": "with --next-tier: split (cut a sequential model) or cascade (small model here, big one there)",
+    "link_emulation": "emulated link to the next tier, e.g. 10mbit or 10mbit@0s,1mbit@60s (tests and demos)",
+    "link_rtt_s": "round trip added to every emulated exchange, in seconds",
+    "cascade_threshold": "cascade: answer here when the top softmax probability reaches this ('none': chosen online)",
+    "serve_tier": "serve /v1/tier/* so other daemons can use this one as their next tier (sequential models)",
+    "tier_slowdown": "emulate a slower device: this tier's own stages sleep to take this many times longer",
 }
 
-BOOL_FIELDS = frozenset({"warmup_at_start", "access_log"})
+BOOL_FIELDS = frozenset({"warmup_at_start", "access_log", "serve_tier"})
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):

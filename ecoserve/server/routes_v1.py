@@ -179,6 +179,7 @@ async def status(request: Request, windows: int = 20) -> Response:
                 "state": {k: v for k, v in c.tuner.state_dict().items() if k != "rng"},
             },
             queue_depth=runtime.queue_depth,
+            tier=None if service.tier is None else service.tier.status(),
             counters={
                 "accepted": counters.accepted,
                 "completed": counters.completed,

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from devices.base import Device
-from ecoserve.batching import QueueFullError
 from devices.safety import guarded
+from ecoserve.batching import QueueFullError
 from ecoserve.engine import build_runtime
 from ecoserve.models.loader import LoadedModel
 from ecoserve.runtime import Runtime, RuntimeStoppedError
@@ -27,6 +27,7 @@ from .observers import Observers
 from .settings import ServeSettings
 from .state import StateSaver, resume
 from .tensors import TensorSpec
+from .tiers import TierBridge
 
 log = logging.getLogger("ecoserve.server")
 
@@ -57,6 +58,7 @@ class InferenceService:
         )
         self.metrics = ServerMetrics(max_batch=settings.max_batch)
         self.runtime: Runtime | None = None
+        self.tier: TierBridge | None = None
         self.saver: StateSaver | None = None
         self.draining = False
         self.started_at = time.time()
@@ -69,10 +71,19 @@ class InferenceService:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the device, resume saved state, start the runtime and the warm-up."""
+        """Open the device, resume saved state, start the runtime and the warm-up.
+
+        With a next tier, the runtime's batch function is the tier node's, so requests keep
+        the engine's queue, batching and drain; the node's client is made here, on the
+        serving loop it belongs to.
+        """
         s = self.settings
         observers = Observers([self.metrics])
-        runtime = build_runtime(self.model.batch_fn, s, device=self._device, observer=observers)
+        batch_fn = self.model.batch_fn
+        if s.next_tier is not None:
+            self.tier = await TierBridge.start(s, self.model)
+            batch_fn = self.tier.run_batch
+        runtime = build_runtime(batch_fn, s, device=self._device, observer=observers)
         self.runtime = runtime
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(runtime.device, s.watchdog_s))
@@ -132,6 +143,8 @@ class InferenceService:
             await self.drain()
         finally:
             self._closed = True
+            if self.tier is not None:
+                await self.tier.aclose()
             self._exit_stack.close()
             if self.runtime is not None:
                 self.runtime.device.close()

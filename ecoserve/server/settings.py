@@ -50,6 +50,13 @@ class ServeSettings(EngineSettings):
     access_log: bool = False
     torch_threads: int | None = None
     watchdog_s: float | None = 60.0
+    next_tier: str | None = None
+    tier_mode: str = "split"
+    link_emulation: str | None = None
+    link_rtt_s: float = 0.0
+    cascade_threshold: float | None = None
+    serve_tier: bool = True
+    tier_slowdown: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -62,6 +69,28 @@ class ServeSettings(EngineSettings):
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.admin_token == "":
             self.admin_token = None
+        if self.next_tier == "":
+            self.next_tier = None
+        self._check_tiers()
+
+    def _check_tiers(self) -> None:
+        """Reject tier settings at load time, so a typo fails before the model loads."""
+        if self.tier_mode not in ("split", "cascade"):
+            raise ValueError(f"tier_mode must be split or cascade, got {self.tier_mode!r}")
+        if self.next_tier is not None and not self.next_tier.startswith(("http://", "https://")):
+            raise ValueError(
+                f"next_tier must be an http:// or https:// URL, got {self.next_tier!r}"
+            )
+        if self.link_rtt_s < 0:
+            raise ValueError(f"link_rtt_s must be >= 0, got {self.link_rtt_s}")
+        if self.link_emulation is not None:
+            from ecoserve.tiers.link import EmulatedLink
+
+            EmulatedLink.parse(self.link_emulation, rtt_s=self.link_rtt_s)
+        if self.cascade_threshold is not None and not 0 <= self.cascade_threshold <= 1:
+            raise ValueError(f"cascade_threshold must be within 0..1, got {self.cascade_threshold}")
+        if not self.tier_slowdown >= 1:
+            raise ValueError(f"tier_slowdown must be >= 1, got {self.tier_slowdown}")
 
     @property
     def served_name(self) -> str:
