@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_TUNERS = "ecogd,grid,linear,dvfs,bayes,mab"
+DEFAULT_MAX_WAIT_S = 0.05
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -44,7 +45,11 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     p.add_argument(
         "--window-seconds", type=float, default=30.0, help="time limit of a window (0: none)"
     )
-    p.add_argument("--max-wait", type=float, default=0.05, help="batching max wait (s)")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        help="batching max wait (s); default 0.05, or the suite's (paper: 2.0, a full buffer)",
+    )
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--noise", type=float, help="twin noise (relative std-dev; default: fit's)")
     p.add_argument("--workers", type=int, help="worker processes (default: 2 if 2 cores)")
@@ -86,12 +91,21 @@ def _workloads(args: argparse.Namespace) -> tuple[Any, ...]:
     )
 
 
+def _max_wait(args: argparse.Namespace) -> float:
+    """An explicit --max-wait wins; a suite brings its own batching buffer."""
+    from ecoserve.replay.suite import SUITE_MAX_WAIT_S
+
+    if args.max_wait is not None:
+        return float(args.max_wait)
+    return SUITE_MAX_WAIT_S.get(args.suite or "", DEFAULT_MAX_WAIT_S)
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from ecoserve.engine import EngineSettings
 
     return EngineSettings(
         max_batch=args.max_batch,
-        max_wait_s=args.max_wait,
+        max_wait_s=_max_wait(args),
         window_requests=args.window_requests,
         warmup_requests=args.warmup_requests,
         window_seconds=args.window_seconds or None,
@@ -189,6 +203,7 @@ def _run_sim(
         "accounting": args.accounting,
         "alpha": args.alpha,
         "window_requests": args.window_requests,
+        "max_wait_s": _max_wait(args),
         "warmup_requests": args.warmup_requests,
         "workers": workers,
         "workloads": [w.__dict__ for w in workloads],
