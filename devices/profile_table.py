@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import inspect
 import math
-import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,17 +334,6 @@ class TableTwin(DeviceTwin):
         b = DEFAULT_POWER_BATCH if batch is None else batch
         active = self._in_batch(self._plane(self._power, freqs), b, extrapolate=False)
         return self.idle_w + busy * (active - self.idle_w)
-
-    def sample_power(
-        self,
-        freqs: Mapping[str, float],
-        busy: float,
-        rng: random.Random,
-        *,
-        batch: int | None = None,
-    ) -> float:
-        p = self.power(freqs, busy, batch=batch)
-        return p * max(0.05, 1.0 + self.noise * rng.gauss(0.0, 1.0)) if self.noise else p
 
 
 def table_from_twin(
