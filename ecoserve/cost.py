@@ -76,6 +76,7 @@ class CostModel:
         baseline: Baseline,
         latency_percentile_s: float | None = None,
     ) -> float:
+        """The window's cost; also works element-wise on numpy arrays (oracles, reports)."""
         e = energy_per_request_j / baseline.energy_per_request_j
         if self.slo_latency_s is not None:
             tail = latency_percentile_s if latency_percentile_s is not None else latency_mean_s

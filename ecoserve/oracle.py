@@ -32,7 +32,7 @@ from devices.twin import DeviceTwin
 from devices.virtual import VirtualDevice
 
 from .controller import WindowReport
-from .cost import Baseline
+from .cost import Baseline, CostModel
 from .engine import EngineSettings, build_space
 from .space import BATCH, CPU, GPU, Config, SearchSpace
 
@@ -197,10 +197,7 @@ def _lockstep(
 
 def window_costs(est: WindowEstimates, baseline: Baseline, alpha: float) -> np.ndarray:
     """(C, S) cost of every configuration in every window on the baseline's scale."""
-    return (
-        alpha * est.energy_per_request_j / baseline.energy_per_request_j
-        + (1.0 - alpha) * est.latency_s / baseline.latency_s
-    )
+    return CostModel(alpha=alpha).cost(est.energy_per_request_j, est.latency_s, baseline)
 
 
 def renormalised_costs(
@@ -211,7 +208,7 @@ def renormalised_costs(
     if not rows:
         return np.empty(0)
     e, lat = np.array(rows).T
-    return alpha * e / baseline.energy_per_request_j + (1 - alpha) * lat / baseline.latency_s
+    return CostModel(alpha=alpha).cost(e, lat, baseline)
 
 
 @dataclass
