@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import socket
 import statistics
 import threading
@@ -30,12 +29,10 @@ from fastapi import FastAPI
 from torch import nn
 
 from ecoserve.models.digits import load_digits_model, load_digits_split
-from ecoserve.tiers.cascade import CascadeCosts, ThresholdChooser
 from ecoserve.tiers.http import NextTierClient, tier_router
 from ecoserve.tiers.link import EmulatedLink
 from ecoserve.tiers.node import TierNode
-from ecoserve.tiers.replay import compare_tiers, digits_setup, format_table
-from ecoserve.tiers.split import DevicePower
+from ecoserve.tiers.replay import digits_setup, tier_replay_report
 from traces import load_trace
 from traces.durations import parse_duration
 
@@ -143,43 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     link = EmulatedLink.parse(args.link, rtt_s=rtt_s)
     trace = load_trace(args.trace, duration=args.duration, seed=args.seed)
     setup = digits_setup(device_slowdown=args.device_slowdown, server_speedup=args.server_speedup)
-    costs: CascadeCosts = setup.costs
-    power: DevicePower = setup.power
-
-    def chooser() -> ThresholdChooser:
-        return ThresholdChooser(
-            costs,
-            power,
-            accuracy_floor=0.97,
-            error_weight=10.0,
-            baseline_link=link.link_at(0.0),
-            seed=args.seed,
-        )
-
-    rows = compare_tiers(
-        trace,
-        link,
-        planner=setup.planner,
-        accuracy=setup.accuracy_large,
-        costs=costs,
-        data=setup.data,
-        chooser=chooser,
-        oracle=args.oracle,
-        seed=args.seed,
-    )
-    dev = setup.planner.device
     print(
-        f"Trace {args.trace} for {trace.duration:g} s ({len(trace)} requests, "
-        f"{trace.mean_rate:.1f}/s); link {args.link}, RTT {1e3 * rtt_s:g} ms; "
-        f"{'true link' if args.oracle else 'estimated link (probes every 1 s)'}.\n"
-        f"Digits large, {dev.n_stages} stages, {1e3 * dev.total_s:.2f} ms on the device "
-        f"({args.device_slowdown:g}x slower than this {platform.machine()} CPU), "
-        f"next tier {args.server_speedup:g}x faster; small model {1e3 * costs.small_s:.2f} ms "
-        f"on the device, {costs.input_bytes} B up / {costs.output_bytes} B down per forward. "
-        f"Power busy {power.busy_w:g} W, radio {power.tx_w:g} W, waiting {power.idle_w:g} W. "
-        "Chooser: accuracy floor 0.97, error weight 10.\n"
+        tier_replay_report(
+            trace,
+            link,
+            link_spec=args.link,
+            setup=setup,
+            oracle=args.oracle,
+            seed=args.seed,
+            device_slowdown=args.device_slowdown,
+            server_speedup=args.server_speedup,
+        )
     )
-    print(format_table(rows, link))
     if args.live:
         print(
             f"\nTwo daemons on loopback (RTT {1e3 * rtt_s:g} ms emulated on top; device "

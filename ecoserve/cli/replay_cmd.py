@@ -57,6 +57,17 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--mode", choices=["sim", "real"], default="sim")
+    p.add_argument(
+        "--tiers",
+        action="store_true",
+        help="compare split points and cascade thresholds (digits models) over --link instead of tuners",
+    )
+    p.add_argument(
+        "--link",
+        default="20mbit@0s,0.2mbit@40s,20mbit@80s",
+        help="link bandwidth schedule for --tiers, e.g. 10mbit or 20mbit@0s,0.2mbit@40s",
+    )
+    p.add_argument("--rtt", default="1ms", help="link round-trip time for --tiers")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="daemon URL (real mode)")
     p.add_argument("--input", type=Path, help="request body for real mode: .json or .npy")
     p.add_argument(
@@ -124,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if not out.is_terminal:
         out = Console(stderr=args.json, width=200)
     tuners = tuple(t.strip() for t in args.tuners.split(",") if t.strip())
+    if args.tiers:
+        return _run_tiers(args, err)
     try:
         workloads = _workloads(args)
         if args.mode == "real":
@@ -231,3 +244,29 @@ def _run_real(args: argparse.Namespace, workloads: tuple[Any, ...], err: Any) ->
     record, series, meta = replay_real(trace, body, cfg, label=w.label, console=err)
     meta.update(accounting=meta.get("accounting", args.accounting), alpha=args.alpha)
     return [record], [series], {}, meta
+
+
+def _run_tiers(args: argparse.Namespace, err: Any) -> int:
+    """Split points and cascade thresholds replayed over a changing link (virtual time)."""
+    import torch
+
+    from ecoserve.tiers.link import EmulatedLink
+    from ecoserve.tiers.replay import digits_setup, tier_replay_report
+    from traces import load_trace, parse_duration
+
+    try:
+        link = EmulatedLink.parse(args.link, rtt_s=parse_duration(args.rtt))
+        if len(args.trace) > 1:
+            raise ValueError("--tiers replays one trace at a time")
+        spec = args.trace[0] if args.trace else "poisson:50"
+        trace = load_trace(spec, duration=args.duration or "120s")
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        err.print(f"[red]ecoserve replay --tiers: {exc}[/red]")
+        return 2
+    torch.set_num_threads(1)
+    print(
+        tier_replay_report(
+            trace, link, link_spec=args.link, setup=digits_setup(device_slowdown=100.0)
+        )
+    )
+    return 0

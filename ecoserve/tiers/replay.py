@@ -198,3 +198,59 @@ def format_table(rows: Sequence[dict[str, Any]], link: EmulatedLink) -> str:
             f"| {acc} | {knobs} | {lats} |"
         )
     return "\n".join(lines)
+
+
+def tier_replay_report(
+    trace: Trace,
+    link: EmulatedLink,
+    *,
+    link_spec: str,
+    setup: DigitsSetup,
+    oracle: bool = False,
+    seed: int = 0,
+    device_slowdown: float = 100.0,
+    server_speedup: float = 4.0,
+) -> str:
+    """The digits tier comparison over ``trace`` and ``link`` as printable text.
+
+    Used by ``ecoserve replay --tiers`` and ``scripts/tiers_replay.py``. The online
+    threshold chooser runs with an accuracy floor of 0.97 and an error weight of 10.
+    """
+    import platform
+
+    costs, power = setup.costs, setup.power
+
+    def chooser() -> ThresholdChooser:
+        return ThresholdChooser(
+            costs,
+            power,
+            accuracy_floor=0.97,
+            error_weight=10.0,
+            baseline_link=link.link_at(0.0),
+            seed=seed,
+        )
+
+    rows = compare_tiers(
+        trace,
+        link,
+        planner=setup.planner,
+        accuracy=setup.accuracy_large,
+        costs=costs,
+        data=setup.data,
+        chooser=chooser,
+        oracle=oracle,
+        seed=seed,
+    )
+    dev = setup.planner.device
+    header = (
+        f"Trace {trace.name} for {trace.duration:g} s ({len(trace)} requests, "
+        f"{trace.mean_rate:.1f}/s); link {link_spec}, RTT {1e3 * link.rtt_s:g} ms; "
+        f"{'true link' if oracle else 'estimated link (probes every 1 s)'}.\n"
+        f"Digits large, {dev.n_stages} stages, {1e3 * dev.total_s:.2f} ms on the device "
+        f"({device_slowdown:g}x slower than this {platform.machine()} CPU), "
+        f"next tier {server_speedup:g}x faster; small model {1e3 * costs.small_s:.2f} ms "
+        f"on the device, {costs.input_bytes} B up / {costs.output_bytes} B down per forward. "
+        f"Power busy {power.busy_w:g} W, radio {power.tx_w:g} W, waiting {power.idle_w:g} W. "
+        "Chooser: accuracy floor 0.97, error weight 10.\n"
+    )
+    return header + "\n" + format_table(rows, link)
