@@ -123,6 +123,7 @@ class Controller:
             raise ValueError(f"baseline_windows must be >= 1, got {baseline_windows}")
         self.baseline_windows = baseline_windows
         self._baseline_windows_left = baseline_windows
+        self._remeasuring = False
         self.reports: deque[WindowReport] = deque(maxlen=history)
         self.windows_closed = 0
         self.pinned: dict[str, int] = {}
@@ -140,7 +141,7 @@ class Controller:
 
     @property
     def phase(self) -> str:
-        return "tuning" if self.baseline is not None else "baseline"
+        return "tuning" if self.baseline is not None and not self._remeasuring else "baseline"
 
     @property
     def ready(self) -> bool:
@@ -198,6 +199,17 @@ class Controller:
                 self._open_window(now, meter_j)
             return None
         return self._maybe_close(now, meter_j)
+
+    def remeasure_baseline(self, now: float, meter_j: float) -> None:
+        """Measure E0/L0 again at maximum, on whatever traffic arrives from now on.
+
+        A daemon becomes ready on a baseline measured with synthetic items, which never
+        queue; real traffic's latency includes queueing, so that baseline is provisional.
+        It stays in force (the controller stays ready) until the new windows replace it.
+        """
+        self._remeasuring = True
+        self._baseline_windows_left = self.baseline_windows
+        self._switch(self._with_pins(self.space.maximum()), now, meter_j)
 
     # -- run-time control -----------------------------------------------------------------
     def pin(self, values: Mapping[str, float], now: float, meter_j: float) -> Config:
@@ -268,15 +280,20 @@ class Controller:
         duration = max(now - w.opened_at, 1e-9)
         phase = self.phase
         p = self.cost_model.slo_percentile
-        if self.baseline is None:
+        measuring = phase == "baseline"
+        if measuring:
             # Start-up transients (cold caches, the first backlog) inflate the first
             # windows, so the baseline is the last of ``baseline_windows`` at maximum.
             self._baseline_windows_left -= 1
-            provisional = Baseline(max(e_req, 1e-12), max(l_mean, 1e-9), self.accounting.value)
             cost = 1.0
             if self._baseline_windows_left <= 0:
-                self.baseline = provisional
+                self.baseline = Baseline(
+                    max(e_req, 1e-12), max(l_mean, 1e-9), self.accounting.value
+                )
+                self._remeasuring = False
+                measuring = False
         else:
+            assert self.baseline is not None
             cost = self.cost_model.cost(e_req, l_mean, self.baseline, percentile(lat, p))
         rate = w.arrivals / duration
         metrics = {
@@ -287,7 +304,7 @@ class Controller:
         }
         done_config = self._config
         self.windows_closed += 1
-        if self.baseline is None:
+        if measuring:
             self._switch(self._config, now, meter_j)  # keep measuring at maximum
         else:
             self.tuner.tell(self._config, cost, metrics)

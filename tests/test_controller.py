@@ -192,3 +192,18 @@ def test_baseline_is_the_last_of_several_windows_at_maximum(space):
     assert ctrl.baseline.latency_s == pytest.approx(0.5)
     assert tuner.told == [(space.maximum(), 1.0, tuner.told[0][2])]
     assert ctrl.config == (0, 0)
+
+
+def test_a_provisional_baseline_is_remeasured_on_real_traffic(space):
+    tuner = ScriptedTuner(space, [(0, 0)])
+    ctrl = Controller(space, tuner, baseline=Baseline(1.0, 0.01), window_requests=4, warmup_requests=0, baseline_windows=1)
+    ctrl.start(0.0, 0.0)
+    assert ctrl.config == (0, 0)
+    ctrl.remeasure_baseline(1.0, 0.0)
+    assert ctrl.ready and ctrl.phase == "baseline" and ctrl.config == space.maximum()
+    reports, t, m = feed(ctrl, 1, 4, latency=0.5, energy=8.0, t0=1.0)  # queueing: slower
+    assert reports[0].phase == "baseline" and reports[0].cost == pytest.approx(1.0)
+    assert ctrl.baseline == Baseline(2.0, 0.5)
+    assert ctrl.phase == "tuning" and ctrl.config == (0, 0)
+    reports, _, _ = feed(ctrl, 1, 4, latency=0.5, energy=4.0, t0=t, meter0=m)
+    assert reports[0].cost == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)

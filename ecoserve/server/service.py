@@ -185,7 +185,14 @@ class InferenceService:
                 log.warning("warm-up items failed (%s); baseline left to real traffic", errors[0])
                 return
         if runtime.controller.ready:
-            log.info("baseline measured: %s", runtime.controller.baseline)
+            log.info("provisional baseline from synthetic items: %s", runtime.controller.baseline)
+            # Synthetic items never queue, so their latency understates what real traffic
+            # sees: keep this baseline for readiness, and measure it again at maximum on
+            # the first real windows before the tuner takes over.
+            runtime.controller.remeasure_baseline(
+                runtime.clock(), runtime.device.meter.energy_joules()
+            )
+            await runtime.apply_now()
 
     # -- requests -------------------------------------------------------------------------
     def _retry(self) -> dict[str, str]:

@@ -132,7 +132,8 @@ class StateSaver(RuntimeObserver):
                 write_atomic(self.path, snapshot(self.controller, self.model, self.device))
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.path, exc)
-        if self.baseline_path and not self._baseline_saved and self.controller.baseline:
+        measured = self.controller.baseline is not None and self.controller.phase == "tuning"
+        if self.baseline_path and not self._baseline_saved and measured:
             try:
                 self.controller.baseline.save(self.baseline_path)
                 self._baseline_saved = True
