@@ -27,16 +27,8 @@ def _check(epsilon: float, recency: float) -> None:
         raise ValueError(f"recency must be within (0, 1], got {recency}")
 
 
-class MAB(Tuner):
-    """One bandit per knob; each ask lets the next knob, round-robin, choose its value.
-
-    The other knobs keep their current values. A window's cost is credited only to the knob
-    that chose on that ask: crediting every knob's current arm as well would let one knob's
-    exploration of a bad value spoil the estimate of another knob's good value. (A tell with
-    no ask pending credits the knobs whose values differ from the current configuration.)
-    """
-
-    name = "mab"
+class _EpsilonGreedy(Tuner):
+    """Shared settings of the bandits: exploration probability and recency weight."""
 
     def __init__(
         self,
@@ -50,6 +42,18 @@ class MAB(Tuner):
         self.epsilon = float(epsilon)
         self.recency = float(recency)
         self.reset()
+
+
+class MAB(_EpsilonGreedy):
+    """One bandit per knob; each ask lets the next knob, round-robin, choose its value.
+
+    The other knobs keep their current values. A window's cost is credited only to the knob
+    that chose on that ask: crediting every knob's current arm as well would let one knob's
+    exploration of a bad value spoil the estimate of another knob's good value. (A tell with
+    no ask pending credits the knobs whose values differ from the current configuration.)
+    """
+
+    name = "mab"
 
     def reset(self) -> None:
         super().reset()
@@ -132,7 +136,7 @@ class MAB(Tuner):
         }
 
 
-class MABJoint(Tuner):
+class MABJoint(_EpsilonGreedy):
     """One bandit whose arms are whole configurations, stored only once pulled.
 
     Exploration draws a uniformly random configuration of the whole space. The cheapest arm
@@ -141,19 +145,6 @@ class MABJoint(Tuner):
     """
 
     name = "mab-joint"
-
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int | None = 0,
-        epsilon: float = 0.1,
-        recency: float = 0.9,
-    ) -> None:
-        super().__init__(space, seed)
-        _check(epsilon, recency)
-        self.epsilon = float(epsilon)
-        self.recency = float(recency)
-        self.reset()
 
     def reset(self) -> None:
         super().reset()
