@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from devices.base import Device
+from devices.composite import install_restore_handlers
 
 from .engine import EngineSettings, build_runtime
 from .runtime import Runtime
@@ -40,6 +41,7 @@ class InferenceMethod:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runtime: Runtime | None = None
+        self._uninstall_handlers: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> InferenceMethod:
@@ -70,6 +72,8 @@ class InferenceMethod:
             self._runtime = ready.result()
             self._loop, self._thread = loop, thread
             atexit.register(self.stop)
+            # A script killed by SIGTERM skips atexit: put the clocks back on signals too.
+            self._uninstall_handlers = install_restore_handlers(self._runtime.device.actuator)
         return self
 
     def stop(self, drain: bool = True) -> None:
@@ -80,6 +84,9 @@ class InferenceMethod:
         if runtime is None or loop is None or thread is None:
             return
         atexit.unregister(self.stop)
+        if self._uninstall_handlers is not None:
+            self._uninstall_handlers()
+            self._uninstall_handlers = None
         try:
             asyncio.run_coroutine_threadsafe(runtime.stop(drain=drain), loop).result()
         finally:

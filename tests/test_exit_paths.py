@@ -231,3 +231,57 @@ def test_open_device_sysfs_end_to_end_on_each_board(tmp_path, build):
     finally:
         device.close()
     assert clock_state(tree) == before
+
+
+DECORATED_WORKER = textwrap.dedent(
+    """
+    import sys, time
+
+    import eco_edge_infer
+
+    root = sys.argv[1]
+
+
+    @eco_edge_infer.inference_method(device="sysfs", sysfs_root=root, tuner="fixed",
+                                     window_requests=4, warmup_requests=0)
+    def ident(batch):
+        return batch
+
+
+    ident.start()
+    actuator = ident.runtime.device.actuator
+    actuator.apply({k.name: k.values[0] for k in actuator.knobs()})
+    print("pinned", flush=True)
+    while True:  # a script that serves until it is killed
+        ident(1)
+        time.sleep(0.05)
+    """
+)
+
+
+def test_decorated_script_killed_by_sigterm_restores_the_clocks(tmp_path):
+    """The decorator's own exit path: SIGTERM skips atexit, so it must restore on the signal."""
+    before = original_state(tmp_path)
+    tree = xavier_nx_tree(tmp_path / "tree")
+    script = tmp_path / "decorated.py"
+    script.write_text(DECORATED_WORKER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tree)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "pinned", proc.stderr.read() if proc.stderr else line
+        assert_pinned_low(tree, before)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM
+    assert clock_state(tree) == before
