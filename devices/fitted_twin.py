@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -196,19 +195,6 @@ class FittedTwin(DeviceTwin):
     def idle_power(self) -> float:
         """Board watts with nothing running."""
         return self.params.idle_w
-
-    def sample_power(
-        self,
-        freqs: Mapping[str, float],
-        busy: float,
-        rng: random.Random,
-        *,
-        batch: int | None = None,
-    ) -> float:
-        p = self.power(freqs, busy, batch=batch)
-        if not self.power_noise:
-            return p
-        return p * max(0.05, 1.0 + self.power_noise * rng.gauss(0.0, 1.0))
 
 
 def coefficients_path() -> Path:

@@ -26,6 +26,8 @@ class DeviceTwin(ABC):
 
     name: str = "twin"
     noise: float = 0.0
+    #: Relative std-dev of sampled power; None means the same as ``noise``.
+    power_noise: float | None = None
 
     @abstractmethod
     def knobs(self) -> list[Knob]:
@@ -46,8 +48,7 @@ class DeviceTwin(ABC):
     def sample_batch_time(
         self, batch: int, freqs: Mapping[str, float], rng: random.Random
     ) -> float:
-        t = self.batch_time(batch, freqs)
-        return t * max(0.05, 1.0 + self.noise * rng.gauss(0.0, 1.0)) if self.noise else t
+        return _jitter(self.batch_time(batch, freqs), self.noise, rng)
 
     def sample_power(
         self,
@@ -57,11 +58,16 @@ class DeviceTwin(ABC):
         *,
         batch: int | None = None,
     ) -> float:
-        p = self.power(freqs, busy, batch=batch)
-        return p * max(0.05, 1.0 + self.noise * rng.gauss(0.0, 1.0)) if self.noise else p
+        rel = self.noise if self.power_noise is None else self.power_noise
+        return _jitter(self.power(freqs, busy, batch=batch), rel, rng)
 
     def max_freqs(self) -> dict[str, float]:
         return {k.name: k.values[-1] for k in self.knobs()}
+
+
+def _jitter(value: float, rel: float, rng: random.Random) -> float:
+    """``value`` with relative Gaussian noise, floored so a sample never turns negative."""
+    return value * max(0.05, 1.0 + rel * rng.gauss(0.0, 1.0)) if rel else value
 
 
 @dataclass
