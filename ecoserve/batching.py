@@ -8,6 +8,14 @@ The rule: dispatch when ``batch_size`` items wait, or when the oldest has waited
 ``max_wait`` seconds. The wait is measured from the oldest item's arrival, not from when
 the worker became free, so a partial batch is never starved, and items keep joining the
 pending batch while the model is busy.
+
+When the batch size changes, the items already queued are released: they leave at once
+(in batches of at most the new size) instead of waiting to fill a batch of the new size.
+Without this, a remainder left by the old size can sit out a whole burst period under the
+new one, and keep doing so for as long as the new size holds (bursts of 10 at batch 10
+with 6 left over dispatch 10 and keep 6, burst after burst). A window would then measure the
+old configuration's leftovers instead of its own configuration, and a pinned configuration's
+cost would depend on what ran before it.
 """
 
 from __future__ import annotations
@@ -50,12 +58,16 @@ class BatchPolicy(Generic[T]):
         self.max_wait = float(max_wait)
         self.max_queue = max_queue
         self._queue: deque[tuple[float, T]] = deque()
+        self._released = 0  # items at the head queued before the last batch-size change
         self.batch_size = 1
         self.set_batch_size(batch_size)
 
     def set_batch_size(self, batch_size: int) -> None:
+        """Change the batch size; the items queued so far leave without waiting to fill it."""
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(batch_size) != self.batch_size:
+            self._released = len(self._queue)
         self.batch_size = int(batch_size)
 
     def __len__(self) -> int:
@@ -80,7 +92,7 @@ class BatchPolicy(Generic[T]):
             return None
         oldest = self._queue[0][0]
         # compare with the same sum as the deadline handed out, so waking at it always dispatches
-        if len(self._queue) >= self.batch_size or now >= oldest + self.max_wait:
+        if self._released or len(self._queue) >= self.batch_size or now >= oldest + self.max_wait:
             return self._take(self.batch_size)
         return WaitUntil(oldest + self.max_wait)
 
@@ -92,12 +104,18 @@ class BatchPolicy(Generic[T]):
         """Drop items whose caller has gone before they are batched; returns them."""
         kept: deque[tuple[float, T]] = deque()
         dropped = []
-        for arrival, item in self._queue:
-            (dropped.append(item) if gone(item) else kept.append((arrival, item)))
-        self._queue = kept
+        released = 0
+        for position, (arrival, item) in enumerate(self._queue):
+            if gone(item):
+                dropped.append(item)
+            else:
+                kept.append((arrival, item))
+                released += position < self._released
+        self._queue, self._released = kept, released
         return dropped
 
     def _take(self, n: int) -> Dispatch[T]:
         count = min(n, len(self._queue))
         taken = [self._queue.popleft() for _ in range(count)]
+        self._released = max(0, self._released - count)
         return Dispatch(items=[item for _, item in taken], arrivals=[a for a, _ in taken])

@@ -91,3 +91,52 @@ def test_no_item_is_lost_none_waits_past_max_wait_no_batch_too_big(batch, wait, 
         deadline = action.deadline if isinstance(action, WaitUntil) else float("inf")
         now = min(next_arrival, deadline)
     assert out == list(range(len(arrivals)))
+
+
+def test_a_new_batch_size_releases_what_was_queued_under_the_old_one():
+    """A remainder left by the old size must not wait to fill a batch of the new size."""
+    p = BatchPolicy(batch_size=16, max_wait=2.0)
+    for i in range(6):
+        p.add(i, arrival=0.0)
+    assert isinstance(p.poll(0.1), WaitUntil)
+    p.set_batch_size(10)
+    released = p.poll(0.1)
+    assert isinstance(released, Dispatch) and released.items == [0, 1, 2, 3, 4, 5]
+    # what arrives after the change follows the rule again
+    for i in range(6, 9):
+        p.add(i, arrival=0.2)
+    assert isinstance(p.poll(0.2), WaitUntil)
+
+
+def test_the_release_covers_only_items_queued_before_the_change_in_batches_of_the_new_size():
+    p = BatchPolicy(batch_size=16, max_wait=2.0)
+    for i in range(7):
+        p.add(i, arrival=0.0)
+    p.set_batch_size(3)
+    p.add(7, arrival=0.1)  # after the change
+    sizes = []
+    while isinstance(a := p.poll(0.1), Dispatch):
+        sizes.append(a.items)
+    assert sizes == [[0, 1, 2], [3, 4, 5], [6, 7]]  # the last batch leaves because 6 is released
+    assert p.poll(0.1) is None
+
+
+def test_the_same_batch_size_again_releases_nothing():
+    p = BatchPolicy(batch_size=4, max_wait=2.0)
+    p.add("a", arrival=0.0)
+    p.set_batch_size(4)
+    assert isinstance(p.poll(0.1), WaitUntil)
+
+
+def test_discarding_released_items_keeps_the_release_count_exact():
+    p = BatchPolicy(batch_size=8, max_wait=2.0)
+    for i in range(4):
+        p.add(i, arrival=0.0)
+    p.set_batch_size(6)  # 0..3 released
+    p.add(4, arrival=0.1)
+    p.add(5, arrival=0.1)
+    p.discard(lambda x: x in (0, 1, 2))
+    a = p.poll(0.1)
+    assert isinstance(a, Dispatch) and a.items == [3, 4, 5]  # 3 is released, 4 and 5 join it
+    p.add(6, arrival=0.2)
+    assert isinstance(p.poll(0.2), WaitUntil)  # nothing released is left
