@@ -7,14 +7,16 @@
 
 Exhaustive search over a Xavier NX space (25 x 15 x 16 = 6000 configurations) by full
 simulation would take hours, so every configuration is first estimated by a vectorised
-replay: the trace is cut into windows of ``window_requests`` arrivals, each window is
-replayed from an empty queue for every configuration at once (numpy, one step per batch,
-noise-free twin), with the same dispatch rule as ``BatchPolicy`` (a batch leaves when
-``batch_size`` requests wait or the oldest has waited ``max_wait``; one batch at a time).
-Windows with the same arrival pattern (every window of a fixed or bursty load) are replayed
-once. The estimate ignores queue carried across windows, which flatters configurations that
-cannot keep up, so the best few candidates are then replayed by the real simulator and the
-static oracle is the best of those simulated costs.
+replay: the trace is cut into windows of about ``window_requests`` arrivals (at the widest
+gap near each boundary), each window is replayed from an empty queue for every configuration
+at once (numpy, one step per batch, noise-free twin), with the same dispatch rule as
+``BatchPolicy`` (a batch leaves when ``batch_size`` requests wait or the oldest has waited
+``max_wait``; one batch at a time). Windows with the same arrival pattern (every window of a
+fixed or bursty load) are replayed once. The estimate ignores queue carried across windows,
+which flatters configurations that cannot keep up and misjudges batch sizes whose remainder
+waits for the next burst, so the best candidates overall and the best few of every batch
+size are then replayed by the real simulator, and the static oracle is the best of those
+simulated costs.
 
 Costs are normalised by a reference baseline: the all-maximum configuration over the whole
 trace (simulated), so tuners and oracles of one workload share one scale.
@@ -93,7 +95,26 @@ class WindowEstimates:
 
 
 def _segments(arrivals: np.ndarray, size: int) -> list[np.ndarray]:
-    return [arrivals[i : i + size] for i in range(0, len(arrivals), size)]
+    """Windows of about ``size`` arrivals, each cut at the widest gap near its nominal end.
+
+    Every window is replayed from an empty queue, which is closest to the truth where the
+    queue really is empty: in a lull. A cut inside a burst would also split it, and a batch
+    size that divides the burst would then look as bad as one that does not. The cut moves
+    at most a tenth of a window; among equal gaps (a fixed load) the nearest one wins.
+    """
+    n = len(arrivals)
+    slack = size // 10
+    cuts = [0]
+    nominal = size
+    while nominal < n:
+        lo, hi = max(cuts[-1] + 1, nominal - slack), min(n - 1, nominal + slack)
+        gaps = arrivals[lo : hi + 1] - arrivals[lo - 1 : hi]
+        widest = np.flatnonzero(gaps >= gaps.max() - 1e-9) + lo
+        cut = int(widest[np.argmin(np.abs(widest - nominal))])
+        cuts.append(cut)
+        nominal = cut + size
+    cuts.append(n)
+    return [arrivals[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def estimate_windows(
@@ -258,13 +279,14 @@ def compute_oracles(
     settings: EngineSettings | None = None,
     *,
     validate: int = 6,
+    per_batch: int = 2,
     seed: int = 0,
     duration_s: float | None = None,
 ) -> Oracles:
     """Static and dynamic oracles for one workload on ``twin``.
 
-    ``validate`` candidates (the best estimates, distinct) are simulated in full; the
-    static oracle is the best of them by simulated mean window cost.
+    The ``validate`` best estimates, and the ``per_batch`` best of every batch size, are
+    simulated in full; the static oracle is the best of them by simulated mean window cost.
     """
     settings = settings or EngineSettings()
     arrivals = np.asarray(arrivals, dtype=np.float64)
@@ -290,8 +312,15 @@ def compute_oracles(
     best_rows = costs.argmin(axis=0)
     dynamic_cost = float(costs[best_rows, np.arange(costs.shape[1])].mean())
 
+    # The estimate ranks frequencies well, but a batch size's cost also depends on the queue
+    # it inherits across windows (a remainder that waits for the next burst), which the
+    # estimate cannot see; so the best estimates of every batch size are simulated too.
+    rows = list(order[: max(1, validate)])
+    for size in np.unique(table.batch_size):
+        same = order[table.batch_size[order] == size]
+        rows.extend(int(r) for r in same[:per_batch])
     candidates = []
-    for row in order[: max(1, validate)]:
+    for row in dict.fromkeys(int(r) for r in rows):
         config = tuple(int(x) for x in table.configs[row])
         run = _fixed_run(arrivals, twin, settings, config, seed)
         sim_costs = renormalised_costs(run.reports, baseline, settings.alpha)
