@@ -11,6 +11,16 @@ Measurements expire after ``memory_limit`` windows (the history is trimmed, whic
 memory), so a converged centre keeps re-measuring its neighbourhood and follows an optimum that
 drifts with the arrival rate. When the centre stays best ``max_loops`` decisions in a row, it
 jumps to a random Moore neighbour off the axes to escape a local minimum.
+
+Batch-size probes (``probe_every``). Frequencies act on a batch's time and energy smoothly,
+but the batch size also meets the arrival pattern, and there the landscape is rugged: with
+bursts of 10, batch 10 leaves with each burst while 9 and 11 both leave a remainder waiting
+for the next one, so batch 10 is a deep valley whose axis neighbours are both worse, and a
+±1 climber coming down from 16 stops at the first bump. So once the neighbourhood is fully
+measured and the centre stays, every ``probe_every``-th window measures the centre with
+another batch size, taken in a shuffled sweep over all of them, and a probe cheaper than the
+whole neighbourhood becomes the centre. A probe is one window, far cheaper than a jump, and
+a sweep covers every batch size in ``probe_every`` x (sizes - 3) windows.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ecoserve.space import CPU, GPU, Config, SearchSpace
+from ecoserve.space import BATCH, CPU, GPU, Config, SearchSpace
 from tuners.base import Tuner, finite_cost
 
 
@@ -35,6 +45,8 @@ class EcoGD(Tuner):
     than this (against the rate seen when the centre was set) forgets every measurement.
     ``adaptive_step``: moves grow to 2, 3, ... ``max_step`` indices along a direction while
     successive moves in that direction each improve the cost by more than ``step_growth``.
+    ``probe_every``: windows between batch-size probes once settled (see the module notes);
+    ``None`` or 0 turns probes off, as does a space without a batch-size knob.
     """
 
     name = "ecogd"
@@ -49,6 +61,8 @@ class EcoGD(Tuner):
         adaptive_step: bool = False,
         max_step: int = 4,
         step_growth: float = 0.1,
+        probe_every: int | None = 10,
+        loser_memory: float = 4.0,
     ) -> None:
         super().__init__(space, seed)
         if memory_limit < 1:
@@ -59,6 +73,8 @@ class EcoGD(Tuner):
             raise ValueError(f"rate_change_threshold must be positive, got {rate_change_threshold}")
         if max_step < 1:
             raise ValueError(f"max_step must be at least 1, got {max_step}")
+        if probe_every is not None and probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0 windows (0 = off), got {probe_every}")
         self.memory_limit = int(memory_limit)
         self.max_loops = int(max_loops)
         self.rate_change_threshold = rate_change_threshold
@@ -69,14 +85,19 @@ class EcoGD(Tuner):
         self._plane = (
             (space.axis(CPU), space.axis(GPU)) if space.has(CPU) and space.has(GPU) else None
         )
+        if loser_memory < 1:
+            raise ValueError(f"loser_memory must be >= 1 (1 = off), got {loser_memory}")
+        self.loser_memory = float(loser_memory)
+        self.probe_every = int(probe_every or 0)
+        self._probe_axis = space.axis(BATCH) if space.has(BATCH) and self.probe_every else None
         self.reset()
 
     # -- ask/tell -------------------------------------------------------------------------
     def reset(self) -> None:
         super().reset()
         self._centre: Config = self.space.maximum()
-        # config -> (cost, window it was measured in); insertion order is measurement order.
-        self._history: dict[Config, tuple[float, int]] = {}
+        # config -> (cost, window it was measured in, windows it stays fresh)
+        self._history: dict[Config, tuple[float, int, int]] = {}
         self._window = 0
         self._loops = 0
         self._news = False  # a neighbour was (re)measured since the last decision
@@ -86,6 +107,10 @@ class EcoGD(Tuner):
         self._last_dir: Config | None = None
         self._moves = 0
         self._jumps = 0
+        self._since_probe = 0
+        self._probe_queue: list[int] = []  # batch indices still to probe in this sweep
+        self._probe: Config | None = None  # the last probe asked, until a decision weighs it
+        self._probes = 0
 
     @property
     def centre(self) -> Config:
@@ -104,7 +129,7 @@ class EcoGD(Tuner):
                 if n not in self._history:
                     return n
             if not self._decide(centre, neighbours):
-                return centre
+                return self._next_probe(centre) or centre
         return self._centre
 
     def tell(self, config: Config, cost: float, metrics: Mapping[str, float] | None = None) -> None:
@@ -114,16 +139,27 @@ class EcoGD(Tuner):
         if rate is not None and math.isfinite(rate):
             self._observe_rate(float(rate))
         self._window += 1
+        self._since_probe += 1
         self._history.pop(config, None)
-        self._history[config] = (cost, self._window)
-        horizon = self._window - self._memory
-        while self._history:
-            oldest = next(iter(self._history))
-            if self._history[oldest][1] > horizon:
-                break
-            del self._history[oldest]
+        self._history[config] = (cost, self._window, self._lifetime(config, cost))
+        now = self._window
+        for old in [c for c, (_, w, life) in self._history.items() if now - w >= life]:
+            del self._history[old]
         if config != self._centre and self._is_neighbour(config):
             self._news = True
+
+    def _lifetime(self, config: Config, cost: float) -> int:
+        """Windows a measurement stays fresh: longer the more it lost to the centre.
+
+        Re-measuring a neighbour that lost by 50% costs half a window every ``memory_limit``
+        windows, while only a large change of load could make it win; so a loss of ``x``
+        (relative) lengthens its life by ``10 * x`` memories, up to ``loser_memory`` memories.
+        """
+        known = self._history.get(self._centre)
+        if config == self._centre or known is None or known[0] <= 0 or self.loser_memory <= 1:
+            return self._memory
+        loss = max(0.0, cost / known[0] - 1.0)
+        return round(self._memory * min(float(self.loser_memory), 1.0 + 10.0 * loss))
 
     # -- decisions ------------------------------------------------------------------------
     def _decide(self, centre: Config, neighbours: list[Config]) -> bool:
@@ -138,6 +174,9 @@ class EcoGD(Tuner):
         for diagonal, cost in self._diagonals(centre, here):
             if cost < best_cost:
                 best, best_cost = diagonal, cost
+        probe, self._probe = self._probe, None
+        if probe is not None and probe in history and history[probe][0] < best_cost:
+            best, best_cost = probe, history[probe][0]
         news, self._news = self._news, False
         if best != centre:
             self._move(centre, best, here, best_cost)
@@ -190,6 +229,27 @@ class EcoGD(Tuner):
                     target = far
         self._moves += 1
         self._set_centre(target)
+
+    def _next_probe(self, centre: Config) -> Config | None:
+        """The centre with another batch size, when a probe is due (see the module notes)."""
+        axis = self._probe_axis
+        if axis is None or self._since_probe < self.probe_every:
+            return None
+        knob = self.space.knobs[axis]
+        for _ in range(2):
+            while self._probe_queue:
+                index = self._probe_queue.pop()
+                if abs(index - centre[axis]) > 1:  # ±1 are axis neighbours, measured anyway
+                    self._since_probe, self._probe = 0, self._with(centre, axis, index)
+                    self._probes += 1
+                    return self._probe
+            self._probe_queue = list(range(knob.floor, knob.top + 1))
+            self.rng.shuffle(self._probe_queue)
+        return None
+
+    @staticmethod
+    def _with(config: Config, axis: int, index: int) -> Config:
+        return config[:axis] + (index,) + config[axis + 1 :]
 
     def _jump(self, centre: Config) -> None:
         self._jumps += 1
@@ -264,7 +324,7 @@ class EcoGD(Tuner):
         state = super().state_dict()
         state.update(
             centre=list(self._centre),
-            history=[[list(c), cost, w] for c, (cost, w) in self._history.items()],
+            history=[[list(c), cost, w, life] for c, (cost, w, life) in self._history.items()],
             window=self._window,
             loops=self._loops,
             news=self._news,
@@ -274,6 +334,10 @@ class EcoGD(Tuner):
             last_dir=None if self._last_dir is None else list(self._last_dir),
             moves=self._moves,
             jumps=self._jumps,
+            since_probe=self._since_probe,
+            probe_queue=list(self._probe_queue),
+            probe=None if self._probe is None else list(self._probe),
+            probes=self._probes,
         )
         return state
 
@@ -282,8 +346,8 @@ class EcoGD(Tuner):
         try:
             centre = self.space.validate(state["centre"])
             history = {
-                self.space.validate(c): (finite_cost(cost), int(w))
-                for c, cost, w in state["history"]
+                self.space.validate(c): (finite_cost(cost), int(w), int(life))
+                for c, cost, w, life in state["history"]
             }
             last_dir = state["last_dir"]
             counters = [int(state[k]) for k in ("window", "loops", "step", "moves", "jumps")]
@@ -292,13 +356,18 @@ class EcoGD(Tuner):
             ]
             news = bool(state["news"])
             last_dir = None if last_dir is None else tuple(int(d) for d in last_dir)
-        except (KeyError, TypeError) as exc:
+            probe = None if state["probe"] is None else self.space.validate(state["probe"])
+            probe_queue = [int(i) for i in state["probe_queue"]]
+            since_probe, probes = int(state["since_probe"]), int(state["probes"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"malformed {self.name} state ({exc!r}); delete the state file"
             ) from exc
         self._centre, self._history, self._news, self._last_dir = centre, history, news, last_dir
         self._window, self._loops, self._step, self._moves, self._jumps = counters
         self._centre_rate, self._last_rate = rates
+        self._probe, self._probe_queue = probe, probe_queue
+        self._since_probe, self._probes = since_probe, probes
 
     def describe(self) -> dict[str, Any]:
         known = self._history.get(self._centre)
@@ -311,5 +380,6 @@ class EcoGD(Tuner):
             "loops": self._loops,
             "moves": self._moves,
             "jumps": self._jumps,
+            "probes": self._probes,
             "windows": self._window,
         }
