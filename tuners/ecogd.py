@@ -9,7 +9,9 @@ moves to the cheapest of itself, its axis neighbours and those diagonals.
 
 Measurements expire after ``memory_limit`` windows (the history is trimmed, which also bounds
 memory), so a converged centre keeps re-measuring its neighbourhood and follows an optimum that
-drifts with the arrival rate. When the centre stays best ``max_loops`` decisions in a row, it
+drifts with the arrival rate. A neighbour that lost to the centre by far lives longer (up to
+``loser_memory`` times as long): at a sharp optimum, re-measuring it is most of what staying
+there costs, and only a large change of load could make it win. When the centre stays best ``max_loops`` decisions in a row, it
 jumps to a random Moore neighbour off the axes to escape a local minimum.
 
 Batch-size probes (``probe_every``). Frequencies act on a batch's time and energy smoothly,
@@ -47,6 +49,7 @@ class EcoGD(Tuner):
     successive moves in that direction each improve the cost by more than ``step_growth``.
     ``probe_every``: windows between batch-size probes once settled (see the module notes);
     ``None`` or 0 turns probes off, as does a space without a batch-size knob.
+    ``loser_memory``: the longest life of a losing measurement, in memories (1 = off).
     """
 
     name = "ecogd"
@@ -151,9 +154,8 @@ class EcoGD(Tuner):
     def _lifetime(self, config: Config, cost: float) -> int:
         """Windows a measurement stays fresh: longer the more it lost to the centre.
 
-        Re-measuring a neighbour that lost by 50% costs half a window every ``memory_limit``
-        windows, while only a large change of load could make it win; so a loss of ``x``
-        (relative) lengthens its life by ``10 * x`` memories, up to ``loser_memory`` memories.
+        A loss of ``x`` (relative to the centre's cost) gives ``1 + 10 * x`` memories, at most
+        ``loser_memory``: a 10% loss lives twice as long, a 30% loss four times.
         """
         known = self._history.get(self._centre)
         if config == self._centre or known is None or known[0] <= 0 or self.loser_memory <= 1:
