@@ -15,8 +15,6 @@ import asyncio
 import datetime
 import platform
 import random
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,12 @@ from ecoserve.tiers.cascade import (
 from ecoserve.tiers.codec import decode_tensor, encode_tensor
 from ecoserve.tiers.link import Link
 from ecoserve.tiers.split import DevicePower, Objective, SplitPlanner
-from ecoserve.tiers.stages import StageProfile, profile_stages, sequential_from_fx
+from ecoserve.tiers.stages import (
+    StageProfile,
+    median_call_s,
+    profile_stages,
+    sequential_from_fx,
+)
 
 BANDWIDTHS_MBIT = (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
 POWER = DevicePower(busy_w=3.0, tx_w=1.0, idle_w=0.5)
@@ -49,18 +52,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-@torch.inference_mode()
-def median_time(model: nn.Module, x: torch.Tensor, repeats: int = 200) -> float:
-    for _ in range(10):
-        model(x)
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 # -- a ResNet-18-shaped network, to show splits where an intermediate tensor is small -------
@@ -312,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         params = sum(p.numel() for p in model.parameters())
         lines.append(
             f"| {name} | {params} | {c / len(split.y_test) * 100:.2f}% ({c}/{len(split.y_test)}) "
-            f"| {median_time(model, x1) * 1e6:.0f} µs |"
+            f"| {median_call_s(lambda m=model: m(x1)) * 1e6:.0f} µs |"
         )
 
     dev = profile_stages(large, x1, repeats=200, warmup=20, tier="device")
@@ -362,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         s_scores, s_pred = confidence(small(split.x_test))
         b_pred = large(split.x_test).argmax(dim=1)
     costs = CascadeCosts(
-        small_s=median_time(small, x1),
+        small_s=median_call_s(lambda: small(x1)),
         big_s=dev.total_s / args.speedup,
         input_bytes=len(encode_tensor(x1)),
         output_bytes=len(encode_tensor(torch.zeros(1, 10))),

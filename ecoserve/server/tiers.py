@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from collections import OrderedDict
 from typing import Any
@@ -34,7 +33,7 @@ from ecoserve.tiers.http import NextTierClient, TierError, tier_router
 from ecoserve.tiers.link import EmulatedLink
 from ecoserve.tiers.node import TierNode
 from ecoserve.tiers.split import DevicePower, Objective, SplitPlanner
-from ecoserve.tiers.stages import StageProfile, profile_stages
+from ecoserve.tiers.stages import StageProfile, median_call_s, profile_stages
 
 from .settings import ServeSettings
 
@@ -121,18 +120,6 @@ def _slowed_stages(stages: nn.Sequential, profile: StageProfile, factor: float) 
             for (name, stage), t in zip(stages.named_children(), profile.times_s, strict=True)
         )
     )
-
-
-@torch.inference_mode()
-def _median_s(model: nn.Module, x: torch.Tensor, repeats: int = _PROFILE_REPEATS) -> float:
-    for _ in range(3):
-        model(x)
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 class TierBridge:
@@ -246,7 +233,10 @@ class TierBridge:
         assert model.module is not None  # check_tier_settings ran first
         small: nn.Module = model.module.eval()
         example = _example(model)
-        small_s = _median_s(small, example) * settings.tier_slowdown
+        small_s = (
+            median_call_s(lambda: small(example), _PROFILE_REPEATS, warmup=3)
+            * settings.tier_slowdown
+        )
         if settings.tier_slowdown != 1.0:
             small = _Slowed(small, small_s - small_s / settings.tier_slowdown)
         plan: dict[str, Any] = {"threshold": settings.cascade_threshold, "small_s": small_s}

@@ -10,8 +10,6 @@ replay needs; ``scripts/tiers_replay.py`` prints the table.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,7 @@ from ecoserve.tiers.codec import encode_tensor
 from ecoserve.tiers.link import EmulatedLink
 from ecoserve.tiers.sim import CascadeData, TierSimResult, simulate_cascade, simulate_split
 from ecoserve.tiers.split import DevicePower, Objective, SplitPlanner
-from ecoserve.tiers.stages import profile_stages
+from ecoserve.tiers.stages import median_call_s, profile_stages
 from traces.trace import Trace
 
 
@@ -38,17 +36,6 @@ class DigitsSetup:
     power: DevicePower
     accuracy_large: float
     accuracy_small: float
-
-
-def _median_s(fn: Callable[[], object], repeats: int = 200) -> float:
-    for _ in range(10):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 @torch.inference_mode()
@@ -80,8 +67,8 @@ def digits_setup(
     planner = SplitPlanner(device, server, power, objective, overhead_bytes=header)
     out = large(example)
     costs = CascadeCosts(
-        small_s=_median_s(lambda: small(example)) * device_slowdown,
-        big_s=_median_s(lambda: large(example)) / server_speedup,
+        small_s=median_call_s(lambda: small(example)) * device_slowdown,
+        big_s=median_call_s(lambda: large(example)) / server_speedup,
         input_bytes=len(encode_tensor(example)),
         output_bytes=len(encode_tensor(out)),
     )

@@ -24,7 +24,7 @@ import math
 import statistics
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,19 @@ def _single_tensor(value: Any, where: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{where} is a {type(value).__name__}, not a single tensor")
     return value
+
+
+@torch.inference_mode()
+def median_call_s(fn: Callable[[], object], repeats: int = 200, warmup: int = 10) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
 
 
 @torch.inference_mode()
