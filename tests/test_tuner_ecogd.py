@@ -13,6 +13,10 @@ from tuners import EcoGD
 
 Cost = Callable[[Config], float]
 
+#: The shape of the simulated costs of bursty:10@500ms on the Xavier NX twin, batch 1..16.
+BURSTY_BY_BATCH = (0.80, 0.68, 0.70, 0.68, 0.60, 0.71, 0.76, 0.76, 0.81, 0.56, 0.86, 0.86, 0.93,
+                   0.93, 0.87, 0.99)  # fmt: skip
+
 
 def space_of(*sizes: int, names: tuple[str, ...] | None = None) -> SearchSpace:
     """Knobs named CPU, GPU, batch, then knob3, knob4, ... unless ``names`` says otherwise."""
@@ -39,16 +43,42 @@ def diff(a: Config, b: Config) -> list[int]:
 
 def test_starts_at_the_maximum_then_measures_each_axis_neighbour_once() -> None:
     space = space_of(25, 15, 16)
-    tuner = EcoGD(space)
+    tuner = EcoGD(space, opening_scan=False)
     cost = bowl((7, 9, 5), (25, 15, 16))
     asked = [step(tuner, cost) for _ in range(4)]
     assert asked[0] == space.maximum()
     assert sorted(asked[1:]) == sorted(space.neighbours(space.maximum()))
 
 
-def test_a_diagonal_move_in_the_cpu_gpu_plane_takes_one_decision() -> None:
+def test_the_opening_scan_measures_every_batch_size_then_climbs_from_the_cheapest() -> None:
     space = space_of(25, 15, 16)
     tuner = EcoGD(space)
+    cost = bowl((7, 9, 5), (25, 15, 16))
+    asked = [step(tuner, cost) for _ in range(16)]
+    assert asked == [(24, 14, b) for b in range(15, -1, -1)]
+    assert tuner.ask() in space.neighbours((24, 14, 5))
+    assert tuner.centre == (24, 14, 5)
+
+
+def test_the_opening_scan_alone_finds_a_batch_valley() -> None:
+    """Batch 10 under bursts of 10 (the profile below) is cheapest, but both neighbours are worse."""
+    sizes = (25, 15, 16)
+    space = space_of(*sizes)
+    freq_bowl = bowl((12, 10, 0), sizes)
+
+    def cost(c: Config) -> float:
+        return BURSTY_BY_BATCH[c[2]] * freq_bowl((c[0], c[1], 0))
+
+    for opening_scan in (False, True):
+        tuner = EcoGD(space, seed=3, probe_every=0, opening_scan=opening_scan)
+        for _ in range(300):
+            step(tuner, cost)
+        assert (tuner.centre[2] + 1 == 10) is opening_scan
+
+
+def test_a_diagonal_move_in_the_cpu_gpu_plane_takes_one_decision() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space, opening_scan=False)
 
     # Lowering either frequency saves 0.1, the batch 0.05: the estimated diagonal saves 0.2.
     def cost(c: Config) -> float:
@@ -62,7 +92,7 @@ def test_a_diagonal_move_in_the_cpu_gpu_plane_takes_one_decision() -> None:
 
 def test_diagonals_involving_the_batch_size_are_not_estimated() -> None:
     space = space_of(25, 15, 16)
-    tuner = EcoGD(space)
+    tuner = EcoGD(space, opening_scan=False)
 
     # Lowering the CPU or the batch saves cost; the GPU is flat. A CPU–batch diagonal would
     # be best if it were estimated; only axis moves are allowed.
@@ -92,7 +122,7 @@ def test_a_fresh_measurement_of_a_diagonal_beats_its_estimate() -> None:
 
 def test_an_unasked_measurement_is_used_and_not_asked_again() -> None:
     space = space_of(25, 15, 16)
-    tuner = EcoGD(space)
+    tuner = EcoGD(space, opening_scan=False)
     tuner.tell((23, 14, 15), 1.0)
     asked = [step(tuner, lambda c: 2.0) for _ in range(3)]
     assert (23, 14, 15) not in asked
@@ -198,22 +228,75 @@ def test_a_neighbour_that_lost_by_far_is_remeasured_less_often() -> None:
     assert counts[4.0] <= counts[1.0] / 3
 
 
+def plateau_with_a_sharp_batch(noise_seed: int) -> Cost:
+    """Frequencies flat within 1% noise; batch 5 cheapest, every other size 50% or more worse."""
+    import random
+
+    rng = random.Random(noise_seed)
+    return lambda c: (1.0 if c[2] == 5 else 1.5 + 0.05 * abs(c[2] - 5)) * rng.gauss(1.0, 0.01)
+
+
+def test_batch_neighbours_that_lost_by_far_are_inherited_across_frequency_moves() -> None:
+    """On a flat plane the centre wanders; its batch neighbours need not be re-measured."""
+    space = space_of(25, 15, 16)
+    counts, moves = {}, {}
+    for margin in (None, 0.2):
+        tuner = EcoGD(space, seed=1, probe_every=0, inherit_margin=margin, max_loops=10**6)
+        cost = plateau_with_a_sharp_batch(noise_seed=1)
+        told = [step(tuner, cost) for _ in range(600)][100:]
+        counts[margin] = sum(c[2] in (4, 6) for c in told)
+        moves[margin] = tuner.describe()["moves"]
+        assert tuner.centre[2] == 5
+    assert moves[0.2] >= 50, "the noise should keep the centre moving on the plane"
+    assert counts[0.2] * 4 <= counts[None], counts
+
+
+@pytest.mark.parametrize(("loss", "inherited"), [(0.1, False), (0.3, True)])
+def test_only_a_batch_neighbour_that_lost_by_the_margin_is_inherited(
+    loss: float, inherited: bool
+) -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space, probe_every=0, opening_scan=False, inherit_margin=0.2)
+    tuner.tell((24, 14, 15), 1.0)  # the starting centre
+    tuner.tell((24, 14, 14), 1.0 + loss)  # its batch neighbour
+    tuner.tell((23, 14, 15), 0.9)  # one CPU step down wins: the centre moves there
+    tuner.tell((24, 13, 15), 1.2)
+    asked = []
+    for _ in range(4):
+        config = tuner.ask()
+        asked.append(config)
+        tuner.tell(config, 0.9 if config == (23, 14, 15) else 1.2)
+    assert tuner.centre == (23, 14, 15)
+    assert ((23, 14, 14) not in asked) is inherited, asked
+    assert (22, 14, 15) in asked  # frequency neighbours are always measured
+
+
+def test_the_opening_scan_counts_as_a_sweep_of_probes() -> None:
+    """Sizes the scan saw lose by 50% or more are not probed again until that result is stale."""
+    space = space_of(25, 15, 16)
+    probes = {}
+    for loser_memory in (1.0, 6.0):
+        tuner = EcoGD(space, seed=2, loser_memory=loser_memory, max_loops=10**6)
+        cost = plateau_with_a_sharp_batch(noise_seed=2)
+        for _ in range(100):
+            step(tuner, cost)
+        probes[loser_memory] = tuner.describe()["probes"]
+    assert probes[1.0] >= 4
+    assert probes[6.0] == 0
+
+
 def test_batch_probes_find_a_valley_that_axis_steps_cannot_reach() -> None:
     """Bursts of 10: only batch 10 leaves with every burst; 9 and 11 are both worse."""
     sizes = (25, 15, 16)
     space = space_of(*sizes)
     freq_bowl = bowl((12, 10, 0), sizes)
 
-    # the shape of the simulated costs of bursty:10@500ms on the Xavier NX twin, batch 1..16
-    by_batch = (0.80, 0.68, 0.70, 0.68, 0.60, 0.71, 0.76, 0.76, 0.81, 0.56, 0.86, 0.86, 0.93, 0.93,
-                0.87, 0.99)  # fmt: skip
-
     def cost(c: Config) -> float:
-        return by_batch[c[2]] * freq_bowl((c[0], c[1], 0))
+        return BURSTY_BY_BATCH[c[2]] * freq_bowl((c[0], c[1], 0))
 
     ends = {}
     for probe_every in (0, 10):
-        tuner = EcoGD(space, seed=3, probe_every=probe_every)
+        tuner = EcoGD(space, seed=3, probe_every=probe_every, opening_scan=False)
         for _ in range(300):
             step(tuner, cost)
         ends[probe_every] = tuner.centre[2] + 1
@@ -251,7 +334,7 @@ def test_adaptive_steps_grow_along_a_steep_slope() -> None:
         return math.exp(0.2 * sum(c))
 
     for adaptive, expect_long in ((False, False), (True, True)):
-        tuner = EcoGD(space, adaptive_step=adaptive)
+        tuner = EcoGD(space, adaptive_step=adaptive, opening_scan=False)
         longest = 0
         for _ in range(80):
             before = tuner.centre
@@ -262,7 +345,13 @@ def test_adaptive_steps_grow_along_a_steep_slope() -> None:
 
 def test_rejects_nonsense_parameters() -> None:
     space = space_of(5, 5)
-    for kwargs in ({"memory_limit": 0}, {"max_loops": 0}, {"rate_change_threshold": 0.0}):
+    for kwargs in (
+        {"memory_limit": 0},
+        {"max_loops": 0},
+        {"rate_change_threshold": 0.0},
+        {"inherit_margin": -0.1},
+        {"inherit_reach": -1},
+    ):
         with pytest.raises(ValueError):
             EcoGD(space, **kwargs)
 

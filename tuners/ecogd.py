@@ -1,8 +1,8 @@
 """EcoGD: the EcoEdgeInfer hill climber over knob indices.
 
-It keeps a centre (starting at every knob's maximum, the baseline) and measures the centre's
-axis neighbours (±1 on one knob, ``2 * dims`` of them at most). Once all are known it estimates
-the four diagonal neighbours in the CPU–GPU plane additively, ``cost(c) + Δcpu + Δgpu``, because
+It keeps a centre (starting at every knob's maximum, the baseline, but see the opening scan
+below) and measures the centre's axis neighbours (±1 on one knob, ``2 * dims`` of them at
+most). Once all are known it estimates the four diagonal neighbours in the CPU–GPU plane additively, ``cost(c) + Δcpu + Δgpu``, because
 the two frequencies act on different parts of a batch's time and energy; diagonals that involve
 the batch size or any other knob interact too strongly to estimate and are left out. The centre
 moves to the cheapest of itself, its axis neighbours and those diagonals.
@@ -11,8 +11,9 @@ Measurements expire after ``memory_limit`` windows (the history is trimmed, whic
 memory), so a converged centre keeps re-measuring its neighbourhood and follows an optimum that
 drifts with the arrival rate. A neighbour that lost to the centre by far lives longer (up to
 ``loser_memory`` times as long): at a sharp optimum, re-measuring it is most of what staying
-there costs, and only a large change of load could make it win. When the centre stays best ``max_loops`` decisions in a row, it
-jumps to a random Moore neighbour off the axes to escape a local minimum.
+there costs, and only a large change of load could make it win. When the centre stays best
+``max_loops`` decisions in a row, it jumps to a random Moore neighbour off the axes to escape a
+local minimum.
 
 Batch-size probes (``probe_every``). Frequencies act on a batch's time and energy smoothly,
 but the batch size also meets the arrival pattern, and there the landscape is rugged: with
@@ -22,7 +23,22 @@ for the next one, so batch 10 is a deep valley whose axis neighbours are both wo
 measured and the centre stays, every ``probe_every``-th window measures the centre with
 another batch size, taken in a shuffled sweep over all of them, and a probe cheaper than the
 whole neighbourhood becomes the centre. A probe is one window, far cheaper than a jump, and
-a sweep covers every batch size in ``probe_every`` x (sizes - 3) windows.
+a sweep covers every batch size in ``probe_every`` x (sizes - 3) windows. A size whose last
+probe lost by far is skipped until that result is stale, like any losing measurement.
+
+Two additions keep the cost of that ruggedness low (each can be turned off):
+
+- Opening scan (``opening_scan``). Before climbing, every batch size is measured once at the
+  starting frequencies, and the climb starts from the cheapest. Walking down from the largest
+  batch costs three or more windows a step and stops at the first bump; the scan costs one
+  window a size, and it counts as the first sweep of probes.
+- Inherited batch neighbours (``inherit_margin``, ``inherit_reach``). Along a plateau of
+  frequencies the centre keeps stepping on measurement noise, and each step would re-measure
+  both batch neighbours, at +40-60% a window under bursts. A batch neighbour's loss to the
+  centre is kept with its measurement; while it is fresh and at least ``inherit_margin``, a
+  centre of the same batch size within ``inherit_reach`` frequency steps estimates that
+  neighbour as its own cost times the loss instead of measuring it. Only clear losers are
+  inherited, so an estimate never wins a decision.
 """
 
 from __future__ import annotations
@@ -50,6 +66,10 @@ class EcoGD(Tuner):
     ``probe_every``: windows between batch-size probes once settled (see the module notes);
     ``None`` or 0 turns probes off, as does a space without a batch-size knob.
     ``loser_memory``: the longest life of a losing measurement, in memories (1 = off).
+    ``opening_scan``: measure every batch size once before climbing (see the module notes).
+    ``inherit_margin``: the smallest relative loss of a batch neighbour that is inherited
+    across frequency moves (``None`` = always measure); ``inherit_reach``: how many steps
+    away, on every other knob, the measurement it is inherited from may lie.
     """
 
     name = "ecogd"
@@ -65,7 +85,10 @@ class EcoGD(Tuner):
         max_step: int = 4,
         step_growth: float = 0.1,
         probe_every: int | None = 10,
-        loser_memory: float = 4.0,
+        loser_memory: float = 6.0,
+        opening_scan: bool = True,
+        inherit_margin: float | None = 0.2,
+        inherit_reach: int = 8,
     ) -> None:
         super().__init__(space, seed)
         if memory_limit < 1:
@@ -92,6 +115,14 @@ class EcoGD(Tuner):
             raise ValueError(f"loser_memory must be >= 1 (1 = off), got {loser_memory}")
         self.loser_memory = float(loser_memory)
         self.probe_every = int(probe_every or 0)
+        self.opening_scan = bool(opening_scan)
+        if inherit_margin is not None and inherit_margin < 0:
+            raise ValueError(f"inherit_margin must be >= 0 (None = off), got {inherit_margin}")
+        self.inherit_margin = inherit_margin
+        if inherit_reach < 0:
+            raise ValueError(f"inherit_reach must be >= 0 steps, got {inherit_reach}")
+        self.inherit_reach = int(inherit_reach)
+        self._batch = space.axis(BATCH) if space.has(BATCH) else None
         self._probe_axis = space.axis(BATCH) if space.has(BATCH) and self.probe_every else None
         self.reset()
 
@@ -101,6 +132,8 @@ class EcoGD(Tuner):
         self._centre: Config = self.space.maximum()
         # config -> (cost, window it was measured in, windows it stays fresh)
         self._history: dict[Config, tuple[float, int, int]] = {}
+        # batch neighbour measured -> (the centre's batch index then, its loss to the centre)
+        self._losses: dict[Config, tuple[int, float]] = {}
         self._window = 0
         self._loops = 0
         self._news = False  # a neighbour was (re)measured since the last decision
@@ -114,6 +147,12 @@ class EcoGD(Tuner):
         self._probe_queue: list[int] = []  # batch indices still to probe in this sweep
         self._probe: Config | None = None  # the last probe asked, until a decision weighs it
         self._probes = 0
+        # batch index -> (window of its last probe or scan, windows that result stays fresh)
+        self._probed: dict[int, tuple[int, int]] = {}
+        # batch index -> cost, while the opening scan runs; None once it is over (or off)
+        self._scan: dict[int, float] | None = (
+            {} if self.opening_scan and self._batch is not None else None
+        )
 
     @property
     def centre(self) -> Config:
@@ -123,15 +162,19 @@ class EcoGD(Tuner):
         # A pass returns, or moves the centre to an unmeasured configuration (returned by the
         # next pass) or to a measured one strictly cheaper than the centre, so passes are
         # bounded by the number of measurements; the limit only guards that argument.
+        if self._scan is not None and (scan := self._next_scan()) is not None:
+            return scan
         for _ in range(len(self._history) + 3):
             centre = self._centre
             if centre not in self._history:
                 return centre
-            neighbours = self.space.neighbours(centre)
-            for n in neighbours:
-                if n not in self._history:
+            costs: dict[Config, float] = {}
+            for n in self.space.neighbours(centre):
+                cost = self._known_cost(n, centre)
+                if cost is None:
                     return n
-            if not self._decide(centre, neighbours):
+                costs[n] = cost
+            if not self._decide(centre, costs):
                 return self._next_probe(centre) or centre
         return self._centre
 
@@ -143,34 +186,123 @@ class EcoGD(Tuner):
             self._observe_rate(float(rate))
         self._window += 1
         self._since_probe += 1
+        if self._scan is not None and config == self._with(
+            self._centre, self._batch, config[self._batch]
+        ):
+            self._scan[config[self._batch]] = cost
+        elif config == self._probe and (known := self._history.get(self._centre)):
+            if known[0] > 0:
+                loss = cost / known[0] - 1.0
+                self._probed[config[self._batch]] = (self._window, self._life(loss))
         self._history.pop(config, None)
+        self._losses.pop(config, None)
+        self._record_loss(config, cost)
         self._history[config] = (cost, self._window, self._lifetime(config, cost))
         now = self._window
         for old in [c for c, (_, w, life) in self._history.items() if now - w >= life]:
             del self._history[old]
+            self._losses.pop(old, None)
         if config != self._centre and self._is_neighbour(config):
             self._news = True
 
-    def _lifetime(self, config: Config, cost: float) -> int:
-        """Windows a measurement stays fresh: longer the more it lost to the centre.
+    def _record_loss(self, config: Config, cost: float) -> None:
+        """Keep a batch neighbour's relative loss to the centre, for ``_inherited``."""
+        axis, centre = self._batch, self._centre
+        known = self._history.get(centre)
+        if axis is None or known is None or known[0] <= 0 or config == centre:
+            return
+        if abs(config[axis] - centre[axis]) == 1 and all(
+            c == k for a, (c, k) in enumerate(zip(config, centre, strict=True)) if a != axis
+        ):
+            self._losses[config] = (centre[axis], cost / known[0] - 1.0)
 
-        A loss of ``x`` (relative to the centre's cost) gives ``1 + 10 * x`` memories, at most
-        ``loser_memory``: a 10% loss lives twice as long, a 30% loss four times.
-        """
+    def _lifetime(self, config: Config, cost: float) -> int:
+        """Windows a measurement stays fresh: longer the more it lost to the centre."""
         known = self._history.get(self._centre)
-        if config == self._centre or known is None or known[0] <= 0 or self.loser_memory <= 1:
+        if config == self._centre or known is None or known[0] <= 0:
             return self._memory
-        loss = max(0.0, cost / known[0] - 1.0)
-        return round(self._memory * min(float(self.loser_memory), 1.0 + 10.0 * loss))
+        return self._life(cost / known[0] - 1.0)
+
+    def _life(self, loss: float) -> int:
+        """A loss of ``x`` (relative) lives ``1 + 10 * x`` memories, at most ``loser_memory``.
+
+        So a 10% loss lives twice as long as a win, a 30% loss four times.
+        """
+        if self.loser_memory <= 1:
+            return self._memory
+        return round(self._memory * min(self.loser_memory, 1.0 + 10.0 * max(0.0, loss)))
 
     # -- decisions ------------------------------------------------------------------------
-    def _decide(self, centre: Config, neighbours: list[Config]) -> bool:
+    def _next_scan(self) -> Config | None:
+        """The next batch size of the opening scan, or None once it is over.
+
+        The climb starts at the largest batch, and walking it down ±1 at a time costs three or
+        more windows a step, besides stopping at the first bump of a rugged axis. So the tuner
+        first measures every batch size once at the starting frequencies (largest first) and
+        starts climbing from the cheapest.
+        """
+        assert self._scan is not None and self._batch is not None
+        knob = self.space.knobs[self._batch]
+        for index in range(knob.top, knob.floor - 1, -1):
+            if index not in self._scan:
+                return self._with(self._centre, self._batch, index)
+        best = min(self._scan, key=self._scan.__getitem__)
+        if self._scan[best] > 0:  # the scan counts as a sweep of probes
+            for index, cost in self._scan.items():
+                self._probed[index] = (self._window, self._life(cost / self._scan[best] - 1.0))
+        self._scan = None
+        self._set_centre(self._with(self._centre, self._batch, best))
+        return None
+
+    def _known_cost(self, neighbour: Config, centre: Config) -> float | None:
+        """A neighbour's fresh measured cost, else an inherited batch-size loss, else None."""
+        known = self._history.get(neighbour)
+        if known is not None:
+            return known[0]
+        return self._inherited(neighbour, centre)
+
+    def _inherited(self, neighbour: Config, centre: Config) -> float | None:
+        """Estimate a batch-size neighbour from its loss at nearby frequencies.
+
+        At a sharp batch-size optimum the ±1 batch sizes lose by far (40-60% under bursts), and
+        when the centre drifts along a plateau of frequencies, re-measuring both after every
+        step is most of what staying there costs. A frequency step changes neighbouring batch
+        sizes' costs by much the same factor, so each batch neighbour's loss against the centre
+        is kept with its measurement; while one is fresh, was taken from the same batch size,
+        at frequencies within ``inherit_reach`` steps on every other knob, and lost by at least
+        ``inherit_margin``, the neighbour is estimated as the centre's cost times that loss
+        (the smallest such loss, to err towards measuring). Only clear losers are inherited, so
+        an estimate never wins a decision; it expires with the measurement it came from.
+        """
+        axis, margin = self._batch, self.inherit_margin
+        if axis is None or margin is None or not self._losses:
+            return None
+        delta = neighbour[axis] - centre[axis]
+        if abs(delta) != 1 or any(
+            n != c for a, (n, c) in enumerate(zip(neighbour, centre, strict=True)) if a != axis
+        ):
+            return None
+        here = self._history[centre][0]
+        if here <= 0:
+            return None
+        reach = self.inherit_reach
+        loss = math.inf
+        for measured, (base, measured_loss) in self._losses.items():
+            if (
+                base == centre[axis]
+                and measured[axis] == neighbour[axis]
+                and measured in self._history
+                and all(abs(m - c) <= reach for m, c in zip(measured, centre, strict=True))
+            ):
+                loss = min(loss, measured_loss)
+        return here * (1.0 + loss) if margin <= loss < math.inf else None
+
+    def _decide(self, centre: Config, neighbours: Mapping[Config, float]) -> bool:
         """Move, jump or stay; True when the centre changed."""
         history = self._history
         here = history[centre][0]
         best, best_cost = centre, here
-        for n in neighbours:
-            cost = history[n][0]
+        for n, cost in neighbours.items():
             if cost < best_cost:
                 best, best_cost = n, cost
         for diagonal, cost in self._diagonals(centre, here):
@@ -241,6 +373,9 @@ class EcoGD(Tuner):
         for _ in range(2):
             while self._probe_queue:
                 index = self._probe_queue.pop()
+                window, life = self._probed.get(index, (0, 0))
+                if self._window - window < life:
+                    continue  # a size that lost by far is probed again only once that is stale
                 if abs(index - centre[axis]) > 1:  # ±1 are axis neighbours, measured anyway
                     self._since_probe, self._probe = 0, self._with(centre, axis, index)
                     self._probes += 1
@@ -317,6 +452,8 @@ class EcoGD(Tuner):
         ) > self.rate_change_threshold * abs(ref):
             # The load moved: old costs describe another workload, so start the neighbourhood over.
             self._history.clear()
+            self._losses.clear()
+            self._probed.clear()
             self._loops, self._news = 0, False
             self._step, self._last_dir = 1, None
             self._centre_rate = rate
@@ -340,6 +477,9 @@ class EcoGD(Tuner):
             probe_queue=list(self._probe_queue),
             probe=None if self._probe is None else list(self._probe),
             probes=self._probes,
+            probed=[[i, w, life] for i, (w, life) in self._probed.items()],
+            scan=None if self._scan is None else [[i, c] for i, c in self._scan.items()],
+            losses=[[list(c), base, loss] for c, (base, loss) in self._losses.items()],
         )
         return state
 
@@ -361,6 +501,15 @@ class EcoGD(Tuner):
             probe = None if state["probe"] is None else self.space.validate(state["probe"])
             probe_queue = [int(i) for i in state["probe_queue"]]
             since_probe, probes = int(state["since_probe"]), int(state["probes"])
+            # Absent from states saved before the opening scan and inherited losses existed:
+            # such a tuner is past its scan and simply has nothing to inherit yet.
+            probed = {int(i): (int(w), int(life)) for i, w, life in state.get("probed", [])}
+            saved_scan = state.get("scan")
+            scan = None if saved_scan is None else {int(i): finite_cost(c) for i, c in saved_scan}
+            losses = {
+                self.space.validate(c): (int(base), float(loss))
+                for c, base, loss in state.get("losses", [])
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"malformed {self.name} state ({exc!r}); delete the state file"
@@ -370,6 +519,7 @@ class EcoGD(Tuner):
         self._centre_rate, self._last_rate = rates
         self._probe, self._probe_queue = probe, probe_queue
         self._since_probe, self._probes = since_probe, probes
+        self._probed, self._scan, self._losses = probed, scan, losses
 
     def describe(self) -> dict[str, Any]:
         known = self._history.get(self._centre)
