@@ -246,3 +246,24 @@ def test_real_mode_against_a_stub_daemon(
     assert rec["energy_per_request_j"] == pytest.approx(0.1)
     assert 0 < rec["latency_p50_s"] < 1.0
     assert (tmp_path / "results.json").exists()
+
+
+def test_a_plan_reuses_given_oracles_and_skips_computing_them() -> None:
+    from ecoserve.replay.runner import ReplayPlan, run_plan
+    from ecoserve.replay.suite import Workload
+
+    plan = ReplayPlan(
+        workloads=(Workload("fixed:50ms 2min", "fixed:50ms", "fixed", duration="2min"),),
+        tuners=("ecogd",),
+        seeds=(0,),
+    )
+    steps: list[str] = []
+    first = run_plan(plan, progress=lambda what, done, total: steps.append(what))
+    assert steps[0].startswith("oracle ")
+    steps.clear()
+    again = run_plan(
+        plan, progress=lambda what, done, total: steps.append(what), oracles=first.oracles
+    )
+    assert not any(s.startswith("oracle ") for s in steps)
+    assert again.records[0].mean_cost == first.records[0].mean_cost
+    assert again.records[0].ratio_static_oracle == first.records[0].ratio_static_oracle

@@ -104,13 +104,19 @@ def run_plan(
     plan: ReplayPlan,
     workers: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
+    oracles: dict[str, Oracles] | None = None,
 ) -> ReplayResult:
-    """Oracles, then every run; ``progress(what, done, total)`` after each task."""
+    """Oracles, then every run; ``progress(what, done, total)`` after each task.
+
+    ``oracles`` (by workload label) are reused instead of computed, for several plans over the
+    same workloads, device and batching settings (the tuner's parameters do not enter them).
+    """
     tasks = [(w, t, s) for w in plan.workloads for t in plan.tuners for s in plan.seeds]
     tasks.sort(key=lambda x: x[1] not in SLOW_TUNERS)
-    total = len(plan.workloads) + len(tasks)
+    oracles = dict(oracles or {})
+    missing = [w for w in plan.workloads if w.label not in oracles]
+    total = len(missing) + len(tasks)
     done = 0
-    oracles: dict[str, Oracles] = {}
     records: list[RunRecord] = []
     series: list[WindowSeries] = []
 
@@ -121,7 +127,7 @@ def run_plan(
             progress(what, done, total)
 
     if workers <= 1:
-        for w in plan.workloads:
+        for w in missing:
             label, o = _oracle_task(plan, w)
             oracles[label] = o
             tick(f"oracle {label}")
@@ -132,7 +138,7 @@ def run_plan(
             tick(f"{w.label} {t} seed {s}")
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_oracle_task, plan, w) for w in plan.workloads]
+            futures = [pool.submit(_oracle_task, plan, w) for w in missing]
             for fut in as_completed(futures):
                 label, o = fut.result()
                 oracles[label] = o
