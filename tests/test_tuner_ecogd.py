@@ -54,10 +54,12 @@ def test_the_opening_scan_measures_every_batch_size_then_climbs_from_the_cheapes
     space = space_of(25, 15, 16)
     tuner = EcoGD(space)
     cost = bowl((7, 9, 5), (25, 15, 16))
+    assert tuner.describe()["scanning"]
     asked = [step(tuner, cost) for _ in range(16)]
     assert asked == [(24, 14, b) for b in range(15, -1, -1)]
     assert tuner.ask() in space.neighbours((24, 14, 5))
     assert tuner.centre == (24, 14, 5)
+    assert not tuner.describe()["scanning"]
 
 
 def test_the_opening_scan_alone_finds_a_batch_valley() -> None:

@@ -533,5 +533,6 @@ class EcoGD(Tuner):
             "moves": self._moves,
             "jumps": self._jumps,
             "probes": self._probes,
+            "scanning": self._scan is not None,
             "windows": self._window,
         }
