@@ -2,10 +2,11 @@
 
 It keeps a centre (starting at every knob's maximum, the baseline, but see the opening scan
 below) and measures the centre's axis neighbours (±1 on one knob, ``2 * dims`` of them at
-most). Once all are known it estimates the four diagonal neighbours in the CPU–GPU plane additively, ``cost(c) + Δcpu + Δgpu``, because
-the two frequencies act on different parts of a batch's time and energy; diagonals that involve
-the batch size or any other knob interact too strongly to estimate and are left out. The centre
-moves to the cheapest of itself, its axis neighbours and those diagonals.
+most). Once all are known it estimates the four diagonal neighbours in the CPU–GPU plane
+additively, ``cost(c) + Δcpu + Δgpu``, because the two frequencies act on different parts of a
+batch's time and energy; diagonals that involve the batch size or any other knob interact too
+strongly to estimate and are left out. The centre moves to the cheapest of itself, its axis
+neighbours and those diagonals.
 
 Measurements expire after ``memory_limit`` windows (the history is trimmed, which also bounds
 memory), so a converged centre keeps re-measuring its neighbourhood and follows an optimum that
@@ -123,7 +124,7 @@ class EcoGD(Tuner):
             raise ValueError(f"inherit_reach must be >= 0 steps, got {inherit_reach}")
         self.inherit_reach = int(inherit_reach)
         self._batch = space.axis(BATCH) if space.has(BATCH) else None
-        self._probe_axis = space.axis(BATCH) if space.has(BATCH) and self.probe_every else None
+        self._probe_axis = self._batch if self.probe_every else None
         self.reset()
 
     # -- ask/tell -------------------------------------------------------------------------
@@ -234,13 +235,8 @@ class EcoGD(Tuner):
 
     # -- decisions ------------------------------------------------------------------------
     def _next_scan(self) -> Config | None:
-        """The next batch size of the opening scan, or None once it is over.
-
-        The climb starts at the largest batch, and walking it down ±1 at a time costs three or
-        more windows a step, besides stopping at the first bump of a rugged axis. So the tuner
-        first measures every batch size once at the starting frequencies (largest first) and
-        starts climbing from the cheapest.
-        """
+        """The next batch size of the opening scan (largest first); at its end, None, with the
+        centre moved to the cheapest size and every size's result counted as a probe."""
         assert self._scan is not None and self._batch is not None
         knob = self.space.knobs[self._batch]
         for index in range(knob.top, knob.floor - 1, -1):
@@ -262,7 +258,7 @@ class EcoGD(Tuner):
         return self._inherited(neighbour, centre)
 
     def _inherited(self, neighbour: Config, centre: Config) -> float | None:
-        """Estimate a batch-size neighbour from its loss at nearby frequencies.
+        """Estimate a batch-size axis neighbour from its loss at nearby frequencies.
 
         At a sharp batch-size optimum the ±1 batch sizes lose by far (40-60% under bursts), and
         when the centre drifts along a plateau of frequencies, re-measuring both after every
@@ -277,10 +273,7 @@ class EcoGD(Tuner):
         axis, margin = self._batch, self.inherit_margin
         if axis is None or margin is None or not self._losses:
             return None
-        delta = neighbour[axis] - centre[axis]
-        if abs(delta) != 1 or any(
-            n != c for a, (n, c) in enumerate(zip(neighbour, centre, strict=True)) if a != axis
-        ):
+        if neighbour[axis] == centre[axis]:  # an axis neighbour on another knob
             return None
         here = self._history[centre][0]
         if here <= 0:
