@@ -197,9 +197,10 @@ class Simulator:
             mark = now
             apply()
 
-        apply()
-        while True:
-            while i < n and arr[i] <= now:
+        def admit(until: float) -> None:
+            """Queue every arrival up to ``until`` (rejected when the queue is full)."""
+            nonlocal i, rejected
+            while i < n and arr[i] <= until:
                 a = arr[i]
                 if len(policy) >= max_queue:
                     rejected += 1
@@ -207,6 +208,10 @@ class Simulator:
                     add(i, a)
                     on_arrival(a)
                 i += 1
+
+        apply()
+        while True:
+            admit(now)
             action = poll(now)
             if action.__class__ is Dispatch:
                 items = action.items
@@ -230,14 +235,7 @@ class Simulator:
                 mark = end
                 active += energy
                 batches += 1
-                while i < n and arr[i] <= end:
-                    a = arr[i]
-                    if len(policy) >= max_queue:
-                        rejected += 1
-                    else:
-                        add(i, a)
-                        on_arrival(a)
-                    i += 1
+                admit(end)
                 first = items[0]
                 completions[first : first + k] = end
                 now = end
