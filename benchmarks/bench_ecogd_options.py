@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from devices.fitted_twin import load_twin
-from ecoserve.engine import EngineSettings
-from ecoserve.oracle import compute_oracles, renormalised_costs
+from ecoserve.core.assembly import EngineSettings
 from ecoserve.replay.runner import ReplayPlan, run_plan
 from ecoserve.replay.suite import PAPER_MAX_WAIT_S, PAPER_WORKLOADS
-from ecoserve.simulator import simulate
+from ecoserve.sim.driver import simulate
+from ecoserve.sim.oracle import compute_oracles, renormalised_costs
 from traces import load_trace
+from twins.fitted import load_twin
 
 #: (label, EcoGD parameters): cumulative, from the climber with probes to the defaults.
 OPTION_SETS: tuple[tuple[str, dict[str, Any]], ...] = (

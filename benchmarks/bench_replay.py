@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices.fitted_twin import load_twin
-from ecoserve.simulator import simulate
+from ecoserve.sim.driver import simulate
 from traces import load_trace
+from twins.fitted import load_twin
 
 SPEED_TRACES = ("fixed:50ms", "bursty:10@500ms", "poisson:20")
 

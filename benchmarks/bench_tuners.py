@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 
-from ecoserve.space import BATCH, CPU, GPU, Config, Knob, SearchSpace
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, Knob, SearchSpace
 from tuners import TUNERS, Bayesian, make_tuner
 
 SIZES = (25, 15, 16)

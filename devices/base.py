@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
-from ecoserve.space import Knob
+from ecoserve.core.knobs import Knob
 
 
 class DeviceError(RuntimeError):

@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 
-from ecoserve.space import Knob
-
-from .base import Actuator, DeviceError
+from devices.base import Actuator, DeviceError
+from ecoserve.core.knobs import Knob
 
 log = logging.getLogger(__name__)
 

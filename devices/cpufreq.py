@@ -34,10 +34,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ecoserve.space import CPU, Knob
-
-from .base import Actuator, DeviceError, PermissionDeniedError
-from .sysfs import SysfsRoot, permission_warning
+from devices.base import Actuator, DeviceError, PermissionDeniedError
+from devices.sysfs import SysfsRoot, permission_warning
+from ecoserve.core.knobs import CPU, Knob
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ecoserve.space import GPU, Knob
-
-from .base import Actuator, DeviceError, PermissionDeniedError
-from .sysfs import SysfsRoot, permission_warning
+from devices.base import Actuator, DeviceError, PermissionDeniedError
+from devices.sysfs import SysfsRoot, permission_warning
+from ecoserve.core.knobs import GPU, Knob
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ governors, and whether ecoserve could write it and, if not, why: ``absent`` (no 
 driver or file) or ``permission`` (with the fix). Meters are found by probes the meter
 modules provide (``meter_probes``), so this module does not depend on them.
 
-The board guess compares the tables found with ``devices.profiles``: a profile is named
+The board guess compares the tables found with ``devices.boards``: a profile is named
 when a frequency table overlaps it by at least 80 % and the overall score (both tables
 plus the GPU node's name) is clear; otherwise the box is ``generic``, which works the same
 way, only without a known profile for the twin.
@@ -22,11 +22,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from ecoserve.space import CPU, GPU
-
-from .base import DeviceError
-from .composite import CompositeActuator
-from .cpufreq import (
+from devices.base import DeviceError
+from devices.boards import PROFILES
+from devices.composite import CompositeActuator
+from devices.cpufreq import (
     CPUFREQ_DIR,
     CpufreqActuator,
     CpuPolicy,
@@ -34,9 +33,9 @@ from .cpufreq import (
     list_policies,
     read_policies,
 )
-from .devfreq import DEVFREQ_DIR, GPU_NAMES, DevfreqActuator, find_devfreq_node, read_node
-from .profiles import PROFILES
-from .sysfs import PERMISSION_FIX, SysfsRoot
+from devices.devfreq import DEVFREQ_DIR, GPU_NAMES, DevfreqActuator, find_devfreq_node, read_node
+from devices.sysfs import PERMISSION_FIX, SysfsRoot
+from ecoserve.core.knobs import CPU, GPU
 
 #: Smallest table overlap (Jaccard) for a profile to be named.
 MATCH_THRESHOLD = 0.8

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .base import Device
-from .composite import install_restore_handlers, restoring
-from .watchdog import Watchdog
+from devices.base import Device
+from devices.composite import install_restore_handlers, restoring
+from devices.watchdog import Watchdog
 
 
 class Guard:

@@ -1,7 +1,7 @@
 """Reading and writing kernel attribute files under a configurable root.
 
 Every path is relative to ``root``: a user points it at ``/``, a test at a temporary
-folder holding a fake tree (``devices.faketree``), and the same actuator code runs on both.
+folder holding a fake tree (``devices.testing``), and the same actuator code runs on both.
 The kernel's refusals come back as ``OSError``; this module turns them into errors that
 name the file and say what to do:
 
@@ -15,7 +15,7 @@ name the file and say what to do:
 Faults a test cannot produce with file modes (the suite runs as root, where ``chmod 0444``
 does not stop a write) are injected through a ``SysfsHook`` passed as ``hook=``: it sees
 every read and write before it happens and may refuse it with an ``OSError``, exactly
-where the kernel would. ``devices.faketree.FakeKernel`` is the hook the tests use.
+where the kernel would. ``devices.testing.FakeKernel`` is the hook the tests use.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from .base import DeviceError, PermissionDeniedError
+from devices.base import DeviceError, PermissionDeniedError
 
 #: Appended to every permission error so the user learns the fix, not only the refusal.
 PERMISSION_FIX = (

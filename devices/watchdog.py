@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from .base import Actuator
+from devices.base import Actuator
 
 log = logging.getLogger(__name__)
 

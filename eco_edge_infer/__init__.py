@@ -7,7 +7,7 @@ def run_inference(batch):
     return model(batch)
 """
 
+from ecoserve.core.assembly import EngineSettings
 from ecoserve.decorator import InferenceMethod, inference_method
-from ecoserve.engine import EngineSettings
 
 __all__ = ["EngineSettings", "InferenceMethod", "inference_method"]

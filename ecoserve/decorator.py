@@ -21,9 +21,9 @@ from typing import Any
 
 from devices.base import Device
 from devices.composite import install_restore_handlers
-
-from .engine import EngineSettings, build_runtime
-from .runtime import Runtime
+from ecoserve.core.assembly import EngineSettings
+from ecoserve.runtime.build import build_runtime
+from ecoserve.runtime.driver import Runtime
 
 
 class InferenceMethod:

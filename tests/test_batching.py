@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecoserve.batching import BatchPolicy, Dispatch, QueueFullError, WaitUntil
+from ecoserve.core.batching import BatchPolicy, Dispatch, QueueFullError, WaitUntil
 
 
 def test_full_batch_dispatches_at_once():

@@ -1,9 +1,9 @@
 import pytest
 
-from ecoserve.controller import BatchOutcome, Controller
-from ecoserve.cost import Baseline, CostModel
-from ecoserve.space import Knob, SearchSpace, batch_knob
-from tuners.base import Tuner
+from ecoserve.core.controller import BatchOutcome, Controller
+from ecoserve.core.cost import Baseline, CostModel
+from ecoserve.core.knobs import Knob, SearchSpace, batch_knob
+from ecoserve.core.tuner import Tuner
 
 
 class ScriptedTuner(Tuner):
@@ -172,12 +172,15 @@ def test_slo_cost_penalises_tail_over_bound():
 
 
 def test_baseline_file_round_trip_and_clear_error(tmp_path):
+    from ecoserve.runtime.state_files import load_baseline, save_baseline
+
     b = Baseline(0.2, 0.05)
-    b.save(tmp_path / "b.json")
-    assert Baseline.load(tmp_path / "b.json") == b
+    save_baseline(b, tmp_path / "b.json")
+    assert load_baseline(tmp_path / "b.json") == b
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="baseline"):
-        Baseline.load(tmp_path / "bad.json")
+        load_baseline(tmp_path / "bad.json")
 
 
 def test_baseline_is_the_last_of_several_windows_at_maximum(space):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import eco_edge_infer
-from ecoserve.runtime import RuntimeStoppedError
+from ecoserve.runtime.driver import RuntimeStoppedError
 
 FAST = dict(device="virtual:xavier-nx", window_requests=16, warmup_requests=4, max_wait_s=0.005)
 

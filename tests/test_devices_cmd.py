@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from devices.faketree import nano_tree, orin_tree, x86_tree, xavier_nx_tree
-from devices.profiles import NANO, ORIN, XAVIER_NX
+from devices.boards import NANO, ORIN, XAVIER_NX
+from devices.testing import nano_tree, orin_tree, x86_tree, xavier_nx_tree
 from ecoserve.cli import main
-from ecoserve.space import CPU, GPU
+from ecoserve.core.knobs import CPU, GPU
 
 TREES = [
     pytest.param(

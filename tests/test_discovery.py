@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from devices.boards import AGX_XAVIER, NANO, ORIN, XAVIER_NX
 from devices.discovery import MeterInfo, discover, guess_board, open_sysfs_actuator
-from devices.faketree import FakeKernel, nano_tree, orin_tree, x86_tree, xavier_nx_tree
-from devices.profiles import AGX_XAVIER, NANO, ORIN, XAVIER_NX
 from devices.sysfs import SysfsRoot
-from ecoserve.space import CPU, GPU
+from devices.testing import FakeKernel, nano_tree, orin_tree, x86_tree, xavier_nx_tree
+from ecoserve.core.knobs import CPU, GPU
 
 BOARDS = [
     pytest.param(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from devices.factory import open_device
-from devices.faketree import nano_tree, orin_tree, x86_tree, xavier_nx_tree
+from devices.testing import nano_tree, orin_tree, x86_tree, xavier_nx_tree
+from ecoserve.runtime.device_spec import open_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ WORKER = textwrap.dedent(
     """
     import asyncio, signal, sys, threading, time
 
-    from devices.factory import open_device
+    from ecoserve.runtime.device_spec import open_device
     from devices.safety import guarded
 
     root, mode = sys.argv[1], sys.argv[2]
@@ -46,7 +46,8 @@ WORKER = textwrap.dedent(
 
 
     def crash_runtime(device):
-        from ecoserve.engine import EngineSettings, build_runtime
+        from ecoserve.core.assembly import EngineSettings
+        from ecoserve.runtime.build import build_runtime
 
         def batch_fn(batch):
             raise Crash("batch function crashed")

@@ -5,20 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from devices.fitted_twin import load_twin
-from devices.profiles import BoardProfile
-from devices.twin import AnalyticTwin
-from devices.virtual import VirtualDevice
-from ecoserve.engine import EngineSettings, build_space
-from ecoserve.oracle import (
+from devices.boards import BoardProfile
+from ecoserve.core.assembly import EngineSettings, build_space
+from ecoserve.sim.driver import simulate
+from ecoserve.sim.oracle import (
     _segments,
     compute_oracles,
     config_table,
     estimate_windows,
     renormalised_costs,
 )
-from ecoserve.simulator import simulate
 from traces import load_trace
+from twins.base import AnalyticTwin
+from twins.fitted import load_twin
 
 TINY = BoardProfile(
     name="tiny",
@@ -35,7 +34,7 @@ def _tiny() -> tuple[AnalyticTwin, EngineSettings]:
 
 def test_config_table_matches_the_scalar_twin() -> None:
     twin = load_twin("xavier-nx", noise=0.0)
-    space = build_space(VirtualDevice(twin), EngineSettings())
+    space = build_space(twin.knobs(), EngineSettings())
     table = config_table(twin, space)
     assert len(table.configs) == space.size == 25 * 15 * 16
     for row in (0, 777, len(table.configs) - 1):
@@ -52,7 +51,7 @@ def test_estimate_agrees_with_simulation(spec: str, tolerance: float) -> None:
     """Deterministic loads agree closely; Poisson queues carry between windows, less so."""
     twin, settings = _tiny()
     trace = load_trace(spec, duration="2m", seed=1)
-    space = build_space(VirtualDevice(twin), settings)
+    space = build_space(twin.knobs(), settings)
     table = config_table(twin, space)
     est = estimate_windows(table, trace.arrivals, window_requests=50, max_wait=0.05)
     checked = 0
@@ -84,7 +83,7 @@ def test_static_oracle_is_the_brute_force_best() -> None:
     twin, settings = _tiny()
     trace = load_trace("poisson:25", duration="3m", seed=2)
     oracles = compute_oracles(trace.arrivals, twin, settings, validate=4)
-    space = build_space(VirtualDevice(twin), settings)
+    space = build_space(twin.knobs(), settings)
     brute = {}
     for config in space.all_configs():
         res = simulate(
@@ -118,7 +117,7 @@ def test_static_oracle_finds_the_batch_size_that_divides_the_bursts() -> None:
     settings = EngineSettings(max_batch=8, max_wait_s=2.0, window_requests=60, warmup_requests=12)
     trace = load_trace("bursty:6@400ms", duration="4m")
     oracles = compute_oracles(trace.arrivals, twin, settings, validate=2, per_batch=1)
-    space = build_space(VirtualDevice(twin), settings)
+    space = build_space(twin.knobs(), settings)
     brute = {}
     for config in space.all_configs():
         res = simulate(
@@ -133,7 +132,7 @@ def test_static_oracle_finds_the_batch_size_that_divides_the_bursts() -> None:
 def test_total_accounting_adds_idle_energy() -> None:
     twin, settings = _tiny()
     trace = load_trace("fixed:200ms", duration="1m")
-    space = build_space(VirtualDevice(twin), settings)
+    space = build_space(twin.knobs(), settings)
     table = config_table(twin, space)
     active = estimate_windows(table, trace.arrivals, window_requests=50)
     total = estimate_windows(table, trace.arrivals, window_requests=50, accounting="total")

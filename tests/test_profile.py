@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from devices.base import Device, DeviceError
+from devices.boards import XAVIER_NX
 from devices.discovery import open_sysfs_actuator
-from devices.factory import open_device
-from devices.faketree import FakeKernel, x86_tree, xavier_nx_tree
 from devices.meters import open_meter
-from devices.profile_table import TableTwin, read_profile_table
-from devices.profiles import XAVIER_NX
 from devices.safety import guarded
 from devices.sysfs import SysfsRoot
-from ecoserve import profiler
+from devices.testing import FakeKernel, x86_tree, xavier_nx_tree
+from ecoserve import profiling as profiler
 from ecoserve.cli import main
-from ecoserve.profiler import ProfileError, Setting
-from ecoserve.space import CPU, GPU, Knob
+from ecoserve.core.knobs import CPU, GPU, Knob
+from ecoserve.profiling import ProfileError, Setting
+from ecoserve.runtime.device_spec import open_device
+from twins.profile_table import TableTwin, read_profile_table
 
 #: Options that keep a CLI sweep to a fraction of a second.
 FAST = ["--repeats", "2", "--warmup", "1", "--min-seconds", "0", "--idle-seconds", "0.05"]

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from ecoserve.cli import build_parser
-from ecoserve.engine import EngineSettings
+from ecoserve.core.assembly import EngineSettings
 from ecoserve.server.options import FIELDS
 from ecoserve.server.settings import ServeSettings, load_settings
 

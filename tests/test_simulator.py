@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devices.fitted_twin import load_twin
-from devices.virtual import VirtualDevice
-from ecoserve.controller import WindowReport
-from ecoserve.engine import EngineSettings, build_controller, build_space
-from ecoserve.governors import schedutil
-from ecoserve.runtime import Runtime, RuntimeObserver
-from ecoserve.simulator import simulate
+from ecoserve.core.assembly import EngineSettings, build_engine
+from ecoserve.core.controller import WindowReport
+from ecoserve.runtime.driver import Runtime, RuntimeObserver
+from ecoserve.sim.driver import simulate
+from ecoserve.sim.governors import schedutil
 from traces import load_trace
+from twins.fitted import load_twin
+from twins.virtual_device import VirtualDevice
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -75,7 +75,7 @@ def _runtime_reports(arrivals: np.ndarray, settings: EngineSettings, twin: Any) 
 
     async def main() -> list[WindowReport]:
         device = _TwinTimedDevice(twin, clock=loop.time)
-        controller = build_controller(build_space(device, settings), settings)
+        engine = build_engine(device.actuator.knobs(), settings)
         observer = _Collect()
 
         async def fn(batch: list[int]) -> list[int]:
@@ -85,9 +85,7 @@ def _runtime_reports(arrivals: np.ndarray, settings: EngineSettings, twin: Any) 
         rt = Runtime(
             fn,
             device,
-            controller,
-            max_wait=settings.max_wait_s,
-            max_queue=settings.max_queue,
+            engine,
             observer=observer,
             clock=loop.time,
         )

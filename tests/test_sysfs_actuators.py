@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from devices.base import Actuator, DeviceError, PermissionDeniedError
+from devices.boards import NANO, ORIN, XAVIER_NX
 from devices.composite import CompositeActuator, install_restore_handlers, restoring
 from devices.cpufreq import CpufreqActuator, range_steps_khz
 from devices.devfreq import DevfreqActuator, find_devfreq_node
 from devices.discovery import open_sysfs_actuator
-from devices.faketree import (
+from devices.sysfs import SysfsRoot
+from devices.testing import (
     FakeKernel,
     add_cpufreq_policy,
     nano_tree,
@@ -25,10 +27,8 @@ from devices.faketree import (
     x86_tree,
     xavier_nx_tree,
 )
-from devices.profiles import NANO, ORIN, XAVIER_NX
-from devices.sysfs import SysfsRoot
 from devices.watchdog import Watchdog
-from ecoserve.space import CPU, GPU, Knob
+from ecoserve.core.knobs import CPU, GPU, Knob
 
 POLICY = "sys/devices/system/cpu/cpufreq/policy{}"
 NX_GPU = "sys/class/devfreq/17000000.gv11b"

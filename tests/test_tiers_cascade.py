@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from ecoserve.core.knobs import SearchSpace
 from ecoserve.models.digits import (
     count_correct,
     load_digits_model,
@@ -20,7 +21,6 @@ from ecoserve.models.digits import (
     preprocess,
     weights_path,
 )
-from ecoserve.space import SearchSpace
 from ecoserve.tiers.cascade import (
     CASCADE_KNOB,
     DEFAULT_THRESHOLDS,

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from ecoserve.core.knobs import SearchSpace
 from ecoserve.models.digits import load_digits_model
-from ecoserve.space import SearchSpace
 from ecoserve.tiers.codec import CONTENT_TYPE, decode_tensor, encode_tensor
 from ecoserve.tiers.link import EmulatedLink, Link, LinkEstimator, parse_rate
 from ecoserve.tiers.split import (

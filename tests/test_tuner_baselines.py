@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecoserve.space import BATCH, CPU, GPU, Config, Knob, SearchSpace, batch_knob
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, Knob, SearchSpace, batch_knob
 from tuners import (
     DVFS,
     MAB,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ecoserve.space import BATCH, CPU, GPU, Config, Knob, SearchSpace
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, Knob, SearchSpace
 from tuners import EcoGD
 
 Cost = Callable[[Config], float]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ecoserve.space import BATCH, CPU, GPU, Config, Knob, SearchSpace
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, Knob, SearchSpace
 from tuners import TUNERS, Bayesian, EcoGD, Grid, Linear, Tuner, make_tuner
 
 SIZES = (25, 15, 16)

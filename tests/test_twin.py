@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from devices.fitted_twin import (
+from devices.boards import XAVIER_NX
+from ecoserve.core.knobs import CPU, GPU
+from twins.fitted import (
     FittedTwin,
     active_power,
     coefficients_path,
@@ -18,7 +19,7 @@ from devices.fitted_twin import (
     load_twin,
     time_parts,
 )
-from devices.profile_table import (
+from twins.profile_table import (
     ProfileRow,
     ProfileTableError,
     TableTwin,
@@ -26,8 +27,6 @@ from devices.profile_table import (
     table_from_twin,
     write_profile_table,
 )
-from devices.profiles import XAVIER_NX
-from ecoserve.space import CPU, GPU
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -75,11 +74,9 @@ def test_reproduces_the_per_setting_means_within_reported_error(board: str) -> N
 
 
 @pytest.mark.skipif(not (SHARED / "jetson").is_dir(), reason="../shared/data not beside the repo")
-def test_fit_script_reproduces_the_committed_coefficients() -> None:
-    spec = importlib.util.spec_from_file_location("fit_twin", REPO / "scripts" / "fit_twin.py")
-    assert spec is not None and spec.loader is not None
-    fit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit)
+def test_fit_reproduces_the_committed_coefficients() -> None:
+    from twins import fitting as fit
+
     document, settings_text = fit.fit_all(SHARED)
     committed = load_coefficients()
     assert settings_text == SETTINGS.read_text(encoding="utf-8")  # plain averages: exact

@@ -4,12 +4,12 @@
 ``load_trace("my_trace.csv", rate=15)`` all return a ``Trace`` of arrival times.
 """
 
-from .bundled import BUNDLED, BundledTrace, bundled_names, bundled_path, load_bundled
-from .durations import parse_duration
-from .generators import SPEC_FORMS, generate
-from .loaders import TIMESTAMP_COLUMNS, TraceFormatError, load_csv_trace
-from .resolve import load_trace
-from .trace import Trace
+from traces.bundled import BUNDLED, BundledTrace, bundled_names, bundled_path, load_bundled
+from traces.durations import parse_duration
+from traces.generators import SPEC_FORMS, generate
+from traces.loaders import TIMESTAMP_COLUMNS, TraceFormatError, load_csv_trace
+from traces.resolve import load_trace
+from traces.trace import Trace
 
 __all__ = [
     "BUNDLED",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .loaders import load_csv_trace
-from .trace import Trace
+from traces.loaders import load_csv_trace
+from traces.trace import Trace
 
 _AZURE = (
     "Azure LLM inference trace ({kind}), Azure/AzurePublicDataset "

@@ -18,8 +18,8 @@ import re
 
 import numpy as np
 
-from .durations import parse_duration
-from .trace import Trace
+from traces.durations import parse_duration
+from traces.trace import Trace
 
 #: What a generator spec may look like; quoted in every error about a spec.
 SPEC_FORMS = (

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .trace import Trace
+from traces.trace import Trace
 
 #: Accepted timestamp column names (matched case-insensitively) and their unit in seconds.
 TIMESTAMP_COLUMNS: dict[str, float] = {"timestamp": 1.0, "timestamp_s": 1.0, "timestamp_ms": 1e-3}

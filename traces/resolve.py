@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundled import bundled_names, load_bundled
-from .durations import parse_duration
-from .generators import DEFAULT_DURATION_S, SPEC_FORMS, generate, is_generator_spec
-from .loaders import load_csv_trace
-from .trace import Trace
+from traces.bundled import bundled_names, load_bundled
+from traces.durations import parse_duration
+from traces.generators import DEFAULT_DURATION_S, SPEC_FORMS, generate, is_generator_spec
+from traces.loaders import load_csv_trace
+from traces.trace import Trace
 
 
 def load_trace(

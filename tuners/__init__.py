@@ -1,6 +1,10 @@
-"""Tuners: one module per algorithm behind the ask/tell interface of ``tuners.base``."""
+"""Tuners: one module per algorithm behind the ask/tell interface of ``ecoserve.core.tuner``.
 
-from tuners.base import Tuner
+Sans-IO like the core: a tuner is told each window's cost and asked for the next
+configuration. May import only ``ecoserve.core`` (and numpy, scikit-optimize).
+"""
+
+from ecoserve.core.tuner import Tuner
 from tuners.bayes import Bayesian
 from tuners.dvfs import DVFS
 from tuners.ecogd import EcoGD

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ecoserve.space import Config, SearchSpace
-from tuners.base import Tuner, finite_cost
+from ecoserve.core.knobs import Config, SearchSpace
+from ecoserve.core.tuner import Tuner, finite_cost
 
 if TYPE_CHECKING:
     from skopt import Optimizer

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ecoserve.space import BATCH, CPU, GPU, Config, SearchSpace
-from tuners.base import Tuner, finite_cost
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
+from ecoserve.core.tuner import Tuner, finite_cost
 
 
 class DVFS(Tuner):

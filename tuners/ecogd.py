@@ -48,8 +48,8 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ecoserve.space import BATCH, CPU, GPU, Config, SearchSpace
-from tuners.base import Tuner, finite_cost
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
+from ecoserve.core.tuner import Tuner, finite_cost
 
 
 class EcoGD(Tuner):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ecoserve.space import Config, SearchSpace
-from tuners.base import Tuner, finite_cost
+from ecoserve.core.knobs import Config, SearchSpace
+from ecoserve.core.tuner import Tuner, finite_cost
 
 
 class Fixed(Tuner):

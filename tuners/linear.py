@@ -11,8 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ecoserve.space import Config, SearchSpace
-from tuners.base import Tuner, finite_cost
+from ecoserve.core.knobs import Config, SearchSpace
+from ecoserve.core.tuner import Tuner, finite_cost
 
 
 class Linear(Tuner):

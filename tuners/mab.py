@@ -12,8 +12,8 @@ import heapq
 from collections.abc import Mapping
 from typing import Any
 
-from ecoserve.space import Config, SearchSpace
-from tuners.base import Tuner, finite_cost
+from ecoserve.core.knobs import Config, SearchSpace
+from ecoserve.core.tuner import Tuner, finite_cost
 
 
 def _update(old: float | None, new: float, recency: float) -> float:

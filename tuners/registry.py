@@ -7,8 +7,8 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from ecoserve.space import SearchSpace
-from tuners.base import Tuner
+from ecoserve.core.knobs import SearchSpace
+from ecoserve.core.tuner import Tuner
 from tuners.bayes import Bayesian
 from tuners.dvfs import DVFS
 from tuners.ecogd import EcoGD

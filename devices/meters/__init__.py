@@ -24,14 +24,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..base import DeviceError, PowerMeter
-from ._read import read_number, read_text
-from .estimated import DEFAULT_TDP_W, EstimatedCpuMeter
-from .ina3221 import Ina3221Meter, Rail, default_rails, find_ina3221_rails
-from .nvml import NvmlMeter, count_gpus
-from .rapl import RAPL_PERMISSION_FIX, RaplMeter, RaplZone, default_zones, find_rapl_zones
-from .sampling import SampledPowerMeter
-from .zeus_backend import ZeusMeter
+from devices.base import DeviceError, PowerMeter
+from devices.meters._read import read_number, read_text
+from devices.meters.estimated import DEFAULT_TDP_W, EstimatedCpuMeter
+from devices.meters.ina3221 import Ina3221Meter, Rail, default_rails, find_ina3221_rails
+from devices.meters.nvml import NvmlMeter, count_gpus
+from devices.meters.rapl import (
+    RAPL_PERMISSION_FIX,
+    RaplMeter,
+    RaplZone,
+    default_zones,
+    find_rapl_zones,
+)
+from devices.meters.sampling import SampledPowerMeter
+from devices.meters.zeus_backend import ZeusMeter
 
 __all__ = [
     "VALID_SPECS",

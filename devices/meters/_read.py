@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..base import DeviceError, PermissionDeniedError
+from devices.base import DeviceError, PermissionDeniedError
 
 #: Reads a whole (small) file as text; ``Path.read_text`` on a real box.
 ReadText = Callable[[Path], str]

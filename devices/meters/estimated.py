@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .sampling import SampledPowerMeter
+from devices.meters.sampling import SampledPowerMeter
 
 #: TDP assumed when none is given: a typical edge/laptop SoC envelope.
 DEFAULT_TDP_W = 15.0

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import DeviceError
-from ._read import ReadText, read_number, read_text
-from .sampling import MIN_RATE_HZ, SampledPowerMeter
+from devices.base import DeviceError
+from devices.meters._read import ReadText, read_number, read_text
+from devices.meters.sampling import MIN_RATE_HZ, SampledPowerMeter
 
 #: Rails that carry the whole board's input power, in order of preference.
 BOARD_TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from ..base import DeviceError, PowerMeter
-from .sampling import MIN_RATE_HZ, SampledPowerMeter
+from devices.base import DeviceError, PowerMeter
+from devices.meters.sampling import MIN_RATE_HZ, SampledPowerMeter
 
 _INSTALL_HINT = "install nvidia-ml-py (pip install 'ecoserve[nvml]')"
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import DeviceError, PermissionDeniedError, PowerMeter
-from ._read import ReadText, read_number, read_text
+from devices.base import DeviceError, PermissionDeniedError, PowerMeter
+from devices.meters._read import ReadText, read_number, read_text
 
 POWERCAP_DIR = "sys/class/powercap"
 

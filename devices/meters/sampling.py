@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..base import DeviceError, PowerMeter
+from devices.base import DeviceError, PowerMeter
 
 #: Below this, the integral misses bursts shorter than a typical edge batch (~10–50 ms).
 MIN_RATE_HZ = 100.0

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ..base import DeviceError, PowerMeter
+from devices.base import DeviceError, PowerMeter
 
 _WINDOW = "ecoserve-meter"
 

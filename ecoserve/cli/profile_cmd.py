@@ -1,6 +1,6 @@
 """``ecoserve profile``: sweep clock settings x batch sizes on a device, write a profile table.
 
-The table (``devices.profile_table`` format) gives a board nobody has modelled a twin of
+The table (``twins.profile_table`` format) gives a board nobody has modelled a twin of
 its own (``TableTwin``). The sweep pins the clocks, so it runs inside ``guarded``: the
 clocks go back to what they were on every exit path, and a watchdog hands them back if
 the model hangs. Interrupted runs resume: rerun the same command.
@@ -78,11 +78,11 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
 
 def run(args: argparse.Namespace) -> int:
     from devices.base import DeviceError
-    from devices.factory import open_device
-    from devices.profile_table import ProfileTableError
     from devices.safety import guarded
-    from ecoserve import profiler
+    from ecoserve import profiling as profiler
     from ecoserve.models.loader import load_model
+    from ecoserve.runtime.device_spec import open_device
+    from twins.profile_table import ProfileTableError
 
     if (
         args.repeats < 1

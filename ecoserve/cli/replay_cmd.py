@@ -112,7 +112,7 @@ def _max_wait(args: argparse.Namespace) -> float:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from ecoserve.engine import EngineSettings
+    from ecoserve.core.assembly import EngineSettings
 
     return EngineSettings(
         max_batch=args.max_batch,

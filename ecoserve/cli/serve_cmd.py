@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ecoserve serve: {exc}", file=sys.stderr)
         return 2
 
-    from devices.factory import open_device
     from ecoserve.models.loader import load_model
+    from ecoserve.runtime.device_spec import open_device
     from ecoserve.server.app import create_app
     from ecoserve.server.lifecycle import serve
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .builtin import Identity, SmallCNN, SmallTransformer
+from ecoserve.models.builtin import Identity, SmallCNN, SmallTransformer
 
 Transform = Callable[[Any], Any]
 
@@ -68,7 +68,7 @@ def _builtin(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     elif name in ("noop", "identity"):
         m = Identity()
     elif name in ("digits-small", "digits-large"):
-        from .digits import load_digits_model
+        from ecoserve.models.digits import load_digits_model
 
         return load_digits_model(name.split("-")[1]), (1, 8, 8)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .report import RunRecord, WindowSeries
+from ecoserve.replay.report import RunRecord, WindowSeries
 
 
 def _slug(text: str) -> str:

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ecoserve.replay.report import RunRecord, WindowSeries, make_record
 from traces import Trace
-
-from .report import RunRecord, WindowSeries, make_record
 
 
 @dataclass(frozen=True)

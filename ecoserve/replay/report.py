@@ -1,7 +1,7 @@
 """Replay records: one per (workload, tuner, seed), the table, and the CSV/JSON files.
 
 Every window cost in a record is recomputed on the workload's reference baseline (the
-all-maximum configuration over the whole trace, see ``ecoserve.oracle``) instead of the
+all-maximum configuration over the whole trace, see ``ecoserve.sim.oracle``) instead of the
 baseline each run measured in its own first window, so tuners and oracles share one scale.
 Only tuning-phase windows count (the first window is the baseline measurement).
 """

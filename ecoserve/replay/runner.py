@@ -1,7 +1,7 @@
 """Virtual-time replays of many (workload, tuner, seed) runs, in parallel processes.
 
 Each workload's oracles are computed once; every run then replays the workload's trace
-through ``ecoserve.simulator`` and is summarised against them. Seeds: the trace is generated
+through ``ecoserve.sim.driver`` and is summarised against them. Seeds: the trace is generated
 with seed 0 (every tuner and seed sees the same arrivals, and the oracles are its oracles);
 run seed ``s`` seeds the tuner and the twin's noise.
 """
@@ -13,13 +13,12 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
-from devices.fitted_twin import load_twin
-from ecoserve.engine import EngineSettings
-from ecoserve.oracle import Oracles, compute_oracles, renormalised_costs
-from ecoserve.simulator import simulate
-
-from .report import RunRecord, WindowSeries, fill_ratio_dvfs, make_record
-from .suite import Workload
+from ecoserve.core.assembly import EngineSettings
+from ecoserve.replay.report import RunRecord, WindowSeries, fill_ratio_dvfs, make_record
+from ecoserve.replay.suite import Workload
+from ecoserve.sim.driver import simulate
+from ecoserve.sim.oracle import Oracles, compute_oracles, renormalised_costs
+from twins.fitted import load_twin
 
 #: Tuners known to take far longer per run; scheduled first so two workers finish together.
 SLOW_TUNERS = ("bayes", "bayesian")

@@ -14,12 +14,11 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from ecoserve.server.responses import error_response, json_response, read_limited
+from ecoserve.server.schemas import ConfigRequest, ConfigResponse, ErrorResponse
+from ecoserve.server.service import InferenceService, ServiceError
+from ecoserve.server.tensors import InputError, parse_json
 from tuners.registry import make_tuner
-
-from .bodies import error_response, json_response, read_limited
-from .schemas import ConfigRequest, ConfigResponse, ErrorResponse
-from .service import InferenceService, ServiceError
-from .tensors import InputError, parse_json
 
 router = APIRouter()
 
@@ -45,29 +44,25 @@ async def apply_config(service: InferenceService, req: ConfigRequest) -> dict[st
     runtime = service.runtime
     if runtime is None or service.draining:
         raise ServiceError(503, "not running", "unavailable")
-    c = runtime.controller
-    now = runtime.clock()
-    meter_j = runtime.device.meter.energy_joules()
+    space = runtime.space
     tuner = None
     if req.tuner is not None:
         try:
-            tuner = make_tuner(req.tuner, c.space, seed=service.settings.seed, **req.tuner_params)
+            tuner = make_tuner(req.tuner, space, seed=service.settings.seed, **req.tuner_params)
         except (ValueError, TypeError) as exc:
             raise ServiceError(422, str(exc), "invalid") from None
     if req.pin:
-        unknown = [n for n in req.pin if not c.space.has(n)]
+        unknown = [n for n in req.pin if not space.has(n)]
         if unknown:
-            raise ServiceError(
-                422, f"no knob {unknown}; knobs are {list(c.space.names)}", "invalid"
-            )
+            raise ServiceError(422, f"no knob {unknown}; knobs are {list(space.names)}", "invalid")
     if req.unpin:
-        c.unpin(now, meter_j)
+        await runtime.unpin()
     if tuner is not None:
-        c.set_tuner(tuner, now, meter_j)
+        await runtime.set_tuner(tuner)
     if req.pin:
-        c.pin(req.pin, now, meter_j)
-    await runtime.apply_now()
-    pinned = {n: c.space.knobs[c.space.axis(n)].values[i] for n, i in c.pinned.items()}
+        await runtime.pin(req.pin)
+    c = runtime.controller
+    pinned = {n: space.knobs[space.axis(n)].values[i] for n, i in c.pinned.items()}
     return ConfigResponse(tuner=c.tuner.name, values=c.values(), pinned=pinned).model_dump()
 
 

@@ -17,12 +17,11 @@ from starlette.responses import Response
 
 from devices.base import Device
 from ecoserve.models.loader import LoadedModel, load_model
-
-from . import admin, routes_v1, routes_v2
-from .bodies import json_response
-from .service import InferenceService
-from .settings import ServeSettings
-from .tiers import check_tier_settings, tier_routes
+from ecoserve.server import admin, routes_v1, routes_v2
+from ecoserve.server.responses import json_response
+from ecoserve.server.service import InferenceService
+from ecoserve.server.settings import ServeSettings
+from ecoserve.server.tiers import check_tier_settings, tier_routes
 
 
 def create_app(

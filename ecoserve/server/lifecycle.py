@@ -21,8 +21,8 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from .service import InferenceService
-from .settings import ServeSettings
+from ecoserve.server.service import InferenceService
+from ecoserve.server.settings import ServeSettings
 
 log = logging.getLogger("ecoserve.server")
 

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ecoserve.controller import WindowReport
-from ecoserve.runtime import BatchStats, RuntimeObserver
+from ecoserve.core.controller import WindowReport
+from ecoserve.runtime.driver import BatchStats, RuntimeObserver
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from ecoserve.controller import WindowReport
-from ecoserve.runtime import BatchStats, RuntimeObserver
+from ecoserve.core.controller import WindowReport
+from ecoserve.runtime.driver import BatchStats, RuntimeObserver
 
 log = logging.getLogger("ecoserve.server")
 

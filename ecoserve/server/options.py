@@ -72,7 +72,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         text = action.help or ""
         name = action.dest
         if name in FIELDS:
-            from .settings import ServeSettings
+            from ecoserve.server.settings import ServeSettings
 
             default = getattr(ServeSettings(), name)
             if isinstance(default, dict):
@@ -86,7 +86,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 def _converter(name: str) -> Any:
     def convert(text: str) -> Any:
-        from .settings import parse_text
+        from ecoserve.server.settings import parse_text
 
         try:
             return parse_text(name, text)

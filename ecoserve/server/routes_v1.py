@@ -9,11 +9,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .bodies import accepts, error_response, json_response, media_type, read_limited
-from .metrics import CONTENT_TYPE
-from .schemas import ErrorResponse, InferRequest, InferResponse
-from .service import InferenceService, ServiceError
-from .tensors import (
+from ecoserve.server.metrics import CONTENT_TYPE
+from ecoserve.server.responses import (
+    accepts,
+    error_response,
+    json_response,
+    media_type,
+    read_limited,
+)
+from ecoserve.server.schemas import ErrorResponse, InferRequest, InferResponse
+from ecoserve.server.service import InferenceService, ServiceError
+from ecoserve.server.tensors import (
     NPY_MEDIA_TYPES,
     InputError,
     json_items,

@@ -13,10 +13,16 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .bodies import json_response, read_limited
-from .schemas import V2InferRequest, V2InferResponse
-from .service import InferenceService, ServiceError
-from .tensors import InputError, parse_json, to_numpy, v2_datatype_of, v2_tensor_items
+from ecoserve.server.responses import json_response, read_limited
+from ecoserve.server.schemas import V2InferRequest, V2InferResponse
+from ecoserve.server.service import InferenceService, ServiceError
+from ecoserve.server.tensors import (
+    InputError,
+    parse_json,
+    to_numpy,
+    v2_datatype_of,
+    v2_tensor_items,
+)
 
 router = APIRouter(prefix="/v2")
 

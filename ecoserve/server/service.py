@@ -17,17 +17,16 @@ from typing import Any
 
 from devices.base import Device
 from devices.safety import guarded
-from ecoserve.batching import QueueFullError
-from ecoserve.engine import build_runtime
+from ecoserve.core.batching import QueueFullError
 from ecoserve.models.loader import LoadedModel
-from ecoserve.runtime import Runtime, RuntimeStoppedError
-
-from .metrics import ServerMetrics
-from .observers import Observers
-from .settings import ServeSettings
-from .state import StateSaver, resume
-from .tensors import TensorSpec
-from .tiers import TierBridge
+from ecoserve.runtime.build import build_runtime
+from ecoserve.runtime.driver import Runtime, RuntimeStoppedError
+from ecoserve.server.metrics import ServerMetrics
+from ecoserve.server.observers import Observers
+from ecoserve.server.settings import ServeSettings
+from ecoserve.server.state import StateSaver, resume
+from ecoserve.server.tensors import TensorSpec
+from ecoserve.server.tiers import TierBridge
 
 log = logging.getLogger("ecoserve.server")
 
@@ -88,23 +87,22 @@ class InferenceService:
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(runtime.device, s.watchdog_s))
         runtime.heartbeat = guard.feed
-        controller = runtime.controller
-        self.saver = StateSaver(controller, s.state_file, s.model, s.device, s.baseline_path)
+        self.saver = StateSaver(runtime, s.state_file, s.model, s.device, s.baseline_path)
         if s.state_file:
-            self.resumed = resume(controller, s.state_file, s.model, s.device)
+            self.resumed = resume(runtime, s.state_file, s.model, s.device)
             if self.resumed:
                 log.info("resumed %s from %s", " and ".join(self.resumed), s.state_file)
         observers.observers.append(self.saver)
         self.metrics.bind(
-            lambda: runtime.queue_depth, runtime.device.meter.energy_joules, lambda: self.ready
+            lambda: runtime.queue_depth, runtime.energy_joules, lambda: self.ready
         )
         await runtime.start()
-        if s.warmup_at_start and not controller.ready:
+        if s.warmup_at_start and not runtime.ready:
             self._warmup = asyncio.create_task(self._warm_up(), name="ecoserve-warmup")
 
     @property
     def ready(self) -> bool:
-        return self.runtime is not None and self.runtime.controller.ready and not self.draining
+        return self.runtime is not None and self.runtime.ready and not self.draining
 
     async def drain(self) -> None:
         """Refuse new work, finish every accepted request, save state (idempotent)."""
@@ -164,11 +162,11 @@ class InferenceService:
         deadline = time.monotonic() + 4 * (s.window_seconds or 60.0) + 10.0
         sent = 0
         log.info("warm-up: measuring the baseline with synthetic items")
-        while not runtime.controller.ready and not self.draining:
+        while not runtime.ready and not self.draining:
             if sent >= budget or time.monotonic() > deadline:
                 log.warning("warm-up gave up after %d items; baseline left to real traffic", sent)
                 return
-            n = max(1, min(runtime.controller.batch_size(), s.max_queue - runtime.queue_depth))
+            n = max(1, min(runtime.batch_size, s.max_queue - runtime.queue_depth))
             futures = []
             for _ in range(n):
                 try:
@@ -184,15 +182,12 @@ class InferenceService:
             if errors and len(errors) == len(results):
                 log.warning("warm-up items failed (%s); baseline left to real traffic", errors[0])
                 return
-        if runtime.controller.ready:
-            log.info("provisional baseline from synthetic items: %s", runtime.controller.baseline)
+        if runtime.ready:
+            log.info("provisional baseline from synthetic items: %s", runtime.baseline)
             # Synthetic items never queue, so their latency understates what real traffic
             # sees: keep this baseline for readiness, and measure it again at maximum on
             # the first real windows before the tuner takes over.
-            runtime.controller.remeasure_baseline(
-                runtime.clock(), runtime.device.meter.energy_joules()
-            )
-            await runtime.apply_now()
+            await runtime.remeasure_baseline()
 
     # -- requests -------------------------------------------------------------------------
     def _retry(self) -> dict[str, str]:

@@ -19,9 +19,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ecoserve.engine import EngineSettings
-
-from .options import ENV_PREFIX
+from ecoserve.core.assembly import EngineSettings
+from ecoserve.server.options import ENV_PREFIX
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -27,6 +27,7 @@ from fastapi import APIRouter
 from torch import nn
 
 from ecoserve.models.loader import LoadedModel
+from ecoserve.server.settings import ServeSettings
 from ecoserve.tiers.cascade import CascadeCosts, ThresholdChooser
 from ecoserve.tiers.codec import encode_tensor
 from ecoserve.tiers.http import NextTierClient, TierError, tier_router
@@ -34,8 +35,6 @@ from ecoserve.tiers.link import EmulatedLink
 from ecoserve.tiers.node import TierNode
 from ecoserve.tiers.split import DevicePower, Objective, SplitPlanner
 from ecoserve.tiers.stages import StageProfile, median_call_s, profile_stages
-
-from .settings import ServeSettings
 
 log = logging.getLogger("ecoserve.server.tiers")
 

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecoserve.space import Knob
+from ecoserve.core.knobs import Knob
 from ecoserve.tiers.codec import decode_tensor, encode_tensor
 from ecoserve.tiers.link import Link
 from ecoserve.tiers.split import DevicePower

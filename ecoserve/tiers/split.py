@@ -13,7 +13,7 @@ normalised cost ``a E/E0 + (1-a) L/L0``. Beyond the Neurosurgeon formulas: the a
 (``S_N`` bytes) has to come back, and the device is not free while it waits (``P_idle``,
 0 by default to match the paper's figures).
 
-The split point is also a :class:`~ecoserve.space.Knob` (``split_point``) so the generic tuners
+The split point is also a :class:`~ecoserve.core.knobs.Knob` (``split_point``) so the generic tuners
 can move it from measured costs when no profile is trusted.
 
 :class:`SplitRunner` runs ``stages[:k]`` here and hands the encoded tensor to an injected
@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ecoserve.space import Knob
+from ecoserve.core.knobs import Knob
 from ecoserve.tiers.codec import decode_tensor, encode_tensor
 from ecoserve.tiers.link import Link
 from ecoserve.tiers.stages import StageProfile

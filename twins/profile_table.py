@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecoserve.space import CPU, GPU, Knob
-
-from .twin import DeviceTwin
+from ecoserve.core.knobs import CPU, GPU, Knob
+from twins.base import DeviceTwin
 
 COLUMNS = (
     "cpu_freq_hz",

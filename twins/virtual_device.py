@@ -12,10 +12,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from ecoserve.space import Knob
-
-from .base import Actuator, Device, PowerMeter
-from .twin import DeviceTwin
+from devices.base import Actuator, Device, PowerMeter
+from ecoserve.core.knobs import Knob
+from twins.base import DeviceTwin
 
 
 class VirtualActuator(Actuator):

@@ -1,13 +1,13 @@
 """The virtual-time driver: replays an arrival trace through the engine on a device twin.
 
-It is the discrete-event counterpart of ``ecoserve.runtime``: the same ``BatchPolicy``,
+It is the discrete-event counterpart of ``ecoserve.runtime.driver``: the same ``BatchPolicy``,
 ``Controller`` and tuner objects decide everything, and this loop only supplies time. Events
 are arrivals, batch completions, ``WaitUntil`` deadlines and the runtime's idle tick (the
 runtime wakes at least every ``tick_s`` to let a timed window close), so the controller is
 told the same things in the same order as in the daemon. Nothing sleeps: a batch's duration
 comes from ``twin.sample_batch_time`` at the knob values in force, its energy from
 ``twin.sample_power(busy=1)`` times that duration, and the meter integrates idle power
-between batches. Knobs the tuner hands to the OS (DVFS) follow ``ecoserve.governors``.
+between batches. Knobs the tuner hands to the OS (DVFS) follow ``ecoserve.sim.governors``.
 
 The hot loop keeps per-request work to a queue append and ``Controller.on_arrival``; request
 ids are trace indices, so a batch's completion times are one slice assignment.
@@ -24,14 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from devices.twin import DeviceTwin
-from devices.virtual import VirtualDevice
-
-from .batching import BatchPolicy, Dispatch
-from .controller import BatchOutcome, Controller, WindowReport
-from .engine import EngineSettings, build_controller, build_space
-from .governors import UtilisationGovernor, podgov, schedutil
-from .space import CPU, GPU, SearchSpace
+from ecoserve.core.assembly import EngineSettings, build_engine
+from ecoserve.core.batching import Dispatch
+from ecoserve.core.controller import BatchOutcome, WindowReport
+from ecoserve.core.engine import ApplyConfig, Engine, WindowClosed
+from ecoserve.core.knobs import CPU, GPU, SearchSpace
+from ecoserve.sim.governors import UtilisationGovernor, podgov, schedutil
+from twins.base import DeviceTwin
 
 
 @dataclass
@@ -73,7 +72,7 @@ def _gpu_share(twin: DeviceTwin) -> Callable[[int, float, float], float]:
     params = getattr(twin, "params", None)
     if params is None:
         return lambda batch, fc, fg: 1.0
-    from devices.fitted_twin import time_parts
+    from twins.fitted import time_parts
 
     def share(batch: int, fc: float, fg: float) -> float:
         _, device, total = time_parts(params, batch, fc, fg)
@@ -83,27 +82,20 @@ def _gpu_share(twin: DeviceTwin) -> Callable[[int, float, float], float]:
 
 
 class Simulator:
-    """Drives one controller over one trace in virtual time on a twin."""
+    """Drives one engine over one trace in virtual time on a twin."""
 
     def __init__(
         self,
         twin: DeviceTwin,
-        controller: Controller,
+        engine: Engine[int],
         *,
-        max_wait: float = 0.05,
-        max_queue: int | None = 1024,
         noise_seed: int = 0,
         tick_s: float = 0.5,
     ) -> None:
         self.twin = twin
-        self.controller = controller
-        self.max_wait = max_wait
-        self.max_queue = max_queue
+        self.engine = engine
         self.rng = random.Random(noise_seed)
         self.tick_s = tick_s
-        self.policy: BatchPolicy[int] = BatchPolicy(
-            controller.batch_size(), max_wait=max_wait, max_queue=max_queue
-        )
         self.governors: dict[str, UtilisationGovernor] = {}
         self._gpu_share = _gpu_share(twin)
         self._twin_knobs = {k.name: k for k in twin.knobs()}
@@ -155,10 +147,10 @@ class Simulator:
         arr = arr_np.tolist()
         n = len(arr)
         completions = np.full(n, np.nan)
-        ctl, policy, twin, rng = self.controller, self.policy, self.twin, self.rng
-        on_arrival, on_batch, tick = ctl.on_arrival, ctl.on_batch, ctl.tick
-        add, poll = policy.add, policy.poll
-        max_queue = self.max_queue if self.max_queue is not None else n + 1
+        engine, twin, rng = self.engine, self.twin, self.rng
+        ctl = engine.controller
+        arrive, poll, finish, tick = engine.arrive, engine.poll, engine.finish, engine.tick
+        max_queue = engine.policy.max_queue if engine.policy.max_queue is not None else n + 1
         sample_time, sample_power = twin.sample_batch_time, twin.sample_power
         tick_s = self.tick_s
         reports: list[WindowReport] = []
@@ -169,47 +161,44 @@ class Simulator:
         active = 0.0
         rejected = batches = 0
         i = 0
-        ctl.start(now, meter)
+        first = engine.start(now, meter)
 
         # knob values in force: fixed ones, and the governed ones (looked up per batch)
         fixed: dict[str, float] = {}
         governed: list[tuple[str, UtilisationGovernor]] = []
         idle_w = 0.0
 
-        def apply() -> None:
+        def apply(action: ApplyConfig) -> None:
+            """Carry out ``ApplyConfig`` on the twin: fixed clocks, or the governors' models."""
             nonlocal fixed, governed, idle_w
-            values = ctl.values()
-            policy.set_batch_size(ctl.batch_size())
-            gov_names = ctl.governed_knobs()
-            fixed = {k: v for k, v in values.items() if k in self._twin_knobs}
+            fixed = {k: v for k, v in action.values.items() if k in self._twin_knobs}
             self._fixed_values = dict(fixed)
-            governed = [(k, self._governor(k)) for k in self._twin_knobs if k in gov_names]
+            governed = [(k, self._governor(k)) for k in self._twin_knobs if k in action.governed]
             for k, g in governed:
                 fixed[k] = g.freq
             idle_w = twin.power(fixed, 0.0)
 
-        def window(report: WindowReport) -> None:
+        def window(closed: WindowClosed) -> None:
             nonlocal meter, mark
-            reports.append(report)
+            reports.append(closed.report)
             if on_window is not None:
-                on_window(report)
+                on_window(closed.report)
             meter += idle_w * (now - mark)
             mark = now
-            apply()
+            apply(closed.apply)
 
         def admit(until: float) -> None:
             """Queue every arrival up to ``until`` (rejected when the queue is full)."""
             nonlocal i, rejected
             while i < n and arr[i] <= until:
                 a = arr[i]
-                if len(policy) >= max_queue:
+                if len(engine) >= max_queue:
                     rejected += 1
                 else:
-                    add(i, a)
-                    on_arrival(a)
+                    arrive(i, a)
                 i += 1
 
-        apply()
+        apply(first)
         while True:
             admit(now)
             action = poll(now)
@@ -239,7 +228,7 @@ class Simulator:
                 first = items[0]
                 completions[first : first + k] = end
                 now = end
-                report = on_batch(
+                closed = finish(
                     BatchOutcome(
                         config=config,
                         latencies=[end - a for a in action.arrivals],
@@ -248,14 +237,14 @@ class Simulator:
                         meter_j=meter,
                     )
                 )
-                if report is not None:
-                    window(report)
+                if closed is not None:
+                    window(closed)
                 continue
             if action is None and i >= n:
                 break
-            report = tick(now, meter + idle_w * (now - mark))
-            if report is not None:
-                window(report)
+            closed = tick(now, meter + idle_w * (now - mark))
+            if closed is not None:
+                window(closed)
                 continue
             nxt = now + tick_s
             if action is not None and action.deadline < nxt:  # a WaitUntil
@@ -291,19 +280,15 @@ def simulate(
     on_window: Callable[[WindowReport], None] | None = None,
     **overrides: Any,
 ) -> SimResult:
-    """Build the engine's controller exactly as the daemon does, then replay ``arrivals``.
+    """Build the engine exactly as the daemon does, then replay ``arrivals``.
 
     ``overrides`` replace ``EngineSettings`` fields (``tuner="grid"``, ``seed=2``...).
     ``noise_seed`` seeds the twin's noise (default: the tuner seed).
     """
     settings = replace(settings or EngineSettings(), **overrides)
-    space = build_space(VirtualDevice(twin), settings)
-    controller = build_controller(space, settings)
     sim = Simulator(
         twin,
-        controller,
-        max_wait=settings.max_wait_s,
-        max_queue=settings.max_queue,
+        build_engine(twin.knobs(), settings),
         noise_seed=settings.seed if noise_seed is None else noise_seed,
         tick_s=tick_s,
     )

@@ -12,10 +12,8 @@ relative violation, so the tuners still see one scalar to minimise.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
 
 class EnergyAccounting(str, Enum):
@@ -38,24 +36,6 @@ class Baseline:
     def __post_init__(self) -> None:
         if not (self.energy_per_request_j > 0 and self.latency_s > 0):
             raise ValueError(f"baseline figures must be positive, got {self}")
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> Baseline:
-        try:
-            data = json.loads(Path(path).read_text())
-            return cls(
-                float(data["energy_per_request_j"]),
-                float(data["latency_s"]),
-                str(data.get("accounting", "active")),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"cannot read baseline file {path}: {exc}; expected JSON with "
-                "energy_per_request_j and latency_s (delete it to measure a new baseline)"
-            ) from exc
 
 
 @dataclass(frozen=True)

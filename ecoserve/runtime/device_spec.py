@@ -12,24 +12,19 @@ Specs:
 
 from __future__ import annotations
 
-import importlib
-
-from .base import Device, NullActuator
-from .profiles import PROFILES, get_profile
-from .twin import AnalyticTwin, DeviceTwin
-from .virtual import VirtualDevice
+from devices.base import Device, NullActuator
+from devices.boards import PROFILES, get_profile
+from twins.base import AnalyticTwin, DeviceTwin
+from twins.fitted import fitted_boards, load_twin
+from twins.virtual_device import VirtualDevice
 
 DEVICE_SPECS = ("virtual:BOARD", "virtual:analytic[:BOARD]", "sysfs", "none", "auto")
 
 
 def load_board_twin(board: str, noise: float | None = None) -> DeviceTwin:
-    """The twin fitted to measured data when available, else the analytic model."""
-    try:
-        fitted = importlib.import_module("devices.fitted_twin")
-    except ImportError:
-        fitted = None
-    if fitted is not None and hasattr(fitted, "load_twin"):
-        return fitted.load_twin(board, noise=noise)
+    """The twin fitted to measured data when the board has one, else the analytic model."""
+    if board in fitted_boards():
+        return load_twin(board, noise=noise)
     twin = AnalyticTwin(get_profile(board))
     if noise is not None:
         twin.noise = noise
@@ -51,21 +46,21 @@ def open_device(
             )
         return VirtualDevice(load_board_twin(board))
     if kind == "auto" and not rest:
-        from .discovery import discover
+        from devices.discovery import discover
 
         writable = any(k.writable for k in discover(sysfs_root).knobs)
         return open_device("sysfs" if writable else "none", sysfs_root, meter)
     if kind == "sysfs":
-        from .discovery import open_sysfs_actuator
-        from .meters import open_meter
-        from .sysfs import SysfsRoot
+        from devices.discovery import open_sysfs_actuator
+        from devices.meters import open_meter
+        from devices.sysfs import SysfsRoot
 
         root = SysfsRoot(sysfs_root)
         return Device(
             f"sysfs:{sysfs_root}", open_sysfs_actuator(root), open_meter(meter, sysfs_root)
         )
     if kind == "none":
-        from .meters import open_meter
+        from devices.meters import open_meter
 
         return Device(
             "none", NullActuator(), open_meter("estimate" if meter == "auto" else meter, sysfs_root)

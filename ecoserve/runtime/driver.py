@@ -1,10 +1,12 @@
-"""The asyncio runtime: drives the batching policy and the controller in real time.
+"""The asyncio runtime: drives the sans-IO engine in real time, on a real (or virtual) device.
 
-Requests are queued with their arrival time; one dispatcher task asks the
-``BatchPolicy`` what to do, runs each batch of the user's function in a worker thread
-(or awaits it, for an ``async def`` function), measures the batch's energy through the
-device's ``PowerMeter``, resolves every caller's own future, and feeds the outcome to the
-``Controller``. When a window closes, the new configuration is applied to the device.
+Requests are queued in the ``Engine`` with their arrival time; one dispatcher task asks it
+what to do, runs each batch of the user's function in a worker thread (or awaits it, for an
+``async def`` function), measures the batch's energy through the device's ``PowerMeter``,
+resolves every caller's own future, and tells the engine how the batch went. When the engine
+answers ``ApplyConfig`` (at start, after a window, after a pin or a tuner switch), the values
+are written to the device's actuator. Everything a face (the decorator, the HTTP server) does
+to the engine goes through this class's methods.
 
 One batch runs at a time: an edge box has one accelerator, and overlapping batches would
 blur the energy measured for each.
@@ -23,13 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devices.base import Device
+from ecoserve.core.batching import Dispatch, QueueFullError, WaitUntil
+from ecoserve.core.controller import BatchOutcome, Controller, WindowReport
+from ecoserve.core.cost import Baseline
+from ecoserve.core.engine import ApplyConfig, Engine, WindowClosed
+from ecoserve.core.knobs import SearchSpace
+from ecoserve.core.tuner import Tuner
+from ecoserve.runtime.collate import collate, split
 
-from .batching import BatchPolicy, Dispatch, QueueFullError, WaitUntil
-from .collate import collate, split
-from .controller import BatchOutcome, Controller, WindowReport
-from .space import BATCH
-
-log = logging.getLogger("ecoserve.runtime")
+log = logging.getLogger("ecoserve.runtime.driver")
 
 BatchFunction = Callable[[Any], Any]
 
@@ -81,9 +85,7 @@ class Runtime:
         self,
         fn: BatchFunction,
         device: Device,
-        controller: Controller,
-        max_wait: float = 0.05,
-        max_queue: int | None = 1024,
+        engine: Engine[_Request],
         observer: RuntimeObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick_s: float = 0.5,
@@ -93,10 +95,7 @@ class Runtime:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.device = device
-        self.controller = controller
-        self.policy: BatchPolicy[_Request] = BatchPolicy(
-            controller.batch_size(), max_wait=max_wait, max_queue=max_queue
-        )
+        self.engine = engine
         self.observer = observer or RuntimeObserver()
         self.clock = clock
         self.tick_s = tick_s
@@ -119,8 +118,7 @@ class Runtime:
         if self._task is not None:
             return
         now = self.clock()
-        self.controller.start(now, self.device.meter.energy_joules())
-        await self._apply_config()
+        await self._apply(self.engine.start(now, self.device.meter.energy_joules()))
         self._accepting = True
         self._task = asyncio.create_task(self._dispatch_loop(), name="ecoserve-dispatch")
 
@@ -130,7 +128,7 @@ class Runtime:
         if self._task is None:
             return
         if not drain:
-            for req in self.policy.discard(lambda r: True):
+            for req in self.engine.discard(lambda r: True):
                 if not req.future.done():
                     req.future.set_exception(
                         RuntimeStoppedError("runtime stopped before this request ran")
@@ -147,7 +145,7 @@ class Runtime:
 
     @property
     def queue_depth(self) -> int:
-        return len(self.policy)
+        return len(self.engine)
 
     @property
     def in_flight(self) -> int:
@@ -162,12 +160,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         req = _Request(item=item, future=loop.create_future(), arrival=self.clock())
         try:
-            self.policy.add(req, req.arrival)
+            self.engine.arrive(req, req.arrival)
         except QueueFullError:
             self._reject("queue_full")
             raise
         self.counters.accepted += 1
-        self.controller.on_arrival(req.arrival)
         self._wake.set()
         return req.future
 
@@ -184,16 +181,16 @@ class Runtime:
             self.heartbeat()
             self._wake.clear()
             now = self.clock()
-            self.policy.discard(lambda r: r.future.done())  # callers that gave up
-            action = self.policy.poll(now) if self._accepting else self.policy.flush()
+            self.engine.discard(lambda r: r.future.done())  # callers that gave up
+            action = self.engine.poll(now) if self._accepting else self.engine.flush()
             if isinstance(action, Dispatch):
                 await self._run_batch(action)
                 continue
             if action is None and not self._accepting:
                 return
-            report = self.controller.tick(now, self.device.meter.energy_joules())
-            if report is not None:
-                await self._on_window(report)
+            closed = self.engine.tick(now, self.device.meter.energy_joules())
+            if closed is not None:
+                await self._on_window(closed)
                 continue
             timeout = self.tick_s
             if isinstance(action, WaitUntil):
@@ -204,7 +201,7 @@ class Runtime:
     async def _run_batch(self, batch: Dispatch[_Request]) -> None:
         loop = asyncio.get_running_loop()
         requests = batch.items
-        config = self.controller.config
+        config = self.engine.controller.config
         meter = self.device.meter
         self._in_flight = len(requests)
         started = self.clock()
@@ -268,11 +265,12 @@ class Runtime:
             meter_j=energy_after,
             failed=0 if ok else len(requests),
         )
-        report = self.controller.on_batch(outcome)
-        if report is not None:
-            await self._on_window(report)
+        closed = self.engine.finish(outcome)
+        if closed is not None:
+            await self._on_window(closed)
 
-    async def _on_window(self, report: WindowReport) -> None:
+    async def _on_window(self, closed: WindowClosed) -> None:
+        report = closed.report
         self.observer.on_window(report)
         log.info(
             "window %d (%s): cost %.3f  E/req %.4f J  L %.1f ms  -> %s",
@@ -281,15 +279,13 @@ class Runtime:
             report.cost,
             report.energy_per_request_j,
             report.latency_mean_s * 1e3,
-            self.controller.space.values(report.next_config),
+            closed.apply.values,
         )
-        await self._apply_config()
+        await self._apply(closed.apply)
 
-    async def _apply_config(self) -> None:
-        values = self.controller.values()
-        if BATCH in values:
-            self.policy.set_batch_size(int(values[BATCH]))
-        governed = self.controller.governed_knobs()
+    async def _apply(self, action: ApplyConfig) -> None:
+        """Carry out the engine's ``ApplyConfig``: write the knobs through the actuator."""
+        values, governed = action.values, action.governed
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
             self._executor, lambda: self.device.actuator.apply(values, governed)
@@ -300,6 +296,52 @@ class Runtime:
                 log.warning("%s", warning)
         self.observer.on_config(values)
 
-    async def apply_now(self) -> None:
-        """Apply the controller's configuration at once (after a pin or a tuner switch)."""
-        await self._apply_config()
+    # -- what the faces may read and change -------------------------------------------------
+    @property
+    def controller(self) -> Controller:
+        """The engine's controller (read-only use: reports, tuner description, pins)."""
+        return self.engine.controller
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.engine.controller.space
+
+    @property
+    def ready(self) -> bool:
+        """True once the cost's baseline is known (measured or resumed)."""
+        return self.engine.controller.ready
+
+    @property
+    def baseline(self) -> Baseline | None:
+        return self.engine.controller.baseline
+
+    @property
+    def batch_size(self) -> int:
+        return self.engine.controller.batch_size()
+
+    def energy_joules(self) -> float:
+        """The device meter's cumulative reading."""
+        return self.device.meter.energy_joules()
+
+    async def pin(self, values: dict[str, float]) -> None:
+        """Hold knobs at these values (nearest available) and apply at once."""
+        await self._apply(self.engine.pin(values, self.clock(), self.energy_joules()))
+
+    async def unpin(self) -> None:
+        await self._apply(self.engine.unpin(self.clock(), self.energy_joules()))
+
+    async def set_tuner(self, tuner: Tuner) -> None:
+        """Switch the tuner mid-run; the new one starts from its own first ask."""
+        await self._apply(self.engine.set_tuner(tuner, self.clock(), self.energy_joules()))
+
+    async def remeasure_baseline(self) -> None:
+        """Measure the baseline again at maximum on the traffic from now on."""
+        await self._apply(self.engine.remeasure_baseline(self.clock(), self.energy_joules()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs: tuner state, baseline, pins, window count (JSON-ready)."""
+        return self.engine.controller.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Resume a saved state before ``start``; returns (what was restored, problems)."""
+        return self.engine.controller.load_state_dict(state)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ecoserve.space import CPU, GPU, Knob
+from ecoserve.core.knobs import CPU, GPU, Knob
 
 
 @dataclass(frozen=True)

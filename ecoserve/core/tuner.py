@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
-from ecoserve.space import Config, SearchSpace
+from ecoserve.core.knobs import Config, SearchSpace
 
 
 def finite_cost(cost: float) -> float:

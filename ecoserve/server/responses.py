@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .service import ServiceError
+from ecoserve.server.service import ServiceError
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

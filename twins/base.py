@@ -6,7 +6,7 @@ A twin answers two questions for a given set of knob values (frequencies in Hz):
 The simulator uses it for virtual time; the virtual device uses it in real time.
 
 ``AnalyticTwin`` is a small, documented model (no measured data): use it where no fitted
-twin exists. Fitted twins live in ``devices.fitted_twin``.
+twin exists. Fitted twins live in ``twins.fitted``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ecoserve.space import CPU, GPU, Knob
-
-from .profiles import BoardProfile
+from devices.boards import BoardProfile
+from ecoserve.core.knobs import CPU, GPU, Knob
 
 
 class DeviceTwin(ABC):

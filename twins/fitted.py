@@ -2,7 +2,7 @@
 
 What is measured and what is modelled
 -------------------------------------
-The coefficients in ``devices/data/twin_coefficients.json`` are fitted by
+The coefficients in ``twins/data/twin_coefficients.json`` are fitted by
 ``scripts/fit_twin.py`` to public measurements (emwjacobson/JetsonEfficiencyTesting, commit
 2b4408066d65e2fd39921097f0a15ffc27d08040): MobileNet under Triton at concurrency 1 on a
 Jetson AGX Xavier and a Jetson Nano, every GPU frequency step x batch sizes 1..32, with
@@ -56,11 +56,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ecoserve.space import CPU, GPU, Knob
-
-from .profile_table import DEFAULT_POWER_BATCH, TableTwin
-from .profiles import BoardProfile, get_profile
-from .twin import DeviceTwin
+from devices.boards import BoardProfile, get_profile
+from ecoserve.core.knobs import CPU, GPU, Knob
+from twins.base import DeviceTwin
+from twins.profile_table import DEFAULT_POWER_BATCH, TableTwin
 
 COEFFICIENTS_FILE = "twin_coefficients.json"
 
@@ -199,7 +198,7 @@ class FittedTwin(DeviceTwin):
 
 def coefficients_path() -> Path:
     """Where the installed package keeps the fitted coefficients."""
-    return Path(str(resources.files("devices").joinpath("data", COEFFICIENTS_FILE)))
+    return Path(str(resources.files("twins").joinpath("data", COEFFICIENTS_FILE)))
 
 
 def load_coefficients(path: str | Path | None = None) -> dict[str, Any]:
@@ -247,7 +246,7 @@ def load_twin(name: str, noise: float | None = None) -> DeviceTwin:
 
     ``name`` is a fitted board (``xavier-nx``, ``agx-xavier``, ``nano``, ``orin``) or the
     path of a profile table CSV written by ``ecoserve profile`` (see
-    ``devices.profile_table``). ``noise`` overrides the relative std-dev of sampled times
+    ``twins.profile_table``). ``noise`` overrides the relative std-dev of sampled times
     and power; ``None`` keeps the fit's residual spread (or the table's own figure).
     """
     coefficients = load_coefficients()

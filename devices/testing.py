@@ -4,7 +4,7 @@ Each ``*_tree(root)`` writes, under ``root``, the files the actuators, discovery
 meters read on that board, laid out as the board's kernel lays them out (symlinks
 included), and returns ``root``. Point a ``SysfsRoot`` at it and the real code runs::
 
-    from devices.faketree import FakeKernel, xavier_nx_tree
+    from devices.testing import FakeKernel, xavier_nx_tree
     from devices.sysfs import SysfsRoot
 
     tree = xavier_nx_tree(tmp_dir)
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .profiles import NANO, ORIN, XAVIER_NX
+from devices.boards import NANO, ORIN, XAVIER_NX
 
 CPUFREQ = "sys/devices/system/cpu/cpufreq"
 

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from devices.twin import DeviceTwin
-from devices.virtual import VirtualDevice
-
-from .controller import WindowReport
-from .cost import Baseline, CostModel
-from .engine import EngineSettings, build_space
-from .space import BATCH, CPU, GPU, Config, SearchSpace
+from ecoserve.core.assembly import EngineSettings, build_space
+from ecoserve.core.batching import dispatch_start
+from ecoserve.core.controller import WindowReport
+from ecoserve.core.cost import Baseline, CostModel
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
+from ecoserve.sim.driver import simulate
+from twins.base import DeviceTwin
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def config_table(twin: DeviceTwin, space: SearchSpace) -> ConfigTable:
     time_s = np.zeros((len(configs), bmax + 1))
     energy = np.zeros_like(time_s)
     if params is not None:
-        from devices.fitted_twin import active_power, time_parts
+        from twins.fitted import active_power, time_parts
 
         _, _, t = time_parts(params, fills[None, :], fc[:, None], fg[:, None])
         p = active_power(params, fills[None, :], fc[:, None], fg[:, None])
@@ -189,7 +189,7 @@ def _lockstep(
         a_head = g[head]
         full = head + bsize - 1
         a_full = np.where(full < end_idx, g[np.minimum(full, last)], np.inf)
-        start = np.maximum(free, np.minimum(a_full, a_head + max_wait))
+        start = dispatch_start(free, a_head, a_full, max_wait)
         cnt = np.minimum(np.searchsorted(g, start, side="right"), end_idx) - head
         np.minimum(cnt, bsize, out=cnt)
         flat = cfg * width + cnt
@@ -264,8 +264,6 @@ class Oracles:
 def _fixed_run(
     arrivals: np.ndarray, twin: DeviceTwin, settings: EngineSettings, config: Config, seed: int
 ) -> Any:
-    from .simulator import simulate
-
     return simulate(
         arrivals,
         twin,
@@ -290,7 +288,7 @@ def compute_oracles(
     """
     settings = settings or EngineSettings()
     arrivals = np.asarray(arrivals, dtype=np.float64)
-    space = build_space(VirtualDevice(twin), settings)
+    space = build_space(twin.knobs(), settings)
     table = config_table(twin, space)
     est = estimate_windows(
         table,

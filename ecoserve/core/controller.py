@@ -21,10 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tuners.base import Tuner
-
-from .cost import Baseline, CostModel, EnergyAccounting
-from .space import BATCH, Config, SearchSpace
+from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
+from ecoserve.core.knobs import BATCH, Config, SearchSpace
+from ecoserve.core.tuner import Tuner
 
 
 @dataclass(frozen=True)
@@ -232,6 +231,53 @@ class Controller:
         if self.baseline is not None:
             self._switch(self._with_pins(tuner.ask()), now, meter_j)
         return self._config
+
+    # -- resuming -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs, as JSON-ready data: tuner state, baseline, pins, windows."""
+        return {
+            "accounting": self.accounting.value,
+            "tuner": self.tuner.name,
+            "tuner_state": self.tuner.state_dict(),
+            "baseline": asdict(self.baseline) if self.baseline is not None else None,
+            "config": list(self._config),
+            "values": self.values(),
+            "pinned": dict(self.pinned),
+            "windows_closed": self.windows_closed,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """Resume ``state`` (before ``start``); returns (what was restored, what was not, why).
+
+        A baseline measured under another accounting is not used; a tuner state that does not
+        fit this tuner is skipped. Either way the controller measures afresh instead.
+        """
+        restored: list[str] = []
+        problems: list[str] = []
+        base = state.get("baseline")
+        if isinstance(base, Mapping) and state.get("accounting") == self.accounting.value:
+            try:
+                self.baseline = Baseline(
+                    float(base["energy_per_request_j"]),
+                    float(base["latency_s"]),
+                    str(base.get("accounting", self.accounting.value)),
+                )
+                restored.append("baseline")
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append(f"bad baseline ({exc}); measuring a new one")
+        try:
+            self.tuner.load_state_dict(state["tuner_state"])
+            restored.append("tuner")
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"tuner state not resumed ({exc})")
+        if "tuner" in restored:
+            self.windows_closed = int(state.get("windows_closed", 0))
+            for name, index in dict(state.get("pinned") or {}).items():
+                if self.space.has(name):
+                    knob = self.space.knobs[self.space.axis(name)]
+                    if 0 <= int(index) < knob.size:
+                        self.pinned[name] = int(index)
+        return restored, problems
 
     # -- internals ------------------------------------------------------------------------
     def _with_pins(self, config: Config) -> Config:

@@ -3,7 +3,7 @@
 ``ecoserve profile`` drives this module. For each setting (CPU frequency, GPU frequency,
 batch size) it pins the clocks through the device's actuator, runs warm-up batches of the
 real model, then timed batches, and records the median batch time and the meter's energy
-over the timed batches. Rows go to the table (``devices.profile_table`` format) as they are
+over the timed batches. Rows go to the table (``twins.profile_table`` format) as they are
 measured, so ``TableTwin`` can replay the board later.
 
 Decisions worth knowing:
@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from devices.base import Device, DeviceError
-from devices.profile_table import ProfileRow, read_profile_table, write_profile_table
 from devices.safety import Guard
-
-from .collate import collate
-from .space import CPU, GPU, Knob
+from ecoserve.core.knobs import CPU, GPU, Knob
+from ecoserve.runtime.collate import collate
+from twins.profile_table import ProfileRow, read_profile_table, write_profile_table
 
 log = logging.getLogger(__name__)
 

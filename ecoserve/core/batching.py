@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -41,6 +43,17 @@ class WaitUntil:
     """Nothing to run before ``deadline`` unless more items arrive."""
 
     deadline: float
+
+
+def dispatch_start(free: Any, oldest: Any, filled: Any, max_wait: float) -> Any:
+    """When a batch leaves, as a formula (works element-wise on numpy arrays).
+
+    ``free``: when the worker is free; ``oldest``: arrival of the batch's first item;
+    ``filled``: arrival of the item that fills the batch (infinity if none will). This is
+    :meth:`BatchPolicy.poll`'s rule for a queue with no release pending, for estimators that
+    replay many configurations at once instead of polling a queue.
+    """
+    return np.maximum(free, np.minimum(filled, oldest + max_wait))
 
 
 class QueueFullError(RuntimeError):

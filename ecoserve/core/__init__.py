@@ -1,0 +1,15 @@
+"""The core: every decision of the engine, with no I/O at all.
+
+- ``knobs``: knobs, the search space they span, configurations as index tuples.
+- ``cost``: the normalised energy-plus-latency cost and its baseline.
+- ``batching``: the batching policy (when a batch leaves, how big it is).
+- ``controller``: finished batches into windows, costs, and the tuner's next configuration.
+- ``tuner``: the ask/tell contract every tuner in ``tuners/`` implements.
+- ``engine``: policy and controller as one object that answers with events (``Dispatch``,
+  ``ApplyConfig``, ``WindowClosed``) for a driver to carry out.
+- ``assembly``: the engine built from ``EngineSettings`` and a list of knobs.
+
+No clock, thread, socket or file: a driver supplies time and carries out the answers. May
+import only the standard library's pure parts, numpy and (in ``assembly`` alone, for the
+tuner registry) ``tuners``; contracts in ``pyproject.toml`` hold it to that.
+"""

@@ -1,0 +1,81 @@
+"""Assembling the engine from settings and a list of knobs: space, tuner, controller, queue.
+
+The daemon, the decorator and the simulator all build their engine here from one
+``EngineSettings``, so a replay tunes exactly as the daemon does. No I/O: the knobs come
+from whatever the driver opened (a device, a twin), and a saved baseline is read by the
+driver and handed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ecoserve.core.controller import Controller
+from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
+from ecoserve.core.engine import Engine
+from ecoserve.core.knobs import Knob, SearchSpace, batch_knob
+from tuners.registry import make_tuner
+
+
+@dataclass
+class EngineSettings:
+    """Everything that shapes tuning; every field is also a CLI flag of ``ecoserve serve``."""
+
+    device: str = "virtual:xavier-nx"
+    sysfs_root: str = "/"
+    meter: str = "auto"
+    tuner: str = "ecogd"
+    tuner_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    min_batch: int = 1
+    max_batch: int = 16
+    max_wait_s: float = 0.05
+    max_queue: int = 1024
+    window_requests: int | None = 416
+    warmup_requests: int = 100
+    window_seconds: float | None = 30.0
+    alpha: float = 0.5
+    accounting: str = EnergyAccounting.ACTIVE.value
+    baseline_path: str | None = None
+    slo_latency_s: float | None = None
+    slo_percentile: float = 95.0
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def build_space(knobs: Sequence[Knob], settings: EngineSettings) -> SearchSpace:
+    """The given frequency knobs plus the batch size (always tunable)."""
+    return SearchSpace(tuple(knobs) + (batch_knob(settings.max_batch, settings.min_batch),))
+
+
+def build_controller(
+    space: SearchSpace, settings: EngineSettings, baseline: Baseline | None = None
+) -> Controller:
+    """The controller and its tuner; ``baseline`` skips measuring E0/L0 when known."""
+    tuner = make_tuner(settings.tuner, space, seed=settings.seed, **settings.tuner_params)
+    return Controller(
+        space,
+        tuner,
+        cost_model=CostModel(
+            alpha=settings.alpha,
+            slo_latency_s=settings.slo_latency_s,
+            slo_percentile=settings.slo_percentile,
+        ),
+        baseline=baseline,
+        window_requests=settings.window_requests,
+        warmup_requests=settings.warmup_requests,
+        window_seconds=settings.window_seconds,
+        accounting=settings.accounting,
+    )
+
+
+def build_engine(
+    knobs: Sequence[Knob], settings: EngineSettings, baseline: Baseline | None = None
+) -> Engine[Any]:
+    """The whole sans-IO engine for these knobs: space, tuner, controller and queue."""
+    controller = build_controller(build_space(knobs, settings), settings, baseline)
+    return Engine(controller, max_wait=settings.max_wait_s, max_queue=settings.max_queue)

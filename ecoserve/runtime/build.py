@@ -1,0 +1,41 @@
+"""Building a real-time runtime: open the device, read a saved baseline, assemble the engine.
+
+The decorator and the HTTP daemon both build their runtime here from one settings object,
+so they tune the same way; the engine itself comes from ``ecoserve.core.assembly``, as the
+simulator's does.
+"""
+
+from __future__ import annotations
+
+from devices.base import Device
+from ecoserve.core.assembly import EngineSettings, build_engine
+from ecoserve.core.cost import Baseline
+from ecoserve.runtime.device_spec import open_device
+from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeObserver
+from ecoserve.runtime.state_files import load_baseline
+
+
+def saved_baseline(settings: EngineSettings) -> Baseline | None:
+    """The baseline file's figures, or None when there is none yet (or it is unreadable)."""
+    if not settings.baseline_path:
+        return None
+    try:
+        return load_baseline(settings.baseline_path)
+    except ValueError:
+        return None  # missing or unreadable: measure a new one and save it
+
+
+def build_runtime(
+    fn: BatchFunction,
+    settings: EngineSettings,
+    device: Device | None = None,
+    observer: RuntimeObserver | None = None,
+    run_inline: bool = False,
+) -> Runtime:
+    device = device or open_device(settings.device, settings.sysfs_root, settings.meter)
+    try:
+        engine = build_engine(device.actuator.knobs(), settings, saved_baseline(settings))
+    except Exception:
+        device.close()
+        raise
+    return Runtime(fn, device, engine, observer=observer, run_inline=run_inline)

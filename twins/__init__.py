@@ -1,0 +1,13 @@
+"""Device twins: how long a batch takes and what the board draws, as functions of its clocks.
+
+- ``base``: the ``DeviceTwin`` contract and the analytic model (no measured data).
+- ``fitted``: twins fitted to measured Jetson data, loaded from ``twins/data/``.
+- ``fitting``: the fit itself (least squares over the measured points), behind
+  ``scripts/fit_twin.py``.
+- ``profile_table``: a twin read from a board's measured profile table (``ecoserve profile``).
+- ``virtual_device``: an actuator and a meter backed by a twin, so the real-time runtime runs
+  with no hardware.
+
+May import ``ecoserve.core`` (knobs) and ``devices`` (board tables, the device interface);
+never a driver or a face.
+"""
