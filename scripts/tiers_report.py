@@ -21,23 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ecoserve.core.knobs import DEFAULT_THRESHOLDS
+from ecoserve.core.link import Link
+from ecoserve.core.tiers import CascadeCosts, CascadePolicy, DevicePower, StageProfile
+from ecoserve.models.cascade import confidence
 from ecoserve.models.digits import count_correct, load_digits_model, load_digits_split
-from ecoserve.tiers.cascade import (
-    DEFAULT_THRESHOLDS,
-    CascadeCosts,
-    CascadeRunner,
-    ThresholdChooser,
-    confidence,
-)
-from ecoserve.tiers.codec import decode_tensor, encode_tensor
-from ecoserve.tiers.link import Link
-from ecoserve.tiers.split import DevicePower, Objective, SplitPlanner
-from ecoserve.tiers.stages import (
-    StageProfile,
-    median_call_s,
-    profile_stages,
-    sequential_from_fx,
-)
+from ecoserve.models.stages import median_call_s, profile_stages, sequential_from_fx
+from ecoserve.models.tensor_codec import decode_tensor, encode_tensor
+from ecoserve.server.tier_node import CascadeRunner
+from tuners.cascade_threshold import ThresholdChooser
+from tuners.neurosurgeon import Objective, SplitPlanner
 
 BANDWIDTHS_MBIT = (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
 POWER = DevicePower(busy_w=3.0, tx_w=1.0, idle_w=0.5)
@@ -246,7 +239,8 @@ def chooser_table(
             baseline_link=baseline,
             seed=0,
         )
-        runner = CascadeRunner(small, chooser.policy(), forward, chooser=chooser, in_thread=False)
+        policy = CascadePolicy(1.0, explore=chooser.explore, seed=chooser.seed)
+        runner = CascadeRunner(small, policy, forward, chooser=chooser, in_thread=False)
         used: list[float] = []
         correct = forwarded = 0
 

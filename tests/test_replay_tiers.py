@@ -13,15 +13,16 @@ def test_replay_tiers_follows_the_link(capsys):
             "--duration",
             "40s",
             "--link",
-            "20mbit@0s,0.2mbit@20s",
+            "20mbit@0s,0.01mbit@20s",
         ]
     )
     out = capsys.readouterr().out
     assert code == 0
-    online = next(line for line in out.splitlines() if line.startswith("| split online"))
-    # forwards the input while the link is fast, keeps every stage here once it is slow
-    assert "| 0 / 7 |" in online
-    assert "| cascade online" in out
+    planned = next(line for line in out.splitlines() if line.startswith("| split neurosurgeon"))
+    # forwards the input while the link is fast, keeps every stage here once it crawls
+    assert "| 0 / 7 |" in planned
+    for row in ("| split k=0 ", "| split ecogd ", "| cascade chooser ", "| cascade ecogd "):
+        assert row in out
 
 
 def test_replay_tiers_refuses_a_bad_link(capsys):

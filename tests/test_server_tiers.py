@@ -16,13 +16,15 @@ import pytest
 import torch
 from test_server_fixtures import FAST, Daemon, daemon
 
+from ecoserve.models.cascade import confidence
 from ecoserve.models.digits import load_digits_model, load_digits_split
-from ecoserve.tiers.cascade import confidence
 
 #: The device tier sleeps so its stages take 100x this CPU's time (~9 ms for digits-large):
 #: on loopback, forwarding must be worth it on a fast link and not on a slow one.
 SLOWDOWN = ("--tier-slowdown", "100")
 THRESHOLD = 0.9
+#: The split point planned from the stage profiles and the link estimate.
+PLANNED = ("--tuner", "neurosurgeon")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def unsplit(x: torch.Tensor) -> np.ndarray:
 
 
 def test_split_forwards_on_a_fast_link(edge: Daemon, x_test: torch.Tensor) -> None:
-    args = ("--next-tier", edge.url, "--link-emulation", "1000mbit", *SLOWDOWN)
+    args = ("--next-tier", edge.url, "--link-emulation", "1000mbit", *SLOWDOWN, *PLANNED)
     with daemon("--model", "builtin:digits-large", *FAST, *args) as device:
         # the first estimate may come from a probe slowed by both daemons' start-up on one
         # machine; the idle probes every 2 s correct it, so give it a few seconds
@@ -73,6 +75,11 @@ def test_split_forwards_on_a_fast_link(edge: Daemon, x_test: torch.Tensor) -> No
             if tier["split"] < tier["n_stages"] or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
+        # the tuner's split applies from the next batch on
+        np.testing.assert_allclose(
+            infer_npy(device.url, x_test), unsplit(x_test), rtol=1e-4, atol=1e-4
+        )
+        tier = tier_status(device.url)
     assert tier["mode"] == "split"
     assert tier["split"] < tier["n_stages"] == 7, tier
     assert tier["rows_forwarded"] > 0 and tier["fallbacks"] == 0
@@ -80,7 +87,7 @@ def test_split_forwards_on_a_fast_link(edge: Daemon, x_test: torch.Tensor) -> No
 
 
 def test_split_stays_local_on_a_slow_link(edge: Daemon, x_test: torch.Tensor) -> None:
-    args = ("--next-tier", edge.url, "--link-emulation", "0.05mbit", *SLOWDOWN)
+    args = ("--next-tier", edge.url, "--link-emulation", "0.05mbit", *SLOWDOWN, *PLANNED)
     with daemon("--model", "builtin:digits-large", *FAST, *args) as device:
         out = infer_npy(device.url, x_test[:8])
         np.testing.assert_allclose(out, unsplit(x_test[:8]), rtol=1e-4, atol=1e-4)

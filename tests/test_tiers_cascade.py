@@ -13,7 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from ecoserve.core.knobs import SearchSpace
+from ecoserve.core.knobs import DEFAULT_THRESHOLDS, SearchSpace, threshold_knob
+from ecoserve.core.knobs import THRESHOLD as CASCADE_KNOB
+from ecoserve.core.link import Link
+from ecoserve.core.tiers import CascadeCosts, CascadePolicy, DevicePower
+from ecoserve.models.cascade import confidence, decide
 from ecoserve.models.digits import (
     count_correct,
     load_digits_model,
@@ -21,19 +25,9 @@ from ecoserve.models.digits import (
     preprocess,
     weights_path,
 )
-from ecoserve.tiers.cascade import (
-    CASCADE_KNOB,
-    DEFAULT_THRESHOLDS,
-    CascadeCosts,
-    CascadePolicy,
-    CascadeRunner,
-    ThresholdChooser,
-    confidence,
-    threshold_knob,
-)
-from ecoserve.tiers.codec import decode_tensor, encode_tensor
-from ecoserve.tiers.link import Link
-from ecoserve.tiers.split import DevicePower
+from ecoserve.models.tensor_codec import decode_tensor, encode_tensor
+from ecoserve.server.tier_node import CascadeRunner
+from tuners.cascade_threshold import ThresholdChooser
 
 POWER = DevicePower(busy_w=3.0, tx_w=1.0, idle_w=0.5)
 COSTS = CascadeCosts(small_s=20e-6, big_s=25e-6, input_bytes=384, output_bytes=168)
@@ -69,7 +63,7 @@ ANSWERS = {
 
 @pytest.mark.parametrize("threshold", sorted(ANSWERS))
 def test_policy_answers_here_iff_top_probability_reaches_threshold(threshold: float) -> None:
-    decision = CascadePolicy(threshold).decide(logits_for(ROWS))
+    decision = decide(CascadePolicy(threshold), logits_for(ROWS))
     assert list(decision.local) == ANSWERS[threshold]
     assert decision.scores == pytest.approx([0.95, 0.7, 0.4, 0.25], abs=1e-6)
     assert decision.preds == (0, 0, 0, 0)
@@ -79,20 +73,20 @@ def test_policy_answers_here_iff_top_probability_reaches_threshold(threshold: fl
 
 def test_boundary_score_is_answered_here() -> None:
     exact_half = torch.zeros(1, 2)  # softmax [0.5, 0.5] exactly
-    assert CascadePolicy(0.5).decide(exact_half).local == (True,)
+    assert decide(CascadePolicy(0.5), exact_half).local == (True,)
 
 
 def test_threshold_one_forwards_even_a_saturated_softmax() -> None:
     saturated = torch.tensor([[100.0, 0.0, 0.0]])
     assert float(confidence(saturated)[0]) == 1.0
-    assert CascadePolicy(1.0).decide(saturated).local == (False,)
-    assert CascadePolicy(0.99).decide(saturated).local == (True,)
+    assert decide(CascadePolicy(1.0), saturated).local == (False,)
+    assert decide(CascadePolicy(0.99), saturated).local == (True,)
 
 
 def test_exploration_forwards_a_seeded_share_of_confident_inputs() -> None:
     logits = logits_for([[0.97, 0.01, 0.01, 0.01]] * 2000)
-    a = CascadePolicy(0.9, explore=0.05, seed=1).decide(logits)
-    b = CascadePolicy(0.9, explore=0.05, seed=1).decide(logits)
+    a = decide(CascadePolicy(0.9, explore=0.05, seed=1), logits)
+    b = decide(CascadePolicy(0.9, explore=0.05, seed=1), logits)
     assert a == b
     share = sum(a.explored) / 2000
     assert 0.03 < share < 0.07
@@ -132,7 +126,7 @@ def true_accuracy(t: float) -> float:
 def run_online(chooser: ThresholdChooser, link: Link, rate: float, n: int, seed: int = 0):
     """Serve ``n`` synthetic requests, re-choosing the threshold every 200."""
     rng = random.Random(seed)
-    policy = chooser.policy()
+    policy = CascadePolicy(1.0, explore=chooser.explore, seed=chooser.seed)
     correct = 0
     for i in range(n):
         if i % 200 == 0:

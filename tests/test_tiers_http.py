@@ -18,14 +18,18 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from torch import nn
 
+from ecoserve.core.knobs import SPLIT, SearchSpace
+from ecoserve.core.link import Link, LinkEstimator
+from ecoserve.core.tiers import DevicePower, StageProfile
+from ecoserve.models.cascade import confidence
 from ecoserve.models.digits import load_digits_model, load_digits_split
-from ecoserve.tiers.cascade import confidence
-from ecoserve.tiers.codec import CONTENT_TYPE, decode_tensor, encode_tensor
-from ecoserve.tiers.http import COMPUTE_HEADER, NextTierClient, tier_router
-from ecoserve.tiers.link import EmulatedLink, Link, LinkEstimator
-from ecoserve.tiers.node import TierNode
-from ecoserve.tiers.split import DevicePower, SplitPlanner
-from ecoserve.tiers.stages import StageProfile, profile_stages
+from ecoserve.models.stages import profile_stages
+from ecoserve.models.tensor_codec import CONTENT_TYPE, decode_tensor, encode_tensor
+from ecoserve.server.tier_client import NextTierClient
+from ecoserve.server.tier_node import TierNode
+from ecoserve.server.tier_routes import COMPUTE_HEADER, tier_router
+from tuners.neurosurgeon import Neurosurgeon, SplitPlanner
+from twins.link import EmulatedLink
 
 POWER = DevicePower(busy_w=3.0, tx_w=1.0, idle_w=0.5)
 HEADER = 128  # bytes of .npy framing per message
@@ -138,20 +142,28 @@ def brute_force_split(device: StageProfile, server: StageProfile, link: Link) ->
     return best
 
 
+async def plan(node: TierNode, planner: SplitPlanner) -> Neurosurgeon:
+    """Start ``node`` (ping and probe), then let the planner tuner set its split point."""
+    await node.start()
+    space = SearchSpace.of(planner.knob())
+    tuner = Neurosurgeon(space, planner=planner)
+    tuner.tell(space.maximum(), 1.0, node.context())
+    node.set_value(space.values(tuner.ask())[SPLIT])
+    return tuner
+
+
 def test_split_equals_unsplit_for_every_k(edge: Daemon, large: nn.Sequential, x_test) -> None:
     x = x_test[:16]
     with torch.inference_mode():
         want = large(x)
     n = len(large)
-    device = profile_stages(large, x[:1], repeats=2, warmup=0)
-    planner = SplitPlanner(device, device, POWER, overhead_bytes=HEADER)
 
     async def scenario() -> list[tuple[int, torch.Tensor, tuple[bool, ...]]]:
         async with NextTierClient(edge.url) as client:
-            node = TierNode.for_split(large, planner, client)
+            node = TierNode.for_split(large, client)
             out = []
             for k in range(n + 1):
-                node.set_split(k)
+                node.set_value(k)
                 answer = await node.infer(x)
                 out.append((answer.split, answer.output, answer.forwarded))
             await node.aclose()
@@ -177,7 +189,8 @@ def test_cascade_gives_documented_answer(
 
     async def scenario():
         async with NextTierClient(edge.url) as client:
-            node = TierNode.for_cascade(small, client, threshold=threshold)
+            node = TierNode.for_cascade(small, client)
+            node.set_value(threshold)
             batch = await node.infer(x)
             rows = [await node.infer(x[i : i + 1]) for i in range(0, len(x), 10)]
             await node.aclose()
@@ -202,10 +215,11 @@ def test_chosen_split_is_brute_force_best(edge: Daemon, large, x_test, profiles,
 
     async def scenario():
         async with NextTierClient(edge.url, emulation=emulation) as client:
-            node = TierNode.for_split(slow_device(large), planner, client)
+            node = TierNode.for_split(slow_device(large), client)
+            tuner = await plan(node, planner)
             answer = await node.infer(x_test[:1])
             await node.aclose()
-            return answer, node.split_choice.planned_for, client.link()
+            return answer, tuner.planned_for, client.link()
 
     answer, planned_for, estimate = asyncio.run(scenario())
     assert planned_for is not None and estimate is not None
@@ -225,11 +239,12 @@ def test_crossover_slow_link_local_fast_link_forward(edge: Daemon, large, x_test
         emulation = EmulatedLink.parse(spec, rtt_s=0.001)
         estimator = LinkEstimator(prior=Link(1e9), alpha=0.5)
         async with NextTierClient(edge.url, emulation=emulation, estimator=estimator) as client:
-            node = TierNode.for_split(slow_device(large), planner, client)
+            node = TierNode.for_split(slow_device(large), client)
+            await plan(node, planner)
             chosen = (await node.infer(x)).split
             timings: dict[str, float] = {"chosen": float(chosen)}
             for label, k in (("local", n), ("forward", 0)):
-                node.set_split(k)
+                node.set_value(k)
                 timings[label] = min([(await node.infer(x)).latency_s for _ in range(3)])
             await node.aclose()
             return timings
@@ -246,11 +261,14 @@ def test_two_daemons_end_to_end(edge: Daemon, large, x_test, profiles) -> None:
     device, server = profiles
     planner = SplitPlanner(device, server, POWER, overhead_bytes=HEADER)
     client = NextTierClient(edge.url, estimator=LinkEstimator(prior=Link(1e9), alpha=0.5))
-    node = TierNode.for_split(slow_device(large), planner, client)
+    node = TierNode.for_split(slow_device(large), client)
     app = FastAPI()
+    planned: list[Neurosurgeon] = []
 
     @app.post("/infer")
     async def infer(request: Request) -> Response:
+        if not planned:
+            planned.append(await plan(node, planner))
         answer = await node.infer(decode_tensor(await request.body()))
         return Response(
             encode_tensor(answer.output),
@@ -280,26 +298,31 @@ def test_next_tier_down_answers_here(large, small, x_test) -> None:
     x = x_test[:3]
     with torch.inference_mode():
         want_large, want_small = large(x), small(x)
-    profile = profile_stages(large, x[:1], repeats=2, warmup=0)
-    planner = SplitPlanner(profile, profile.scaled(4), POWER, overhead_bytes=HEADER)
 
     async def scenario():
         async with NextTierClient(dead, timeout_s=2) as c1, NextTierClient(dead, timeout_s=2) as c2:
-            split_node = TierNode.for_split(large, planner, c1)
+            split_node = TierNode.for_split(large, c1)
             unplanned = await split_node.infer(x)  # link unknown and down: all here
-            split_node.set_split(2)
-            pinned = await split_node.infer(x)  # send fails: the tail runs here
-            cascade_node = TierNode.for_cascade(small, c2, threshold=1.0)
+            split_node.set_value(2)
+            known_down = await split_node.infer(x)  # still known down: no send is tried
+            status = split_node.status()
+            eager = TierNode.for_split(large, c1, probe_interval_s=0.0)  # never "known down"
+            eager.set_value(2)
+            pinned = await eager.infer(x)  # send fails: the tail runs here
+            cascade_node = TierNode.for_cascade(small, c2)  # threshold 1.0: forward all
             cascaded = await cascade_node.infer(x)
-            return unplanned, pinned, cascaded, split_node.status()
+            return unplanned, known_down, pinned, cascaded, status, eager.status()
 
-    unplanned, pinned, cascaded, status = asyncio.run(scenario())
+    unplanned, known_down, pinned, cascaded, status, eager = asyncio.run(scenario())
     assert unplanned.split == len(large) and not unplanned.fallback
-    assert pinned.fallback and pinned.forwarded == (False,) * 3
+    assert known_down.split == len(large) and not known_down.fallback
+    torch.testing.assert_close(known_down.output, want_large, rtol=1e-5, atol=1e-5)
+    assert pinned.fallback and pinned.split == 2 and pinned.forwarded == (False,) * 3
     torch.testing.assert_close(pinned.output, want_large, rtol=1e-5, atol=1e-5)
     assert cascaded.fallback
     torch.testing.assert_close(cascaded.output, want_small)
-    assert status["fallbacks"] == 1 and status["link"]["down"]
+    assert status["fallbacks"] == 0 and status["link"]["down"]
+    assert eager["fallbacks"] == 1
 
 
 def test_bad_payloads_are_422(edge: Daemon, large, x_test) -> None:

@@ -13,21 +13,23 @@ import pytest
 import torch
 from torch import nn
 
-from ecoserve.core.knobs import SearchSpace
+from ecoserve.core.knobs import SPLIT as SPLIT_KNOB
+from ecoserve.core.knobs import SearchSpace, split_knob
+from ecoserve.core.link import Link, LinkEstimator
+from ecoserve.core.tiers import DevicePower, StageProfile
 from ecoserve.models.digits import load_digits_model
-from ecoserve.tiers.codec import CONTENT_TYPE, decode_tensor, encode_tensor
-from ecoserve.tiers.link import EmulatedLink, Link, LinkEstimator, parse_rate
-from ecoserve.tiers.split import (
-    SPLIT_KNOB,
-    DevicePower,
-    Objective,
-    SplitPlanner,
-    SplitRunner,
-    handle_split,
+from ecoserve.models.stages import (
+    load_profile,
+    profile_stages,
     run_from,
-    split_knob,
+    save_profile,
+    sequential_from_fx,
 )
-from ecoserve.tiers.stages import StageProfile, profile_stages, sequential_from_fx
+from ecoserve.models.tensor_codec import CONTENT_TYPE, decode_tensor, encode_tensor
+from ecoserve.server.tier_node import SplitRunner
+from ecoserve.server.tier_routes import handle_split
+from tuners.neurosurgeon import Objective, SplitPlanner
+from twins.link import EmulatedLink, parse_rate
 
 POWER = DevicePower(busy_w=3.0, tx_w=1.0, idle_w=0.5)
 
@@ -244,8 +246,8 @@ def test_profile_has_times_and_cut_sizes(large: nn.Sequential, tmp_path) -> None
     assert prof.batch_size == 3
     assert prof.transfer_bytes(1, fp16=True) == prof.cut_bytes[1] // 2
     path = tmp_path / "profile.json"
-    prof.save(path)
-    assert StageProfile.load(path) == prof
+    save_profile(prof, path)
+    assert load_profile(path) == prof
     assert json.loads(path.read_text())["cut_bytes"] == list(prof.cut_bytes)
     fast = prof.scaled(4.0, tier="server")
     assert fast.times_s[0] == pytest.approx(prof.times_s[0] / 4)

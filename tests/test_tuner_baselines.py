@@ -240,7 +240,7 @@ def test_make_tuner_passes_parameters_and_explains_mistakes() -> None:
     space = nx_space()
     tuner = make_tuner("Grid", space, seed=3, points_per_knob=3)
     assert isinstance(tuner, Grid) and tuner.grid_size == 3 * 3 * 3
-    with pytest.raises(ValueError, match="valid names: bayes, bayesian, dvfs, ecogd"):
+    with pytest.raises(ValueError, match="valid names: bayes, bayesian, cascade, dvfs, ecogd"):
         make_tuner("gradient", space)
     with pytest.raises(ValueError, match="takes: points_per_knob, strides"):
         make_tuner("grid", space, stride=2)

@@ -10,12 +10,14 @@ from typing import Any
 from ecoserve.core.knobs import SearchSpace
 from ecoserve.core.tuner import Tuner
 from tuners.bayes import Bayesian
+from tuners.cascade_threshold import CascadeThreshold
 from tuners.dvfs import DVFS
 from tuners.ecogd import EcoGD
 from tuners.fixed import Fixed
 from tuners.grid import Grid
 from tuners.linear import Linear
 from tuners.mab import MAB, MABJoint
+from tuners.neurosurgeon import Neurosurgeon
 from tuners.random_search import Random
 
 #: Name -> tuner class; read-only so that no import can swap a tuner behind the CLI's back.
@@ -34,6 +36,11 @@ TUNERS: Mapping[str, type[Tuner]] = types.MappingProxyType(
     }
 )
 
+#: Tuners of the tier knobs alone, built with a planner or chooser by the tier setup.
+TIER_TUNERS: Mapping[str, type[Tuner]] = types.MappingProxyType(
+    {"neurosurgeon": Neurosurgeon, "cascade": CascadeThreshold}
+)
+
 
 def make_tuner(name: str, space: SearchSpace, seed: int | None = 0, **params: Any) -> Tuner:
     """Build the tuner called ``name`` (case-insensitive) with its paper defaults.
@@ -43,11 +50,10 @@ def make_tuner(name: str, space: SearchSpace, seed: int | None = 0, **params: An
     """
     key = name.strip().lower()
     try:
-        cls = TUNERS[key]
+        cls = TUNERS[key] if key in TUNERS else TIER_TUNERS[key]
     except KeyError:
-        raise ValueError(
-            f"unknown tuner {name!r}; valid names: {', '.join(sorted(TUNERS))}"
-        ) from None
+        valid = ", ".join(sorted({*TUNERS, *TIER_TUNERS}))
+        raise ValueError(f"unknown tuner {name!r}; valid names: {valid}") from None
     accepted = [
         p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "space", "seed")
     ]

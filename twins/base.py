@@ -15,6 +15,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from devices.boards import BoardProfile
 from ecoserve.core.knobs import CPU, GPU, Knob
@@ -62,6 +63,34 @@ class DeviceTwin(ABC):
 
     def max_freqs(self) -> dict[str, float]:
         return {k.name: k.values[-1] for k in self.knobs()}
+
+    #: True for twins whose figures depend on the time (a link schedule): the simulator then
+    #: asks :meth:`context` as time passes and hands it to the engine.
+    observes_environment: bool = False
+
+    def sample_batch(
+        self, batch: int, freqs: Mapping[str, float], rng: random.Random, now: float
+    ) -> BatchSample:
+        """One batch started at ``now``: its seconds, its energy and its wrong answers.
+
+        The default draws the time, then the busy power, from ``rng`` (in that order), and
+        no errors; tier twins also move data over their link and count answers.
+        """
+        seconds = self.sample_batch_time(batch, freqs, rng)
+        joules = self.sample_power(freqs, 1.0, rng, batch=batch) * seconds
+        return BatchSample(seconds, joules)
+
+    def context(self, now: float) -> dict[str, float]:
+        """What a driver on this device would know of its environment at ``now`` (none)."""
+        return {}
+
+
+class BatchSample(NamedTuple):
+    """What one simulated batch took: seconds, joules, and answers estimated wrong."""
+
+    seconds: float
+    joules: float
+    errors: float = 0.0
 
 
 def _jitter(value: float, rel: float, rng: random.Random) -> float:

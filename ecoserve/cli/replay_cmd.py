@@ -60,7 +60,8 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     p.add_argument(
         "--tiers",
         action="store_true",
-        help="compare split points and cascade thresholds (digits models) over --link instead of tuners",
+        help="replay the digits models' split point and cascade threshold over --link: fixed "
+        "values, the neurosurgeon planner, the cascade chooser and EcoGD moving the tier knob",
     )
     p.add_argument(
         "--link",
@@ -250,9 +251,9 @@ def _run_tiers(args: argparse.Namespace, err: Any) -> int:
     """Split points and cascade thresholds replayed over a changing link (virtual time)."""
     import torch
 
-    from ecoserve.tiers.link import EmulatedLink
-    from ecoserve.tiers.replay import digits_setup, tier_replay_report
+    from ecoserve.replay.tiers import digits_setup, tier_replay_report
     from traces import load_trace, parse_duration
+    from twins.link import EmulatedLink
 
     try:
         link = EmulatedLink.parse(args.link, rtt_s=parse_duration(args.rtt))

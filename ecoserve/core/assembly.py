@@ -41,6 +41,7 @@ class EngineSettings:
     baseline_path: str | None = None
     slo_latency_s: float | None = None
     slo_percentile: float = 95.0
+    error_weight: float = 0.0
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -64,6 +65,7 @@ def build_controller(
             alpha=settings.alpha,
             slo_latency_s=settings.slo_latency_s,
             slo_percentile=settings.slo_percentile,
+            error_weight=settings.error_weight,
         ),
         baseline=baseline,
         window_requests=settings.window_requests,

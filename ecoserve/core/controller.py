@@ -36,6 +36,8 @@ class BatchOutcome:
     end: float
     meter_j: float
     failed: int = 0
+    #: Answers estimated wrong in this batch (a cascade's small model); 0 for most models.
+    errors: float = 0.0
 
     @property
     def served(self) -> int:
@@ -62,6 +64,7 @@ class WindowReport:
     cost: float
     accounting: str
     next_config: Config
+    error_rate: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -80,6 +83,16 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def _moved(before: float, after: float, tolerance: float) -> bool:
+    """Whether ``after`` differs from ``before`` by more than ``tolerance``, relatively."""
+    if before == after:
+        return False
+    if before <= 0 or after <= 0:
+        return True  # to or from zero (a link going down or coming back)
+    ratio = after / before
+    return not 1 / (1 + tolerance) <= ratio <= 1 + tolerance
+
+
 @dataclass
 class _Window:
     opened_at: float
@@ -88,6 +101,8 @@ class _Window:
     active_energy_j: float = 0.0
     failed: int = 0
     arrivals: int = 0
+    errors: float = 0.0
+    context: dict[str, float] = field(default_factory=dict)
 
 
 class Controller:
@@ -103,6 +118,7 @@ class Controller:
         accounting: EnergyAccounting | str = EnergyAccounting.ACTIVE,
         history: int = 256,
         baseline_windows: int = 2,
+        context_tolerance: float | None = 0.5,
     ) -> None:
         if window_requests is None and window_seconds is None:
             raise ValueError("a window needs window_requests, window_seconds, or both")
@@ -121,6 +137,11 @@ class Controller:
         if baseline_windows < 1:
             raise ValueError(f"baseline_windows must be >= 1, got {baseline_windows}")
         self.baseline_windows = baseline_windows
+        if context_tolerance is not None and not context_tolerance > 0:
+            raise ValueError(f"context_tolerance must be > 0 or None, got {context_tolerance}")
+        self.context_tolerance = context_tolerance
+        #: What the driver knows of the environment (a link estimate); goes to the tuner.
+        self.context: dict[str, float] = {}
         self._baseline_windows_left = baseline_windows
         self._remeasuring = False
         self.reports: deque[WindowReport] = deque(maxlen=history)
@@ -187,7 +208,31 @@ class Controller:
         w.latencies.extend(outcome.latencies)
         w.active_energy_j += outcome.energy_j
         w.failed += outcome.failed
+        w.errors += outcome.errors
         return self._maybe_close(outcome.end, outcome.meter_j)
+
+    def observe_context(
+        self, values: Mapping[str, float], now: float, meter_j: float
+    ) -> WindowReport | None:
+        """The driver's view of the environment changed (e.g. its link estimate).
+
+        The values reach the tuner with every window's metrics. When one of them has moved by
+        more than ``context_tolerance`` (relative) since the window opened, the conditions the
+        window was measuring are gone: it closes now (if it served anything), so the tuner
+        answers the change within one request instead of one window.
+        """
+        self.context.update(values)
+        w = self._window
+        if w is None or self.context_tolerance is None or not self._started:
+            return None
+        if not w.latencies:  # nothing measured yet: these are the window's conditions
+            w.context.update({k: float(v) for k, v in values.items()})
+            return None
+        for name, value in values.items():
+            before = w.context.setdefault(name, float(value))
+            if _moved(before, float(value), self.context_tolerance):
+                return self._close(now, meter_j)
+        return None
 
     def tick(self, now: float, meter_j: float) -> WindowReport | None:
         """Let time pass with no batch: closes a timed window or ends a timed warm-up."""
@@ -300,7 +345,7 @@ class Controller:
             self._open_window(now, meter_j)
 
     def _open_window(self, now: float, meter_j: float) -> None:
-        self._window = _Window(opened_at=now, meter_at_open=meter_j)
+        self._window = _Window(opened_at=now, meter_at_open=meter_j, context=dict(self.context))
 
     def _maybe_close(self, now: float, meter_j: float) -> WindowReport | None:
         w = self._window
@@ -340,9 +385,12 @@ class Controller:
                 measuring = False
         else:
             assert self.baseline is not None
-            cost = self.cost_model.cost(e_req, l_mean, self.baseline, percentile(lat, p))
+            cost = self.cost_model.cost(
+                e_req, l_mean, self.baseline, percentile(lat, p), error_rate=w.errors / n
+            )
         rate = w.arrivals / duration
         metrics = {
+            **self.context,
             "arrival_rate": rate,
             "energy_per_request_j": e_req,
             "latency_mean_s": l_mean,
@@ -374,6 +422,7 @@ class Controller:
             cost=cost,
             accounting=self.accounting.value,
             next_config=self._config,
+            error_rate=w.errors / n,
         )
         self.reports.append(report)
         return report

@@ -8,6 +8,10 @@ as running flat out"; lower is better.
 Optional SLO mode: minimise energy subject to a latency percentile bound. The cost is
 then ``E / E0`` while the percentile meets the bound, plus a penalty that grows with the
 relative violation, so the tuners still see one scalar to minimise.
+
+Optional accuracy term, for knobs that trade answers for energy (the cascade threshold):
+``+ error_weight * error_rate``, where ``error_rate`` is the share of answers estimated
+wrong. With the default weight 0 the cost is the paper's.
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ class CostModel:
     slo_latency_s: float | None = None
     slo_percentile: float = 95.0
     slo_penalty: float = 10.0
+    error_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be within [0, 1], got {self.alpha}")
+        if not self.error_weight >= 0.0:
+            raise ValueError(f"error_weight must be >= 0, got {self.error_weight}")
 
     def cost(
         self,
@@ -55,11 +62,16 @@ class CostModel:
         latency_mean_s: float,
         baseline: Baseline,
         latency_percentile_s: float | None = None,
+        error_rate: float = 0.0,
     ) -> float:
         """The window's cost; also works element-wise on numpy arrays (oracles, reports)."""
         e = energy_per_request_j / baseline.energy_per_request_j
         if self.slo_latency_s is not None:
             tail = latency_percentile_s if latency_percentile_s is not None else latency_mean_s
             excess = max(0.0, tail / self.slo_latency_s - 1.0)
-            return e + self.slo_penalty * excess
-        return self.alpha * e + (1.0 - self.alpha) * latency_mean_s / baseline.latency_s
+            cost = e + self.slo_penalty * excess
+        else:
+            cost = self.alpha * e + (1.0 - self.alpha) * latency_mean_s / baseline.latency_s
+        if self.error_weight:
+            cost = cost + self.error_weight * error_rate
+        return cost

@@ -100,6 +100,12 @@ class Engine(Generic[T]):
         """Time passed with no batch: a timed window may close."""
         return self._closed(self.controller.tick(now, meter_j))
 
+    def observe_context(
+        self, values: Mapping[str, float], now: float, meter_j: float
+    ) -> WindowClosed | None:
+        """The driver's view of the environment (a link estimate) changed; see the controller."""
+        return self._closed(self.controller.observe_context(values, now, meter_j))
+
     # -- run-time control -------------------------------------------------------------------
     def pin(self, values: Mapping[str, float], now: float, meter_j: float) -> ApplyConfig:
         """Hold some knobs at given values (nearest available); the tuner moves the rest."""

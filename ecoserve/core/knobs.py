@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 
 Config = tuple[int, ...]
 
-# Conventional knob names; the runtime and the devices agree on these.
+# Conventional knob names; the drivers, the devices, the twins and the tuners agree on these.
 CPU = "cpu_freq_hz"
 GPU = "gpu_freq_hz"
 BATCH = "batch_size"
+#: How many of a model's stages run here; the rest run on the next tier (0 sends the input).
+SPLIT = "split_point"
+#: The small model answers here when its confidence reaches this; else the next tier does.
+THRESHOLD = "cascade_threshold"
+
+#: Cascade thresholds a tuner chooses among (1.0 forwards everything, 0.0 nothing).
+DEFAULT_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
 
 
 @dataclass(frozen=True)
@@ -167,3 +174,18 @@ def batch_knob(max_batch: int = 16, min_batch: int = 1) -> Knob:
     if min_batch < 1 or max_batch < min_batch:
         raise ValueError(f"batch sizes need 1 <= min ({min_batch}) <= max ({max_batch})")
     return Knob(BATCH, tuple(range(min_batch, max_batch + 1)))
+
+
+def split_knob(n_stages: int) -> Knob:
+    """The split point: ``0..n_stages`` stages here (its maximum runs everything here)."""
+    if n_stages < 1:
+        raise ValueError(f"a model needs at least one stage to split, got {n_stages}")
+    return Knob(SPLIT, tuple(range(n_stages + 1)))
+
+
+def threshold_knob(values: Sequence[float] = DEFAULT_THRESHOLDS) -> Knob:
+    """The cascade threshold; its maximum (1.0) forwards everything, the accurate extreme."""
+    vals = tuple(float(v) for v in values)
+    if any(not 0.0 <= v <= 1.0 for v in vals):
+        raise ValueError(f"thresholds must lie in [0, 1]: {vals}")
+    return Knob(THRESHOLD, vals)

@@ -7,7 +7,9 @@ simulator's does.
 
 from __future__ import annotations
 
-from devices.base import Device
+from typing import Any
+
+from devices.base import Actuator, Device
 from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.core.cost import Baseline
 from ecoserve.runtime.device_spec import open_device
@@ -31,11 +33,30 @@ def build_runtime(
     device: Device | None = None,
     observer: RuntimeObserver | None = None,
     run_inline: bool = False,
+    extra_actuator: Actuator | None = None,
+    **hooks: Any,
 ) -> Runtime:
+    """A runtime over ``device`` (opened from the settings when None).
+
+    ``extra_actuator`` owns knobs of this process rather than the device (the tier knob);
+    they join the search space. ``hooks`` are the runtime's ``context_source`` and
+    ``error_source``.
+    """
     device = device or open_device(settings.device, settings.sysfs_root, settings.meter)
+    knobs = list(device.actuator.knobs())
+    if extra_actuator is not None:
+        knobs += extra_actuator.knobs()
     try:
-        engine = build_engine(device.actuator.knobs(), settings, saved_baseline(settings))
+        engine = build_engine(knobs, settings, saved_baseline(settings))
     except Exception:
         device.close()
         raise
-    return Runtime(fn, device, engine, observer=observer, run_inline=run_inline)
+    return Runtime(
+        fn,
+        device,
+        engine,
+        observer=observer,
+        run_inline=run_inline,
+        extra_actuator=extra_actuator,
+        **hooks,
+    )

@@ -19,12 +19,12 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from devices.base import Device
+from devices.base import Actuator, Device
 from ecoserve.core.batching import Dispatch, QueueFullError, WaitUntil
 from ecoserve.core.controller import BatchOutcome, Controller, WindowReport
 from ecoserve.core.cost import Baseline
@@ -91,6 +91,9 @@ class Runtime:
         tick_s: float = 0.5,
         run_inline: bool = False,
         heartbeat: Callable[[], None] | None = None,
+        extra_actuator: Actuator | None = None,
+        context_source: Callable[[], Mapping[str, float]] | None = None,
+        error_source: Callable[[], float] | None = None,
     ) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -105,6 +108,12 @@ class Runtime:
         # Called whenever the loop makes progress; the daemon feeds its device watchdog here,
         # so a hung loop hands the clocks back to the governors.
         self.heartbeat = heartbeat or (lambda: None)
+        # Knobs of this process rather than the device (the tier knob), applied with the rest.
+        self.extra_actuator = extra_actuator
+        # What the batch function knows of its environment (a link estimate) and the answers
+        # it estimates wrong (a cascade), told to the engine after every batch.
+        self.context_source = context_source
+        self.error_source = error_source
         self.counters = RuntimeCounters()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecoserve-batch")
         self._wake = asyncio.Event()
@@ -264,10 +273,15 @@ class Runtime:
             end=end,
             meter_j=energy_after,
             failed=0 if ok else len(requests),
+            errors=self.error_source() if self.error_source is not None else 0.0,
         )
         closed = self.engine.finish(outcome)
         if closed is not None:
             await self._on_window(closed)
+        if self.context_source is not None:
+            closed = self.engine.observe_context(self.context_source(), end, energy_after)
+            if closed is not None:
+                await self._on_window(closed)
 
     async def _on_window(self, closed: WindowClosed) -> None:
         report = closed.report
@@ -290,6 +304,8 @@ class Runtime:
         await loop.run_in_executor(
             self._executor, lambda: self.device.actuator.apply(values, governed)
         )
+        if self.extra_actuator is not None:
+            self.extra_actuator.apply(values, governed)
         for warning in self.device.actuator.warnings():
             if warning not in self._warned:
                 self._warned.add(warning)
@@ -337,6 +353,45 @@ class Runtime:
     async def remeasure_baseline(self) -> None:
         """Measure the baseline again at maximum on the traffic from now on."""
         await self._apply(self.engine.remeasure_baseline(self.clock(), self.energy_joules()))
+
+    @property
+    def phase(self) -> str:
+        """``baseline`` while E0/L0 are being measured, then ``tuning``."""
+        return self.engine.controller.phase
+
+    def pinned_values(self) -> dict[str, float]:
+        """Knobs held by a pin, at the values they are held at."""
+        c = self.engine.controller
+        return {n: c.space.knobs[c.space.axis(n)].values[i] for n, i in c.pinned.items()}
+
+    def describe(self, windows: int = 20) -> dict[str, Any]:
+        """The engine's state for a status page: configuration, the last ``windows``, tuner."""
+        c = self.engine.controller
+        counters = self.counters
+        return {
+            "device": self.device.name,
+            "phase": c.phase,
+            "accounting": c.accounting.value,
+            "config": c.values(),
+            "pinned": self.pinned_values(),
+            "knobs": {k.name: list(k.values) for k in c.space.knobs},
+            "baseline": None if c.baseline is None else vars(c.baseline),
+            "windows_closed": c.windows_closed,
+            "windows": [r.as_dict() for r in list(c.reports)[-windows:]] if windows > 0 else [],
+            "tuner": {
+                "name": c.tuner.name,
+                **c.tuner.describe(),
+                "state": {k: v for k, v in c.tuner.state_dict().items() if k != "rng"},
+            },
+            "queue_depth": self.queue_depth,
+            "counters": {
+                "accepted": counters.accepted,
+                "completed": counters.completed,
+                "failed": counters.failed,
+                "rejected": dict(counters.rejected),
+                "batches": counters.batches,
+            },
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs: tuner state, baseline, pins, window count (JSON-ready)."""

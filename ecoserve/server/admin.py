@@ -61,9 +61,10 @@ async def apply_config(service: InferenceService, req: ConfigRequest) -> dict[st
         await runtime.set_tuner(tuner)
     if req.pin:
         await runtime.pin(req.pin)
-    c = runtime.controller
-    pinned = {n: space.knobs[space.axis(n)].values[i] for n, i in c.pinned.items()}
-    return ConfigResponse(tuner=c.tuner.name, values=c.values(), pinned=pinned).model_dump()
+    state = runtime.describe(windows=0)
+    return ConfigResponse(
+        tuner=state["tuner"]["name"], values=state["config"], pinned=state["pinned"]
+    ).model_dump()
 
 
 @router.post(

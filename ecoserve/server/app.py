@@ -21,7 +21,7 @@ from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
-from ecoserve.server.tiers import check_tier_settings, tier_routes
+from ecoserve.server.tier_bridge import check_tier_settings, tier_routes
 
 
 def create_app(

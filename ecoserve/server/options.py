@@ -19,7 +19,8 @@ FIELDS: dict[str, str] = {
     "device": "device spec: virtual:BOARD, virtual:analytic[:BOARD], sysfs or none",
     "sysfs_root": "root under which sysfs paths are read (tests point it at a fake tree)",
     "meter": "power meter: auto, or a meter name (see `ecoserve devices`)",
-    "tuner": "tuner name: ecogd, grid, linear, dvfs, bayes, mab, mab-joint, fixed, random",
+    "tuner": "tuner name: ecogd, grid, linear, dvfs, bayes, mab, mab-joint, fixed, random; "
+    "with --next-tier also neurosurgeon (split) or cascade (threshold)",
     "tuner_params": "tuner parameters as a JSON object, e.g. '{\"memory_limit\": 20}'",
     "seed": "random seed of the tuner",
     "min_batch": "smallest batch size the tuner may choose",
@@ -34,6 +35,7 @@ FIELDS: dict[str, str] = {
     "baseline_path": "JSON file with the baseline (E0, L0): loaded if present, else written",
     "slo_latency_s": "latency bound for SLO mode (minimise energy under it)",
     "slo_percentile": "latency percentile the SLO bound applies to",
+    "error_weight": "weight of the estimated error rate in the cost (a cascade's threshold)",
     # the daemon (ServeSettings)
     "model": "model spec: builtin:NAME, torchscript:PATH, FILE.pt or package.module:callable",
     "model_name": "name the model is served under (default: derived from --model)",
@@ -52,7 +54,7 @@ FIELDS: dict[str, str] = {
     "access_log": "log every HTTP request (uvicorn access log)",
     "torch_threads": "torch intra-op threads (default torch's; 1 leaves a core to the server)",
     "watchdog_s": "hand the clocks back to the governors if the engine stalls this long ('none' to disable)",
-    # tiers (ecoserve.server.tiers)
+    # tiers (ecoserve.server.tier_bridge)
     "next_tier": "URL of the next tier's daemon (e.g. http://edge:8000); requests are split or cascaded to it",
     "tier_mode": "with --next-tier: split (cut a sequential model) or cascade (small model here, big one there)",
     "link_emulation": "emulated link to the next tier, e.g. 10mbit or 10mbit@0s,1mbit@60s (tests and demos)",

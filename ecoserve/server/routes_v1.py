@@ -167,31 +167,7 @@ async def status(request: Request, windows: int = 20) -> Response:
         "settings": service.settings.public_dict(),
     }
     if runtime is not None:
-        c = runtime.controller
-        counters = runtime.counters
-        data.update(
-            device=runtime.device.name,
-            phase=c.phase,
-            accounting=c.accounting.value,
-            config=c.values(),
-            pinned={n: c.space.knobs[c.space.axis(n)].values[i] for n, i in c.pinned.items()},
-            knobs={k.name: list(k.values) for k in c.space.knobs},
-            baseline=None if c.baseline is None else vars(c.baseline),
-            windows_closed=c.windows_closed,
-            windows=[r.as_dict() for r in list(c.reports)[-max(0, windows) :]] if windows else [],
-            tuner={
-                "name": c.tuner.name,
-                **c.tuner.describe(),
-                "state": {k: v for k, v in c.tuner.state_dict().items() if k != "rng"},
-            },
-            queue_depth=runtime.queue_depth,
-            tier=None if service.tier is None else service.tier.status(),
-            counters={
-                "accepted": counters.accepted,
-                "completed": counters.completed,
-                "failed": counters.failed,
-                "rejected": dict(counters.rejected),
-                "batches": counters.batches,
-            },
-        )
+        engine = runtime.describe(max(0, windows))
+        tier = None if service.tier is None else service.tier.status()
+        data.update({**engine, "tier": tier})
     return json_response(_clean(data))

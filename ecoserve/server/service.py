@@ -13,11 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from devices.base import Device
 from devices.safety import guarded
 from ecoserve.core.batching import QueueFullError
+from ecoserve.core.knobs import THRESHOLD
 from ecoserve.models.loader import LoadedModel
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.driver import Runtime, RuntimeStoppedError
@@ -26,7 +28,7 @@ from ecoserve.server.observers import Observers
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.state import StateSaver, resume
 from ecoserve.server.tensors import TensorSpec
-from ecoserve.server.tiers import TierBridge
+from ecoserve.server.tier_bridge import TierBridge
 
 log = logging.getLogger("ecoserve.server")
 
@@ -79,10 +81,21 @@ class InferenceService:
         s = self.settings
         observers = Observers([self.metrics])
         batch_fn = self.model.batch_fn
+        tier_hooks: dict[str, Any] = {}
+        engine_settings = s
         if s.next_tier is not None:
             self.tier = await TierBridge.start(s, self.model)
             batch_fn = self.tier.run_batch
-        runtime = build_runtime(batch_fn, s, device=self._device, observer=observers)
+            params = {**s.tuner_params, **self.tier.tuner_params(s.tuner)}
+            engine_settings = replace(s, tuner_params=params)
+            tier_hooks = {
+                "extra_actuator": self.tier.actuator,
+                "context_source": self.tier.context,
+                "error_source": self.tier.take_errors,
+            }
+        runtime = build_runtime(
+            batch_fn, engine_settings, device=self._device, observer=observers, **tier_hooks
+        )
         self.runtime = runtime
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(runtime.device, s.watchdog_s))
@@ -97,6 +110,8 @@ class InferenceService:
             lambda: runtime.queue_depth, runtime.energy_joules, lambda: self.ready
         )
         await runtime.start()
+        if s.next_tier is not None and s.tier_mode == "cascade" and s.cascade_threshold is not None:
+            await runtime.pin({THRESHOLD: s.cascade_threshold})
         if s.warmup_at_start and not runtime.ready:
             self._warmup = asyncio.create_task(self._warm_up(), name="ecoserve-warmup")
 

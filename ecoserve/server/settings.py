@@ -83,7 +83,7 @@ class ServeSettings(EngineSettings):
         if self.link_rtt_s < 0:
             raise ValueError(f"link_rtt_s must be >= 0, got {self.link_rtt_s}")
         if self.link_emulation is not None:
-            from ecoserve.tiers.link import EmulatedLink
+            from twins.link import EmulatedLink
 
             EmulatedLink.parse(self.link_emulation, rtt_s=self.link_rtt_s)
         if self.cascade_threshold is not None and not 0 <= self.cascade_threshold <= 1:

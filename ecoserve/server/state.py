@@ -87,7 +87,7 @@ class StateSaver(RuntimeObserver):
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.path, exc)
         baseline = self.runtime.baseline
-        measured = baseline is not None and self.runtime.controller.phase == "tuning"
+        measured = baseline is not None and self.runtime.phase == "tuning"
         if self.baseline_path and not self._baseline_saved and measured:
             try:
                 save_baseline(baseline, self.baseline_path)

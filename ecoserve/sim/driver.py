@@ -1,16 +1,19 @@
 """The virtual-time driver: replays an arrival trace through the engine on a device twin.
 
-It is the discrete-event counterpart of ``ecoserve.runtime.driver``: the same ``BatchPolicy``,
-``Controller`` and tuner objects decide everything, and this loop only supplies time. Events
-are arrivals, batch completions, ``WaitUntil`` deadlines and the runtime's idle tick (the
-runtime wakes at least every ``tick_s`` to let a timed window close), so the controller is
-told the same things in the same order as in the daemon. Nothing sleeps: a batch's duration
-comes from ``twin.sample_batch_time`` at the knob values in force, its energy from
-``twin.sample_power(busy=1)`` times that duration, and the meter integrates idle power
-between batches. Knobs the tuner hands to the OS (DVFS) follow ``ecoserve.sim.governors``.
+It is the discrete-event counterpart of ``ecoserve.runtime.driver``: the same sans-IO
+``Engine`` (batching policy, controller, tuner) decides everything, and this loop only
+supplies time and carries out the engine's answers (``Dispatch``, ``ApplyConfig``,
+``WindowClosed``). Events are arrivals, batch completions, ``WaitUntil`` deadlines and the
+runtime's idle tick (the runtime wakes at least every ``tick_s`` to let a timed window close),
+so the engine is told the same things in the same order as in the daemon. Nothing sleeps: a
+batch's duration and energy come from ``twin.sample_batch`` at the knob values in force, and
+the meter integrates idle power between batches. Knobs the tuner hands to the OS (DVFS)
+follow ``ecoserve.sim.governors``. A tier twin (``twins.tiers``) adds a link: its batches send
+data on a bandwidth schedule, and its link estimate reaches the engine as context, as the
+daemon's next-tier client's does.
 
-The hot loop keeps per-request work to a queue append and ``Controller.on_arrival``; request
-ids are trace indices, so a batch's completion times are one slice assignment.
+The hot loop keeps per-request work to a queue append and ``Engine.arrive``; request ids are
+trace indices, so a batch's completion times are one slice assignment.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.core.batching import Dispatch
 from ecoserve.core.controller import BatchOutcome, WindowReport
+from ecoserve.core.cost import Baseline
 from ecoserve.core.engine import ApplyConfig, Engine, WindowClosed
 from ecoserve.core.knobs import CPU, GPU, SearchSpace
 from ecoserve.sim.governors import UtilisationGovernor, podgov, schedutil
@@ -151,7 +155,9 @@ class Simulator:
         ctl = engine.controller
         arrive, poll, finish, tick = engine.arrive, engine.poll, engine.finish, engine.tick
         max_queue = engine.policy.max_queue if engine.policy.max_queue is not None else n + 1
-        sample_time, sample_power = twin.sample_batch_time, twin.sample_power
+        sample_batch = twin.sample_batch
+        observes = twin.observes_environment  # a tier twin: its link estimate is context
+        observe = engine.observe_context
         tick_s = self.tick_s
         reports: list[WindowReport] = []
 
@@ -206,6 +212,7 @@ class Simulator:
                 items = action.items
                 k = len(items)
                 config = ctl.config
+                errors = 0.0
                 if governed:
                     dur, energy = self._governed_batch(k, now, governed)
                     new_fixed = dict(fixed)
@@ -217,8 +224,7 @@ class Simulator:
                         fixed = new_fixed
                         idle_w = twin.power(fixed, 0.0)
                 else:
-                    dur = sample_time(k, fixed, rng)
-                    energy = sample_power(fixed, 1.0, rng, batch=k) * dur
+                    dur, energy, errors = sample_batch(k, fixed, rng, now)
                 end = now + dur
                 meter += idle_w * (now - mark) + energy
                 mark = end
@@ -235,13 +241,23 @@ class Simulator:
                         energy_j=energy,
                         end=end,
                         meter_j=meter,
+                        errors=errors,
                     )
                 )
                 if closed is not None:
                     window(closed)
+                if observes:
+                    closed = observe(twin.context(now), now, meter)
+                    if closed is not None:
+                        window(closed)
                 continue
             if action is None and i >= n:
                 break
+            if observes:
+                closed = observe(twin.context(now), now, meter + idle_w * (now - mark))
+                if closed is not None:
+                    window(closed)
+                    continue
             closed = tick(now, meter + idle_w * (now - mark))
             if closed is not None:
                 window(closed)
@@ -278,17 +294,20 @@ def simulate(
     noise_seed: int | None = None,
     tick_s: float = 0.5,
     on_window: Callable[[WindowReport], None] | None = None,
+    baseline: Baseline | None = None,
     **overrides: Any,
 ) -> SimResult:
     """Build the engine exactly as the daemon does, then replay ``arrivals``.
 
     ``overrides`` replace ``EngineSettings`` fields (``tuner="grid"``, ``seed=2``...).
-    ``noise_seed`` seeds the twin's noise (default: the tuner seed).
+    ``noise_seed`` seeds the twin's noise (default: the tuner seed). ``baseline`` fixes the
+    cost's E0/L0 instead of measuring them at maximum first (rows of one comparison that
+    must share a scale).
     """
     settings = replace(settings or EngineSettings(), **overrides)
     sim = Simulator(
         twin,
-        build_engine(twin.knobs(), settings),
+        build_engine(twin.knobs(), settings, baseline),
         noise_seed=settings.seed if noise_seed is None else noise_seed,
         tick_s=tick_s,
     )

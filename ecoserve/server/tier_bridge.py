@@ -2,13 +2,18 @@
 
 Two halves, both built from the settings and the loaded model:
 
-- :func:`tier_routes` mounts :func:`~ecoserve.tiers.http.tier_router` when the model is an
-  ``nn.Sequential``, so any daemon can be the *next* tier of another (its own model serves
-  both split tails and cascaded inputs).
-- :class:`TierBridge` is this daemon's link to ``--next-tier``: a
-  :class:`~ecoserve.tiers.http.NextTierClient` and a :class:`~ecoserve.tiers.node.TierNode`.
-  Its :meth:`~TierBridge.run_batch` is the runtime's batch function, so requests keep the
-  engine's queue, batching, deadlines, metrics and drain; only the model call changes.
+- :func:`tier_routes` mounts ``tier_router`` (``ecoserve.server.tier_routes``) when the model
+  is an ``nn.Sequential``, so any daemon can be the *next* tier of another (its own model
+  serves both split tails and cascaded inputs).
+- :class:`TierBridge` is this daemon's link to ``--next-tier``: a ``NextTierClient`` and a
+  ``TierNode``. Its :meth:`~TierBridge.run_batch` is the runtime's batch function, so requests
+  keep the engine's queue, batching, deadlines, metrics and drain; only the model call
+  changes. The split point or the threshold joins the engine's search space through
+  :attr:`~TierBridge.actuator`, the link estimate reaches the engine through
+  :meth:`~TierBridge.context`, and the tuner is whichever ``--tuner`` names: ``neurosurgeon``
+  (the split planned from the stage profiles) or ``cascade`` (the threshold chosen from the
+  two models' disagreement) get their planner or chooser from here (:meth:`tuner_params`);
+  any other tuner moves the tier knob from measured costs.
 
 Planning figures that cannot be measured on the device are assumptions (see
 :data:`ASSUMED_POWER` and the 4x speed-up below) and say so in the log.
@@ -26,17 +31,19 @@ import torch
 from fastapi import APIRouter
 from torch import nn
 
+from ecoserve.core.tiers import CascadeCosts, DevicePower, StageProfile
 from ecoserve.models.loader import LoadedModel
+from ecoserve.models.stages import median_call_s, profile_stages
+from ecoserve.models.tensor_codec import encode_tensor
 from ecoserve.server.settings import ServeSettings
-from ecoserve.tiers.cascade import CascadeCosts, ThresholdChooser
-from ecoserve.tiers.codec import encode_tensor
-from ecoserve.tiers.http import NextTierClient, TierError, tier_router
-from ecoserve.tiers.link import EmulatedLink
-from ecoserve.tiers.node import TierNode
-from ecoserve.tiers.split import DevicePower, Objective, SplitPlanner
-from ecoserve.tiers.stages import StageProfile, median_call_s, profile_stages
+from ecoserve.server.tier_client import NextTierClient, TierError
+from ecoserve.server.tier_node import TierActuator, TierNode
+from ecoserve.server.tier_routes import tier_router
+from tuners.cascade_threshold import ThresholdChooser
+from tuners.neurosurgeon import Objective, SplitPlanner
+from twins.link import EmulatedLink
 
-log = logging.getLogger("ecoserve.server.tiers")
+log = logging.getLogger("ecoserve.server.tier_bridge")
 
 #: Device power while computing, using the radio and waiting (watts). Assumed, not measured:
 #: a small board's figures, the same the tier replays use. They only weigh energy against
@@ -128,10 +135,38 @@ class TierBridge:
     that first uses it, and the node is driven by one loop.
     """
 
-    def __init__(self, client: NextTierClient, node: TierNode, plan: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client: NextTierClient,
+        node: TierNode,
+        plan: dict[str, Any],
+        helper: SplitPlanner | ThresholdChooser | None = None,
+    ) -> None:
         self.client = client
         self.node = node
         self.plan = plan
+        self.helper = helper
+        self.actuator = TierActuator(node)
+
+    def tuner_params(self, tuner: str) -> dict[str, Any]:
+        """The planner for ``--tuner neurosurgeon``, the chooser for ``--tuner cascade``."""
+        key = tuner.strip().lower()
+        if key == "neurosurgeon":
+            if not isinstance(self.helper, SplitPlanner):
+                raise ValueError("--tuner neurosurgeon plans a split: use --tier-mode split")
+            return {"planner": self.helper}
+        if key == "cascade":
+            if not isinstance(self.helper, ThresholdChooser):
+                raise ValueError("--tuner cascade chooses a threshold: use --tier-mode cascade")
+            return {"chooser": self.helper}
+        return {}
+
+    def context(self) -> dict[str, float]:
+        """The link estimate the runtime hands the engine after each batch."""
+        return self.node.context()
+
+    def take_errors(self) -> float:
+        return self.node.take_errors()
 
     @classmethod
     async def start(cls, settings: ServeSettings, model: LoadedModel) -> TierBridge:
@@ -146,14 +181,14 @@ class TierBridge:
         try:
             remote = await cls._remote_profile(client)
             if settings.tier_mode == "split":
-                node, plan = cls._split_node(settings, model, client, remote)
+                node, plan, helper = cls._split_node(settings, model, client, remote)
             else:
-                node, plan = cls._cascade_node(settings, model, client, remote)
+                node, plan, helper = cls._cascade_node(settings, model, client, remote)
             await node.start()
         except BaseException:
             await client.aclose()
             raise
-        bridge = cls(client, node, plan)
+        bridge = cls(client, node, plan, helper)
         status = node.status()
         log.info(
             "next tier %s (%s mode): link %s, %s",
@@ -181,7 +216,7 @@ class TierBridge:
         model: LoadedModel,
         client: NextTierClient,
         remote: StageProfile | None,
-    ) -> tuple[TierNode, dict[str, Any]]:
+    ) -> tuple[TierNode, dict[str, Any], SplitPlanner]:
         stages = sequential_of(model)
         assert stages is not None  # check_tier_settings ran first
         example = _example(model)
@@ -218,9 +253,9 @@ class TierBridge:
             ASSUMED_POWER.tx_w,
             ASSUMED_POWER.idle_w,
         )
-        node = TierNode.for_split(local_stages, planner, client)
+        node = TierNode.for_split(local_stages, client)
         plan = {"stages": here.n_stages, "here_s": here.total_s, "next_s": remote.total_s}
-        return node, plan
+        return node, plan, planner
 
     @staticmethod
     def _cascade_node(
@@ -228,7 +263,7 @@ class TierBridge:
         model: LoadedModel,
         client: NextTierClient,
         remote: StageProfile | None,
-    ) -> tuple[TierNode, dict[str, Any]]:
+    ) -> tuple[TierNode, dict[str, Any], ThresholdChooser]:
         assert model.module is not None  # check_tier_settings ran first
         small: nn.Module = model.module.eval()
         example = _example(model)
@@ -239,9 +274,6 @@ class TierBridge:
         if settings.tier_slowdown != 1.0:
             small = _Slowed(small, small_s - small_s / settings.tier_slowdown)
         plan: dict[str, Any] = {"threshold": settings.cascade_threshold, "small_s": small_s}
-        if settings.cascade_threshold is not None:
-            node = TierNode.for_cascade(small, client, threshold=settings.cascade_threshold)
-            return node, plan
         if remote is not None:
             big_s = remote.total_s
         else:
@@ -259,9 +291,12 @@ class TierBridge:
             input_bytes=len(encode_tensor(example)),
             output_bytes=len(encode_tensor(out)),
         )
+        # The chooser estimates the small model's errors for whichever tuner moves the
+        # threshold (its error estimate is the cost's accuracy term), and is the cascade
+        # tuner's helper when that is the tuner.
         chooser = ThresholdChooser(costs, ASSUMED_POWER, alpha=settings.alpha)
         plan["big_s"] = big_s
-        return TierNode.for_cascade(small, client, chooser=chooser), plan
+        return TierNode.for_cascade(small, client, chooser=chooser), plan, chooser
 
     async def run_batch(self, batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """The runtime's batch function: the model's answer through the node."""

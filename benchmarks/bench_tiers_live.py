@@ -1,16 +1,14 @@
-"""Replay a trace over a changing link: fixed split points and thresholds against online ones.
+"""Two daemons on loopback: a device tier node against an edge tier's routes, per emulated link.
 
-Seeded and in virtual time; only the measured stage times vary between runs. The device is
-this CPU made ``--device-slowdown`` times slower, the next tier this CPU ``--server-speedup``
-times faster; power figures are the stated assumptions, not measurements.
+For each emulated bandwidth the device's ``TierNode`` connects to an edge ``tier_router``,
+pings and probes, and the ``neurosurgeon`` tuner chooses the split point from the node's link
+estimate (what ``ecoserve serve --next-tier URL --tuner neurosurgeon`` does at its first
+window). Then 20 requests each run at the chosen split, all here (k=7) and sending the input
+(k=0), and 80 through a cascade at threshold 0.9 and 20 forwarding everything. The device
+is this CPU made ``--device-slowdown`` times slower by sleeping; the link's RTT is emulated on
+top of loopback. Latencies vary with the machine; the split choice should not.
 
-    python scripts/tiers_replay.py                          # about 5 s
-    python scripts/tiers_replay.py --link "10mbit@0s,0.2mbit@60s" --trace poisson:20
-    python scripts/tiers_replay.py --live                   # + two daemons on loopback, ~15 s
-
-``--live`` also starts an edge daemon (``tier_router``) on a loopback port and drives a
-device ``TierNode`` against it through ``NextTierClient`` with an emulated link per row: the
-device's stages sleep so that it runs ``--device-slowdown`` times slower than this CPU.
+    python benchmarks/bench_tiers_live.py [--device-slowdown 100] [--rtt 1ms]   # about 15 s
 """
 
 from __future__ import annotations
@@ -28,13 +26,15 @@ import uvicorn
 from fastapi import FastAPI
 from torch import nn
 
+from ecoserve.core.knobs import SPLIT, SearchSpace
 from ecoserve.models.digits import load_digits_model, load_digits_split
-from ecoserve.tiers.http import NextTierClient, tier_router
-from ecoserve.tiers.link import EmulatedLink
-from ecoserve.tiers.node import TierNode
-from ecoserve.tiers.replay import digits_setup, tier_replay_report
-from traces import load_trace
-from traces.durations import parse_duration
+from ecoserve.replay.tiers import DigitsSetup, digits_setup
+from ecoserve.server.tier_client import NextTierClient
+from ecoserve.server.tier_node import TierNode
+from ecoserve.server.tier_routes import tier_router
+from traces import parse_duration
+from tuners.neurosurgeon import Neurosurgeon
+from twins.link import EmulatedLink
 
 LIVE_MBIT = (0.05, 0.2, 1.0, 5.0, 20.0, 100.0)
 
@@ -51,7 +51,7 @@ class _Sleepy(nn.Module):
         return self.inner(x)
 
 
-def live_table(setup, slowdown: float, rtt_s: float, requests: int = 20) -> list[str]:
+def live_table(setup: DigitsSetup, slowdown: float, rtt_s: float, requests: int = 20) -> list[str]:
     """Measured latencies of a device node against a live edge daemon, per emulated link."""
     large, small = load_digits_model("large"), load_digits_model("small")
     x_all = load_digits_split().x_test
@@ -62,7 +62,7 @@ def live_table(setup, slowdown: float, rtt_s: float, requests: int = 20) -> list
             for (name, m), e in zip(large.named_children(), extra, strict=True)
         )
     )
-    small_slow = _Sleepy(small, setup.costs.small_s * (1.0 - 1.0 / slowdown))
+    small_slow = _Sleepy(small, setup.cascade.small_s * (1.0 - 1.0 / slowdown))
     app = FastAPI()
     app.include_router(tier_router(large, large, input_shape=(1, 8, 8)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -74,26 +74,30 @@ def live_table(setup, slowdown: float, rtt_s: float, requests: int = 20) -> list
     while not server.started:
         time.sleep(0.01)
     n = len(large)
+    space = SearchSpace.of(setup.planner.knob())
 
     async def one(mbit: float) -> list[str]:
         emulation = EmulatedLink.parse(f"{mbit}mbit", rtt_s=rtt_s)
         async with NextTierClient(url, emulation=emulation) as client:
-            node = TierNode.for_split(slow, setup.planner, client)
+            node = TierNode.for_split(slow, client)
             await node.start()
-            ms: dict[str, float] = {}
-            chosen = (await node.infer(x_all[:1])).split
+            tuner = Neurosurgeon(space, planner=setup.planner)
+            tuner.tell(space.maximum(), 1.0, node.context())
+            chosen = int(space.values(tuner.ask())[SPLIT])
             est = client.link()
-            for label, k in (("chosen", None), ("local", n), ("send", 0)):
-                node.set_split(k)
+            ms: dict[str, float] = {}
+            for label, k in (("chosen", chosen), ("local", n), ("send", 0)):
+                node.set_value(k)
                 lat = [(await node.infer(x_all[i : i + 1])).latency_s for i in range(requests)]
                 ms[label] = 1e3 * statistics.median(lat)
-            cascade = TierNode.for_cascade(small_slow, client, threshold=0.9)
+            cascade = TierNode.for_cascade(small_slow, client)
+            cascade.set_value(0.9)
             lat, fwd = [], 0
             for i in range(4 * requests):
                 a = await cascade.infer(x_all[i : i + 1])
                 lat.append(a.latency_s)
                 fwd += sum(a.forwarded)
-            cascade.set_threshold(1.0)
+            cascade.set_value(1.0)
             lat1 = [(await cascade.infer(x_all[i : i + 1])).latency_s for i in range(requests)]
             await node.aclose()
             return [
@@ -124,41 +128,19 @@ def live_table(setup, slowdown: float, rtt_s: float, requests: int = 20) -> list
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace", default="poisson:50", help="trace name, spec or CSV path")
-    ap.add_argument("--duration", default="120s")
-    ap.add_argument("--link", default="20mbit@0s,0.2mbit@40s,20mbit@80s")
-    ap.add_argument("--rtt", default="1ms", help="round-trip time of the link")
+    ap.add_argument("--rtt", default="1ms", help="round-trip time emulated on top of loopback")
     ap.add_argument("--device-slowdown", type=float, default=100.0)
     ap.add_argument("--server-speedup", type=float, default=4.0)
-    ap.add_argument("--oracle", action="store_true", help="price with the true link")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--live", action="store_true", help="also measure two daemons on loopback")
     args = ap.parse_args(argv)
-
     torch.set_num_threads(1)
     rtt_s = parse_duration(args.rtt)
-    link = EmulatedLink.parse(args.link, rtt_s=rtt_s)
-    trace = load_trace(args.trace, duration=args.duration, seed=args.seed)
     setup = digits_setup(device_slowdown=args.device_slowdown, server_speedup=args.server_speedup)
     print(
-        tier_replay_report(
-            trace,
-            link,
-            link_spec=args.link,
-            setup=setup,
-            oracle=args.oracle,
-            seed=args.seed,
-            device_slowdown=args.device_slowdown,
-            server_speedup=args.server_speedup,
-        )
+        f"Two daemons on loopback (RTT {1e3 * rtt_s:g} ms emulated on top; device "
+        f"{args.device_slowdown:g}x slower by sleeping; 20 requests per split column, 80 for "
+        "the cascade):\n"
     )
-    if args.live:
-        print(
-            f"\nTwo daemons on loopback (RTT {1e3 * rtt_s:g} ms emulated on top; device "
-            f"{args.device_slowdown:g}x slower by sleeping; 20 requests per split column, "
-            "80 for the cascade):\n"
-        )
-        print("\n".join(live_table(setup, args.device_slowdown, rtt_s)))
+    print("\n".join(live_table(setup, args.device_slowdown, rtt_s)))
     return 0
 
 

@@ -1,160 +1,50 @@
-"""Cascade: a small model answers here when it is confident, else the next tier's big one.
+"""The cascade threshold chosen online from what the two models disagree on, as a tuner.
 
-Three parts, the first two sans-IO:
-
-- :class:`CascadePolicy` — the rule. The small model's confidence in an input is its top
-  softmax probability; the input is answered here iff that score ``>= threshold``.
-  Threshold ``1.0`` forwards everything (special-cased: a float32 softmax saturates to
-  exactly 1.0, which would otherwise pass), ``0.0`` forwards nothing.
-- :class:`ThresholdChooser` — picks the threshold online. It is told every request's score
-  and, for forwarded ones, whether the big model agreed with the small one. From that it
-  estimates, per confidence bucket, how often the small model is wrong (taking the big model
-  as the reference), and picks the threshold with the lowest expected cost that keeps the
-  estimated accuracy above a floor and the uplink below its capacity. A small seeded random
-  share of confident inputs is forwarded anyway, so buckets above the threshold keep getting
-  labelled and their error estimate stays unbiased (without it, raising the threshold would
-  be the only way to learn it was safe to lower it).
-- :class:`CascadeRunner` — runs the small model, forwards the unconfident rows through an
-  injected async ``forward(payload) -> reply``, and reports back to the chooser.
-
-Expected figures per request for threshold ``t`` with forwarded fraction ``f(t)`` (Liang et
-al.'s model compression set-up; ``notes/hardware-and-tiers.md`` section 5)::
+:class:`ThresholdChooser` is told every request: :meth:`~ThresholdChooser.observe_local` for
+answers given here, :meth:`~ThresholdChooser.observe_forwarded` for the others (with both
+models' predictions; the driver's cascade runner, or the cascade twin in a replay, tells it).
+From that it estimates, per confidence bucket, how often the small model is wrong (taking the
+big model as the reference), and prices every threshold for ``f(t)``, the share forwarded::
 
     latency  = T_small + f (RTT + T_up(S_in) / (1 - rho) + T_big + T_down(S_out))
     energy   = T_small P_busy + f ((T_up + T_down) P_tx + (RTT + T_big) P_idle)
     rho      = rate f 8 S_in / BW                      (uplink utilisation)
     accuracy = acc_big - sum over kept buckets of P(bucket) err(bucket)
-    cost     = a E/E0 + (1-a) L/L0 + error_weight (1 - accuracy)
 
-``E0``, ``L0`` are fixed baselines, as the engine's are: the threshold-1.0 figures (the
-knob's maximum: forward everything) on a reference link, without queueing. They must not
-follow the link: normalising by the current link's forwarding cost would make forwarding
-look equally expensive on every link, and the choice would stop reacting to it. Give them,
-or a ``baseline_link``, or the first :meth:`ThresholdChooser.choose` call's link is used.
-``error_weight`` is then "cost units per unit of error rate": with the default 1.0 a bucket
-is worth forwarding when its error rate exceeds what forwarding it costs relative to
-forwarding everything on the reference link.
+normalised by ``CostModel`` with the accuracy term (``error_weight``). ``E0``, ``L0`` are
+fixed baselines, as the engine's are: the threshold-1.0 figures (the knob's maximum: forward
+everything) on a reference link, without queueing, so costs stay comparable as the link and
+the rate move.
+
+:class:`CascadeThreshold` is the chooser behind the ask/tell interface: with each window it
+reads the link estimate and the arrival rate from the metrics and answers the threshold the
+chooser picks, the other knobs held (default: their maximum). Any other tuner can move the
+same ``cascade_threshold`` knob from measured costs, which then need the accuracy term
+(``--error-weight``) for a threshold to be worth anything.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
-from ecoserve.core.knobs import Knob
-from ecoserve.tiers.codec import decode_tensor, encode_tensor
-from ecoserve.tiers.link import Link
-from ecoserve.tiers.split import DevicePower
-
-#: Knob name the tuners and the runtime agree on.
-CASCADE_KNOB = "cascade_threshold"
-#: 0.0 (never forward), twelve steps from 0.5 to 0.99 (denser where the small model is
-#: usually confident), and 1.0 (always forward).
-DEFAULT_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
+from ecoserve.core.cost import Baseline, CostModel
+from ecoserve.core.knobs import (
+    DEFAULT_THRESHOLDS,
+    THRESHOLD,
+    Config,
+    Knob,
+    SearchSpace,
+    threshold_knob,
+)
+from ecoserve.core.link import Link, link_from_context
+from ecoserve.core.tiers import CascadeCosts, DevicePower
+from ecoserve.core.tuner import Tuner, finite_cost
 
 #: Prior error of a bucket of saturated (score 1.0) answers: never quite zero.
 _MIN_PRIOR_ERROR = 1e-3
-
-ForwardFn = Callable[[bytes], Awaitable[bytes]]
-
-
-def threshold_knob(values: Sequence[float] = DEFAULT_THRESHOLDS) -> Knob:
-    """The threshold as a knob; its maximum (1.0) forwards everything."""
-    vals = tuple(float(v) for v in values)
-    if any(not 0.0 <= v <= 1.0 for v in vals):
-        raise ValueError(f"thresholds must lie in [0, 1]: {vals}")
-    return Knob(CASCADE_KNOB, vals)
-
-
-def confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top softmax probability and arg-max class of each row of ``logits`` (N, C)."""
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be (N, classes), got shape {tuple(logits.shape)}")
-    probs = torch.softmax(logits.detach().to(torch.float32), dim=1)
-    score, pred = probs.max(dim=1)
-    return score, pred
-
-
-@dataclass(frozen=True)
-class CascadeDecision:
-    """What the policy decided for each row of a batch."""
-
-    scores: tuple[float, ...]
-    preds: tuple[int, ...]
-    local: tuple[bool, ...]
-    explored: tuple[bool, ...]
-
-    @property
-    def forward_rows(self) -> list[int]:
-        """Indices of the rows that go to the next tier."""
-        return [i for i, keep in enumerate(self.local) if not keep]
-
-
-class CascadePolicy:
-    """Answer here iff the top softmax probability reaches ``threshold``.
-
-    ``explore`` forwards that share of the inputs that would have stayed, chosen by a
-    seeded generator (reproducible runs); it exists for the chooser's unbiased error
-    estimate and is 0 by default, so a plain policy follows the rule exactly.
-    """
-
-    def __init__(self, threshold: float, *, explore: float = 0.0, seed: int | None = 0) -> None:
-        if not 0.0 <= explore <= 1.0:
-            raise ValueError(f"explore must be in [0, 1], got {explore}")
-        self.threshold = threshold
-        self.explore = explore
-        self.rng = random.Random(seed)
-
-    @property
-    def threshold(self) -> float:
-        return self._threshold
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {value}")
-        self._threshold = float(value)
-
-    def keeps(self, score: float) -> bool:
-        """The rule alone (no exploration): is a ``score`` answered here?"""
-        return self._threshold < 1.0 and score >= self._threshold
-
-    def decide(self, logits: torch.Tensor) -> CascadeDecision:
-        """Per-row decision for the small model's ``logits`` (N, C)."""
-        score_t, pred_t = confidence(logits)
-        scores = tuple(float(s) for s in score_t)
-        local, explored = [], []
-        for s in scores:
-            keep = self.keeps(s)
-            probe = keep and self.explore > 0 and self.rng.random() < self.explore
-            local.append(keep and not probe)
-            explored.append(probe)
-        return CascadeDecision(scores, tuple(int(p) for p in pred_t), tuple(local), tuple(explored))
-
-
-@dataclass(frozen=True)
-class CascadeCosts:
-    """Per-request figures of the two paths: the small model here, the big one there.
-
-    Times are per request at the batch size served; bytes are what one forwarded
-    request sends up (its input, encoded) and gets back (the big model's answer).
-    """
-
-    small_s: float
-    big_s: float
-    input_bytes: int
-    output_bytes: int
-
-    def __post_init__(self) -> None:
-        if min(self.small_s, self.big_s) < 0 or min(self.input_bytes, self.output_bytes) < 0:
-            raise ValueError(f"cascade costs must be >= 0: {self}")
 
 
 @dataclass(frozen=True)
@@ -328,11 +218,6 @@ class ThresholdChooser:
             return []
         return [i for i, edge in enumerate(self._edges) if edge >= threshold]
 
-    def policy(self, threshold: float | None = None) -> CascadePolicy:
-        """A policy with this chooser's exploration share and seed."""
-        t = self.thresholds[-1] if threshold is None else threshold
-        return CascadePolicy(t, explore=self.explore, seed=self.seed)
-
     def _forward_all(self, link: Link) -> tuple[float, float]:
         latency, energy, _, _ = self._path(link, 1.0, 0.0)
         return energy, latency
@@ -379,6 +264,8 @@ class ThresholdChooser:
         e0, l0 = self.baseline if self.baseline is not None else self._forward_all(link)
         if not (0 < e0 < math.inf and 0 < l0 < math.inf):
             e0 = l0 = 1.0
+        model = CostModel(alpha=self.alpha, error_weight=self.error_weight)
+        baseline = Baseline(e0, l0)
         rows = []
         for t in self.thresholds:
             kept = self._kept_buckets(t)
@@ -388,11 +275,7 @@ class ThresholdChooser:
             acc = self.big_accuracy - stay * math.fsum(share[i] * errs[i][0] for i in kept)
             acc_lo = self.big_accuracy - stay * math.fsum(share[i] * errs[i][1] for i in kept)
             latency, energy, uplink, fits = self._path(link, f, rate)
-            cost = (
-                self.alpha * energy / e0
-                + (1.0 - self.alpha) * latency / l0
-                + self.error_weight * (1.0 - acc)
-            )
+            cost = model.cost(energy, latency, baseline, error_rate=1.0 - acc)
             rows.append(
                 ThresholdEstimate(
                     threshold=t,
@@ -453,73 +336,70 @@ class ThresholdChooser:
         self.baseline = (float(base[0]), float(base[1])) if base is not None else None
 
 
-@dataclass(frozen=True)
-class CascadeResult:
-    """A batch's answers and where each came from."""
+class CascadeThreshold(Tuner):
+    """The threshold from the chooser; every other knob fixed (default: its maximum)."""
 
-    logits: torch.Tensor
-    preds: tuple[int, ...]
-    scores: tuple[float, ...]
-    forwarded: tuple[bool, ...]
-
-
-class CascadeRunner:
-    """The small model here, the big one through ``forward(payload) -> reply``.
-
-    ``forward`` is injected (an HTTP client in the daemon, a direct call in tests): it gets
-    the encoded rows to forward and returns the encoded logits of the big model for them.
-    A forwarded row's answer is the big model's. With a ``chooser``, every row is reported
-    to it; the caller decides when to call ``chooser.choose`` and sets ``policy.threshold``.
-    """
+    name = "cascade"
 
     def __init__(
         self,
-        small: nn.Module,
-        policy: CascadePolicy,
-        forward: ForwardFn,
-        *,
+        space: SearchSpace,
+        seed: int | None = 0,
         chooser: ThresholdChooser | None = None,
-        fp16: bool = False,
-        in_thread: bool = True,
+        config: Sequence[int] | None = None,
     ) -> None:
-        self.small = small.eval()
-        self.policy = policy
-        self.forward = forward
+        super().__init__(space, seed)
+        if chooser is None:
+            raise ValueError(
+                "the cascade tuner chooses the threshold from what the two models disagree "
+                "on: it is built by the tier setup (ecoserve serve --next-tier URL "
+                "--tier-mode cascade --tuner cascade), or give chooser=ThresholdChooser(...)"
+            )
+        if not space.has(THRESHOLD):
+            raise ValueError(f"the cascade tuner needs a {THRESHOLD!r} knob in the space")
+        knob = space.knobs[space.axis(THRESHOLD)]
+        if tuple(knob.values) != chooser.thresholds:
+            raise ValueError(
+                f"the space's {THRESHOLD} knob {knob.values} differs from the chooser's "
+                f"thresholds {chooser.thresholds}"
+            )
         self.chooser = chooser
-        self.fp16 = fp16
-        self.in_thread = in_thread
+        self._knob = knob
+        self.base: Config = space.maximum() if config is None else space.validate(config)
+        self.threshold = chooser.thresholds[-1]  # forward everything until it has seen enough
+        self.changes = 0
 
-    def _small(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.small(x)
+    def ask(self) -> Config:
+        return self.space.with_value(self.base, THRESHOLD, self._knob.index_of(self.threshold))
 
-    async def run(self, x: torch.Tensor) -> CascadeResult:
-        """Answers for the batch ``x`` (N, ...)."""
-        if self.in_thread:
-            logits = await asyncio.to_thread(self._small, x)
-        else:
-            logits = self._small(x)
-        decision = self.policy.decide(logits)
-        rows = decision.forward_rows
-        out = logits.detach().to(torch.float32).clone()
-        preds = list(decision.preds)
-        if rows:
-            reply = await self.forward(encode_tensor(x[rows], fp16=self.fp16))
-            big = decode_tensor(reply, dtype=torch.float32)
-            if big.dim() != 2 or big.shape[0] != len(rows) or big.shape[1] != out.shape[1]:
-                raise ValueError(
-                    f"next tier answered shape {tuple(big.shape)} for {len(rows)} rows of "
-                    f"{out.shape[1]} classes"
-                )
-            out[rows] = big
-            big_preds = big.argmax(dim=1).tolist()
-            for i, bp in zip(rows, big_preds, strict=True):
-                if self.chooser is not None:
-                    self.chooser.observe_forwarded(decision.scores[i], decision.preds[i], bp)
-                preds[i] = int(bp)
-        if self.chooser is not None:
-            for i, keep in enumerate(decision.local):
-                if keep:
-                    self.chooser.observe_local(decision.scores[i])
-        forwarded = tuple(not keep for keep in decision.local)
-        return CascadeResult(out, tuple(preds), decision.scores, forwarded)
+    def tell(self, config: Config, cost: float, metrics: Mapping[str, float] | None = None) -> None:
+        self.space.validate(config)
+        finite_cost(cost)
+        link = link_from_context(metrics)
+        if link is None:
+            return
+        rate = float((metrics or {}).get("arrival_rate", 0.0))
+        new = self.chooser.choose(link, rate if math.isfinite(rate) and rate >= 0 else 0.0)
+        if new != self.threshold:
+            self.changes += 1
+            self.threshold = new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "threshold": self.threshold,
+            "chooser": self.chooser.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.chooser.load_state_dict(state["chooser"])
+        self.threshold = float(state.get("threshold", self.chooser.thresholds[-1]))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "tuner": self.name,
+            "threshold": self.threshold,
+            "observations": self.chooser.observations,
+            "changes": self.changes,
+        }

@@ -5,13 +5,15 @@ tensor that would cross the network if the model were cut there. This module mea
 
 - :func:`profile_stages` runs an ``nn.Sequential`` (or any list of stages) on an example
   input, warms up, then records each stage's median time over repeats. It reads the clock —
-  it is a measurement, not decision logic — and returns a :class:`StageProfile`, plain data
-  that can be saved as JSON on one tier and loaded by the planner on another.
+  it is a measurement, not decision logic — and returns a ``StageProfile`` (``ecoserve.core.tiers``),
+  plain data that :func:`save_profile` writes as JSON on one tier for the planner of another.
 - :func:`sequential_from_fx` turns a model that is not a ``Sequential`` into one: it traces it
   with ``torch.fx``, finds the points where exactly one tensor is live (made before the point
   and used after it), and slices the graph there. Inside a residual block two tensors are
   live (the block's input for the skip and the branch's output), so cuts land only at block
   boundaries, which is what makes a split there correct.
+
+- :func:`run_stages` / :func:`run_from` run a slice of the stages (a split's two halves).
 
 Cut ``k`` is the tensor entering stage ``k``: cut 0 is the model input, cut ``N`` the output.
 """
@@ -20,12 +22,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import statistics
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,100 +33,16 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-#: Floating dtypes whose elements fp16 transfer sends as 2 bytes.
-_FP16_SHRINKS = ("torch.float32", "torch.float64", "torch.bfloat16", "torch.float16")
+from ecoserve.core.tiers import StageProfile
 
 
-@dataclass(frozen=True)
-class StageProfile:
-    """Per-stage times on one tier and per-cut tensor sizes; JSON-serialisable.
+def save_profile(profile: StageProfile, path: str | Path) -> None:
+    """Write ``profile`` as JSON (what ``GET /v1/tier/profile`` also serves)."""
+    Path(path).write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
 
-    ``times_s[i]`` is the median seconds of stage ``i``; ``cut_bytes[k]`` (``k`` in
-    ``0..N``) the bytes of the tensor entering stage ``k`` (``numel * element_size``, payload
-    only, no framing), with its shape and dtype beside it. ``batch_size`` is the example's
-    first dimension, since times and sizes are for that batch.
-    """
 
-    names: tuple[str, ...]
-    times_s: tuple[float, ...]
-    cut_bytes: tuple[int, ...]
-    cut_shapes: tuple[tuple[int, ...], ...]
-    cut_dtypes: tuple[str, ...]
-    tier: str = "device"
-    batch_size: int = 1
-    repeats: int = 0
-
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        if len(self.times_s) != n:
-            raise ValueError(f"{n} stage names but {len(self.times_s)} stage times")
-        for label, seq in (
-            ("cut_bytes", self.cut_bytes),
-            ("cut_shapes", self.cut_shapes),
-            ("cut_dtypes", self.cut_dtypes),
-        ):
-            if len(seq) != n + 1:
-                raise ValueError(f"{label} needs N + 1 = {n + 1} entries, got {len(seq)}")
-        if any(not t >= 0 for t in self.times_s):
-            raise ValueError(f"stage times must be >= 0 s: {self.times_s}")
-        if any(b < 0 for b in self.cut_bytes):
-            raise ValueError(f"cut sizes must be >= 0 bytes: {self.cut_bytes}")
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.names)
-
-    @property
-    def total_s(self) -> float:
-        return math.fsum(self.times_s)
-
-    def transfer_bytes(self, cut: int, *, fp16: bool = False) -> int:
-        """Payload bytes sent at ``cut``; with ``fp16``, floating tensors at 2 bytes each."""
-        if not 0 <= cut <= self.n_stages:
-            raise ValueError(f"cut {cut} outside 0..{self.n_stages}")
-        if fp16 and self.cut_dtypes[cut] in _FP16_SHRINKS:
-            return 2 * math.prod(self.cut_shapes[cut])
-        return self.cut_bytes[cut]
-
-    def scaled(self, speedup: float, *, tier: str | None = None) -> StageProfile:
-        """This profile with every stage ``speedup`` times faster (to emulate another tier)."""
-        if not speedup > 0:
-            raise ValueError(f"speedup must be > 0, got {speedup}")
-        return replace(
-            self,
-            times_s=tuple(t / speedup for t in self.times_s),
-            tier=self.tier if tier is None else tier,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["cut_shapes"] = [list(s) for s in self.cut_shapes]
-        for key in ("names", "times_s", "cut_bytes", "cut_dtypes"):
-            data[key] = list(data[key])
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StageProfile:
-        try:
-            return cls(
-                names=tuple(str(n) for n in data["names"]),
-                times_s=tuple(float(t) for t in data["times_s"]),
-                cut_bytes=tuple(int(b) for b in data["cut_bytes"]),
-                cut_shapes=tuple(tuple(int(d) for d in s) for s in data["cut_shapes"]),
-                cut_dtypes=tuple(str(d) for d in data["cut_dtypes"]),
-                tier=str(data.get("tier", "device")),
-                batch_size=int(data.get("batch_size", 1)),
-                repeats=int(data.get("repeats", 0)),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a stage profile: {exc!r}") from None
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> StageProfile:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+def load_profile(path: str | Path) -> StageProfile:
+    return StageProfile.from_dict(json.loads(Path(path).read_text()))
 
 
 def _stage_list(model: nn.Module | Sequence[nn.Module]) -> tuple[list[str], list[nn.Module]]:
@@ -310,3 +226,22 @@ def sequential_from_fx(module: nn.Module, example: torch.Tensor) -> nn.Sequentia
             gm, graph, class_name=f"Stage{k}"
         )
     return nn.Sequential(OrderedDict(stages))
+
+
+def _check_cut(stages: Sequence[nn.Module], k: int) -> None:
+    if not 0 <= k <= len(stages):
+        raise ValueError(f"split point {k} outside 0..{len(stages)}")
+
+
+@torch.inference_mode()
+def run_stages(stages: nn.Sequential, start: int, stop: int, x: torch.Tensor) -> torch.Tensor:
+    """``stages[start:stop]`` applied to ``x`` (identity when the range is empty)."""
+    for stage in list(stages)[start:stop]:
+        x = stage(x)
+    return x
+
+
+def run_from(stages: nn.Sequential, k: int, tensor: torch.Tensor) -> torch.Tensor:
+    """The next tier's half: ``stages[k:]`` on the tensor that crossed cut ``k``."""
+    _check_cut(stages, k)
+    return run_stages(stages, k, len(stages), tensor)
