@@ -5,6 +5,8 @@ import eco_edge_infer
 @eco_edge_infer.inference_method
 def run_inference(batch):
     return model(batch)
+
+Only re-exports ``ecoserve.decorator`` and the engine's settings.
 """
 
 from ecoserve.core.assembly import EngineSettings

@@ -6,6 +6,9 @@ calling it with one item: a plain call blocks until that item's batch has run an
 returns the item's own result; if the function is ``async def``, the call returns an
 awaitable. The engine runs on a background event loop thread, started on first use
 (or by ``start()``) and stopped by ``stop()`` or at interpreter exit.
+
+A face over the real-time runtime: may import ``ecoserve.runtime``, the core's settings and
+``devices`` (the exit handlers), never the simulator or the server.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Decisions worth knowing:
   the previous table or the new one, never half a row.
 - Every setting is checked against the device's knob tables before anything is changed: an
   off-table frequency is an error naming the valid values, never rounded.
+
+A tool over the real-time side: may import ``devices``, ``twins`` (the table format) and the
+runtime's collation, never the simulator.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 ``load_trace("azure-code")``, ``load_trace("fixed:50ms", duration="10m")`` or
 ``load_trace("my_trace.csv", rate=15)`` all return a ``Trace`` of arrival times.
+
+Plain data and numpy: imports no other part of ecoserve.
 """
 
 from traces.bundled import BUNDLED, BundledTrace, bundled_names, bundled_path, load_bundled

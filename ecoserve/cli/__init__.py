@@ -3,6 +3,8 @@
 Each sub-command lives in its own module exposing ``add_parser(subparsers)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so
 ``ecoserve devices`` does not pay for torch or FastAPI.
+
+The top face: may import every other part of ecoserve; nothing imports it.
 """
 
 from __future__ import annotations
