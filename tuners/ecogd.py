@@ -528,4 +528,14 @@ class EcoGD(Tuner):
             "probes": self._probes,
             "scanning": self._scan is not None,
             "windows": self._window,
+            "phase": self.phase(),
         }
+
+    def phase(self) -> str:
+        """What it is doing: ``scan`` (the opening scan), ``probe`` (a batch-size probe is
+        out), ``settled`` (the centre stayed best at the last decision) or ``climb``."""
+        if self._scan is not None:
+            return "scan"
+        if self._probe is not None:
+            return "probe"
+        return "settled" if self._loops > 0 else "climb"

@@ -20,6 +20,7 @@ COMMANDS = {
     "replay": "replay arrival traces against the engine and compare tuners",
     "devices": "show what this box lets ecoserve control and measure",
     "profile": "sweep configurations on the real device and write a twin profile table",
+    "top": "watch a running daemon's tuner live in the terminal",
 }
 
 

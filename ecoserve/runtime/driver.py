@@ -359,6 +359,23 @@ class Runtime:
         """``baseline`` while E0/L0 are being measured, then ``tuning``."""
         return self.engine.controller.phase
 
+    def device_warnings(self) -> list[str]:
+        """Distinct warnings the actuator has given so far (each also logged once)."""
+        return sorted(self._warned)
+
+    def tuner_name(self) -> str:
+        return self.engine.controller.tuner.name
+
+    def tuner_phase(self) -> str:
+        """``baseline`` while E0/L0 are measured, ``pinned`` while a knob is held, else what
+        the tuner says it is doing (EcoGD: scan, climb, probe, settled), or ``tuning``."""
+        c = self.engine.controller
+        if c.phase == "baseline":
+            return "baseline"
+        if c.pinned:
+            return "pinned"
+        return str(c.tuner.describe().get("phase", "tuning"))
+
     def pinned_values(self) -> dict[str, float]:
         """Knobs held by a pin, at the values they are held at."""
         c = self.engine.controller
@@ -383,6 +400,8 @@ class Runtime:
                 **c.tuner.describe(),
                 "state": {k: v for k, v in c.tuner.state_dict().items() if k != "rng"},
             },
+            "tuner_phase": self.tuner_phase(),
+            "device_warnings": self.device_warnings(),
             "queue_depth": self.queue_depth,
             "counters": {
                 "accepted": counters.accepted,

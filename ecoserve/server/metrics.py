@@ -27,18 +27,38 @@ LATENCY_BUCKETS = (
 OUTCOMES = ("ok", "invalid", "too_large", "rejected", "timeout", "error", "unavailable")
 
 
+#: Knob name -> (metric name, help) of the gauge that shows its applied value, in its unit.
+KNOB_METRICS = {
+    "batch_size": ("ecoserve_config_batch_size_items", "Batch size in force (items)"),
+    "split_point": (
+        "ecoserve_config_split_point_stages",
+        "Model stages run here before the rest goes to the next tier",
+    ),
+    "cascade_threshold": (
+        "ecoserve_config_cascade_threshold_ratio",
+        "Confidence the small model needs to answer here (0..1)",
+    ),
+}
+#: Frequency knobs (names ending in ``_hz``) share one gauge with a ``knob`` label.
+CLOCK_METRIC = "ecoserve_config_clock_hertz"
+
+
 class _LiveCollector(Collector):
-    """Values read when scraped: queue length, meter joules, readiness."""
+    """Values read when scraped: queue length, meter joules, readiness, tuner phase, warnings."""
 
     def __init__(
         self,
         queue_depth: Callable[[], int],
         joules: Callable[[], float],
         ready: Callable[[], bool],
+        tuner: Callable[[], tuple[str, str]] | None = None,
+        warnings: Callable[[], int] | None = None,
     ) -> None:
         self.queue_depth = queue_depth
         self.joules = joules
         self.ready = ready
+        self.tuner = tuner
+        self.warnings = warnings
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(
@@ -54,6 +74,22 @@ class _LiveCollector(Collector):
             "1 once the baseline is known and the daemon takes traffic",
             value=1.0 if self.ready() else 0.0,
         )
+        if self.tuner is not None:
+            name, phase = self.tuner()
+            info = GaugeMetricFamily(
+                "ecoserve_tuner_info",
+                "The tuner in charge and its phase (baseline, pinned, scan, climb, probe, "
+                "settled, tuning); always 1",
+                labels=["tuner", "phase"],
+            )
+            info.add_metric([name, phase], 1.0)
+            yield info
+        if self.warnings is not None:
+            yield GaugeMetricFamily(
+                "ecoserve_device_warnings",
+                "Distinct warnings the device's actuator has given (a knob it cannot write)",
+                value=float(self.warnings()),
+            )
 
 
 class ServerMetrics(RuntimeObserver):
@@ -112,7 +148,12 @@ class ServerMetrics(RuntimeObserver):
         )  # fmt: skip
         for reason in ("queue_full", "stopping"):
             self.rejections.labels(reason)
-        self.knob = Gauge("ecoserve_knob_value", "Current value of each knob", ["knob"], registry=r)
+        self.clock = Gauge(
+            CLOCK_METRIC, "Frequency applied to each clock knob (Hz)", ["knob"], registry=r
+        )
+        self.knobs = {
+            name: Gauge(metric, text, registry=r) for name, (metric, text) in KNOB_METRICS.items()
+        }
         self.window_cost = Gauge(
             "ecoserve_window_cost", "Normalised cost of the last window", registry=r
         )
@@ -126,11 +167,16 @@ class ServerMetrics(RuntimeObserver):
             "Mean request latency (arrival to completion) in the last window",
             registry=r,
         )
+        self.window_p50 = Gauge(
+            "ecoserve_window_latency_p50_seconds", "Median latency in the last window", registry=r
+        )
         self.window_p99 = Gauge(
             "ecoserve_window_latency_p99_seconds", "p99 latency in the last window", registry=r
         )
         self.window_rate = Gauge(
-            "ecoserve_window_arrival_rate", "Requests per second in the last window", registry=r
+            "ecoserve_window_arrival_rate_per_second",
+            "Requests arriving per second in the last window",
+            registry=r,
         )
         self.windows = Counter("ecoserve_windows", "Tuning windows closed", ["phase"], registry=r)
         self.tuner_switches = Counter(
@@ -144,11 +190,13 @@ class ServerMetrics(RuntimeObserver):
         queue_depth: Callable[[], int],
         joules: Callable[[], float],
         ready: Callable[[], bool],
+        tuner: Callable[[], tuple[str, str]] | None = None,
+        warnings: Callable[[], int] | None = None,
     ) -> None:
         """Attach the values read at scrape time (once the runtime exists)."""
         if self._live is not None:
             self.registry.unregister(self._live)
-        self._live = _LiveCollector(queue_depth, joules, ready)
+        self._live = _LiveCollector(queue_depth, joules, ready, tuner, warnings)
         self.registry.register(self._live)
 
     def render(self) -> bytes:
@@ -177,6 +225,7 @@ class ServerMetrics(RuntimeObserver):
         self.window_cost.set(report.cost)
         self.window_energy.set(report.energy_per_request_j)
         self.window_latency.set(report.latency_mean_s)
+        self.window_p50.set(report.latency_p50_s)
         self.window_p99.set(report.latency_p99_s)
         self.window_rate.set(report.arrival_rate)
 
@@ -187,4 +236,7 @@ class ServerMetrics(RuntimeObserver):
         self.tuner_switches.inc()
         self._configured_batch = int(values.get("batch_size", self._configured_batch))
         for name, value in values.items():
-            self.knob.labels(name).set(value)
+            if name in self.knobs:
+                self.knobs[name].set(value)
+            elif name.endswith("_hz"):
+                self.clock.labels(name).set(value)

@@ -107,7 +107,11 @@ class InferenceService:
                 log.info("resumed %s from %s", " and ".join(self.resumed), s.state_file)
         observers.observers.append(self.saver)
         self.metrics.bind(
-            lambda: runtime.queue_depth, runtime.energy_joules, lambda: self.ready
+            lambda: runtime.queue_depth,
+            runtime.energy_joules,
+            lambda: self.ready,
+            tuner=lambda: (runtime.tuner_name(), runtime.tuner_phase()),
+            warnings=lambda: len(runtime.device_warnings()),
         )
         await runtime.start()
         if s.next_tier is not None and s.tier_mode == "cascade" and s.cascade_threshold is not None:
