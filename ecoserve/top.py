@@ -2,7 +2,8 @@
 
 One ``GET /v1/status`` a second carries everything on the screen (the configuration against
 the knobs' tables, the tuner and its phase, the last windows' cost, joules, latency and
-arrival rate, the queue, rejections, device warnings, the tier node), so the view costs the
+arrival rate, the queue, rejections, device warnings and frozen knobs, the tier node, a
+fleet's boards awake and parked, each when the status carries it), so the view costs the
 daemon one small request a second. It fits an 80x24 terminal over SSH, draws on the
 alternate screen (as ``htop`` does) with rich's live display, quits on ``q`` or Ctrl-C,
 and when the daemon is unreachable or restarting it says so and keeps trying.
@@ -176,6 +177,16 @@ def render(screen: Screen, now: float | None = None, width: int = WIDTH) -> Grou
         style="yellow" if shown else "",
     )
     lines.append(queue)
+    frozen = s.get("frozen") or {}
+    if frozen:
+        text = ", ".join(f"{k} ({v})" if isinstance(v, str) else str(k) for k, v in frozen.items())
+        lines.append(Text(f"frozen knobs: {text}", style="bold red"))
+    boards = s.get("boards") or []
+    if boards:
+        awake = [b for b in boards if b.get("state", "awake") == "awake"]
+        parked = [b for b in boards if b.get("state") == "parked"]
+        names = " ".join(str(b.get("name", "?")) for b in awake)
+        lines.append(Text(f"boards: {len(awake)} awake ({names}), {len(parked)} parked"))
     warnings = s.get("device_warnings") or []
     if warnings:
         lines.append(Text(f"device: {warnings[-1]}"[:width], style="yellow"))

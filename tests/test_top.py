@@ -83,6 +83,22 @@ def test_the_view_says_when_the_daemon_is_gone_or_starting() -> None:
     assert "no status yet" in text_of(Screen("http://x", error="ConnectError"))
 
 
+def test_the_view_shows_frozen_knobs_and_a_fleet_when_the_status_has_them() -> None:
+    status = {
+        **STATUS,
+        "frozen": {"gpu_freq_hz": "EIO writing max_freq"},
+        "boards": [
+            {"name": "nx-1", "state": "awake"},
+            {"name": "nx-2", "state": "awake"},
+            {"name": "nano-1", "state": "parked"},
+        ],
+    }
+    out = text_of(Screen("http://x", status=status))
+    assert "frozen knobs: gpu_freq_hz (EIO writing max_freq)" in out
+    assert "boards: 2 awake (nx-1 nx-2), 1 parked" in out
+    assert "frozen" not in text_of(Screen("http://x", status=STATUS))
+
+
 def test_sparkline() -> None:
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == "▁▂▃▄▅▆▇█"
     assert sparkline([1.0, 1.0], 8) == "▅▅"
