@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ecoserve.core.knobs import Knob
 
+if TYPE_CHECKING:
+    from devices.restore_record import ClockState
 
 class DeviceError(RuntimeError):
     """A device cannot do what was asked; the message says what and how to fix it."""
@@ -44,6 +47,10 @@ class Actuator(ABC):
     @abstractmethod
     def restore(self) -> None:
         """Put every knob back as it was found."""
+
+    def original_clocks(self) -> list[ClockState]:
+        """The clock files this actuator may change, as it found them (for the restore record)."""
+        return []
 
     def warnings(self) -> list[str]:
         """Problems reported once (e.g. a knob dropped for lack of permission)."""

@@ -6,8 +6,9 @@ together after), exceptions (``with`` blocks), normal interpreter exit (``atexit
 SIGTERM / SIGINT (``install_restore_handlers``). The daemon installs the handlers once
 at start-up, after opening its device; servers that install their own signal handlers
 (uvicorn) put the previous ones back when they stop and re-raise the signal, so the
-restore still runs. SIGKILL and power loss cannot be caught: ``Watchdog`` and restarting
-the daemon (which records and restores the state it finds) cover what can be covered.
+restore still runs. SIGKILL and power loss cannot be caught: the restore record
+(``devices.restore_record``), written before the first write and removed after a successful
+restore, lets the next start or ``ecoserve restore`` put the clocks back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 
 from devices.base import Actuator, DeviceError
+from devices.restore_record import ClockState, RestoreRecord
 from ecoserve.core.knobs import Knob
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,16 @@ class CompositeActuator(Actuator):
     Usable as a context manager that restores on leaving, exception or not.
     """
 
-    def __init__(self, actuators: Iterable[Actuator], notes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        actuators: Iterable[Actuator],
+        notes: Iterable[str] = (),
+        record: RestoreRecord | None = None,
+    ) -> None:
         self.actuators: tuple[Actuator, ...] = tuple(actuators)
+        # Written before the first write to any knob, removed after a successful restore.
+        self.record = record
+        self._recorded = False
         names = [k.name for a in self.actuators for k in a.knobs()]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -45,8 +55,19 @@ class CompositeActuator(Actuator):
     def knobs(self) -> list[Knob]:
         return [k for a in self.actuators for k in a.knobs()]
 
+    def original_clocks(self) -> list[ClockState]:
+        return [c for a in self.actuators for c in a.original_clocks()]
+
     def apply(self, values: Mapping[str, float], governed: frozenset[str] = frozenset()) -> None:
-        """Apply to every actuator even if one fails; failures are raised together after."""
+        """Apply to every actuator even if one fails; failures are raised together after.
+
+        The first apply (and the first after a restore) writes the restore record first.
+        """
+        if self.record is not None and not self._recorded:
+            clocks = self.original_clocks()
+            if clocks:
+                self.record.write(clocks)
+            self._recorded = True
         errors = []
         for a in self.actuators:
             try:
@@ -72,6 +93,9 @@ class CompositeActuator(Actuator):
                 errors.append(f"{type(a).__name__}: {exc}")
         if errors:
             raise DeviceError("restore incomplete: " + "; ".join(errors))
+        if self.record is not None:
+            self.record.remove()  # every clock is back: nothing left for a later start to do
+            self._recorded = False
 
     def warnings(self) -> list[str]:
         return [*self._notes, *(w for a in self.actuators for w in a.warnings())]

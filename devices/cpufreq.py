@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from devices.base import Actuator, DeviceError, PermissionDeniedError
+from devices.restore_record import ClockState, put_clock
 from devices.sysfs import SysfsRoot, permission_warning
 from ecoserve.core.knobs import CPU, Knob
 
@@ -265,6 +266,9 @@ class CpufreqActuator(Actuator):
                 self._drop(exc)
                 raise
 
+    def original_clocks(self) -> list[ClockState]:
+        return [_clock(p.rel, self._original[p.index]) for p in self.policies]
+
     def current(self) -> dict[str, float]:
         with self._lock:
             if self._dropped:
@@ -343,13 +347,7 @@ class CpufreqActuator(Actuator):
         self._governed = True
 
     def _put_state(self, p: CpuPolicy, state: PolicyState) -> None:
-        if self.root.read_text(p.file("scaling_governor")) != state.governor:
-            self.root.write(p.file("scaling_governor"), state.governor)
-        now = read_state(self.root, p.rel)
-        if (now.min_khz, now.max_khz) != (state.min_khz, state.max_khz):
-            self.root.write_limits(
-                p.file("scaling_min_freq"), p.file("scaling_max_freq"), state.min_khz, state.max_khz
-            )
+        put_clock(self.root, _clock(p.rel, state))
 
     def _drop(self, exc: PermissionDeniedError) -> None:
         self._warnings.append(permission_warning("CPU frequency", exc))
@@ -359,3 +357,7 @@ class CpufreqActuator(Actuator):
             self.restore()
         except DeviceError as err:
             log.warning("could not undo partial CPU frequency changes: %s", err)
+
+
+def _clock(rel: str, state: PolicyState) -> ClockState:
+    return ClockState("cpufreq", rel, state.governor, state.min_khz, state.max_khz)

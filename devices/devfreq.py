@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from devices.base import Actuator, DeviceError, PermissionDeniedError
+from devices.restore_record import ClockState, put_clock
 from devices.sysfs import SysfsRoot, permission_warning
 from ecoserve.core.knobs import GPU, Knob
 
@@ -196,6 +197,9 @@ class DevfreqActuator(Actuator):
                 self._drop(exc)
                 raise
 
+    def original_clocks(self) -> list[ClockState]:
+        return [_clock(self.node.rel, self._original)]
+
     def current(self) -> dict[str, float]:
         with self._lock:
             if self._dropped:
@@ -234,13 +238,7 @@ class DevfreqActuator(Actuator):
         self._governed = True
 
     def _put_state(self, state: DevfreqState) -> None:
-        if self.root.read_text(self.node.file("governor")) != state.governor:
-            self.root.write(self.node.file("governor"), state.governor)
-        now = read_state(self.root, self.node.rel)
-        if (now.min_hz, now.max_hz) != (state.min_hz, state.max_hz):
-            self.root.write_limits(
-                self.node.file("min_freq"), self.node.file("max_freq"), state.min_hz, state.max_hz
-            )
+        put_clock(self.root, _clock(self.node.rel, state))
 
     def _drop(self, exc: PermissionDeniedError) -> None:
         self._warnings.append(permission_warning(f"GPU frequency ({self.node.name})", exc))
@@ -250,3 +248,7 @@ class DevfreqActuator(Actuator):
             self.restore()
         except DeviceError as err:
             log.warning("could not undo partial GPU frequency changes: %s", err)
+
+
+def _clock(rel: str, state: DevfreqState) -> ClockState:
+    return ClockState("devfreq", rel, state.governor, state.min_hz, state.max_hz)

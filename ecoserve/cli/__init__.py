@@ -21,6 +21,7 @@ COMMANDS = {
     "devices": "show what this box lets ecoserve control and measure",
     "profile": "sweep configurations on the real device and write a twin profile table",
     "top": "watch a running daemon's tuner live in the terminal",
+    "restore": "put the clocks back from the record an ecoserve that died left behind",
 }
 
 

@@ -30,6 +30,12 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     )
     parser.add_argument("--sysfs-root", default="/", metavar="DIR", help="sysfs root (default /)")
     parser.add_argument("--meter", default="auto", help="meter spec (default auto)")
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="folder of the clocks' restore record (default: see ecoserve restore --help)",
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--grid",
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ProfileError included
         return _usage(str(exc))
     try:
-        device = open_device(args.device, args.sysfs_root, args.meter)
+        device = open_device(args.device, args.sysfs_root, args.meter, args.state_dir)
     except ValueError as exc:
         return _usage(str(exc))
     except DeviceError as exc:

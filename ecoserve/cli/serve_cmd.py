@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ecoserve serve: {exc}", file=sys.stderr)
         return 2
 
+    from devices.base import DeviceError
     from ecoserve.models.loader import load_model
     from ecoserve.runtime.device_spec import open_device
     from ecoserve.server.app import create_app
@@ -55,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(
             settings.model, settings.input_shape, settings.preprocess, settings.postprocess
         )
-        device = open_device(settings.device, settings.sysfs_root, settings.meter)
-    except (ValueError, OSError) as exc:
+        device = open_device(
+            settings.device, settings.sysfs_root, settings.meter, settings.state_dir
+        )
+    except (ValueError, OSError, DeviceError) as exc:
         print(f"ecoserve serve: {exc}", file=sys.stderr)
         return 2
     try:

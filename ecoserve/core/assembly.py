@@ -25,6 +25,7 @@ class EngineSettings:
 
     device: str = "virtual:xavier-nx"
     sysfs_root: str = "/"
+    state_dir: str | None = None
     meter: str = "auto"
     tuner: str = "ecogd"
     tuner_params: dict[str, Any] = field(default_factory=dict)

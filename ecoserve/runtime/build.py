@@ -42,7 +42,9 @@ def build_runtime(
     they join the search space. ``hooks`` are the runtime's ``context_source`` and
     ``error_source``.
     """
-    device = device or open_device(settings.device, settings.sysfs_root, settings.meter)
+    device = device or open_device(
+        settings.device, settings.sysfs_root, settings.meter, settings.state_dir
+    )
     knobs = list(device.actuator.knobs())
     if extra_actuator is not None:
         knobs += extra_actuator.knobs()

@@ -32,8 +32,14 @@ def load_board_twin(board: str, noise: float | None = None) -> DeviceTwin:
 
 
 def open_device(
-    spec: str = "virtual:xavier-nx", sysfs_root: str = "/", meter: str = "auto"
+    spec: str = "virtual:xavier-nx",
+    sysfs_root: str = "/",
+    meter: str = "auto",
+    state_dir: str | None = None,
 ) -> Device:
+    """The device a spec names. For ``sysfs``: clocks left changed by a process that died
+    are restored first (``devices.restore_record``), and the clocks' state is recorded
+    before the first write, in ``state_dir`` (default: see ``default_state_dir``)."""
     kind, _, rest = spec.partition(":")
     if kind == "virtual":
         board = rest or "xavier-nx"
@@ -49,16 +55,18 @@ def open_device(
         from devices.discovery import discover
 
         writable = any(k.writable for k in discover(sysfs_root).knobs)
-        return open_device("sysfs" if writable else "none", sysfs_root, meter)
+        return open_device("sysfs" if writable else "none", sysfs_root, meter, state_dir)
     if kind == "sysfs":
         from devices.discovery import open_sysfs_actuator
         from devices.meters import open_meter
+        from devices.restore_record import recover
         from devices.sysfs import SysfsRoot
 
         root = SysfsRoot(sysfs_root)
-        return Device(
-            f"sysfs:{sysfs_root}", open_sysfs_actuator(root), open_meter(meter, sysfs_root)
-        )
+        record = recover(root, state_dir)  # before reading the clocks as "the originals"
+        actuator = open_sysfs_actuator(root)
+        actuator.record = record
+        return Device(f"sysfs:{sysfs_root}", actuator, open_meter(meter, sysfs_root))
     if kind == "none":
         from devices.meters import open_meter
 

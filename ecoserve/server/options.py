@@ -18,6 +18,7 @@ FIELDS: dict[str, str] = {
     # the engine (EngineSettings)
     "device": "device spec: virtual:BOARD, virtual:analytic[:BOARD], sysfs or none",
     "sysfs_root": "root under which sysfs paths are read (tests point it at a fake tree)",
+    "state_dir": "folder of the clocks' restore record (default $STATE_DIRECTORY, /var/lib/ecoserve or ~/.local/state/ecoserve)",
     "meter": "power meter: auto, or a meter name (see `ecoserve devices`)",
     "tuner": "tuner name: ecogd, grid, linear, dvfs, bayes, mab, mab-joint, fixed, random; "
     "with --next-tier also neurosurgeon (split) or cascade (threshold)",

@@ -1,0 +1,226 @@
+"""A durable record of the clocks as ecoserve found them, so even SIGKILL cannot leave them pinned.
+
+Signal handlers, ``atexit`` and the watchdog restore the clocks on every exit a process
+sees. SIGKILL (the OOM killer's signal on an 8 GB board) and a power cut are not seen, and a
+restart would then take the pinned values for the originals. So, before the first write to
+any knob, the state of every clock it may change (governor, min, max, per cpufreq policy and
+devfreq node) is written to a record: a temporary file, flushed to disk, renamed over the
+record, and the folder flushed too. It is removed only after a restore has succeeded.
+
+Whoever opens the sysfs device next, or ``ecoserve restore`` (which the systemd unit runs as
+``ExecStopPost=``), finds a record left by a dead process, puts every clock back from it,
+says so, and only then reads the clocks afresh. This is what ``jetson_clocks --store`` /
+``--restore`` do by hand.
+
+One record per sysfs root, in a state folder: ``--state-dir``, else ``$STATE_DIRECTORY``
+(systemd's ``StateDirectory=``), else ``/var/lib/ecoserve`` when it can be written, else
+``$XDG_STATE_HOME/ecoserve`` (``~/.local/state/ecoserve``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from devices.base import DeviceError
+from devices.sysfs import SysfsRoot
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+#: The files of each kind of clock directory: governor, lower limit, upper limit.
+FILES = {
+    "cpufreq": ("scaling_governor", "scaling_min_freq", "scaling_max_freq"),
+    "devfreq": ("governor", "min_freq", "max_freq"),
+}
+
+
+@dataclass(frozen=True)
+class ClockState:
+    """A clock directory's writable state: governor and limits, in the files' own units."""
+
+    kind: str
+    rel: str
+    governor: str
+    min: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in FILES:
+            raise ValueError(f"unknown clock kind {self.kind!r}; known: {sorted(FILES)}")
+        if not (isinstance(self.min, int) and isinstance(self.max, int) and self.min <= self.max):
+            raise ValueError(f"bad limits for {self.rel}: {self.min}..{self.max}")
+        if not self.governor or not self.rel:
+            raise ValueError(f"a clock state needs a directory and a governor: {self}")
+
+    def describe(self) -> str:
+        unit = "kHz" if self.kind == "cpufreq" else "Hz"
+        return f"{self.rel}: {self.governor}, {self.min}..{self.max} {unit}"
+
+
+def read_clock(root: SysfsRoot, kind: str, rel: str) -> ClockState:
+    governor, low, high = FILES[kind]
+    return ClockState(
+        kind,
+        rel,
+        root.read_text(f"{rel}/{governor}"),
+        root.read_int(f"{rel}/{low}"),
+        root.read_int(f"{rel}/{high}"),
+    )
+
+
+def put_clock(root: SysfsRoot, state: ClockState) -> None:
+    """Put ``state`` back: the governor first, then the limits in an order the kernel takes.
+
+    Only files that differ are written, so restoring a clock nobody changed writes nothing.
+    """
+    governor, low, high = FILES[state.kind]
+    if root.read_text(f"{state.rel}/{governor}") != state.governor:
+        root.write(f"{state.rel}/{governor}", state.governor)
+    now = read_clock(root, state.kind, state.rel)
+    if (now.min, now.max) != (state.min, state.max):
+        root.write_limits(f"{state.rel}/{low}", f"{state.rel}/{high}", state.min, state.max)
+
+
+def default_state_dir() -> Path:
+    """Where records live when no ``--state-dir`` is given (see the module's docstring)."""
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    system = Path("/var/lib/ecoserve")
+    if os.access(system if system.exists() else system.parent, os.W_OK):
+        return system
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "ecoserve"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RestoreRecord:
+    """The record for one sysfs root in one state folder."""
+
+    def __init__(self, root: SysfsRoot, state_dir: str | os.PathLike[str] | None = None) -> None:
+        self.root = root
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        key = hashlib.sha256(str(root.root.resolve()).encode()).hexdigest()[:12]
+        self.path = self.state_dir / f"restore-{key}.json"
+
+    def __repr__(self) -> str:
+        return f"RestoreRecord({str(self.path)!r})"
+
+    @property
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def write(self, states: Sequence[ClockState]) -> None:
+        """Record ``states`` durably (temporary file, fsync, rename, fsync of the folder)."""
+        data = {
+            "format": FORMAT,
+            "pid": os.getpid(),
+            "written_at": time.time(),
+            "sysfs_root": str(self.root.root),
+            "clocks": [asdict(s) for s in states],
+        }
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.state_dir)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, indent=1)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def read(self) -> tuple[int, list[ClockState]]:
+        """(pid that wrote it, the recorded clocks); ValueError names what is wrong."""
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"unknown format {data.get('format') if isinstance(data, dict) else data!r}")
+            clocks = [ClockState(**c) for c in data["clocks"]]
+            return int(data.get("pid", 0)), clocks
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"restore record {self.path} is unreadable: {exc}") from exc
+
+    def owner_alive(self) -> int | None:
+        """The pid of a live process other than this one that owns the record, else None."""
+        try:
+            pid, _ = self.read()
+        except ValueError:
+            return None
+        return pid if pid != os.getpid() and _alive(pid) else None
+
+    def restore(self) -> list[ClockState]:
+        """Put back every recorded clock; remove the record only if all of them succeeded.
+
+        Returns the clocks restored. DeviceError lists the failures (the record is kept, so
+        a later attempt can finish the job).
+        """
+        _, clocks = self.read()
+        errors = []
+        for state in clocks:
+            try:
+                put_clock(self.root, state)
+            except DeviceError as exc:
+                errors.append(f"{state.rel}: {exc}")
+        if errors:
+            raise DeviceError(f"restore from {self.path} incomplete: " + "; ".join(errors))
+        self.remove()
+        return clocks
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def recover(root: SysfsRoot, state_dir: str | os.PathLike[str] | None = None) -> RestoreRecord:
+    """Before opening the clocks: restore from a record a dead process left, and say so.
+
+    Returns the record to use from now on. A record owned by a live process means another
+    ecoserve is driving these clocks: DeviceError, rather than two tuners fighting.
+    """
+    record = RestoreRecord(root, state_dir)
+    if not record.exists:
+        return record
+    owner = record.owner_alive()
+    if owner is not None:
+        raise DeviceError(
+            f"another ecoserve process (pid {owner}) controls the clocks under {root.root} "
+            f"(record {record.path}); stop it first"
+        )
+    try:
+        clocks = record.restore()
+    except ValueError as exc:
+        log.warning("%s; removing it and reading the clocks as they are", exc)
+        record.remove()
+        return record
+    log.warning(
+        "restored clocks left changed by a process that did not exit cleanly (record %s): %s",
+        record.path,
+        "; ".join(c.describe() for c in clocks),
+    )
+    return record
