@@ -15,8 +15,12 @@ from ecoserve.core.knobs import Knob
 if TYPE_CHECKING:
     from devices.restore_record import ClockState
 
+
 class DeviceError(RuntimeError):
     """A device cannot do what was asked; the message says what and how to fix it."""
+
+    #: The errno behind a failed sysfs access (``ENOENT``, ``EIO``...), when there was one.
+    errno_name: str = ""
 
 
 class PermissionDeniedError(DeviceError):
@@ -47,6 +51,14 @@ class Actuator(ABC):
     @abstractmethod
     def restore(self) -> None:
         """Put every knob back as it was found."""
+
+    def frozen(self) -> dict[str, str]:
+        """Knobs this actuator gave up after a failed write, with the reason (one line each).
+
+        A frozen knob is handed back to the OS (restored) and never written again; the
+        engine takes it out of the tuner's search space.
+        """
+        return {}
 
     def original_clocks(self) -> list[ClockState]:
         """The clock files this actuator may change, as it found them (for the restore record)."""

@@ -58,6 +58,9 @@ class CompositeActuator(Actuator):
     def original_clocks(self) -> list[ClockState]:
         return [c for a in self.actuators for c in a.original_clocks()]
 
+    def frozen(self) -> dict[str, str]:
+        return {k: v for a in self.actuators for k, v in a.frozen().items()}
+
     def apply(self, values: Mapping[str, float], governed: frozenset[str] = frozenset()) -> None:
         """Apply to every actuator even if one fails; failures are raised together after.
 

@@ -218,6 +218,7 @@ class CpufreqActuator(Actuator):
         self._pinned = False
         self._governed = False
         self._dropped = False
+        self._frozen: str | None = None
         self._warnings: list[str] = skipped
 
     def knobs(self) -> list[Knob]:
@@ -242,8 +243,11 @@ class CpufreqActuator(Actuator):
                     got = self._pin(khz)
                     if got != khz * 1000:
                         log.debug("CPU asked %d kHz, kernel set %d Hz", khz, got)
-            except PermissionDeniedError as exc:
+            except DeviceError as exc:  # any errno: freeze the knob, serving goes on
                 self._drop(exc)
+
+    def frozen(self) -> dict[str, str]:
+        return {CPU: self._frozen} if self._frozen is not None else {}
 
     def set_frequency(self, hz: float) -> int:
         """Pin to exactly ``hz`` (a table value) and return the frequency read back, in Hz.
@@ -349,9 +353,13 @@ class CpufreqActuator(Actuator):
     def _put_state(self, p: CpuPolicy, state: PolicyState) -> None:
         put_clock(self.root, _clock(p.rel, state))
 
-    def _drop(self, exc: PermissionDeniedError) -> None:
-        self._warnings.append(permission_warning("CPU frequency", exc))
+    def _drop(self, exc: DeviceError) -> None:
+        if isinstance(exc, PermissionDeniedError):
+            self._warnings.append(permission_warning("CPU frequency", exc))
+        else:
+            self._warnings.append(f"CPU frequency knob frozen: {exc}. Serving continues without it.")
         log.warning(self._warnings[-1])
+        self._frozen = f"{exc.errno_name or 'error'}: {exc}"
         self._dropped = True
         try:
             self.restore()

@@ -147,6 +147,7 @@ class DevfreqActuator(Actuator):
         self._pinned = False
         self._governed = False
         self._dropped = False
+        self._frozen: str | None = None
         self._warnings: list[str] = []
 
     @property
@@ -176,8 +177,11 @@ class DevfreqActuator(Actuator):
                     got = self._pin(hz)
                     if got != hz:
                         log.debug("%s asked %d Hz, kernel set %d Hz", self.node.name, hz, got)
-            except PermissionDeniedError as exc:
+            except DeviceError as exc:  # any errno: freeze the knob, serving goes on
                 self._drop(exc)
+
+    def frozen(self) -> dict[str, str]:
+        return {self._knob.name: self._frozen} if self._frozen is not None else {}
 
     def set_frequency(self, hz: float) -> int:
         """Pin to exactly ``hz`` (a table value; anything else is refused) and return the
@@ -240,9 +244,14 @@ class DevfreqActuator(Actuator):
     def _put_state(self, state: DevfreqState) -> None:
         put_clock(self.root, _clock(self.node.rel, state))
 
-    def _drop(self, exc: PermissionDeniedError) -> None:
-        self._warnings.append(permission_warning(f"GPU frequency ({self.node.name})", exc))
+    def _drop(self, exc: DeviceError) -> None:
+        what = f"GPU frequency ({self.node.name})"
+        if isinstance(exc, PermissionDeniedError):
+            self._warnings.append(permission_warning(what, exc))
+        else:
+            self._warnings.append(f"{what} knob frozen: {exc}. Serving continues without it.")
         log.warning(self._warnings[-1])
+        self._frozen = f"{exc.errno_name or 'error'}: {exc}"
         self._dropped = True
         try:
             self.restore()

@@ -183,6 +183,13 @@ class SysfsRoot:
             self.write(max_rel, high)
 
     def _error(self, exc: OSError, rel: str, op: str, value: str | None = None) -> DeviceError:
+        err = self._describe(exc, rel, op, value)
+        err.errno_name = errno.errorcode.get(exc.errno or 0, "EIO")
+        return err
+
+    def _describe(
+        self, exc: OSError, rel: str, op: str, value: str | None = None
+    ) -> DeviceError:
         where = self.show(rel)
         code = exc.errno
         if code in (errno.EACCES, errno.EPERM):

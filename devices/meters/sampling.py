@@ -32,7 +32,8 @@ class SampledPowerMeter(PowerMeter):
     fake clock for exact, deterministic integration in tests or replay.
 
     A failed background read is counted (``errors``, ``last_error``) and skipped; the next
-    good sample bridges the gap linearly. The first reading is taken in the constructor, so
+    good sample bridges the gap linearly. Reads failing for 10 sample periods in a row make
+    ``energy_joules`` raise: a vanished sensor is reported, not extrapolated. The first reading is taken in the constructor, so
     a sensor that cannot be read at all fails loudly when the meter is opened.
     """
 
@@ -94,7 +95,13 @@ class SampledPowerMeter(PowerMeter):
         return watts
 
     def energy_joules(self) -> float:
-        """Joules since opened: the integral to the last sample plus the tail to now."""
+        """Joules since opened: the integral to the last sample plus the tail to now.
+
+        Raises DeviceError (see :meth:`check`) once the sensor has stopped answering, rather
+        than extrapolating its last reading forever.
+        """
+        if self._closed_joules is None:
+            self.check()
         now = self._clock()
         with self._lock:
             if self._closed_joules is not None:
@@ -143,6 +150,8 @@ class SampledPowerMeter(PowerMeter):
             except Exception as exc:  # a transient read failure must not kill the meter
                 self.errors += 1
                 self.last_error = exc
+            else:
+                self.last_error = None
             next_at += period
             now = time.monotonic()
             if next_at < now:  # fell behind (machine stalled): skip, don't burst-catch-up

@@ -16,6 +16,7 @@ from ecoserve.core.controller import Controller
 from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
 from ecoserve.core.engine import Engine
 from ecoserve.core.knobs import Knob, SearchSpace, batch_knob
+from ecoserve.core.tuner import Tuner
 from tuners.registry import make_tuner
 
 
@@ -81,4 +82,13 @@ def build_engine(
 ) -> Engine[Any]:
     """The whole sans-IO engine for these knobs: space, tuner, controller and queue."""
     controller = build_controller(build_space(knobs, settings), settings, baseline)
-    return Engine(controller, max_wait=settings.max_wait_s, max_queue=settings.max_queue)
+
+    def tuner_on(space: SearchSpace) -> Tuner:
+        return make_tuner(settings.tuner, space, seed=settings.seed, **settings.tuner_params)
+
+    return Engine(
+        controller,
+        max_wait=settings.max_wait_s,
+        max_queue=settings.max_queue,
+        tuner_factory=tuner_on,
+    )

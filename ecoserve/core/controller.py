@@ -277,6 +277,24 @@ class Controller:
             self._switch(self._with_pins(tuner.ask()), now, meter_j)
         return self._config
 
+    def drop_knob(self, name: str, tuner: Tuner, now: float, meter_j: float) -> Config:
+        """Take knob ``name`` out of the space (its hardware failed); ``tuner`` works on the rest.
+
+        The configuration keeps every other knob's value and a new window starts; the baseline
+        stays (it was measured with every knob at its maximum, which the rest still are).
+        """
+        axis = self.space.axis(name)
+        space = SearchSpace(tuple(k for k in self.space.knobs if k.name != name))
+        if tuner.space != space:
+            raise ValueError(f"the new tuner must work on the space without {name!r}")
+        config = tuple(i for a, i in enumerate(self._config) if a != axis)
+        self.space = space
+        self.tuner = tuner
+        self.pinned.pop(name, None)
+        self._config = config
+        self._switch(self._with_pins(config), now, meter_j)
+        return self._config
+
     # -- resuming -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs, as JSON-ready data: tuner state, baseline, pins, windows."""

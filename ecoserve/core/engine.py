@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 from ecoserve.core.batching import BatchPolicy, Dispatch, WaitUntil
 from ecoserve.core.controller import BatchOutcome, Controller, WindowReport
-from ecoserve.core.knobs import Config
+from ecoserve.core.knobs import Config, SearchSpace
 from ecoserve.core.tuner import Tuner
 
 T = TypeVar("T")
@@ -55,8 +55,13 @@ class Engine(Generic[T]):
         *,
         max_wait: float = 0.05,
         max_queue: int | None = 1024,
+        tuner_factory: Callable[[SearchSpace], Tuner] | None = None,
     ) -> None:
         self.controller = controller
+        #: Builds the same kind of tuner on a smaller space, when a knob is frozen.
+        self.tuner_factory = tuner_factory
+        #: Knobs taken out of the space after their hardware failed, with the reason.
+        self.frozen: dict[str, str] = {}
         self.policy: BatchPolicy[T] = BatchPolicy(
             controller.batch_size(), max_wait=max_wait, max_queue=max_queue
         )
@@ -118,6 +123,19 @@ class Engine(Generic[T]):
 
     def set_tuner(self, tuner: Tuner, now: float, meter_j: float) -> ApplyConfig:
         self.controller.set_tuner(tuner, now, meter_j)
+        return self.current()
+
+    def freeze(self, name: str, reason: str, now: float, meter_j: float) -> ApplyConfig:
+        """Knob ``name`` can no longer be set: the tuner goes on over the other knobs.
+
+        The tuner is rebuilt on the smaller space (its learning over the old space does not
+        carry over), so it never again asks for a value that cannot be applied.
+        """
+        self.frozen[name] = reason
+        c = self.controller
+        if c.space.has(name) and self.tuner_factory is not None:
+            space = SearchSpace(tuple(k for k in c.space.knobs if k.name != name))
+            c.drop_knob(name, self.tuner_factory(space), now, meter_j)
         return self.current()
 
     def remeasure_baseline(self, now: float, meter_j: float) -> ApplyConfig:

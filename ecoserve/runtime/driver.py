@@ -70,6 +70,8 @@ class RuntimeObserver:
 
     def on_config(self, values: dict[str, float]) -> None: ...
 
+    def on_fault(self, where: str, reason: str) -> None: ...
+
 
 @dataclass
 class RuntimeCounters:
@@ -121,13 +123,19 @@ class Runtime:
         self._accepting = False
         self._warned: set[str] = set()
         self._in_flight = 0
+        self._last_energy = 0.0
+        self._hold = False
+        #: Why the power meter stopped answering, once it has (energy then stays put).
+        self.meter_fault: str | None = None
+        #: Errors the dispatch loop survived (a tuner or controller that raised).
+        self.loop_errors = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         if self._task is not None:
             return
         now = self.clock()
-        await self._apply(self.engine.start(now, self.device.meter.energy_joules()))
+        await self._apply(self.engine.start(now, self._energy()))
         self._accepting = True
         self._task = asyncio.create_task(self._dispatch_loop(), name="ecoserve-dispatch")
 
@@ -187,34 +195,48 @@ class Runtime:
     # -- the dispatcher -------------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while True:
-            self.heartbeat()
-            self._wake.clear()
-            now = self.clock()
-            self.engine.discard(lambda r: r.future.done())  # callers that gave up
-            action = self.engine.poll(now) if self._accepting else self.engine.flush()
-            if isinstance(action, Dispatch):
-                await self._run_batch(action)
-                continue
-            if action is None and not self._accepting:
-                return
-            closed = self.engine.tick(now, self.device.meter.energy_joules())
-            if closed is not None:
-                await self._on_window(closed)
-                continue
-            timeout = self.tick_s
-            if isinstance(action, WaitUntil):
-                timeout = min(timeout, max(0.0, action.deadline - now))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:
+                if await self._step():
+                    return
+            except Exception as exc:  # a tuner, controller or meter fault must not end serving
+                self.loop_errors += 1
+                self._fault("engine", type(exc).__name__, f"dispatch loop survived: {exc!r}")
+                log.exception("dispatch loop error (serving goes on)")
+                await asyncio.sleep(0.05)
+
+    async def _step(self) -> bool:
+        """One turn of the loop: run a batch, close a timed window or wait; True when done."""
+        self.heartbeat()
+        self._wake.clear()
+        now = self.clock()
+        if self._hold:  # the meter failed: hold the configuration rather than tune blind
+            self._hold = False
+            await self._apply(self.engine.pin(self.engine.controller.values(), now, self._energy()))
+        self.engine.discard(lambda r: r.future.done())  # callers that gave up
+        action = self.engine.poll(now) if self._accepting else self.engine.flush()
+        if isinstance(action, Dispatch):
+            await self._run_batch(action)
+            return False
+        if action is None and not self._accepting:
+            return True
+        closed = self.engine.tick(now, self._energy())
+        if closed is not None:
+            await self._on_window(closed)
+            return False
+        timeout = self.tick_s
+        if isinstance(action, WaitUntil):
+            timeout = min(timeout, max(0.0, action.deadline - now))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        return False
 
     async def _run_batch(self, batch: Dispatch[_Request]) -> None:
         loop = asyncio.get_running_loop()
         requests = batch.items
         config = self.engine.controller.config
-        meter = self.device.meter
         self._in_flight = len(requests)
         started = self.clock()
-        energy_before = meter.energy_joules()
+        energy_before = self._energy()
         error: BaseException | None = None
         results: list[Any] = []
         try:
@@ -236,7 +258,7 @@ class Runtime:
             error = exc
         finally:
             self.device.batch_done()
-        energy_after = meter.energy_joules()
+        energy_after = self._energy()
         end = self.clock()
         self._in_flight = 0
         latencies = []
@@ -298,19 +320,64 @@ class Runtime:
         await self._apply(closed.apply)
 
     async def _apply(self, action: ApplyConfig) -> None:
-        """Carry out the engine's ``ApplyConfig``: write the knobs through the actuator."""
+        """Carry out the engine's ``ApplyConfig``: write the knobs through the actuator.
+
+        A knob whose write fails is frozen by its actuator; the engine then takes it out of
+        the tuner's space and the rest is applied again. Observers see only the values that
+        were applied.
+        """
         values, governed = action.values, action.governed
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._executor, lambda: self.device.actuator.apply(values, governed)
-        )
-        if self.extra_actuator is not None:
-            self.extra_actuator.apply(values, governed)
+        try:
+            await loop.run_in_executor(
+                self._executor, lambda: self.device.actuator.apply(values, governed)
+            )
+            if self.extra_actuator is not None:
+                self.extra_actuator.apply(values, governed)
+        except Exception as exc:  # an actuator that raised instead of freezing a knob
+            self._fault("actuator", type(exc).__name__, f"applying {values} failed: {exc}")
         for warning in self.device.actuator.warnings():
             if warning not in self._warned:
                 self._warned.add(warning)
                 log.warning("%s", warning)
+        newly = {
+            k: why for k, why in self.device.actuator.frozen().items()
+            if k not in self.engine.frozen and self.engine.controller.space.has(k)
+        }  # fmt: skip
+        if newly:
+            for knob, why in newly.items():
+                label = why.split(":", 1)[0] if ":" in why else "error"
+                self._fault(knob, label, f"knob {knob} frozen ({why}); tuning the others")
+                action = self.engine.freeze(knob, why, self.clock(), self._energy())
+            await self._apply(action)
+            return
         self.observer.on_config(values)
+
+    def _fault(self, where: str, reason: str, message: str) -> None:
+        """Report a device or engine fault: one log line per distinct message, a counter."""
+        if message not in self._warned:
+            self._warned.add(message)
+            log.error("%s", message)
+        self.observer.on_fault(where, reason)
+
+    def _energy(self) -> float:
+        """The meter's cumulative joules; after a failure, the last reading (reported once)."""
+        try:
+            value = self.device.meter.energy_joules()
+        except Exception as exc:  # a vanished sensor must not end serving
+            if self.meter_fault is None:
+                self.meter_fault = f"{type(exc).__name__}: {exc}"
+                label = getattr(exc, "errno_name", "") or "error"
+                self._fault(
+                    "meter",
+                    label,
+                    f"power meter failed ({exc}); energy is no longer measured, so tuning "
+                    "holds the configuration in force",
+                )
+                self._hold = True
+            return self._last_energy
+        self._last_energy = value
+        return value
 
     # -- what the faces may read and change -------------------------------------------------
     @property
@@ -336,8 +403,13 @@ class Runtime:
         return self.engine.controller.batch_size()
 
     def energy_joules(self) -> float:
-        """The device meter's cumulative reading."""
-        return self.device.meter.energy_joules()
+        """The device meter's cumulative reading (the last one, if the meter has failed)."""
+        return self._energy()
+
+    @property
+    def alive(self) -> bool:
+        """True while the dispatch loop runs (a supervisor should restart a daemon without it)."""
+        return self._task is not None and not self._task.done()
 
     async def pin(self, values: dict[str, float]) -> None:
         """Hold knobs at these values (nearest available) and apply at once."""
@@ -402,6 +474,10 @@ class Runtime:
             },
             "tuner_phase": self.tuner_phase(),
             "device_warnings": self.device_warnings(),
+            "frozen": dict(self.engine.frozen),
+            "meter_fault": self.meter_fault,
+            "loop_alive": self.alive,
+            "loop_errors": self.loop_errors,
             "queue_depth": self.queue_depth,
             "counters": {
                 "accepted": counters.accepted,

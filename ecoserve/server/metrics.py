@@ -179,6 +179,13 @@ class ServerMetrics(RuntimeObserver):
             registry=r,
         )
         self.windows = Counter("ecoserve_windows", "Tuning windows closed", ["phase"], registry=r)
+        self.faults = Counter(
+            "ecoserve_device_faults",
+            "Faults survived: a knob frozen after a failed write (knob = its name, reason = "
+            "the errno), the meter (knob = meter) or the engine (knob = engine)",
+            ["knob", "reason"],
+            registry=r,
+        )
         self.tuner_switches = Counter(
             "ecoserve_config_changes", "Configurations applied (tuner moves and pins)", registry=r
         )
@@ -231,6 +238,9 @@ class ServerMetrics(RuntimeObserver):
 
     def on_reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
+
+    def on_fault(self, where: str, reason: str) -> None:
+        self.faults.labels(where, reason).inc()
 
     def on_config(self, values: dict[str, float]) -> None:
         self.tuner_switches.inc()

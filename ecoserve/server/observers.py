@@ -44,3 +44,10 @@ class Observers(RuntimeObserver):
                 o.on_config(values)
             except Exception:
                 log.exception("observer %r failed on a configuration", o)
+
+    def on_fault(self, where: str, reason: str) -> None:
+        for o in self.observers:
+            try:
+                o.on_fault(where, reason)
+            except Exception:
+                log.exception("observer %r failed on a fault", o)

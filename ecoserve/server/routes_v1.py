@@ -119,9 +119,16 @@ async def infer(request: Request) -> Response:
     return json_response(data, headers=headers)
 
 
-@router.get("/healthz", summary="Liveness: the process serves HTTP")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/healthz",
+    summary="Liveness: the process serves HTTP and its dispatch loop runs",
+    responses={503: {"description": "the dispatch loop has died: restart the process"}},
+)
+async def healthz(request: Request) -> Response:
+    runtime = service_of(request).runtime
+    if runtime is not None and runtime.accepting and not runtime.alive:
+        return json_response({"status": "dead", "reason": "the dispatch loop has stopped"}, 503)
+    return json_response({"status": "ok"})
 
 
 @router.get(
@@ -133,7 +140,13 @@ async def readyz(request: Request) -> Response:
     service = service_of(request)
     if service.ready:
         return json_response({"status": "ready"})
-    reason = "draining" if service.draining else "measuring baseline"
+    runtime = service.runtime
+    if service.draining:
+        reason = "draining"
+    elif runtime is not None and runtime.accepting and not runtime.alive:
+        reason = "the dispatch loop has stopped"
+    else:
+        reason = "measuring baseline"
     return json_response({"status": "not ready", "reason": reason}, 503)
 
 

@@ -121,7 +121,8 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        return self.runtime is not None and self.runtime.ready and not self.draining
+        r = self.runtime
+        return r is not None and r.ready and r.alive and not self.draining
 
     async def drain(self) -> None:
         """Refuse new work, finish every accepted request, save state (idempotent)."""
