@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
+from ecoserve.core.cost import MIN_ENERGY_J, MIN_LATENCY_S, Baseline, CostModel, EnergyAccounting
 from ecoserve.core.knobs import BATCH, Config, SearchSpace
 from ecoserve.core.tuner import Tuner
 
@@ -312,14 +312,22 @@ class Controller:
     def load_state_dict(self, state: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """Resume ``state`` (before ``start``); returns (what was restored, what was not, why).
 
-        A baseline measured under another accounting is not used; a tuner state that does not
-        fit this tuner is skipped. Either way the controller measures afresh instead.
+        Everything is checked (types, finiteness, indices inside the space, a tuner state
+        whose next configuration lies in the space); whatever fails is skipped with the
+        reason, and the controller measures afresh instead. Never raises on bad data.
         """
         restored: list[str] = []
         problems: list[str] = []
         base = state.get("baseline")
-        if isinstance(base, Mapping) and state.get("accounting") == self.accounting.value:
+        if base is not None and state.get("accounting") != self.accounting.value:
+            problems.append(
+                f"baseline measured under {state.get('accounting')!r} accounting, not "
+                f"{self.accounting.value!r}; measuring a new one"
+            )
+        elif base is not None:
             try:
+                if not isinstance(base, Mapping):
+                    raise TypeError(f"expected an object, got {type(base).__name__}")
                 self.baseline = Baseline(
                     float(base["energy_per_request_j"]),
                     float(base["latency_s"]),
@@ -328,18 +336,34 @@ class Controller:
                 restored.append("baseline")
             except (KeyError, TypeError, ValueError) as exc:
                 problems.append(f"bad baseline ({exc}); measuring a new one")
+        saved_tuner = state.get("tuner_state")
+        before = self.tuner.state_dict()
         try:
-            self.tuner.load_state_dict(state["tuner_state"])
+            if not isinstance(saved_tuner, Mapping):
+                raise TypeError(f"expected an object, got {type(saved_tuner).__name__}")
+            self.tuner.load_state_dict(saved_tuner)
+            self.space.validate(self.tuner.ask())  # an index outside the space fails here
+            self.tuner.load_state_dict(saved_tuner)  # undo whatever the ask moved
             restored.append("tuner")
-        except (KeyError, TypeError, ValueError) as exc:
-            problems.append(f"tuner state not resumed ({exc})")
+        except Exception as exc:  # any shape of bad state: start the tuner afresh
+            self.tuner.load_state_dict(before)
+            problems.append(f"tuner state not resumed ({type(exc).__name__}: {exc})")
         if "tuner" in restored:
-            self.windows_closed = int(state.get("windows_closed", 0))
-            for name, index in dict(state.get("pinned") or {}).items():
-                if self.space.has(name):
-                    knob = self.space.knobs[self.space.axis(name)]
-                    if 0 <= int(index) < knob.size:
-                        self.pinned[name] = int(index)
+            windows = state.get("windows_closed", 0)
+            if isinstance(windows, int) and not isinstance(windows, bool) and windows >= 0:
+                self.windows_closed = windows
+            else:
+                problems.append(f"windows_closed {windows!r} is not a count; starting at 0")
+            pinned = state.get("pinned") or {}
+            if not isinstance(pinned, Mapping):
+                problems.append(f"pinned {pinned!r} is not an object; nothing pinned")
+                pinned = {}
+            for name, index in pinned.items():
+                knob = self.space.knobs[self.space.axis(name)] if self.space.has(name) else None
+                if knob is None or not isinstance(index, int) or not knob.floor <= index <= knob.top:
+                    problems.append(f"pin {name}={index!r} does not fit the space; not pinned")
+                    continue
+                self.pinned[name] = index
         return restored, problems
 
     # -- internals ------------------------------------------------------------------------
@@ -397,7 +421,7 @@ class Controller:
             cost = 1.0
             if self._baseline_windows_left <= 0:
                 self.baseline = Baseline(
-                    max(e_req, 1e-12), max(l_mean, 1e-9), self.accounting.value
+                    max(e_req, MIN_ENERGY_J), max(l_mean, MIN_LATENCY_S), self.accounting.value
                 )
                 self._remeasuring = False
                 measuring = False

@@ -16,6 +16,7 @@ wrong. With the default weight 0 the cost is the paper's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -29,6 +30,11 @@ class EnergyAccounting(str, Enum):
     TOTAL = "total"
 
 
+#: Smallest figures a baseline can hold (the controller floors measured ones at these).
+MIN_ENERGY_J = 1e-12
+MIN_LATENCY_S = 1e-9
+
+
 @dataclass(frozen=True)
 class Baseline:
     """Energy per request (J) and latency per request (s) with every knob at maximum."""
@@ -38,8 +44,17 @@ class Baseline:
     accounting: str = EnergyAccounting.ACTIVE.value
 
     def __post_init__(self) -> None:
-        if not (self.energy_per_request_j > 0 and self.latency_s > 0):
-            raise ValueError(f"baseline figures must be positive, got {self}")
+        e, lat = self.energy_per_request_j, self.latency_s
+        if not (math.isfinite(e) and math.isfinite(lat)):
+            raise ValueError(f"baseline figures must be finite, got {self}")
+        # The controller floors measured figures at these; anything below is not a measurement.
+        if not (e >= MIN_ENERGY_J and lat >= MIN_LATENCY_S):
+            raise ValueError(
+                f"baseline figures must be at least {MIN_ENERGY_J} J and {MIN_LATENCY_S} s, "
+                f"got {self}"
+            )
+        if self.accounting not in {a.value for a in EnergyAccounting}:
+            raise ValueError(f"unknown accounting {self.accounting!r} in baseline {self}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ simulator's does.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from devices.base import Actuator, Device
@@ -16,15 +18,20 @@ from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeObserver
 from ecoserve.runtime.state_files import load_baseline
 
+log = logging.getLogger("ecoserve.runtime")
+
 
 def saved_baseline(settings: EngineSettings) -> Baseline | None:
     """The baseline file's figures, or None when there is none yet (or it is unreadable)."""
     if not settings.baseline_path:
         return None
+    if not os.path.exists(settings.baseline_path):
+        return None  # none yet: measure one and save it
     try:
         return load_baseline(settings.baseline_path)
-    except ValueError:
-        return None  # missing or unreadable: measure a new one and save it
+    except ValueError as exc:
+        log.warning("%s; measuring a new baseline, which will replace the file", exc)
+        return None
 
 
 def build_runtime(

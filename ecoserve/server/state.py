@@ -56,7 +56,11 @@ def resume(runtime: Runtime, path: str | Path, model: str, device: str) -> list[
             path, data.get("model"), data.get("device"), model, device,
         )  # fmt: skip
         return []
-    restored, problems = runtime.load_state_dict(data)
+    try:
+        restored, problems = runtime.load_state_dict(data)
+    except Exception as exc:  # never a crash loop under systemd's Restart=
+        log.warning("state file %s not resumed (%s); starting fresh", path, exc)
+        return []
     for problem in problems:
         log.warning("state file %s: %s", path, problem)
     return restored
@@ -78,7 +82,8 @@ class StateSaver(RuntimeObserver):
         self.model = model
         self.device = device
         self.baseline_path = baseline_path
-        self._baseline_saved = baseline_path is not None and runtime.baseline is not None
+        # the baseline the file holds: a provisional one is replaced by the re-measured one
+        self._baseline_saved = runtime.baseline if baseline_path is not None else None
 
     def save(self) -> None:
         if self.path:
@@ -88,10 +93,10 @@ class StateSaver(RuntimeObserver):
                 log.warning("cannot write state file %s: %s", self.path, exc)
         baseline = self.runtime.baseline
         measured = baseline is not None and self.runtime.phase == "tuning"
-        if self.baseline_path and not self._baseline_saved and measured:
+        if self.baseline_path and measured and baseline != self._baseline_saved:
             try:
                 save_baseline(baseline, self.baseline_path)
-                self._baseline_saved = True
+                self._baseline_saved = baseline
             except OSError as exc:
                 log.warning("cannot write baseline file %s: %s", self.baseline_path, exc)
 
