@@ -17,6 +17,8 @@ from ecoserve.models.loader import LoadedModel
 from ecoserve.server import ServeSettings, create_app
 
 FAST = dict(window_requests=16, warmup_requests=4, max_wait_s=0.002)
+#: The address the in-process client claims; a loopback daemon answers only loopback names.
+LOCAL = "http://127.0.0.1"
 
 
 def _model(fn, shape=(4,)) -> LoadedModel:
@@ -32,7 +34,7 @@ def poison(batch: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def client():
     s = ServeSettings(model="builtin:noop", **FAST)
-    with TestClient(create_app(s)) as c:
+    with TestClient(create_app(s), base_url=LOCAL) as c:
         yield c
 
 
@@ -44,7 +46,7 @@ def test_control_is_off_without_a_token(client):
 
 def test_a_model_exception_fails_only_its_own_batch():
     s = ServeSettings(model="poison", min_batch=1, max_batch=1, **FAST)
-    with TestClient(create_app(s, model=_model(poison))) as c:
+    with TestClient(create_app(s, model=_model(poison)), base_url=LOCAL) as c:
         bad = c.post("/v1/infer", json={"input": [-1, 0, 0, 0]})
         assert bad.status_code == 500
         assert "negative input poisons" in bad.json()["detail"]
@@ -70,7 +72,7 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_is_served():
         model="stuck", request_timeout_s=0.3, warmup_at_start=False, min_batch=1, max_batch=1,
         **FAST,
     )  # fmt: skip
-    with TestClient(create_app(s, model=_model(stuck))) as c:
+    with TestClient(create_app(s, model=_model(stuck)), base_url=LOCAL) as c:
         t0 = time.monotonic()
         r = c.post("/v1/infer", json={"input": [500, 0, 0, 0]})
         assert r.status_code == 504 and "timeout" in r.json()["detail"]
@@ -83,7 +85,7 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_is_served():
 
 def test_readiness_waits_for_the_baseline():
     s = ServeSettings(model="builtin:noop", warmup_at_start=False, **FAST)
-    with TestClient(create_app(s)) as c:
+    with TestClient(create_app(s), base_url=LOCAL) as c:
         assert c.get("/readyz").status_code == 503
         assert c.get("/v2/health/ready").status_code == 503
         for _ in range(30):
@@ -96,13 +98,13 @@ def test_readiness_waits_for_the_baseline():
 def test_baseline_file_makes_the_daemon_ready_at_once(tmp_path):
     path = tmp_path / "baseline.json"
     s = ServeSettings(model="builtin:noop", baseline_path=str(path), **FAST)
-    with TestClient(create_app(s)) as c:  # measures (warm-up) and writes the file
+    with TestClient(create_app(s), base_url=LOCAL) as c:  # measures (warm-up) and writes the file
         deadline = time.monotonic() + 10
         while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.02)
     assert json.loads(path.read_text())["latency_s"] > 0
     s2 = ServeSettings(model="builtin:noop", baseline_path=str(path), warmup_at_start=False, **FAST)
-    with TestClient(create_app(s2)) as c:
+    with TestClient(create_app(s2), base_url=LOCAL) as c:
         assert c.get("/readyz").status_code == 200
 
 

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from devices.base import Device
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
+from ecoserve.server.hosts import HostCheck, allowed_hosts
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
@@ -67,6 +68,19 @@ def create_app(
     app.include_router(routes_v2.router)
     if tier_router is not None:
         app.include_router(tier_router)
+
+    hosts = allowed_hosts(settings.allowed_hosts, settings.host)
+    if hosts is not None:
+        app.add_middleware(HostCheck, allowed=hosts)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # Logged by the server as ever; the client gets JSON like every other error.
+        return json_response(
+            {"detail": f"internal error ({type(exc).__name__}); see the daemon's log",
+             "error": "internal error"},
+            500,
+        )  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

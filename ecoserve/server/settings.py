@@ -39,6 +39,7 @@ class ServeSettings(EngineSettings):
     postprocess: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    allowed_hosts: str | None = None
     admin_token: str | None = None
     state_file: str | None = None
     request_timeout_s: float | None = 30.0

@@ -254,7 +254,14 @@ def v2_tensor_items(tensor: Any, spec: TensorSpec) -> list[torch.Tensor]:
     if flat.size != count:
         raise InputError(f"data holds {flat.size} values but shape {shape} needs {count}")
     target = V2_DATATYPES[datatype]
-    if not np.can_cast(flat.dtype, target, casting="same_kind"):
+    if flat.dtype.kind in "iu" and target.kind in "iu":
+        info = np.iinfo(target)  # JSON integers of any size: check the range, never wrap
+        if flat.size and (int(flat.min()) < info.min or int(flat.max()) > info.max):
+            raise InputError(
+                f"data values {int(flat.min())}..{int(flat.max())} do not fit datatype "
+                f"{datatype} ({info.min}..{info.max})"
+            )
+    elif not np.can_cast(flat.dtype, target, casting="same_kind"):
         raise InputError(f"data values ({flat.dtype}) do not fit datatype {datatype}")
     arr = flat.astype(target).reshape(shape)
     return spec.split_items(arr, f"input {tensor['name']!r}")
