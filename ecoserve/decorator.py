@@ -18,26 +18,48 @@ import atexit
 import concurrent.futures
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from devices.base import Device
 from devices.composite import install_restore_handlers
+from devices.watchdog import Watchdog
 from ecoserve.core.assembly import EngineSettings
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.driver import Runtime
+
+log = logging.getLogger("ecoserve.decorator")
 
 
 class InferenceMethod:
     """The callable a decorated function becomes."""
 
     def __init__(
-        self, fn: Callable[[Any], Any], settings: EngineSettings, device: Device | None = None
+        self,
+        fn: Callable[[Any], Any],
+        settings: EngineSettings,
+        device: Device | None = None,
+        *,
+        timeout_s: float | None = None,
+        watchdog_s: float | None = 60.0,
+        stop_timeout_s: float = 30.0,
     ) -> None:
         functools.update_wrapper(self, fn)
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds or None, got {timeout_s}")
+        if watchdog_s is not None and not watchdog_s > 0:
+            raise ValueError(f"watchdog_s must be > 0 seconds or None, got {watchdog_s}")
         self.fn = fn
         self.settings = settings
+        #: Longest a call waits for its answer (TimeoutError after; None: forever).
+        self.timeout_s = timeout_s
+        #: No batch finished for this long: the clocks go back to the governors.
+        self.watchdog_s = watchdog_s
+        #: Longest ``stop()`` waits for queued work before giving up on it.
+        self.stop_timeout_s = stop_timeout_s
+        self._watchdog: Watchdog | None = None
         self._device = device
         self._is_async = inspect.iscoroutinefunction(fn)
         self._lock = threading.Lock()
@@ -76,7 +98,13 @@ class InferenceMethod:
             self._loop, self._thread = loop, thread
             atexit.register(self.stop)
             # A script killed by SIGTERM skips atexit: put the clocks back on signals too.
-            self._uninstall_handlers = install_restore_handlers(self._runtime.device.actuator)
+            actuator = self._runtime.device.actuator
+            self._uninstall_handlers = install_restore_handlers(actuator)
+            if self.watchdog_s is not None:
+                # A batch function that hangs must not keep the clocks pinned.
+                self._watchdog = Watchdog(actuator, self.watchdog_s)
+                self._watchdog.start()
+                self._runtime.heartbeat = self._watchdog.feed
         return self
 
     def stop(self, drain: bool = True) -> None:
@@ -90,12 +118,27 @@ class InferenceMethod:
         if self._uninstall_handlers is not None:
             self._uninstall_handlers()
             self._uninstall_handlers = None
+        stuck = False
         try:
-            asyncio.run_coroutine_threadsafe(runtime.stop(drain=drain), loop).result()
+            stopping = asyncio.run_coroutine_threadsafe(runtime.stop(drain=drain), loop)
+            try:
+                stopping.result(timeout=self.stop_timeout_s)
+            except concurrent.futures.TimeoutError:
+                stuck = True  # the loop's thread is inside the batch function and not back
+                stopping.cancel()
+                log.error(
+                    "%s: queued work did not finish within %.0f s (a hung batch function?); "
+                    "restoring the device and leaving the stuck call behind",
+                    self.fn.__name__,
+                    self.stop_timeout_s,
+                )
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop(timeout=2.0)
+                self._watchdog = None
             runtime.device.close()
             loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
+            thread.join(timeout=0.5 if stuck else 10)  # a daemon thread: it cannot hold exit
 
     def __enter__(self) -> InferenceMethod:
         return self.start()
@@ -117,12 +160,18 @@ class InferenceMethod:
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def enqueue() -> None:
+            if result.done():  # the caller gave up before it was queued
+                return
             try:
                 inner = runtime.submit_nowait(item)
             except Exception as exc:
                 result.set_exception(exc)
                 return
             inner.add_done_callback(lambda f: _copy_outcome(f, result))
+            # A caller that gives up (timeout) drops its item if it has not been batched yet.
+            result.add_done_callback(
+                lambda f: loop.call_soon_threadsafe(inner.cancel) if f.cancelled() else None
+            )
 
         loop.call_soon_threadsafe(enqueue)
         return result
@@ -130,13 +179,31 @@ class InferenceMethod:
     def __call__(self, item: Any) -> Any:
         if self._is_async:
             return self._call_async(item)
-        return self.submit(item).result()
+        future = self.submit(item)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(
+                f"{self.fn.__name__} gave no answer within {self.timeout_s} s "
+                "(timeout_s of @inference_method)"
+            ) from None
 
     async def _call_async(self, item: Any) -> Any:
-        return await asyncio.wrap_future(self.submit(item))
+        future = self.submit(item)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise TimeoutError(
+                f"{self.fn.__name__} gave no answer within {self.timeout_s} s "
+                "(timeout_s of @inference_method)"
+            ) from None
 
 
 def _copy_outcome(source: asyncio.Future[Any], target: concurrent.futures.Future[Any]) -> None:
+    if target.done():  # the caller gave up already
+        return
     if source.cancelled():
         target.cancel()
     elif source.exception() is not None:
@@ -146,13 +213,21 @@ def _copy_outcome(source: asyncio.Future[Any], target: concurrent.futures.Future
 
 
 def inference_method(
-    fn: Callable[[Any], Any] | None = None, *, device: Device | str | None = None, **settings: Any
+    fn: Callable[[Any], Any] | None = None,
+    *,
+    device: Device | str | None = None,
+    timeout_s: float | None = None,
+    watchdog_s: float | None = 60.0,
+    stop_timeout_s: float = 30.0,
+    **settings: Any,
 ) -> Any:
     """Decorate a batch inference function; see the module docstring.
 
     Keyword arguments are ``EngineSettings`` fields, e.g. ``device="virtual:xavier-nx"``,
     ``tuner="ecogd"``, ``max_batch=16``, ``window_requests=64``. A ``Device`` object may
-    be passed as ``device`` too.
+    be passed as ``device`` too. ``timeout_s`` bounds each call (TimeoutError), ``watchdog_s``
+    hands the clocks back when no batch finishes for that long (a hung function), and
+    ``stop_timeout_s`` bounds ``stop()``.
     """
     unknown = set(settings) - set(EngineSettings.field_names())
     if unknown:
@@ -166,6 +241,13 @@ def inference_method(
     engine_settings = EngineSettings(**settings)
 
     def wrap(f: Callable[[Any], Any]) -> InferenceMethod:
-        return InferenceMethod(f, engine_settings, device=device)
+        return InferenceMethod(
+            f,
+            engine_settings,
+            device=device,
+            timeout_s=timeout_s,
+            watchdog_s=watchdog_s,
+            stop_timeout_s=stop_timeout_s,
+        )
 
     return wrap(fn) if fn is not None else wrap

@@ -127,3 +127,51 @@ def test_the_tuner_moves_knobs_on_the_virtual_device():
         configs = {r.config for r in controller.reports}
     assert controller.ready
     assert len(configs) > 1, "the tuner should have tried more than one configuration"
+
+
+def test_a_hung_function_times_out_hands_the_clocks_back_and_stop_is_bounded(tmp_path) -> None:
+    """A call gives up after timeout_s, the watchdog restores the clocks, stop() returns."""
+    import threading
+    import time
+
+    from devices.testing import xavier_nx_tree
+
+    tree = xavier_nx_tree(tmp_path / "tree")
+    governor = tree / "sys/devices/system/cpu/cpufreq/policy0/scaling_governor"
+    release = threading.Event()
+    calls = []
+
+    @eco_edge_infer.inference_method(
+        device="sysfs",
+        sysfs_root=str(tree),
+        meter="estimate",
+        tuner="fixed",
+        max_wait_s=0.0,
+        timeout_s=0.5,
+        watchdog_s=0.3,
+        stop_timeout_s=1.0,
+    )
+    def stuck(batch):
+        calls.append(len(batch))
+        if len(calls) > 2:  # the warm-up batches pass; then the model hangs
+            release.wait(30)
+        return batch
+
+    try:
+        stuck(torch.zeros(2))
+        stuck(torch.zeros(2))
+        assert governor.read_text().strip() == "userspace"  # pinned while serving
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="timeout_s"):
+            stuck(torch.zeros(2))
+        assert time.monotonic() - t0 < 2.0
+        deadline = time.monotonic() + 5
+        while governor.read_text().strip() != "schedutil" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert governor.read_text().strip() == "schedutil"  # the watchdog handed it back
+        t0 = time.monotonic()
+        stuck.stop()
+        assert time.monotonic() - t0 < 5.0
+        assert governor.read_text().strip() == "schedutil"
+    finally:
+        release.set()
