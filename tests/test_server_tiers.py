@@ -25,11 +25,13 @@ SLOWDOWN = ("--tier-slowdown", "100")
 THRESHOLD = 0.9
 #: The split point planned from the stage profiles and the link estimate.
 PLANNED = ("--tuner", "neurosurgeon")
+#: The edge's tier routes need it; the device daemons send it.
+TOKEN = ("--tier-token", "s3cret")
 
 
 @pytest.fixture(scope="module")
 def edge() -> Iterator[Daemon]:
-    with daemon("--model", "builtin:digits-large", *FAST) as d:
+    with daemon("--model", "builtin:digits-large", *FAST, "--serve-tier", *TOKEN) as d:
         yield d
 
 
@@ -63,7 +65,7 @@ def unsplit(x: torch.Tensor) -> np.ndarray:
 
 
 def test_split_forwards_on_a_fast_link(edge: Daemon, x_test: torch.Tensor) -> None:
-    args = ("--next-tier", edge.url, "--link-emulation", "1000mbit", *SLOWDOWN, *PLANNED)
+    args = ("--next-tier", edge.url, "--link-emulation", "1000mbit", *SLOWDOWN, *PLANNED, *TOKEN)
     with daemon("--model", "builtin:digits-large", *FAST, *args) as device:
         # the first estimate may come from a probe slowed by both daemons' start-up on one
         # machine; the idle probes every 2 s correct it, so give it a few seconds
@@ -87,7 +89,7 @@ def test_split_forwards_on_a_fast_link(edge: Daemon, x_test: torch.Tensor) -> No
 
 
 def test_split_stays_local_on_a_slow_link(edge: Daemon, x_test: torch.Tensor) -> None:
-    args = ("--next-tier", edge.url, "--link-emulation", "0.05mbit", *SLOWDOWN, *PLANNED)
+    args = ("--next-tier", edge.url, "--link-emulation", "0.05mbit", *SLOWDOWN, *PLANNED, *TOKEN)
     with daemon("--model", "builtin:digits-large", *FAST, *args) as device:
         out = infer_npy(device.url, x_test[:8])
         np.testing.assert_allclose(out, unsplit(x_test[:8]), rtol=1e-4, atol=1e-4)
@@ -99,7 +101,7 @@ def test_split_stays_local_on_a_slow_link(edge: Daemon, x_test: torch.Tensor) ->
 
 
 def test_cascade_follows_the_threshold_rule(edge: Daemon, x_test: torch.Tensor) -> None:
-    args = ("--next-tier", edge.url, "--tier-mode", "cascade")
+    args = ("--next-tier", edge.url, "--tier-mode", "cascade", *TOKEN)
     with daemon(
         "--model", "builtin:digits-small", *FAST, *args, "--cascade-threshold", str(THRESHOLD)
     ) as device:
@@ -155,3 +157,15 @@ def test_bad_tier_settings_refuse_to_start(args: tuple[str, ...], message: str) 
     )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
+
+
+def test_tier_routes_are_served_only_when_asked_and_behind_the_token(edge: Daemon) -> None:
+    with daemon("--model", "builtin:digits-large", *FAST) as plain:
+        assert httpx.get(plain.url + "/v1/tier/ping", timeout=5).status_code == 404
+    assert httpx.get(edge.url + "/v1/tier/ping", timeout=5).status_code == 401
+    auth = {"authorization": "Bearer s3cret"}
+    assert httpx.get(edge.url + "/v1/tier/ping", headers=auth, timeout=5).status_code == 200
+    buf = io.BytesIO()
+    np.save(buf, np.full((1, 1, 8, 8), np.nan, dtype=np.float32))
+    resp = httpx.post(edge.url + "/v1/tier/split/0", content=buf.getvalue(), headers=auth)
+    assert resp.status_code == 422 and "NaN" in resp.json()["detail"]

@@ -387,3 +387,11 @@ def test_client_estimates_emulated_bandwidth(edge: Daemon) -> None:
     assert 0.5e6 < link.bandwidth_bps < 1.5e6
     assert 0.005 <= link.rtt_s < 0.05
     assert np.isfinite(link.rtt_s)
+
+
+def test_the_router_bounds_computations_in_progress(large) -> None:
+    app = FastAPI()
+    app.include_router(tier_router(large, large, max_pending=0))
+    with Daemon(app) as daemon, httpx.Client(base_url=daemon.url, timeout=30) as http:
+        resp = http.post("/v1/tier/cascade", content=encode_tensor(torch.zeros(1, 1, 8, 8)))
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "1"

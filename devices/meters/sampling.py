@@ -53,6 +53,7 @@ class SampledPowerMeter(PowerMeter):
         self.rate_hz = float(rate_hz)
         self.errors = 0
         self.last_error: BaseException | None = None
+        self._failing = False  # the latest background read failed
         self._read_watts = read_watts
         self._clock = clock
         self._lock = threading.Lock()
@@ -125,7 +126,7 @@ class SampledPowerMeter(PowerMeter):
         Until then ``energy_joules`` holds the last good reading, which would otherwise
         quietly extrapolate forever.
         """
-        if self.last_error is not None and self.errors > 0:
+        if self._failing and self.last_error is not None:
             with self._lock:
                 stale = self._clock() - self._last_t
             if self.rate_hz and stale > 10.0 / self.rate_hz:
@@ -150,8 +151,9 @@ class SampledPowerMeter(PowerMeter):
             except Exception as exc:  # a transient read failure must not kill the meter
                 self.errors += 1
                 self.last_error = exc
+                self._failing = True
             else:
-                self.last_error = None
+                self._failing = False
             next_at += period
             now = time.monotonic()
             if next_at < now:  # fell behind (machine stalled): skip, don't burst-catch-up

@@ -55,7 +55,8 @@ class ServeSettings(EngineSettings):
     link_emulation: str | None = None
     link_rtt_s: float = 0.0
     cascade_threshold: float | None = None
-    serve_tier: bool = True
+    serve_tier: bool = False
+    tier_token: str | None = None
     tier_slowdown: float = 1.0
 
     def __post_init__(self) -> None:
@@ -69,6 +70,8 @@ class ServeSettings(EngineSettings):
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.admin_token == "":
             self.admin_token = None
+        if self.tier_token == "":
+            self.tier_token = None
         if self.next_tier == "":
             self.next_tier = None
         self._check_tiers()
@@ -103,8 +106,9 @@ class ServeSettings(EngineSettings):
     def public_dict(self) -> dict[str, Any]:
         """All settings, the admin token masked (for status pages and logs)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if out["admin_token"]:
-            out["admin_token"] = "***"
+        for secret in ("admin_token", "tier_token"):
+            if out[secret]:
+                out[secret] = "***"
         if out["input_shape"] is not None:
             out["input_shape"] = list(out["input_shape"])
         return out

@@ -96,6 +96,8 @@ def tier_routes(settings: ServeSettings, model: LoadedModel) -> APIRouter | None
         input_shape=model.input_shape,
         profile=profile,
         max_body_bytes=settings.max_body_bytes,
+        max_pending=settings.max_queue,
+        token=settings.tier_token,
     )
 
 
@@ -177,7 +179,7 @@ class TierBridge:
             emulation = EmulatedLink.parse(settings.link_emulation, rtt_s=settings.link_rtt_s)
         elif settings.link_rtt_s > 0:
             emulation = EmulatedLink(((0.0, math.inf),), rtt_s=settings.link_rtt_s)
-        client = NextTierClient(settings.next_tier, emulation=emulation)
+        client = NextTierClient(settings.next_tier, emulation=emulation, token=settings.tier_token)
         try:
             remote = await cls._remote_profile(client)
             if settings.tier_mode == "split":

@@ -57,12 +57,14 @@ class NextTierClient:
         probe_bytes: int = DEFAULT_PROBE_BYTES,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        token: str | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"next tier URL must start with http:// or https://, got {url!r}")
         if probe_bytes < 1:
             raise ValueError(f"probe_bytes must be >= 1, got {probe_bytes}")
         self.url = url.rstrip("/")
+        self._auth = {"authorization": f"Bearer {token}"} if token else {}
         self._http = http
         self._owned = http is None
         self.estimator = estimator if estimator is not None else LinkEstimator(alpha=0.5)
@@ -139,10 +141,11 @@ class NextTierClient:
     async def _request(self, method: str, path: str, payload: bytes | None) -> httpx.Response:
         try:
             if payload is None:
-                resp = await self.http.request(method, self.url + path)
+                resp = await self.http.request(method, self.url + path, headers=self._auth)
             else:
+                headers = {"content-type": CONTENT_TYPE, **self._auth}
                 resp = await self.http.request(
-                    method, self.url + path, content=payload, headers={"content-type": CONTENT_TYPE}
+                    method, self.url + path, content=payload, headers=headers
                 )
         except httpx.HTTPError as exc:
             self.errors += 1

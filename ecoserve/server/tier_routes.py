@@ -21,12 +21,13 @@ side is ``ecoserve.server.tier_client``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from torch import nn
 
 from ecoserve.core.tiers import StageProfile
@@ -91,7 +92,10 @@ def _decode(raw: bytes) -> torch.Tensor:
         raise _unprocessable(str(exc)) from None
     if not tensor.is_floating_point():
         raise _unprocessable(f"tensor dtype must be floating point, got {tensor.dtype}")
-    return tensor.to(torch.float32)
+    tensor = tensor.to(torch.float32)
+    if not bool(torch.isfinite(tensor).all()):
+        raise _unprocessable("tensor contains NaN or infinity")
+    return tensor
 
 
 def _check_shape(
@@ -139,6 +143,8 @@ def tier_router(
     node: TierNode | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_batch: int = 1024,
+    max_pending: int | None = None,
+    token: str | None = None,
 ) -> APIRouter:
     """Routes of this tier as the *next* tier of another: split tails, cascade, ping, probe.
 
@@ -155,7 +161,28 @@ def tier_router(
     n = len(stages)
     names = [name for name, _ in stages.named_children()]
     shapes = _cut_shapes(stages, input_shape) if input_shape is not None else None
-    router = APIRouter(prefix=PREFIX, tags=["tiers"])
+    pending = 0
+
+    async def authorised(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(401, "this tier needs Authorization: Bearer <tier token>")
+
+    async def compute(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+        nonlocal pending
+        if max_pending is not None and pending >= max_pending:
+            raise HTTPException(
+                503, f"{pending} tier computations in progress; retry", {"Retry-After": "1"}
+            )
+        pending += 1
+        try:
+            return await _timed(fn)
+        finally:
+            pending -= 1
+
+    router = APIRouter(prefix=PREFIX, tags=["tiers"], dependencies=[Depends(authorised)])
 
     def run_checked(fn: Callable[[], torch.Tensor], where: str) -> Callable[[], torch.Tensor]:
         def call() -> torch.Tensor:
@@ -198,7 +225,7 @@ def tier_router(
         tensor = _decode(await _read_body(request, max_body_bytes))
         where = f"cut {k} (input of stage {names[k]!r})"
         _check_shape(tensor, shapes[k] if shapes is not None else None, where, max_batch)
-        out, seconds = await _timed(run_checked(lambda: run_from(stages, k, tensor), where))
+        out, seconds = await compute(run_checked(lambda: run_from(stages, k, tensor), where))
         return _answer(out, seconds)
 
     @router.post("/cascade")
@@ -214,7 +241,7 @@ def tier_router(
         def run() -> torch.Tensor:
             return model(tensor)
 
-        out, seconds = await _timed(run_checked(run, where))
+        out, seconds = await compute(run_checked(run, where))
         return _answer(out, seconds)
 
     return router
