@@ -21,6 +21,11 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from ecoserve.server.connections import (
+    bounded_protocol,
+    quiet_accept_errors,
+    raise_open_file_limit,
+)
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
 
@@ -46,6 +51,7 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         self._loop = asyncio.get_running_loop()
+        quiet_accept_errors(self._loop)
         await super().startup(sockets)
         if self.started and self._on_started is not None and self.servers:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
@@ -121,6 +127,13 @@ def _nested_zeros(shape: tuple[int, ...]) -> str:
 def serve(app: FastAPI, settings: ServeSettings) -> int:
     """Run until a signal drains the daemon; 0 on a clean exit, 1 if it never started."""
     service: InferenceService = app.state.service
+    files = raise_open_file_limit()
+    if settings.max_connections + 64 > files:
+        log.warning(
+            "max_connections %d is close to the open-file limit %d: accepts may fail first",
+            settings.max_connections,
+            files,
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -130,6 +143,8 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
         log_config=None,
         timeout_graceful_shutdown=max(5.0, settings.drain_timeout_s),
         server_header=False,
+        http=bounded_protocol(settings.max_connections, settings.idle_timeout_s),
+        timeout_keep_alive=max(1, int(settings.idle_timeout_s)),
     )
 
     def announce(host: str, port: int) -> None:

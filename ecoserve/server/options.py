@@ -50,6 +50,8 @@ FIELDS: dict[str, str] = {
     "state_file": "JSON file where tuner state is saved each window and at exit, and resumed",
     "request_timeout_s": "per-request deadline; past it the client gets 504 ('none' to disable)",
     "max_body_bytes": "largest request body accepted; bigger ones get 413",
+    "max_connections": "open connections at most; past it the one idle longest is closed (or, all busy, the new one refused)",
+    "idle_timeout_s": "a connection with no request running is closed after this many seconds",
     "warmup_at_start": "send synthetic example items at start to measure the baseline",
     "drain_timeout_s": "longest time a SIGTERM/SIGINT drain waits for accepted requests",
     "retry_after_s": "Retry-After seconds sent with 503 responses",

@@ -44,6 +44,8 @@ class ServeSettings(EngineSettings):
     state_file: str | None = None
     request_timeout_s: float | None = 30.0
     max_body_bytes: int = 8 * 1024 * 1024
+    max_connections: int = 512
+    idle_timeout_s: float = 10.0
     warmup_at_start: bool = True
     drain_timeout_s: float = 30.0
     retry_after_s: int = 1
@@ -66,6 +68,10 @@ class ServeSettings(EngineSettings):
             raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if not self.idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be positive, got {self.idle_timeout_s}")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.admin_token == "":

@@ -1,0 +1,148 @@
+"""Bounded connections: idle sockets cannot starve the daemon of file descriptors.
+
+uvicorn keeps every accepted connection until its client closes it, and a connection that
+never sends a request has no timeout at all; a few hundred idle sockets past the process's
+file limit make ``accept()`` fail with EMFILE, which stops all serving and floods the log.
+Here each connection is an ``H11Protocol`` that
+
+- closes itself when it has sent nothing for ``idle_timeout_s`` (a request in progress is
+  never cut: only a connection with no request running is idle);
+- at ``max_connections``, makes room by closing the connection idle the longest, and
+  refuses the new one only when every connection is busy with a request;
+
+and refusals and accept errors are logged at most once a second. At start the soft limit on
+open files is raised to the hard one, so ``max_connections`` fits under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("ecoserve.server")
+
+
+class RateLimitedLog:
+    """Logs a message at most once per ``period_s``, counting what it held back."""
+
+    def __init__(self, period_s: float = 1.0) -> None:
+        self.period_s = period_s
+        self._last = -float("inf")
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        """True at most once per period; the calls in between are counted."""
+        now = time.monotonic()
+        if now - self._last < self.period_s:
+            self.suppressed += 1
+            return False
+        self._last = now
+        return True
+
+    def warning(self, message: str, *args: Any) -> None:
+        held = self.suppressed
+        if self.allow():
+            self.suppressed = 0
+            if held:
+                message += f" ({held} more since the last message)"
+            log.warning(message, *args)
+
+
+def bounded_protocol(max_connections: int, idle_timeout_s: float) -> type[H11Protocol]:
+    """An ``H11Protocol`` subclass with these limits (uvicorn takes a class for ``http``)."""
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+    if not idle_timeout_s > 0:
+        raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+    refusals = RateLimitedLog()
+
+    class BoundedH11Protocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._last_active = time.monotonic()
+            self._idle_timer: asyncio.TimerHandle | None = None
+            if len(self.connections) > max_connections and not self._evict_idlest():
+                refusals.warning(
+                    "connection limit (%d) reached with every connection busy; refusing",
+                    max_connections,
+                )
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._last_active = time.monotonic()
+            super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            super().connection_lost(exc)
+
+        def _is_idle(self) -> bool:
+            return getattr(self, "cycle", None) is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._idle_timer = self.loop.call_later(idle_timeout_s, self._check_idle)
+
+        def _check_idle(self) -> None:
+            quiet = time.monotonic() - self._last_active
+            if self._is_idle() and quiet >= idle_timeout_s:
+                self.transport.close()
+                return
+            self._idle_timer = self.loop.call_later(
+                max(0.05, idle_timeout_s - quiet), self._check_idle
+            )
+
+        def _evict_idlest(self) -> bool:
+            idle = [
+                c
+                for c in self.connections
+                if c is not self and isinstance(c, BoundedH11Protocol) and c._is_idle()
+            ]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c._last_active)
+            refusals.warning(
+                "connection limit (%d) reached; closing the connection idle the longest",
+                max_connections,
+            )
+            oldest.transport.close()
+            oldest.connections.discard(oldest)
+            return True
+
+    return BoundedH11Protocol
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one; returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log the loop's errors as before, but each kind at most once a second (EMFILE floods)."""
+    limits: dict[str, RateLimitedLog] = {}
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        limiter = limits.setdefault(str(context.get("message", "error")), RateLimitedLog())
+        if not limiter.allow():
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
