@@ -328,6 +328,7 @@ class Runtime:
         """
         values, governed = action.values, action.governed
         loop = asyncio.get_running_loop()
+        applied = True
         try:
             await loop.run_in_executor(
                 self._executor, lambda: self.device.actuator.apply(values, governed)
@@ -335,6 +336,7 @@ class Runtime:
             if self.extra_actuator is not None:
                 self.extra_actuator.apply(values, governed)
         except Exception as exc:  # an actuator that raised instead of freezing a knob
+            applied = False
             self._fault("actuator", type(exc).__name__, f"applying {values} failed: {exc}")
         for warning in self.device.actuator.warnings():
             if warning not in self._warned:
@@ -351,7 +353,8 @@ class Runtime:
                 action = self.engine.freeze(knob, why, self.clock(), self._energy())
             await self._apply(action)
             return
-        self.observer.on_config(values)
+        if applied:  # status and metrics show only values that reached the device
+            self.observer.on_config(values)
 
     def _fault(self, where: str, reason: str, message: str) -> None:
         """Report a device or engine fault: one log line per distinct message, a counter."""
