@@ -23,13 +23,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from devices.base import DeviceError
+from devices.durable import write_json_durably
 from devices.sysfs import SysfsRoot
 
 log = logging.getLogger(__name__)
@@ -138,23 +138,7 @@ class RestoreRecord:
             "sysfs_root": str(self.root.root),
             "clocks": [asdict(s) for s in states],
         }
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.state_dir)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_json_durably(self.path, data)
 
     def read(self) -> tuple[int, list[ClockState]]:
         """(pid that wrote it, the recorded clocks); ValueError names what is wrong."""

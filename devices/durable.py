@@ -1,0 +1,36 @@
+"""Writing a JSON file so that a crash or a power cut leaves the old file or the new one.
+
+The data goes to a temporary file in the same folder, is flushed to disk, and is renamed over
+the target; then the folder itself is flushed, so the rename survives a power cut too. The
+restore record and the daemon's state and baseline files are all written this way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_durably(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as JSON to ``path``: temporary file, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
