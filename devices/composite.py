@@ -14,6 +14,7 @@ restore, lets the next start or ``ecoserve restore`` put the clocks back.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ class CompositeActuator(Actuator):
         # Written before the first write to any knob, removed after a successful restore.
         self.record = record
         self._recorded = False
+        self._unrecordable: str | None = None
         names = [k.name for a in self.actuators for k in a.knobs()]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -59,6 +61,8 @@ class CompositeActuator(Actuator):
         return [c for a in self.actuators for c in a.original_clocks()]
 
     def frozen(self) -> dict[str, str]:
+        if self._unrecordable is not None:
+            return {k.name: self._unrecordable for k in self.knobs()}
         return {k: v for a in self.actuators for k, v in a.frozen().items()}
 
     def apply(self, values: Mapping[str, float], governed: frozenset[str] = frozenset()) -> None:
@@ -66,10 +70,22 @@ class CompositeActuator(Actuator):
 
         The first apply (and the first after a restore) writes the restore record first.
         """
+        if self._unrecordable is not None:
+            return
         if self.record is not None and not self._recorded:
             clocks = self.original_clocks()
-            if clocks:
-                self.record.write(clocks)
+            try:
+                if clocks:
+                    self.record.write(clocks)
+            except OSError as exc:
+                # No record, no guarantee after a SIGKILL: leave the clocks alone.
+                self._unrecordable = (
+                    f"{errno.errorcode.get(exc.errno or 0, 'EIO')}: cannot write the restore "
+                    f"record {self.record.path} ({exc.strerror or exc}); the clocks are left "
+                    "alone: give --state-dir a writable folder"
+                )
+                log.error("%s", self._unrecordable)
+                return
             self._recorded = True
         errors = []
         for a in self.actuators:

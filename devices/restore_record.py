@@ -19,6 +19,7 @@ One record per sysfs root, in a state folder: ``--state-dir``, else ``$STATE_DIR
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -178,7 +179,8 @@ class RestoreRecord:
         return clocks
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self.path.unlink()
 
 
 def recover(root: SysfsRoot, state_dir: str | os.PathLike[str] | None = None) -> RestoreRecord:

@@ -212,3 +212,19 @@ def test_a_daemon_killed_with_sigkill_is_undone_by_its_next_start(tmp_path: Path
         second.stop()
     assert governed(clock_state(tree)) == before
     assert not RestoreRecord(SysfsRoot(tree), state).exists
+
+
+def test_without_a_writable_state_folder_the_clocks_are_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tree = xavier_nx_tree(tmp_path / "tree")
+    before = governed(clock_state(tree))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the state folder should be")
+    device = open_device("sysfs", str(tree), state_dir=str(blocked / "state"))
+    device.actuator.apply({k.name: k.values[0] for k in device.actuator.knobs()})
+    assert governed(clock_state(tree)) == before  # nothing written without a record
+    frozen = device.actuator.frozen()
+    assert set(frozen) == {"cpu_freq_hz", "gpu_freq_hz"}
+    assert "--state-dir" in frozen["cpu_freq_hz"] and "restore record" in caplog.text
+    device.close()

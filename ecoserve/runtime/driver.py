@@ -337,7 +337,7 @@ class Runtime:
                 self.extra_actuator.apply(values, governed)
         except Exception as exc:  # an actuator that raised instead of freezing a knob
             applied = False
-            self._fault("actuator", type(exc).__name__, f"applying {values} failed: {exc}")
+            self._fault("actuator", type(exc).__name__, f"applying a configuration failed: {exc}")
         for warning in self.device.actuator.warnings():
             if warning not in self._warned:
                 self._warned.add(warning)
