@@ -21,7 +21,7 @@ import select
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -99,7 +99,6 @@ class Screen:
     seen_at: float | None = None
     error: str | None = None
     fetches: int = 0
-    history: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _headline(screen: Screen, now: float) -> Text:

@@ -73,30 +73,27 @@ def killed_worker(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return tree, state, before
 
 
+def ecoserve_restore(tree: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ecoserve", "restore", "--sysfs-root", str(tree)]
+        + ["--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
 def test_sigkill_then_ecoserve_restore_puts_every_clock_back(tmp_path: Path) -> None:
     tree, state, before = killed_worker(tmp_path)
     record = RestoreRecord(SysfsRoot(tree), state)
     assert record.exists
-    out = subprocess.run(
-        [sys.executable, "-m", "ecoserve", "restore", "--sysfs-root", str(tree)]
-        + ["--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    out = ecoserve_restore(tree, state)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "restored from" in out.stdout and "policy0" in out.stdout
     assert governed(clock_state(tree)) == governed(before)
     assert not record.exists
-    again = subprocess.run(
-        [sys.executable, "-m", "ecoserve", "restore", "--sysfs-root", str(tree)]
-        + ["--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    again = ecoserve_restore(tree, state)
     assert again.returncode == 0 and "nothing to restore" in again.stdout
 
 

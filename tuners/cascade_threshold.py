@@ -199,6 +199,32 @@ class ThresholdChooser:
         if int(small_pred) != int(big_pred):
             self.disagreed[b] += 1.0
 
+    def observe_batch(
+        self,
+        scores: Sequence[float],
+        small_preds: Sequence[int],
+        big_preds: Sequence[int | None],
+    ) -> float:
+        """One batch as the cascade answered it; returns its expected wrong answers.
+
+        ``big_preds[i]`` is the big model's answer to a forwarded row, None for a row answered
+        here. The forwarded rows are observed first, then the local ones; each local row counts
+        as its bucket's estimated error rate from before this batch (the big model is the
+        reference, so a forwarded row counts as right). The daemon's cascade runner and the
+        cascade twin both report through here.
+        """
+        rates = self.error_rates()
+        rows = list(zip(scores, small_preds, big_preds, strict=True))
+        for score, small, big in rows:
+            if big is not None:
+                self.observe_forwarded(score, small, big)
+        errors = 0.0
+        for score, _, big in rows:
+            if big is None:
+                errors += rates[self.bucket(score)][0]
+                self.observe_local(score)
+        return errors
+
     # -- estimates ------------------------------------------------------------------------
 
     def error_rates(self) -> list[tuple[float, float]]:
@@ -244,9 +270,7 @@ class ThresholdChooser:
         fits = rho < self.max_utilisation or f == 0
         queued_up = up / (1.0 - rho) if rho < 1.0 else math.inf
         latency = c.small_s + f * (link.rtt_s + queued_up + c.big_s + down)
-        energy = c.small_s * pw.busy_w + f * (
-            (up + down) * pw.tx_w + (link.rtt_s + c.big_s) * pw.idle_w
-        )
+        energy = c.small_s * pw.busy_w + f * pw.exchange_j(up + down, link.rtt_s + c.big_s)
         return latency, energy, uplink_bps, fits
 
     def table(self, link: Link, rate: float = 0.0) -> list[ThresholdEstimate]:

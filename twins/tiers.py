@@ -247,7 +247,7 @@ class SplitTwin(_TierTwin):
             end, radio = self._send(now + dev_s, up, down, srv_s)
             if math.isfinite(end):
                 done, sent = end, up
-                energy += radio * p.tx_w + (self.link.rtt_s + srv_s) * p.idle_w
+                energy += p.exchange_j(radio, self.link.rtt_s + srv_s)
             else:  # the daemon gives up on the next tier and runs the tail here
                 tail_s = self._jitter(batch * (self._dev[n] - self._dev[k]), rng)
                 done = now + dev_s + self.timeout_s + tail_s
@@ -370,26 +370,18 @@ class CascadeTwin(_TierTwin):
             end, radio = self._send(now + small_s, n * c.input_bytes, n * c.output_bytes, big_s)
             if math.isfinite(end):
                 done = end
-                energy += radio * p.tx_w + (self.link.rtt_s + big_s) * p.idle_w
+                energy += p.exchange_j(radio, self.link.rtt_s + big_s)
                 answered_big = set(forward)
             else:  # the daemon keeps the small model's answers when the next tier is gone
                 done = now + small_s + self.timeout_s
                 energy += self.timeout_s * p.idle_w
                 fallback = True
-        correct = 0
+        bigs = [int(s.big_preds[j]) if i in answered_big else None for i, j in enumerate(rows)]
+        answers = [s.small_preds[j] if b is None else b for b, j in zip(bigs, rows, strict=True)]
+        correct = sum(int(a == s.labels[j]) for a, j in zip(answers, rows, strict=True))
         errors = 0.0
-        rates = self.chooser.error_rates() if self.chooser is not None else None
-        for i, j in enumerate(rows):
-            score = decision.scores[i]
-            if i in answered_big:
-                correct += int(s.big_preds[j] == s.labels[j])
-                if self.chooser is not None:
-                    self.chooser.observe_forwarded(score, int(s.small_preds[j]), int(s.big_preds[j]))
-            else:
-                correct += int(s.small_preds[j] == s.labels[j])
-                if self.chooser is not None and rates is not None:
-                    errors += rates[self.chooser.bucket(score)][0]
-                    self.chooser.observe_local(score)
+        if self.chooser is not None:
+            errors = self.chooser.observe_batch(decision.scores, decision.preds, bigs)
         sent = len(answered_big) * c.input_bytes
         self.log.append(
             TierBatch(now, batch, self.policy.threshold, len(answered_big), sent, correct, fallback)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ecoserve.core.cost import MIN_ENERGY_J, MIN_LATENCY_S, Baseline, CostModel, EnergyAccounting
 from ecoserve.core.knobs import BATCH, Config, SearchSpace
+from ecoserve.core.link import moved
 from ecoserve.core.tuner import Tuner
 
 
@@ -81,16 +82,6 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def _moved(before: float, after: float, tolerance: float) -> bool:
-    """Whether ``after`` differs from ``before`` by more than ``tolerance``, relatively."""
-    if before == after:
-        return False
-    if before <= 0 or after <= 0:
-        return True  # to or from zero (a link going down or coming back)
-    ratio = after / before
-    return not 1 / (1 + tolerance) <= ratio <= 1 + tolerance
 
 
 @dataclass
@@ -230,7 +221,7 @@ class Controller:
             return None
         for name, value in values.items():
             before = w.context.setdefault(name, float(value))
-            if _moved(before, float(value), self.context_tolerance):
+            if moved(before, float(value), self.context_tolerance):
                 return self._close(now, meter_j)
         return None
 

@@ -3,7 +3,8 @@
 - :class:`Link`: bandwidth and round-trip time, and how long a transfer takes under them.
 - :class:`LinkEstimator`: told how long real transfers and pings took, it keeps an
   exponentially weighted estimate, so choices follow a link that changes.
-- :func:`link_moved`: whether an estimate has moved enough to be worth acting on.
+- :func:`moved` / :func:`link_moved`: whether a figure or an estimate has moved enough to
+  be worth acting on.
 - :func:`link_context` / :func:`link_from_context`: the estimate as the figures a driver
   hands the engine (they reach the tuners with every window's metrics).
 
@@ -143,18 +144,24 @@ class LinkEstimator:
 _RTT_FLOOR_S = 1e-4
 
 
+def moved(before: float, after: float, tolerance: float) -> bool:
+    """Whether ``after`` differs from ``before`` by more than ``tolerance``, relatively.
+
+    A figure going to or from zero (a link going down or coming back) always counts.
+    """
+    if before == after:
+        return False
+    if before <= 0 or after <= 0:
+        return True
+    return not 1 / (1 + tolerance) <= after / before <= 1 + tolerance
+
+
 def link_moved(a: Link | None, b: Link, tolerance: float) -> bool:
     """Whether ``b`` differs from ``a`` by more than ``tolerance`` (relative) in either figure."""
     if a is None:
         return True
-    if (a.bandwidth_bps == 0) != (b.bandwidth_bps == 0):
-        return True
-    if a.bandwidth_bps > 0:
-        ratio = b.bandwidth_bps / a.bandwidth_bps
-        if not 1 / (1 + tolerance) <= ratio <= 1 + tolerance:
-            return True
     rtt_a, rtt_b = max(a.rtt_s, _RTT_FLOOR_S), max(b.rtt_s, _RTT_FLOOR_S)
-    return not 1 / (1 + tolerance) <= rtt_b / rtt_a <= 1 + tolerance
+    return moved(a.bandwidth_bps, b.bandwidth_bps, tolerance) or moved(rtt_a, rtt_b, tolerance)
 
 
 def link_context(link: Link) -> dict[str, float]:

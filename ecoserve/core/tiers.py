@@ -125,6 +125,11 @@ class DevicePower:
         if min(self.busy_w, self.tx_w, self.idle_w) < 0:
             raise ValueError(f"power figures must be >= 0 W: {self}")
 
+    def exchange_j(self, radio_s: float, waiting_s: float) -> float:
+        """Joules of one exchange with the next tier: the radio busy, then the device waiting
+        (the round trip and the next tier's compute)."""
+        return radio_s * self.tx_w + waiting_s * self.idle_w
+
 
 @dataclass(frozen=True)
 class CascadeCosts:
@@ -220,7 +225,7 @@ class SplitCosts:
             rows * self.wire_bytes(n), downlink=True
         )
         network_s = link.rtt_s + radio_s
-        energy += radio_s * self.power.tx_w + (link.rtt_s + srv_s) * self.power.idle_w
+        energy += self.power.exchange_j(radio_s, link.rtt_s + srv_s)
         latency = dev_s + network_s + srv_s
         return SplitFigures(j, latency, energy, latency, sent, dev_s, network_s, srv_s)
 
@@ -240,7 +245,7 @@ def cascade_batch(
     up = link.transfer_time(forwarded * costs.input_bytes)
     down = link.transfer_time(forwarded * costs.output_bytes, downlink=True)
     big_s = forwarded * costs.big_s
-    energy += (up + down) * power.tx_w + (link.rtt_s + big_s) * power.idle_w
+    energy += power.exchange_j(up + down, link.rtt_s + big_s)
     return small_s + link.rtt_s + up + big_s + down, energy
 
 

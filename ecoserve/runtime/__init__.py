@@ -4,7 +4,7 @@
 - ``build``: a runtime from ``EngineSettings`` (device opened, saved baseline read).
 - ``device_spec``: opening a device from its ``--device`` spec (sysfs, virtual, none, auto).
 - ``collate``: stacking items into a batch and splitting results back.
-- ``state_files``: durable JSON writes and the saved baseline.
+- ``state_files``: the saved baseline.
 
 May import ``ecoserve.core``, ``tuners``, ``devices`` and ``twins`` (for the virtual device),
 never the simulator (``ecoserve.sim``) nor any face (server, decorator, CLI, replay).

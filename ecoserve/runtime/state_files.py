@@ -1,9 +1,7 @@
-"""Files the runtime keeps across restarts: JSON written durably, and the cost's baseline.
+"""The cost's baseline as a file the runtime keeps across restarts.
 
 The core never touches a file; the runtime reads a saved baseline before it builds the
-engine and writes the measured one back. Writes go to a temporary file in the same folder,
-are flushed to disk, then renamed over the old file, so a crash or power cut leaves either
-the old file or the new one, never half of one.
+engine and writes the measured one back, durably (``devices.durable``).
 """
 
 from __future__ import annotations
@@ -11,19 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from devices.durable import write_json_durably
 from ecoserve.core.cost import Baseline
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` durably (``devices.durable``: temp, fsync, rename)."""
-    write_json_durably(path, data)
-
-
 def save_baseline(baseline: Baseline, path: str | Path) -> None:
-    write_json_atomic(path, asdict(baseline))
+    write_json_durably(path, asdict(baseline))
 
 
 def load_baseline(path: str | Path) -> Baseline:

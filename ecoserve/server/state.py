@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devices.durable import write_json_durably
 from ecoserve.core.controller import WindowReport
 from ecoserve.runtime.driver import Runtime, RuntimeObserver
-from ecoserve.runtime.state_files import save_baseline, write_json_atomic
+from ecoserve.runtime.state_files import save_baseline
 
 log = logging.getLogger("ecoserve.server.state")
 
@@ -88,7 +89,7 @@ class StateSaver(RuntimeObserver):
     def save(self) -> None:
         if self.path:
             try:
-                write_json_atomic(self.path, snapshot(self.runtime, self.model, self.device))
+                write_json_durably(self.path, snapshot(self.runtime, self.model, self.device))
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.path, exc)
         baseline = self.runtime.baseline

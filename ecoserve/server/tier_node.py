@@ -145,8 +145,7 @@ class CascadeRunner:
         rows = decision.forward_rows
         out = logits.detach().to(torch.float32).clone()
         preds = list(decision.preds)
-        chooser = self.chooser
-        rates = chooser.error_rates() if chooser is not None else None
+        big_of: dict[int, int] = {}
         if rows:
             reply = await self.forward(encode_tensor(x[rows], fp16=self.fp16))
             big = decode_tensor(reply, dtype=torch.float32)
@@ -156,17 +155,13 @@ class CascadeRunner:
                     f"{out.shape[1]} classes"
                 )
             out[rows] = big
-            big_preds = big.argmax(dim=1).tolist()
-            for i, bp in zip(rows, big_preds, strict=True):
-                if chooser is not None:
-                    chooser.observe_forwarded(decision.scores[i], decision.preds[i], bp)
-                preds[i] = int(bp)
+            big_of = dict(zip(rows, (int(p) for p in big.argmax(dim=1).tolist()), strict=True))
+            for i, bp in big_of.items():
+                preds[i] = bp
         errors = 0.0
-        if chooser is not None and rates is not None:
-            for i, keep in enumerate(decision.local):
-                if keep:
-                    errors += rates[chooser.bucket(decision.scores[i])][0]
-                    chooser.observe_local(decision.scores[i])
+        if self.chooser is not None:
+            bigs = [big_of.get(i) for i in range(len(decision.local))]
+            errors = self.chooser.observe_batch(decision.scores, decision.preds, bigs)
         forwarded = tuple(not keep for keep in decision.local)
         return CascadeResult(out, tuple(preds), decision.scores, forwarded, errors)
 
