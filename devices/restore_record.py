@@ -102,9 +102,34 @@ def default_state_dir() -> Path:
     return Path(xdg) / "ecoserve"
 
 
-def _alive(pid: int) -> bool:
+def _process_start(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, from ``/proc``), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+    return fields[19] if len(fields) > 19 else None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether ``pid`` is still the process that wrote the record.
+
+    A zombie (killed, not yet reaped) is dead, and a pid now held by another process (its
+    start time differs from the recorded one) is not the writer.
+    """
     if pid <= 0:
         return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        state = ""
+    if state:
+        if state[state.rfind(")") + 2 :].startswith("Z"):
+            return False
+        return started is None or _process_start(pid) == started
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -135,6 +160,7 @@ class RestoreRecord:
         data = {
             "format": FORMAT,
             "pid": os.getpid(),
+            "pid_started": _process_start(os.getpid()),
             "written_at": time.time(),
             "sysfs_root": str(self.root.root),
             "clocks": [asdict(s) for s in states],
@@ -143,22 +169,26 @@ class RestoreRecord:
 
     def read(self) -> tuple[int, list[ClockState]]:
         """(pid that wrote it, the recorded clocks); ValueError names what is wrong."""
+        return self._read()[:2]
+
+    def _read(self) -> tuple[int, list[ClockState], str | None]:
         try:
             data = json.loads(self.path.read_text())
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"unknown format {data.get('format') if isinstance(data, dict) else data!r}")
             clocks = [ClockState(**c) for c in data["clocks"]]
-            return int(data.get("pid", 0)), clocks
+            started = data.get("pid_started")
+            return int(data.get("pid", 0)), clocks, None if started is None else str(started)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"restore record {self.path} is unreadable: {exc}") from exc
 
     def owner_alive(self) -> int | None:
         """The pid of a live process other than this one that owns the record, else None."""
         try:
-            pid, _ = self.read()
+            pid, _, started = self._read()
         except ValueError:
             return None
-        return pid if pid != os.getpid() and _alive(pid) else None
+        return pid if pid != os.getpid() and _alive(pid, started) else None
 
     def restore(self) -> list[ClockState]:
         """Put back every recorded clock; remove the record only if all of them succeeded.

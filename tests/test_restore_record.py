@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from devices.base import DeviceError
-from devices.restore_record import ClockState, RestoreRecord, default_state_dir
+from devices.restore_record import (
+    ClockState,
+    RestoreRecord,
+    _process_start,
+    default_state_dir,
+)
 from devices.sysfs import SysfsRoot
 from devices.testing import FakeKernel, xavier_nx_tree
 from ecoserve.runtime.device_spec import open_device
@@ -165,7 +170,8 @@ def test_a_live_owner_is_refused_and_a_corrupt_record_is_dropped(
     try:
         record.write([])
         data = json.loads(record.path.read_text())
-        record.path.write_text(json.dumps({**data, "pid": sleeper.pid}))
+        owner = {"pid": sleeper.pid, "pid_started": _process_start(sleeper.pid)}
+        record.path.write_text(json.dumps({**data, **owner}))
         with pytest.raises(DeviceError, match=f"pid {sleeper.pid}"):
             open_device("sysfs", str(tree), state_dir=str(state))
     finally:
@@ -225,3 +231,19 @@ def test_without_a_writable_state_folder_the_clocks_are_left_alone(
     assert set(frozen) == {"cpu_freq_hz", "gpu_freq_hz"}
     assert "--state-dir" in frozen["cpu_freq_hz"] and "restore record" in caplog.text
     device.close()
+
+
+def test_a_killed_writer_not_yet_reaped_or_a_reused_pid_is_not_an_owner(tmp_path: Path) -> None:
+    tree = xavier_nx_tree(tmp_path / "tree")
+    record = RestoreRecord(SysfsRoot(tree), tmp_path / "state")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # it exits; not waited for, it stays a zombie
+    try:
+        record.write([])
+        data = json.loads(record.path.read_text())
+        record.path.write_text(json.dumps({**data, "pid": zombie.pid, "pid_started": None}))
+        assert record.owner_alive() is None
+        record.path.write_text(json.dumps({**data, "pid": os.getppid(), "pid_started": "1"}))
+        assert record.owner_alive() is None  # a live process, but not the one that wrote it
+    finally:
+        zombie.wait()
