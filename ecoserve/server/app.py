@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +22,7 @@ from devices.base import Device
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.hosts import HostCheck, allowed_hosts
+from ecoserve.server.oip_model import INPUT_NAME, OipModel
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
@@ -40,15 +44,29 @@ def create_app(
             settings.model, settings.input_shape, settings.preprocess, settings.postprocess
         )
     check_tier_settings(settings, model)
+    if settings.grpc_port is not None:
+        check_grpc_available()
     tier_router = tier_routes(settings, model)
     service = InferenceService(settings, model, device)
+    oip = OipModel(service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        grpc_server = None
         await service.start()
         try:
+            oip.signature  # noqa: B018 - learn the output shape before the first metadata call
+            if settings.grpc_port is not None:
+                from ecoserve.server.grpc_oip import start_grpc
+
+                grpc_server, app.state.grpc_port = await start_grpc(
+                    oip, settings.host, settings.grpc_port
+                )
             yield
         finally:
+            if grpc_server is not None:
+                await service.drain()  # new RPCs get UNAVAILABLE, accepted ones finish
+                await grpc_server.stop(grace=1.0)
             await service.close()
 
     from importlib.metadata import version
@@ -63,6 +81,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.oip = oip
+    app.state.grpc_port = None
     app.include_router(routes_v1.router)
     app.include_router(admin.router)
     app.include_router(routes_v2.router)
@@ -88,6 +108,63 @@ def create_app(
             f"{'.'.join(map(str, e.get('loc', ()))) or 'request'}: {e.get('msg')}"
             for e in exc.errors()
         )
+        if is_v2(request):
+            return json_response({"error": problems}, 400)
         return json_response({"detail": problems}, 422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Open Inference Protocol clients decode {"error": ...}, also for unknown paths.
+        key = "error" if is_v2(request) else "detail"
+        return json_response({key: str(exc.detail)}, exc.status_code, exc.headers)
+
+    app.openapi = lambda: openapi_document(app, oip)  # type: ignore[method-assign]
     return app
+
+
+def check_grpc_available() -> None:
+    try:
+        import grpc  # noqa: F401
+        import tritonclient.grpc  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            f"--grpc-port needs the gRPC extra ({exc}); install it with "
+            "pip install 'ecoserve[grpc]'"
+        ) from None
+
+
+def is_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def openapi_document(app: FastAPI, oip: OipModel) -> dict[str, Any]:
+    """FastAPI's document, with request examples this daemon's model accepts."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        example = oip_example(oip)
+        if example is not None:
+            for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+                body = document["paths"][path]["post"]["requestBody"]["content"]
+                body["application/json"]["example"] = example
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def oip_example(oip: OipModel) -> dict[str, Any] | None:
+    """One zero-filled item of the model's input, as a v2 request (None: shape unknown)."""
+    shape = oip.service.spec.shape
+    if shape is None:
+        return None
+    count = 1
+    for d in shape:
+        count *= d
+    zero = False if oip.signature.input_datatype == "BOOL" else 0
+    return {
+        "inputs": [
+            {"name": INPUT_NAME, "shape": [1, *shape],
+             "datatype": oip.signature.input_datatype, "data": [zero] * count}
+        ]
+    }  # fmt: skip

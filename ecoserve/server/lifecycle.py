@@ -154,6 +154,11 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
             flush=True,
         )
         print(f"try: {curl_example(settings, service, host, port)}", flush=True)
+        grpc_port = getattr(app.state, "grpc_port", None)
+        if grpc_port is not None:
+            print(
+                f"ecoserve: Open Inference Protocol over gRPC on {host}:{grpc_port}", flush=True
+            )
 
     server = DrainingServer(config, service.drain, on_started=announce)
     server.run()

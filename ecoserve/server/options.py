@@ -45,6 +45,7 @@ FIELDS: dict[str, str] = {
     "postprocess": "entry point package.module:callable mapping one item's output",
     "host": "address to bind (loopback by default; 0.0.0.0 exposes the daemon)",
     "port": "TCP port to bind (0 picks a free one and prints it)",
+    "grpc_port": "also serve the Open Inference Protocol over gRPC on this port (0 picks one; needs ecoserve[grpc]; off by default)",
     "allowed_hosts": "Host header names answered, comma list or * (default: loopback names when bound to loopback, any otherwise)",
     "admin_token": "bearer token enabling POST /v1/config (prefer ECOSERVE_ADMIN_TOKEN)",
     "state_file": "JSON file where tuner state is saved each window and at exit, and resumed",

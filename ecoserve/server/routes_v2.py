@@ -1,149 +1,386 @@
-"""Open Inference Protocol v2 (KServe / Triton) basics, so existing clients work unchanged.
+"""Open Inference Protocol v2 over HTTP/REST, as KServe and Triton define it.
 
-JSON tensors only: ``{"inputs": [{"name", "shape", "datatype", "data"}]}``. The first input
-tensor's leading dimension is the batch: each of its items goes to the engine separately
-and is batched with other requests, exactly like ``/v1/infer``.
+Health, server and model metadata, versioned and unversioned model routes, inference with
+JSON tensors or the binary tensor data extension, and Triton's model configuration,
+repository index and statistics extensions. Each item of the input's leading (batch)
+dimension goes to the engine separately and is batched with other requests, as on
+``/v1/infer``. Every failure answers ``{"error": "..."}``.
+
+The binary extension: the header ``Inference-Header-Content-Length: N`` says the body's
+first N bytes are the JSON request; each input with ``parameters.binary_data_size`` takes
+that many bytes, in order, from the rest. Outputs are answered the same way when asked
+for (``parameters.binary_data`` on an output, ``binary_data_output`` on the request).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ecoserve.server.responses import json_response, read_limited
-from ecoserve.server.schemas import V2InferRequest, V2InferResponse
-from ecoserve.server.service import InferenceService, ServiceError
-from ecoserve.server.tensors import (
-    InputError,
-    parse_json,
-    to_numpy,
-    v2_datatype_of,
-    v2_tensor_items,
+from ecoserve.server.oip_model import (
+    EXTENSIONS,
+    VERSION,
+    OipInput,
+    OipModel,
+    OipRequest,
+    OipResult,
+    bad_request,
 )
+from ecoserve.server.oip_tensors import (
+    array_from_bytes,
+    array_from_values,
+    array_to_bytes,
+    array_to_values,
+    check_datatype,
+    check_shape,
+)
+from ecoserve.server.responses import json_response, read_limited
+from ecoserve.server.schemas import (
+    V2Error,
+    V2InferRequest,
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2RepositoryEntry,
+    V2ServerMetadata,
+    inline_schema,
+)
+from ecoserve.server.service import ServiceError
+from ecoserve.server.tensors import InputError, parse_json
 
-router = APIRouter(prefix="/v2")
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
-PLATFORM = "pytorch_torchscript"
-
-
-def service_of(request: Request) -> InferenceService:
-    return request.app.state.service  # type: ignore[no-any-return]
+HEADER_LENGTH = "inference-header-content-length"
 
 
-def model_or_404(request: Request, name: str) -> InferenceService:
-    service = service_of(request)
-    if name not in (service.name, service.settings.model):
-        raise ServiceError(
-            404, f"model {name!r} not served; this daemon serves {service.name!r}", "invalid"
-        )
-    return service
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "malformed request: bad JSON, names, shapes, datatypes or parameters (the message says which)",
+        404: "no such model or version",
+        413: "body larger than --max-body-bytes, or more items than the queue holds",
+        500: "the model failed on this request's batch",
+        503: "not ready: starting, queue full or shutting down (see Retry-After)",
+        504: "no result within the request's deadline",
+    }
+    return {code: {"model": V2Error, "description": text[code]} for code in codes}
 
 
-def _error(err: ServiceError) -> Response:
-    # the protocol's error body is {"error": "..."}; keep FastAPI's "detail" too for clients of v1
-    return json_response({"error": err.detail, "detail": err.detail}, err.status, err.headers)
+def oip_of(request: Request) -> OipModel:
+    return request.app.state.oip  # type: ignore[no-any-return]
 
 
-@router.get("/health/live", summary="OIP liveness")
+def error_body(err: ServiceError) -> Response:
+    return json_response({"error": err.detail}, err.status, err.headers)
+
+
+# -- health and metadata --------------------------------------------------------------------
+@router.get("/health/live", summary="Server liveness", response_model=V2Live)
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="OIP readiness")
+@router.get(
+    "/health/ready", summary="Server readiness", response_model=V2Ready, responses=_errors(503)
+)
 async def ready(request: Request) -> Response:
-    ok = service_of(request).ready
+    ok = oip_of(request).ready
     return json_response({"ready": ok}, 200 if ok else 503)
 
 
-@router.get("", summary="OIP server metadata")
+@router.get("", summary="Server metadata", response_model=V2ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
     from importlib.metadata import version
 
-    return {"name": "ecoserve", "version": version("ecoserve"), "extensions": []}
+    return {"name": "ecoserve", "version": version("ecoserve"), "extensions": EXTENSIONS}
 
 
-@router.get("/models/{name}", summary="OIP model metadata")
-async def model_metadata(request: Request, name: str) -> Response:
+@router.get(
+    "/models/stats",
+    summary="Statistics of every model (Triton statistics extension)",
+    response_model=dict[str, Any],
+)
+async def all_statistics(request: Request) -> Response:
+    return json_response(oip_of(request).model_statistics())
+
+
+def _checked(request: Request, name: str, version: str | None) -> OipModel:
+    model = oip_of(request)
+    model.check(name, version)
+    return model
+
+
+async def _metadata(request: Request, name: str, version: str | None = None) -> Response:
     try:
-        service = model_or_404(request, name)
+        return json_response(_checked(request, name, version).metadata())
     except ServiceError as err:
-        return _error(err)
-    shape = [-1, *(service.spec.shape or [])] if service.spec.shape is not None else [-1]
-    return json_response(
-        {
-            "name": service.name,
-            "versions": ["1"],
-            "platform": PLATFORM,
-            "inputs": [{"name": "input", "datatype": service.spec.v2_datatype, "shape": shape}],
-            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1]}],
-        }
+        return error_body(err)
+
+
+async def _model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    try:
+        model = _checked(request, name, version)
+    except ServiceError as err:
+        return error_body(err)
+    return json_response({"name": model.name, "ready": model.ready}, 200 if model.ready else 503)
+
+
+async def _config(request: Request, name: str, version: str | None = None) -> Response:
+    try:
+        return json_response(_checked(request, name, version).config())
+    except ServiceError as err:
+        return error_body(err)
+
+
+async def _statistics(request: Request, name: str, version: str | None = None) -> Response:
+    try:
+        return json_response(_checked(request, name, version).model_statistics())
+    except ServiceError as err:
+        return error_body(err)
+
+
+# -- inference ------------------------------------------------------------------------------
+def parse_request(body: bytes, header_length: str | None) -> tuple[OipRequest, dict[str, bool]]:
+    """The request, and for each requested output whether it is to be answered as bytes.
+
+    The key ``""`` holds the request-wide ``binary_data_output`` default.
+    """
+    binary = b""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise bad_request(
+                f"Inference-Header-Content-Length {header_length!r} is not a number"
+            ) from None
+        if not 0 < n <= len(body):
+            raise bad_request(
+                f"Inference-Header-Content-Length {n} does not fit the body of {len(body)} bytes"
+            )
+        body, binary = body[:n], body[n:]
+    try:
+        payload = parse_json(body)
+    except InputError as exc:
+        raise bad_request(str(exc)) from None
+    if not isinstance(payload, dict):
+        raise bad_request('body must be a JSON object with an "inputs" list')
+    if not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
+        raise bad_request('body must have a non-empty "inputs" list of tensors')
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise bad_request('"parameters" must be an object')
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise bad_request('"id" must be a string')
+    view = memoryview(binary)
+    offset = 0
+    inputs = []
+    for i, entry in enumerate(payload["inputs"]):
+        tensor, used = _input(entry, i, view[offset:])
+        offset += used
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise bad_request(
+            f"{len(binary) - offset} bytes after the JSON header belong to no input "
+            "(check each input's binary_data_size)"
+        )
+    binary_outputs = {"": bool(parameters.get("binary_data_output", False))}
+    names = None
+    if payload.get("outputs") is not None:
+        if not isinstance(payload["outputs"], list):
+            raise bad_request('"outputs" must be a list of {"name": ...} objects')
+        names = []
+        for entry in payload["outputs"]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise bad_request('each requested output must be an object with a "name"')
+            params = entry.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise bad_request(f'output {entry["name"]!r}: "parameters" must be an object')
+            if "classification" in params:
+                raise bad_request(
+                    "the classification extension is not supported; ask for the tensor"
+                )
+            if "binary_data" in params:
+                binary_outputs[entry["name"]] = bool(params["binary_data"])
+            names.append(entry["name"])
+    return OipRequest(inputs, names, request_id, parameters), binary_outputs
+
+
+def _input(entry: Any, index: int, rest: memoryview) -> tuple[OipInput, int]:
+    """One input tensor and how many bytes of the binary section it consumed."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise bad_request(f"inputs[{index}] must be an object with name, shape, datatype and data")
+    what = f"input {entry['name']!r}"
+    try:
+        missing = [k for k in ("shape", "datatype") if k not in entry]
+        if missing:
+            raise InputError(f"{what} lacks {missing}")
+        shape = check_shape(entry["shape"], what)
+        datatype = check_datatype(entry["datatype"], what)
+        params = entry.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InputError(f'{what}: "parameters" must be an object')
+        size = params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InputError(f"{what}: binary_data_size must be a non-negative integer")
+            if size > len(rest):
+                raise InputError(
+                    f"{what} declares {size} binary bytes but only {len(rest)} follow the header"
+                )
+            if "data" in entry:
+                raise InputError(f'{what} has both "data" and binary_data_size; send one')
+            return OipInput(
+                entry["name"], datatype, shape, array_from_bytes(rest[:size], datatype, shape, what)
+            ), size
+        if "data" not in entry:
+            raise InputError(f'{what} has neither "data" nor parameters.binary_data_size')
+        return OipInput(
+            entry["name"], datatype, shape, array_from_values(entry["data"], datatype, shape, what)
+        ), 0
+    except InputError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def encode_result(result: OipResult, binary_outputs: dict[str, bool]) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    blobs: list[bytes] = []
+    outputs = []
+    for out in result.outputs:
+        tensor: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
+        if binary_outputs.get(out.name, binary_outputs[""]):
+            raw = array_to_bytes(out.array, out.datatype)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            tensor["data"] = array_to_values(out.array)
+        outputs.append(tensor)
+    header: dict[str, Any] = {"model_name": result.model_name, "model_version": VERSION}
+    if result.id is not None:
+        header["id"] = result.id
+    if result.parameters:
+        header["parameters"] = result.parameters
+    header["outputs"] = outputs
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False, default=str).encode()
+    if not blobs:
+        return text, None
+    return b"".join([text, *blobs]), len(text)
+
+
+async def _infer(request: Request, name: str, version: str | None = None) -> Response:
+    started = time.perf_counter()
+    model = oip_of(request)
+    service = model.service
+    try:
+        model.check(name, version)
+        body = await read_limited(request, service.settings.max_body_bytes)
+        oip_request, binary_outputs = parse_request(body, request.headers.get(HEADER_LENGTH))
+        result = await model.infer(oip_request)
+        if oip_request.outputs is not None:
+            result.outputs = [o for o in result.outputs if o.name in oip_request.outputs]
+        content, header_length = encode_result(result, binary_outputs)
+    except ServiceError as err:
+        service.metrics.request_done(err.outcome)
+        return error_body(err)
+    service.metrics.request_done("ok", time.perf_counter() - started)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
     )
 
 
-@router.get("/models/{name}/ready", summary="OIP model readiness")
-async def model_ready(request: Request, name: str) -> Response:
-    try:
-        service = model_or_404(request, name)
-    except ServiceError as err:
-        return _error(err)
-    return json_response(
-        {"name": service.name, "ready": service.ready}, 200 if service.ready else 503
-    )
+_INFER_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(V2InferRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "binary tensor data extension: the JSON request (its length in "
+                "Inference-Header-Content-Length), then each input's bytes",
+            },
+        },
+    }
+}
+
+
+def _model_routes(prefix: str, versioned: bool) -> None:
+    """Register one model's routes under ``prefix`` (with or without ``/versions/{version}``)."""
+    where = " (one version)" if versioned else ""
+    routes: list[tuple[str, str, Any, str, Any, tuple[int, ...]]] = [
+        ("GET", "", _metadata, "Model metadata", V2ModelMetadata, (404,)),
+        ("GET", "/ready", _model_ready, "Model readiness", V2ModelReady, (404, 503)),
+        (
+            "GET",
+            "/config",
+            _config,
+            "Model configuration (Triton extension)",
+            dict[str, Any],
+            (404,),
+        ),
+        (
+            "GET",
+            "/stats",
+            _statistics,
+            "Model statistics (Triton extension)",
+            dict[str, Any],
+            (404,),
+        ),
+    ]
+    for method, tail, endpoint, summary, model, codes in routes:
+        router.add_api_route(
+            prefix + tail, endpoint, methods=[method], summary=summary + where,
+            response_model=model, responses=_errors(*codes),
+            operation_id=f"v2_{endpoint.__name__.strip('_')}{'_versioned' if versioned else ''}",
+        )  # fmt: skip
+    router.add_api_route(
+        prefix + "/infer", _infer, methods=["POST"], summary="Inference" + where,
+        response_model=V2InferResponse, responses=_errors(400, 404, 413, 500, 503, 504),
+        openapi_extra=_INFER_OPENAPI,
+        operation_id=f"v2_infer{'_versioned' if versioned else ''}",
+    )  # fmt: skip
+
+
+_model_routes("/models/{name}/versions/{version}", versioned=True)
+_model_routes("/models/{name}", versioned=False)
 
 
 @router.post(
-    "/models/{name}/infer",
-    response_model=V2InferResponse,
-    summary="OIP inference (JSON tensors)",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": V2InferRequest.model_json_schema()}},
-        }
-    },
+    "/repository/index",
+    summary="Models in the repository (Triton extension)",
+    response_model=list[V2RepositoryEntry],
 )
-async def infer(request: Request, name: str) -> Response:
-    try:
-        service = model_or_404(request, name)
-    except ServiceError as err:
-        return _error(err)
-    try:
-        body = await read_limited(request, service.settings.max_body_bytes)
-        try:
-            payload = parse_json(body)
-            if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-                raise InputError('body must be an object with an "inputs" list of tensors')
-            if len(payload["inputs"]) != 1:
-                raise InputError(
-                    f"this model takes exactly one input tensor, got {len(payload['inputs'])}"
-                )
-            items = v2_tensor_items(payload["inputs"][0], service.spec)
-        except InputError as exc:
-            raise ServiceError(422, str(exc), "invalid") from None
-        results = await service.infer(items)
-        try:
-            out = np.stack([to_numpy(r) for r in results])
-        except (TypeError, ValueError) as exc:
-            raise ServiceError(500, f"output is not a tensor: {exc}", "error") from None
-    except ServiceError as err:
-        service.metrics.request_done(err.outcome)
-        return _error(err)
-    service.metrics.request_done("ok")
-    data: dict[str, Any] = {
-        "model_name": service.name,
-        "model_version": "1",
-        "outputs": [
-            {
-                "name": "output",
-                "shape": list(out.shape),
-                "datatype": v2_datatype_of(out),
-                "data": out.reshape(-1).tolist(),
-            }
-        ],
-    }
-    if isinstance(payload.get("id"), str):
-        data["id"] = payload["id"]
-    return json_response(data)
+async def repository_index(request: Request) -> Response:
+    return json_response(oip_of(request).repository_index())
+
+
+@router.post(
+    "/repository/models/{name}/load",
+    summary="Load a model (not available: the daemon serves the model it started with)",
+    responses=_errors(400),
+)
+async def load(name: str) -> Response:
+    return json_response(
+        {"error": f"cannot load {name!r}: ecoserve serves the one model given at start "
+                  "(restart with --model to change it)"},
+        400,
+    )  # fmt: skip
+
+
+@router.post(
+    "/repository/models/{name}/unload",
+    summary="Unload a model (not available: the daemon serves the model it started with)",
+    responses=_errors(400),
+)
+async def unload(name: str) -> Response:
+    return json_response(
+        {"error": f"cannot unload {name!r}: stop the daemon to stop serving its model"}, 400
+    )

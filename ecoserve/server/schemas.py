@@ -51,22 +51,106 @@ class ConfigResponse(BaseModel):
     pinned: dict[str, float]
 
 
+class V2Error(BaseModel):
+    """Every failure under ``/v2`` answers this body, as the protocol defines."""
+
+    error: str
+
+
 class V2Tensor(BaseModel):
+    """A tensor: ``data`` row-major (flat or nested), or its bytes after the JSON header
+    when ``parameters.binary_data_size`` is given (the binary tensor data extension)."""
+
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(
+        None, description='{"binary_data": true} answers this output as bytes'
+    )
 
 
 class V2InferRequest(BaseModel):
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description='"binary_data_output": true answers every output as bytes; "timeout" '
+        "(microseconds) tightens the deadline; other entries are echoed back",
+    )
     inputs: list[V2Tensor]
-    outputs: list[dict[str, Any]] | None = None
-    parameters: dict[str, Any] | None = None
+    outputs: list[V2RequestedOutput] | None = None
 
 
 class V2InferResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
+    parameters: dict[str, Any] | None = None
     outputs: list[V2Tensor]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2RepositoryEntry(BaseModel):
+    name: str
+    version: str
+    state: str
+    reason: str | None = None
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` written in place.
+
+    A request body declared through ``openapi_extra`` is not registered with the OpenAPI
+    components, so references into ``$defs`` would dangle there.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]

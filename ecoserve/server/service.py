@@ -25,6 +25,7 @@ from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.driver import Runtime, RuntimeStoppedError
 from ecoserve.server.metrics import ServerMetrics
 from ecoserve.server.observers import Observers
+from ecoserve.server.oip_stats import InferenceStatistics
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.state import StateSaver, resume
 from ecoserve.server.tensors import TensorSpec
@@ -58,6 +59,7 @@ class InferenceService:
             model.input_dtype,
         )
         self.metrics = ServerMetrics(max_batch=settings.max_batch)
+        self.statistics = InferenceStatistics()
         self.runtime: Runtime | None = None
         self.tier: TierBridge | None = None
         self.saver: StateSaver | None = None
@@ -79,7 +81,7 @@ class InferenceService:
         serving loop it belongs to.
         """
         s = self.settings
-        observers = Observers([self.metrics])
+        observers = Observers([self.metrics, self.statistics])
         batch_fn = self.model.batch_fn
         tier_hooks: dict[str, Any] = {}
         engine_settings = s
@@ -213,8 +215,11 @@ class InferenceService:
     def _retry(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}
 
-    async def infer(self, items: Sequence[Any]) -> list[Any]:
-        """Run each item through the engine (batched with others); one result per item."""
+    async def infer(self, items: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
+        """Run each item through the engine (batched with others); one result per item.
+
+        ``timeout_s`` is the client's own deadline; the daemon's request timeout still bounds it.
+        """
         runtime = self.runtime
         if runtime is None or self.draining or not runtime.accepting:
             raise ServiceError(
@@ -253,15 +258,18 @@ class InferenceService:
             raise ServiceError(
                 503, "shutting down; not accepting requests", "unavailable", self._retry()
             ) from None
+        deadline = self.settings.request_timeout_s
+        if timeout_s is not None:
+            deadline = timeout_s if deadline is None else min(deadline, timeout_s)
         gathered = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         try:
-            out = await asyncio.wait_for(gathered, self.settings.request_timeout_s)
+            out = await asyncio.wait_for(gathered, deadline)
         except asyncio.TimeoutError:
             for f in futures:
                 f.cancel()
             raise ServiceError(
                 504,
-                f"no result within the request timeout of {self.settings.request_timeout_s} s",
+                f"no result within the request timeout of {deadline} s",
                 "timeout",
             ) from None
         except RuntimeStoppedError:

@@ -39,6 +39,7 @@ class ServeSettings(EngineSettings):
     postprocess: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None
     allowed_hosts: str | None = None
     admin_token: str | None = None
     state_file: str | None = None
@@ -64,6 +65,8 @@ class ServeSettings(EngineSettings):
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be within 0..65535, got {self.port}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"grpc_port must be within 0..65535, got {self.grpc_port}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:

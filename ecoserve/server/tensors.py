@@ -25,23 +25,6 @@ import torch
 
 NPY_MEDIA_TYPES = ("application/octet-stream", "application/x-npy")
 
-#: Open Inference Protocol datatype names and the NumPy dtypes they stand for.
-V2_DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-
-
 class InputError(ValueError):
     """The request's input cannot be served; the message says why (answered with 422)."""
 
@@ -53,13 +36,6 @@ class TensorSpec:
         self.shape = tuple(shape) if shape is not None else None
         self.dtype = dtype
         self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-
-    @property
-    def v2_datatype(self) -> str:
-        for name, dt in V2_DATATYPES.items():
-            if dt == self.np_dtype:
-                return name
-        return str(self.np_dtype).upper()
 
     def describe(self) -> str:
         shape = "any shape" if self.shape is None else f"shape {list(self.shape)}"
@@ -231,44 +207,3 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-# -- Open Inference Protocol v2 -------------------------------------------------------------
-def v2_tensor_items(tensor: Any, spec: TensorSpec) -> list[torch.Tensor]:
-    """Items from one v2 JSON input tensor ``{name, shape, datatype, data}``."""
-    if not isinstance(tensor, dict):
-        raise InputError('each entry of "inputs" must be an object {name, shape, datatype, data}')
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
-    if missing:
-        raise InputError(f"input tensor lacks {missing}")
-    shape = tensor["shape"]
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InputError('"shape" must be a list of non-negative integers')
-    datatype = tensor["datatype"]
-    if datatype not in V2_DATATYPES:
-        raise InputError(f"datatype {datatype!r} not supported; use one of {list(V2_DATATYPES)}")
-    flat = nested_to_array(tensor["data"], "data").reshape(-1)
-    count = math.prod(shape)
-    if flat.size != count:
-        raise InputError(f"data holds {flat.size} values but shape {shape} needs {count}")
-    target = V2_DATATYPES[datatype]
-    if flat.dtype.kind in "iu" and target.kind in "iu":
-        info = np.iinfo(target)  # JSON integers of any size: check the range, never wrap
-        if flat.size and (int(flat.min()) < info.min or int(flat.max()) > info.max):
-            raise InputError(
-                f"data values {int(flat.min())}..{int(flat.max())} do not fit datatype "
-                f"{datatype} ({info.min}..{info.max})"
-            )
-    elif not np.can_cast(flat.dtype, target, casting="same_kind"):
-        raise InputError(f"data values ({flat.dtype}) do not fit datatype {datatype}")
-    arr = flat.astype(target).reshape(shape)
-    return spec.split_items(arr, f"input {tensor['name']!r}")
-
-
-def v2_datatype_of(arr: np.ndarray) -> str:
-    for name, dt in V2_DATATYPES.items():
-        if dt == arr.dtype:
-            return name
-    return "BYTES"

@@ -1,0 +1,283 @@
+"""The served model as the Open Inference Protocol sees it, shared by HTTP and gRPC.
+
+Both front ends translate their wire format into an ``OipRequest`` and back from an
+``OipResult``; everything in between is here once: model and version lookup, input and
+output names, shapes found by running an example item at start, request parameters,
+Triton's model configuration, repository index and statistics, and the call into the
+inference service (the same queue, batching, tuner and metrics as ``/v1/infer``).
+Failures are ``ServiceError`` with the HTTP status; gRPC maps the status to its codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecoserve.server.oip_stats import InferenceStatistics
+from ecoserve.server.oip_tensors import (
+    TRITON_CONFIG_TYPES,
+    datatype_of,
+    output_array,
+)
+from ecoserve.server.service import InferenceService, ServiceError
+from ecoserve.server.tensors import InputError, to_numpy
+
+log = logging.getLogger("ecoserve.server")
+
+VERSION = "1"
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+PLATFORM = "pytorch_libtorch"
+#: Protocol extensions served (the names Triton uses in its server metadata).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+#: Request parameters the protocol reserves; the rest are echoed back in the response.
+RESERVED_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
+     "binary_data_output", "binary_data", "binary_data_size", "headers"}
+)  # fmt: skip
+
+
+@dataclass
+class Signature:
+    """One input and one output; item shapes exclude the batch dimension (None: any)."""
+
+    input_datatype: str
+    input_shape: tuple[int, ...] | None
+    output_datatype: str
+    output_shape: tuple[int, ...] | None
+
+    def shape_with_batch(self, item: tuple[int, ...] | None) -> list[int]:
+        return [-1] if item is None else [-1, *item]
+
+
+def probe_signature(service: InferenceService) -> Signature:
+    """Run one example item through the model (not the engine) to learn its output.
+
+    Models whose input shape is unknown (a preprocess entry point, a callable without
+    ``input_shape``) report ``[-1]`` shapes, as the protocol allows.
+    """
+    spec = service.spec
+    in_type = datatype_of(np.empty(0, spec.np_dtype))
+    out_type, out_shape = "FP32", None
+    model = service.model
+    if spec.shape is not None:
+        try:
+            item = model.example_item()
+            out = model.batch_fn([item])
+            first = out[0]
+            if model.postprocess is not None:
+                first = model.postprocess(first)
+            value = first if isinstance(first, torch.Tensor) else to_numpy(first)
+            out_type = datatype_of(value)
+            out_shape = tuple(int(d) for d in output_array(value).shape)
+        except Exception as exc:  # a user model may fail on a random item; metadata says [-1]
+            log.warning("could not run an example item to learn the output shape: %s", exc)
+    return Signature(in_type, spec.shape, out_type, out_shape)
+
+
+@dataclass
+class OipInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    array: np.ndarray
+
+
+@dataclass
+class OipRequest:
+    inputs: list[OipInput]
+    outputs: list[str] | None = None
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OipOutput:
+    name: str
+    datatype: str
+    shape: list[int]
+    array: np.ndarray
+
+
+@dataclass
+class OipResult:
+    model_name: str
+    outputs: list[OipOutput]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def not_found(detail: str) -> ServiceError:
+    return ServiceError(404, detail, "invalid")
+
+
+def bad_request(detail: str) -> ServiceError:
+    return ServiceError(400, detail, "invalid")
+
+
+class OipModel:
+    """The one model this daemon serves, under its name and version ``1``."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.statistics: InferenceStatistics = service.statistics
+        self._signature: Signature | None = None
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def signature(self) -> Signature:
+        if self._signature is None:
+            self._signature = probe_signature(self.service)
+        return self._signature
+
+    def check(self, name: str, version: str | None = None) -> None:
+        """404 for another model or version; the message says what is served."""
+        if name not in (self.service.name, self.service.settings.model):
+            raise not_found(f"model {name!r} is not served; this daemon serves {self.name!r}")
+        if version not in (None, "", VERSION):
+            raise not_found(
+                f"model {name!r} has no version {version!r}; it serves version {VERSION}"
+            )
+
+    @property
+    def ready(self) -> bool:
+        return self.service.ready
+
+    # -- descriptions ---------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        sig = self.signature
+        return {
+            "name": self.name,
+            "versions": [VERSION],
+            "platform": PLATFORM,
+            "inputs": [
+                {"name": INPUT_NAME, "datatype": sig.input_datatype,
+                 "shape": sig.shape_with_batch(sig.input_shape)}
+            ],
+            "outputs": [
+                {"name": OUTPUT_NAME, "datatype": sig.output_datatype,
+                 "shape": sig.shape_with_batch(sig.output_shape)}
+            ],
+        }  # fmt: skip
+
+    def config(self) -> dict[str, Any]:
+        """Triton's model configuration: batching dimension first, dims without it."""
+        sig = self.signature
+        s = self.service.settings
+        device = s.device.split(":", 1)[0]
+        return {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": "pytorch",
+            "max_batch_size": s.max_batch,
+            "input": [
+                {"name": INPUT_NAME, "data_type": TRITON_CONFIG_TYPES[sig.input_datatype],
+                 "dims": list(sig.input_shape) if sig.input_shape is not None else [-1]}
+            ],
+            "output": [
+                {"name": OUTPUT_NAME, "data_type": TRITON_CONFIG_TYPES[sig.output_datatype],
+                 "dims": list(sig.output_shape) if sig.output_shape is not None else [-1]}
+            ],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": int(round(s.max_wait_s * 1e6)),
+                "default_queue_policy": {"max_queue_size": s.max_queue},
+            },
+            "instance_group": [
+                {"name": f"{self.name}_0", "count": 1,
+                 "kind": "KIND_GPU" if device in ("sysfs", "nvml") else "KIND_CPU"}
+            ],
+            "version_policy": {"latest": {"num_versions": 1}},
+            "parameters": {
+                "ecoserve_tuner": {"string_value": s.tuner},
+                "ecoserve_device": {"string_value": s.device},
+            },
+        }  # fmt: skip
+
+    def repository_index(self) -> list[dict[str, str]]:
+        state = "READY" if self.ready else "UNAVAILABLE"
+        entry = {"name": self.name, "version": VERSION, "state": state}
+        if not self.ready:
+            entry["reason"] = "starting or draining"
+        return [entry]
+
+    def model_statistics(self) -> dict[str, Any]:
+        return {"model_stats": [self.statistics.model_stats(self.name, VERSION)]}
+
+    # -- inference ------------------------------------------------------------------------
+    def _items(self, request: OipRequest) -> list[torch.Tensor]:
+        if len(request.inputs) != 1:
+            names = [t.name for t in request.inputs]
+            raise bad_request(
+                f"model {self.name!r} takes exactly one input, {INPUT_NAME!r}; got {names}"
+            )
+        tensor = request.inputs[0]
+        if tensor.name != INPUT_NAME:
+            raise bad_request(
+                f"unknown input {tensor.name!r}; model {self.name!r} takes one input named "
+                f"{INPUT_NAME!r} ({self.signature.input_datatype}, shape "
+                f"{self.signature.shape_with_batch(self.signature.input_shape)})"
+            )
+        try:
+            return self.service.spec.split_items(tensor.array, f"input {tensor.name!r}")
+        except InputError as exc:
+            raise bad_request(str(exc)) from None
+
+    def _check_parameters(self, parameters: dict[str, Any]) -> float | None:
+        """Refuse what a stateless model cannot honour; the request's own timeout, if any."""
+        if parameters.get("sequence_id") not in (None, 0, ""):
+            raise bad_request(
+                "sequence_id given, but this model is stateless (no sequence batching)"
+            )
+        timeout = parameters.get("timeout")
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise bad_request(
+                f'parameter "timeout" must be a positive number of microseconds, got {timeout!r}'
+            )
+        return float(timeout) / 1e6
+
+    async def infer(self, request: OipRequest) -> OipResult:
+        """Validate, run each item through the engine, and shape the outputs asked for."""
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await self._infer(request)
+            ok = True
+            return result
+        finally:
+            self.statistics.request_done(ok, time.perf_counter() - started)
+
+    async def _infer(self, request: OipRequest) -> OipResult:
+        unknown = [n for n in request.outputs or () if n != OUTPUT_NAME]
+        if unknown:
+            raise bad_request(
+                f"unknown output(s) {unknown}; model {self.name!r} has one output, {OUTPUT_NAME!r}"
+            )
+        timeout_s = self._check_parameters(request.parameters)
+        items = self._items(request)
+        results = await self.service.infer(items, timeout_s=timeout_s)
+        try:
+            arrays = [
+                output_array(r) if isinstance(r, torch.Tensor) else to_numpy(r) for r in results
+            ]
+            out = np.stack(arrays)
+        except (TypeError, ValueError) as exc:
+            raise ServiceError(500, f"output is not a tensor: {exc}", "error") from None
+        first = results[0]
+        datatype = datatype_of(first if isinstance(first, torch.Tensor) else out)
+        if datatype == "BYTES":
+            raise ServiceError(
+                500, f"output of dtype {out.dtype} has no protocol datatype", "error"
+            )
+        echoed = {k: v for k, v in request.parameters.items() if k not in RESERVED_PARAMETERS}
+        output = OipOutput(OUTPUT_NAME, datatype, list(out.shape), out)
+        return OipResult(self.name, [output], request.id, echoed)
