@@ -86,6 +86,15 @@ class Daemon:
     def output(self) -> str:
         return "".join(self.lines)
 
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of the gRPC server the daemon announced (``--grpc-port``)."""
+        for line in self.lines:
+            m = re.search(r"over gRPC on (127\.0\.0\.1:\d+)", line)
+            if m:
+                return m.group(1)
+        raise RuntimeError("daemon announced no gRPC server:\n" + self.output)
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -133,10 +133,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=self.model.ready)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
+        # A readiness probe gets an answer, not an error: another model or version is not ready.
         try:
             self.model.check(request.name, request.version)
-        except ServiceError as err:
-            return await self._fail(context, err)
+        except ServiceError:
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=self.model.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
