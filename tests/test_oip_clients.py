@@ -58,7 +58,9 @@ def values_of(datatype: str, n: int = 2, seed: int = 0) -> np.ndarray:
         return rng.integers(0, 100, shape).astype(datatype.lower())
     if datatype == "BF16":
         return rng.random(shape).astype(ml_dtypes.bfloat16)
-    return rng.random(shape).astype({"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[datatype])
+    return rng.random(shape).astype(
+        {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[datatype]
+    )
 
 
 def v1_answer(url: str, x: np.ndarray) -> np.ndarray:
@@ -181,7 +183,9 @@ def test_model_config_statistics_and_repository_index(http_client, grpc_client) 
     assert after["inference_count"] >= before["inference_count"] + 3
     assert stats["queue"]["count"] >= old["queue"]["count"] + 3
     assert stats["compute_infer"]["ns"] > old["compute_infer"]["ns"]
-    assert sum(b["compute_infer"]["count"] for b in after["batch_stats"]) == after["execution_count"]
+    assert (
+        sum(b["compute_infer"]["count"] for b in after["batch_stats"]) == after["execution_count"]
+    )
     grpc_stats = grpc_client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
     assert int(grpc_stats["inference_count"]) >= after["inference_count"]
     assert http_client.get_model_repository_index() == [
@@ -250,7 +254,11 @@ def test_parameters_pass_through_and_timeout(served, http_client) -> None:
 def test_v2_requests_are_in_the_request_metrics(served, http_client, grpc_client) -> None:
     def count() -> float:
         text = httpx.get(served.url + "/metrics").text
-        line = next(ln for ln in text.splitlines() if ln.startswith("ecoserve_request_duration_seconds_count"))
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("ecoserve_request_duration_seconds_count")
+        )
         return float(line.split()[-1])
 
     before = count()

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +20,8 @@ from devices.base import Device
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.hosts import HostCheck, allowed_hosts
-from ecoserve.server.oip_model import INPUT_NAME, OipModel
+from ecoserve.server.oip_model import OipModel
+from ecoserve.server.openapi import openapi_document
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
@@ -136,35 +135,3 @@ def check_grpc_available() -> None:
 def is_v2(request: Request) -> bool:
     path = request.url.path
     return path == "/v2" or path.startswith("/v2/")
-
-
-def openapi_document(app: FastAPI, oip: OipModel) -> dict[str, Any]:
-    """FastAPI's document, with request examples this daemon's model accepts."""
-    if app.openapi_schema is None:
-        document = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        example = oip_example(oip)
-        if example is not None:
-            for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
-                body = document["paths"][path]["post"]["requestBody"]["content"]
-                body["application/json"]["example"] = example
-        app.openapi_schema = document
-    return app.openapi_schema
-
-
-def oip_example(oip: OipModel) -> dict[str, Any] | None:
-    """One zero-filled item of the model's input, as a v2 request (None: shape unknown)."""
-    shape = oip.service.spec.shape
-    if shape is None:
-        return None
-    count = 1
-    for d in shape:
-        count *= d
-    zero = False if oip.signature.input_datatype == "BOOL" else 0
-    return {
-        "inputs": [
-            {"name": INPUT_NAME, "shape": [1, *shape],
-             "datatype": oip.signature.input_datatype, "data": [zero] * count}
-        ]
-    }  # fmt: skip

@@ -49,7 +49,7 @@ _INFER_BODY = {
             "application/json": {"schema": InferRequest.model_json_schema()},
             "application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"},
-                "example": "one .npy array: one item, or (n, *item_shape) for n items",
+                "description": "one .npy array: one item, or (n, *item_shape) for n items",
             },
         },
     }

@@ -171,9 +171,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[OipRequest, d
         raise bad_request('body must be a JSON object with an "inputs" list')
     if not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
         raise bad_request('body must have a non-empty "inputs" list of tensors')
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise bad_request('"parameters" must be an object')
+    parameters = _object_or_empty(payload.get("parameters"), '"parameters"')
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad_request('"id" must be a string')
@@ -198,9 +196,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[OipRequest, d
         for entry in payload["outputs"]:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise bad_request('each requested output must be an object with a "name"')
-            params = entry.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise bad_request(f'output {entry["name"]!r}: "parameters" must be an object')
+            params = _object_or_empty(
+                entry.get("parameters"), f'output {entry["name"]!r}: "parameters"'
+            )
             if "classification" in params:
                 raise bad_request(
                     "the classification extension is not supported; ask for the tensor"
@@ -209,6 +207,15 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[OipRequest, d
                 binary_outputs[entry["name"]] = bool(params["binary_data"])
             names.append(entry["name"])
     return OipRequest(inputs, names, request_id, parameters), binary_outputs
+
+
+def _object_or_empty(value: Any, what: str) -> dict[str, Any]:
+    """An optional JSON object: absent or null is empty; anything but an object is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f"{what} must be an object, got {type(value).__name__}")
+    return value
 
 
 def _input(entry: Any, index: int, rest: memoryview) -> tuple[OipInput, int]:
@@ -222,9 +229,7 @@ def _input(entry: Any, index: int, rest: memoryview) -> tuple[OipInput, int]:
             raise InputError(f"{what} lacks {missing}")
         shape = check_shape(entry["shape"], what)
         datatype = check_datatype(entry["datatype"], what)
-        params = entry.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise InputError(f'{what}: "parameters" must be an object')
+        params = _object_or_empty(entry.get("parameters"), f'{what}: "parameters"')
         size = params.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:

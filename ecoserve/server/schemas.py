@@ -33,9 +33,12 @@ class ErrorResponse(BaseModel):
 
 
 class ConfigRequest(BaseModel):
-    """Run-time control: switch tuner, pin knobs to values, or unpin all."""
+    """Run-time control: switch tuner, pin knobs to values, or unpin all.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: ``"unpin": 0`` or a number as a string is refused rather than guessed at.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     tuner: str | None = Field(None, description="tuner name, e.g. ecogd, grid, dvfs, fixed")
     tuner_params: dict[str, Any] = Field(default_factory=dict)
@@ -82,7 +85,7 @@ class V2InferRequest(BaseModel):
         description='"binary_data_output": true answers every output as bytes; "timeout" '
         "(microseconds) tightens the deadline; other entries are echoed back",
     )
-    inputs: list[V2Tensor]
+    inputs: list[V2Tensor] = Field(min_length=1)
     outputs: list[V2RequestedOutput] | None = None
 
 

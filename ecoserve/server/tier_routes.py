@@ -33,6 +33,7 @@ from torch import nn
 from ecoserve.core.tiers import StageProfile
 from ecoserve.models.stages import run_from
 from ecoserve.models.tensor_codec import CONTENT_TYPE, decode_tensor, encode_tensor
+from ecoserve.server.schemas import ErrorResponse
 
 if TYPE_CHECKING:
     from ecoserve.server.tier_node import TierNode
@@ -41,6 +42,18 @@ if TYPE_CHECKING:
 COMPUTE_HEADER = "X-Ecoserve-Compute-S"
 #: Route prefix shared by the router and the client.
 PREFIX = "/v1/tier"
+
+#: What every tier route may answer besides 200, each with ``{"detail": "..."}``.
+_TIER_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        401: "this tier needs its bearer token",
+        404: "no such resource on this tier (no profile, no cascade model)",
+        413: "body larger than the tier's limit",
+        422: "tensor or split point this tier cannot take (the message says why)",
+        503: "too many tier computations in progress (see Retry-After)",
+    }.items()
+}
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: Default size of a bandwidth probe: large enough that the transfer, not the round trip,
 #: dominates on slow links, small enough to be negligible on a 1 Mbit/s one every few seconds.
@@ -182,7 +195,9 @@ def tier_router(
         finally:
             pending -= 1
 
-    router = APIRouter(prefix=PREFIX, tags=["tiers"], dependencies=[Depends(authorised)])
+    router = APIRouter(
+        prefix=PREFIX, tags=["tiers"], dependencies=[Depends(authorised)], responses=_TIER_ERRORS
+    )
 
     def run_checked(fn: Callable[[], torch.Tensor], where: str) -> Callable[[], torch.Tensor]:
         def call() -> torch.Tensor:
