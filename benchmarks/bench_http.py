@@ -184,7 +184,7 @@ def server(cmd: list[str], port: int, ready_path: str, log: Path):
                 raise RuntimeError(f"server exited; see {log}")
             try:
                 with socket.create_connection((HOST, port), timeout=1) as s:
-                    s.sendall(f"GET {ready_path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    s.sendall(f"GET {ready_path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
                     if s.recv(64).startswith(b"HTTP/1.1 200"):
                         break
             except OSError:
