@@ -396,9 +396,11 @@ def measure(
     guard: Guard | None = None,
 ) -> ProfileRow:
     """Pin ``setting`` and measure it: median batch time, energy over the timed batches."""
+    if guard is not None:
+        guard.feed()  # the stall clock starts with this setting, before it is applied
+    fired = guard.fired_count if guard is not None else 0
     apply_setting(device, setting)
     inputs = collate([items[i % len(items)] for i in range(setting.batch)])
-    fired = guard.fired_count if guard is not None else 0
     for _ in range(warmup):
         run_batch(device, fn, inputs, setting.batch)
         if guard is not None:

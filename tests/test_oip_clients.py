@@ -117,12 +117,15 @@ def test_every_datatype_over_grpc_equals_v1(served, grpc_client, datatype) -> No
     np.testing.assert_allclose(out, v1_answer(served.url, x), rtol=1e-5, atol=1e-6)
 
 
-def test_grpc_typed_contents_equal_raw_bytes(served) -> None:
+@pytest.mark.parametrize("datatype", [t for t in NUMPY_TYPES if t != "FP16"])
+def test_grpc_typed_contents_equal_v1(served, datatype) -> None:
     """Inputs in the message's typed contents (not raw bytes), as other gRPC clients send."""
-    x = values_of("INT32", seed=2)
+    from ecoserve.server.grpc_oip import CONTENTS_FIELDS
+
+    x = values_of(datatype, seed=2)
     request = service_pb2.ModelInferRequest(model_name=MODEL, id="typed")
-    tensor = request.inputs.add(name="input", datatype="INT32", shape=list(x.shape))
-    tensor.contents.int_contents.extend(x.reshape(-1).tolist())
+    tensor = request.inputs.add(name="input", datatype=datatype, shape=list(x.shape))
+    getattr(tensor.contents, CONTENTS_FIELDS[datatype]).extend(x.reshape(-1).tolist())
     with grpc.insecure_channel(served.grpc_address) as channel:
         reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     assert reply.id == "typed" and reply.outputs[0].datatype == "FP32"

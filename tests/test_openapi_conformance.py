@@ -51,14 +51,14 @@ def test_document_is_resolvable_and_has_accepted_examples(served) -> None:
     assert status["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
-def test_schemathesis_finds_no_failures(served) -> None:
+def test_schemathesis_finds_no_failures(served, tmp_path) -> None:
     run = subprocess.run(
         [schemathesis_command(), "run", served.url + "/openapi.json",
          "--max-examples", EXAMPLES, "--workers", "1", "--seed", "7",
          "--generation-database", "none", "--no-color",
          "--header", "Authorization: Bearer conformance",
          "--exclude-checks", "positive_data_acceptance"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "passed" in run.stdout
