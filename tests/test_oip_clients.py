@@ -9,6 +9,7 @@ every kind of wrong name are checked through the clients as a Triton user would 
 from __future__ import annotations
 
 import asyncio
+import zlib
 
 import grpc
 import httpx
@@ -239,6 +240,25 @@ def test_protocol_errors_are_json_with_an_error_key(served) -> None:
     r = httpx.post(base + f"/models/{MODEL}/infer", content=header + b"\0" * 99,
                    headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
     assert r.status_code == 400 and "needs 12288" in r.json()["error"]
+    bomb = zlib.compress(b"0" * (9 * 1024 * 1024))  # inflates past --max-body-bytes (8 MiB)
+    r = httpx.post(base + f"/models/{MODEL}/infer", content=bomb,
+                   headers={"Content-Encoding": "deflate"})  # fmt: skip
+    assert r.status_code == 413 and "decompressed" in r.json()["error"]
+    r = httpx.post(
+        base + f"/models/{MODEL}/infer", content=b"xx", headers={"Content-Encoding": "br"}
+    )
+    assert r.status_code == 400 and "gzip or deflate" in r.json()["error"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(served, http_client, algorithm) -> None:
+    x = values_of("FP32", n=3, seed=5)
+    result = http_client.infer(
+        MODEL, [http_input("FP32", x, True)], request_compression_algorithm=algorithm
+    )
+    np.testing.assert_allclose(
+        result.as_numpy("output"), v1_answer(served.url, x), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_parameters_pass_through_and_timeout(served, http_client) -> None:

@@ -6,7 +6,8 @@ repository index and statistics extensions. Each item of the input's leading (ba
 dimension goes to the engine separately and is batched with other requests, as on
 ``/v1/infer``. Every failure answers ``{"error": "..."}``.
 
-The binary extension: the header ``Inference-Header-Content-Length: N`` says the body's
+Request bodies may be gzip- or deflate-compressed (``Content-Encoding``), as the Triton
+clients send them when asked. The binary extension: the header ``Inference-Header-Content-Length: N`` says the body's
 first N bytes are the JSON request; each input with ``parameters.binary_data_size`` takes
 that many bytes, in order, from the rest. Outputs are answered the same way when asked
 for (``parameters.binary_data`` on an output, ``binary_data_output`` on the request).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -209,6 +211,28 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[OipRequest, d
     return OipRequest(inputs, names, request_id, parameters), binary_outputs
 
 
+def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A gzip- or deflate-encoded body (the clients' request compression), bounded by ``limit``.
+
+    The bound applies to the decompressed size, so a small body cannot expand without end.
+    """
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    wbits = {"gzip": 31, "deflate": 15}.get(encoding.strip().lower())
+    if wbits is None:
+        raise bad_request(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad_request(f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ServiceError(
+            413, f"decompressed body exceeds the limit of {limit} bytes", "too_large"
+        )
+    return out
+
+
 def _object_or_empty(value: Any, what: str) -> dict[str, Any]:
     """An optional JSON object: absent or null is empty; anything but an object is refused."""
     if value is None:
@@ -283,7 +307,9 @@ async def _infer(request: Request, name: str, version: str | None = None) -> Res
     service = model.service
     try:
         model.check(name, version)
-        body = await read_limited(request, service.settings.max_body_bytes)
+        limit = service.settings.max_body_bytes
+        body = await read_limited(request, limit)
+        body = decompressed(body, request.headers.get("content-encoding"), limit)
         oip_request, binary_outputs = parse_request(body, request.headers.get(HEADER_LENGTH))
         result = await model.infer(oip_request)
         if oip_request.outputs is not None:
