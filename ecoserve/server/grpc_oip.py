@@ -182,8 +182,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         service = self.model.service
         try:
             self.model.check(request.model_name, request.model_version)
-            if len(request.SerializeToString()) > service.settings.max_body_bytes:
-                raise ServiceError(413, "request exceeds --max-body-bytes", "too_large")
             oip_request = request_of(request)
             result = await self.model.infer(oip_request)
         except ServiceError as err:
@@ -206,6 +204,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 async def start_grpc(model: OipModel, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on the running loop; the port it bound (``port`` 0 picks one)."""
+    # gRPC itself refuses a message over the limit with RESOURCE_EXHAUSTED (--max-body-bytes,
+    # plus room for the message's own framing), before any of it reaches the engine.
     limit = model.service.settings.max_body_bytes
     server = grpc.aio.server(
         options=[
