@@ -83,9 +83,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="builtin:cnn")
     p.add_argument("--p99-ms", type=float, default=100.0)
-    p.add_argument("--start", type=float, default=100.0, help="first offered rate (req/s)")
-    p.add_argument("--step", type=float, default=1.25, help="rate factor between runs")
-    p.add_argument("--max-steps", type=int, default=14)
+    p.add_argument("--start", type=float, default=50.0, help="first offered rate (req/s)")
+    p.add_argument("--step", type=float, default=1.3, help="rate factor between runs")
+    p.add_argument("--max-steps", type=int, default=18)
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--max-connections", type=int, default=256)
@@ -105,7 +105,7 @@ def main() -> int:
         "ecoserve-ecogd": (lambda port: ecoserve_cmd(args.model, port, t, ["--device", "none", *batching]), "/readyz"),
         "ecoserve-fixed": (lambda port: ecoserve_cmd(args.model, port, t, ["--device", "none", "--tuner", "fixed", *batching]), "/readyz"),
         "plain": (lambda port: plain_cmd(args.model, port, t), "/healthz"),
-        "ray": (lambda port: ray_cmd(args.model, port, t, args.max_batch, args.max_wait_s), "/-/healthz"),
+        "ray": (lambda port: ray_cmd(args.model, port, t, args.max_batch, args.max_wait_s), "/v1/infer"),
     }  # fmt: skip
     chosen = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(servers))

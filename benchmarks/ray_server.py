@@ -49,6 +49,8 @@ def main() -> None:
             return [json.dumps({"output": row.tolist(), "model": name}).encode() for row in out]
 
         async def __call__(self, request: Request) -> Response:
+            if request.method == "GET":  # readiness: answered once the deployment serves
+                return Response(b'{"status":"ready"}', media_type="application/json")
             body = await request.body()
             if request.headers.get("content-type", "").startswith("application/octet-stream"):
                 item = torch.from_numpy(np.load(io.BytesIO(body), allow_pickle=False))
