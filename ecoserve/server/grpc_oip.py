@@ -215,9 +215,15 @@ async def start_grpc(model: OipModel, host: str, port: int) -> tuple[grpc.aio.Se
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(model), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind the gRPC port {address}")
+        raise OSError(
+            f"cannot bind the gRPC port {address}: it is in use or not allowed; "
+            "choose another --grpc-port"
+        ) from None
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s:%d", host, bound)
     return server, bound
