@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ecoserve.replay.report import RunRecord, WindowSeries
 
@@ -100,3 +101,30 @@ def write_plots(
         )
         written.append(plot_energy_latency(out / f"energy_latency_{_slug(w)}.png", w, records))
     return written
+
+
+def plot_fleet_boards(path: Path, runs: Sequence[Any], rates: Sequence[float]) -> Path:
+    """Boards awake over the day, one line per fleet run, the arrival rate behind them.
+
+    ``runs`` are ``ecoserve.sim.fleet.FleetRun`` objects of one replay (same periods).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    period = runs[0].period_s
+    hours = [i * period / 3600 for i in range(len(rates))]
+    rate_ax = ax.twinx()
+    rate_ax.fill_between(hours, rates, color="0.85", step="post", label="arrival rate")
+    rate_ax.set_ylabel("arrival rate (req/s)")
+    ax.set_zorder(rate_ax.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    for r in runs:
+        ax.step(hours, r.awake, where="post", lw=1.1, label=f"{r.policy} ({r.parking})")
+    ax.set_xlabel("time (h)")
+    ax.set_ylabel("boards awake (serving or waking)")
+    ax.set_title("boards awake over the day")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
