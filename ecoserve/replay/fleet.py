@@ -12,14 +12,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings
 from ecoserve.core.fleet import AllOn, Consolidation, FleetPolicy, Oracle, RayServeRule
-from ecoserve.sim.board_model import BoardModel, calibrate
+from ecoserve.sim.board_model import LOAD_FRACTIONS, BoardModel, RunLength, calibrate
 from ecoserve.sim.fleet import (
     FleetBoard,
     FleetRun,
@@ -90,12 +90,28 @@ class FleetReplay:
 
 
 def measure_models(
-    kinds: Sequence[str], settings: EngineSettings, workers: int
+    kinds: Sequence[str],
+    settings: EngineSettings,
+    slo_s: float,
+    workers: int,
+    length: RunLength | None = None,
+    fractions: Sequence[float] = LOAD_FRACTIONS,
 ) -> dict[str, dict[str, BoardModel]]:
-    """Each kind's model at every knob max (``fixed``) and under EcoGD."""
+    """Each kind's model at every knob max (``fixed``) and under EcoGD.
+
+    EcoGD runs with the fleet's latency target as its SLO (the cost's SLO mode, p99), unless
+    ``settings`` already names one: a board that is sent traffic up to its capacity must
+    tune within the target the capacity was defined by.
+    """
+    tuned = settings
+    if settings.slo_latency_s is None:
+        tuned = replace(settings, slo_latency_s=slo_s, slo_percentile=99.0)
     return {
-        tuner: {k: calibrate(k, tuner, settings, workers=workers) for k in kinds}
-        for tuner in ("fixed", "ecogd")
+        tuner: {
+            k: calibrate(k, tuner, chosen, workers=workers, length=length, fractions=fractions)
+            for k in kinds
+        }
+        for tuner, chosen in (("fixed", settings), ("ecogd", tuned))
     }
 
 
@@ -110,6 +126,8 @@ def replay_fleet(
     ray_target: float | None = None,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
+    length: RunLength | None = None,
+    fractions: Sequence[float] = LOAD_FRACTIONS,
 ) -> FleetReplay:
     """Every policy over ``series`` on ``boards`` (see the module doc)."""
     say = progress or (lambda _msg: None)
@@ -117,7 +135,7 @@ def replay_fleet(
     settings = settings or EngineSettings()
     kinds = sorted({b.kind for b in boards})
     say(f"measuring {', '.join(kinds)} under fixed max clocks and EcoGD")
-    models = measure_models(kinds, settings, workers)
+    models = measure_models(kinds, settings, slo_s, workers, length, fractions)
     calibrate_s = time.perf_counter() - t0
     rates, _ = period_rates(series, period_s)
     peak = peak_lookup(rates, period_s)
@@ -214,7 +232,7 @@ def write_outputs(out: Path, result: FleetReplay, plots: bool = True) -> list[Pa
         "ratios_to_all_on_max": result.ratios(),
         "runs": [r.as_dict() for r in result.runs],
     }
-    path.write_text(json.dumps(payload, indent=2, default=_finite) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(payload, indent=2, default=jsonable) + "\n", encoding="utf-8")
     files = [path]
     if plots:
         from ecoserve.replay.plots import plot_fleet_boards
@@ -224,7 +242,7 @@ def write_outputs(out: Path, result: FleetReplay, plots: bool = True) -> list[Pa
     return files
 
 
-def _finite(value: object) -> object:
+def jsonable(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, np.generic):

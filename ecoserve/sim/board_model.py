@@ -9,7 +9,7 @@ grid of rates on the board's twin, and the :class:`BoardModel` keeps what each r
 mean whole-board power (idle included), the share of requests served, and the latency
 distribution (a histogram). The fleet replay reads the model at the rate each board is sent.
 
-Each point is measured after a warm-up of ``WARMUP_WINDOWS`` windows: the tuner's start from a
+Each point is measured after a warm-up of tuning windows (``RunLength``): the tuner's start from a
 cold state is left out, since a board keeps its engine and tuner state while parked (the Ray
 replica stays up at minimum clocks; a powered-off board would reload its saved state). What
 the model leaves out, stated: the transient of a tuner re-settling after a board's share
@@ -52,11 +52,28 @@ LOAD_FRACTIONS = (
     1.0,
     1.1,
 )
-#: Windows of tuning left out at the start of each calibration run (the cold start).
-WARMUP_WINDOWS = 60
-#: Requests measured per calibration run (at most), and its shortest / longest measured span.
-RUN_REQUESTS = 60_000
-RUN_SPAN_S = (200.0, 1800.0)
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long each calibration run is: windows of warm-up left out, then what is measured.
+
+    The measured stretch holds about ``requests`` requests, kept within
+    ``[min_span_s, max_span_s]`` of virtual time.
+    """
+
+    warmup_windows: int = 60
+    requests: int = 60_000
+    min_span_s: float = 200.0
+    max_span_s: float = 1800.0
+
+    def spans(self, rate: float, settings: EngineSettings) -> tuple[float, float]:
+        """(warm-up, measured) seconds of a run at ``rate``."""
+        per_window = (settings.window_requests or 416) / rate
+        if settings.window_seconds:
+            per_window = min(per_window, settings.window_seconds)
+        measured = min(max(self.requests / rate, self.min_span_s), self.max_span_s)
+        return self.warmup_windows * per_window, measured
 
 
 def max_rate(twin: DeviceTwin, max_batch: int) -> float:
@@ -163,15 +180,8 @@ class _Recorder:
         return sample
 
 
-def _spans(rate: float) -> tuple[float, float]:
-    """(warm-up, measured) seconds of a calibration run at ``rate``."""
-    warm = min(WARMUP_WINDOWS * 416 / rate, WARMUP_WINDOWS * 30.0)
-    measured = min(max(RUN_REQUESTS / rate, RUN_SPAN_S[0]), RUN_SPAN_S[1])
-    return warm, measured
-
-
 def _point(
-    kind: str, tuner: str, rate: float, settings: EngineSettings, seed: int
+    kind: str, tuner: str, rate: float, settings: EngineSettings, seed: int, length: RunLength
 ) -> tuple[float, float, float, np.ndarray]:
     """One calibration run: (power W, served share, mean latency s, histogram).
 
@@ -179,7 +189,10 @@ def _point(
     parked board keeps its engine and tuner state, see the module doc).
     """
     twin = load_twin(kind)
-    warm, measured = _spans(rate)
+    low = {k.name: k.values[0] for k in twin.knobs()}
+    if twin.power(low, 0.0) != twin.power(twin.max_freqs(), 0.0):
+        raise ValueError(f"{kind}: idle draw depends on the clocks; the recorder assumes not")
+    warm, measured = length.spans(rate, settings)
     arrivals = poisson_arrivals(rate, warm + measured, seed)
     recorder = _Recorder(twin, warm)
     sim = Simulator(
@@ -210,13 +223,15 @@ def calibrate(
     fractions: Sequence[float] = LOAD_FRACTIONS,
     seed: int = 0,
     workers: int = 1,
+    length: RunLength | None = None,
 ) -> BoardModel:
     """Measure ``kind``'s board under ``tuner`` at each load fraction (see module doc)."""
     settings = replace(settings or EngineSettings(), tuner=tuner)
     twin = load_twin(kind)
     top = max_rate(twin, settings.max_batch)
     rates = [f * top for f in sorted(fractions) if f > 0]
-    args = [(kind, tuner, r, settings, seed + i) for i, r in enumerate(rates)]
+    length = length or RunLength()
+    args = [(kind, tuner, r, settings, seed + i, length) for i, r in enumerate(rates)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             points = list(pool.map(_point_star, args))
@@ -239,6 +254,6 @@ def calibrate(
 
 
 def _point_star(
-    a: tuple[str, str, float, EngineSettings, int],
+    a: tuple[str, str, float, EngineSettings, int, RunLength],
 ) -> tuple[float, float, float, np.ndarray]:
     return _point(*a)
