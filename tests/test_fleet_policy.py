@@ -163,3 +163,24 @@ def test_oracle_wakes_one_wake_delay_ahead_and_parks_at_once() -> None:
     assert caps[100] >= 350.0  # serving when the step comes
     first_wake = min(k for k, p in enumerate(plans) if p.wake)
     assert 100 - 21 <= first_wake < 100 - 19 + 1
+
+
+def test_weighted_round_robin_follows_weights_and_skips_excluded() -> None:
+    from ecoserve.core.fleet import WeightedRoundRobin
+
+    rr = WeightedRoundRobin()
+    rr.set({"a": 0.75, "b": 0.25, "c": 0.0})
+    picks = [rr.pick() for _ in range(40)]
+    assert picks.count("a") == 30 and picks.count("b") == 10 and "c" not in picks
+    assert all(picks[i : i + 4].count("b") == 1 for i in range(0, 40, 4))  # interleaved
+    assert rr.pick(exclude={"a"}) == "b"
+    assert rr.pick(exclude={"a", "b"}) is None
+
+
+def test_a_dead_board_that_answers_again_comes_back_parked() -> None:
+    policy = AllOn(boards(2, wake_s=0.0))
+    policy.decide(FleetObservation(0.0, 10.0, dead=frozenset({"b1"})))
+    assert policy.state["b1"] is BoardState.DEAD
+    policy.revive("b1")
+    plan = policy.decide(FleetObservation(1.0, 10.0))
+    assert "b1" in plan.wake and "b1" in plan.weights

@@ -154,6 +154,17 @@ class FleetPolicy(ABC):
             serving = sorted(waking, key=lambda n: self.ready_at[n])[:1]
         return FleetPlan(self.weights(serving), tuple(wake), tuple(park))
 
+    def revive(self, name: str) -> None:
+        """A board taken out as dead answers again: it comes back parked, to be woken."""
+        if self.state.get(name) is BoardState.DEAD:
+            self.state[name] = BoardState.PARKED
+
+    def update(self, spec: BoardSpec) -> None:
+        """New figures for a board (its tuned capacity and energy, as measured while serving)."""
+        if spec.name not in self.boards:
+            raise KeyError(f"no board {spec.name!r} in this fleet")
+        self.boards[spec.name] = spec
+
     # -- views --------------------------------------------------------------------------------
     def alive(self) -> list[str]:
         return [n for n, st in self.state.items() if st is not BoardState.DEAD]
@@ -365,3 +376,33 @@ class Oracle(FleetPolicy):
         lead = max((b.wake_s for b in self.boards.values()), default=0.0) + self.period_s
         peak = self.peak_ahead(obs.now, obs.now + lead)
         return set(fewest_covering(order, peak * (1.0 + self.headroom)))
+
+
+class WeightedRoundRobin:
+    """Spreads requests over boards in proportion to weights, evenly interleaved.
+
+    Smooth weighted round-robin: every pick adds each board's weight to its credit, takes the
+    board with the most credit and charges it the total. Deterministic, and over any window
+    each board's share follows its weight to within one request.
+    """
+
+    def __init__(self) -> None:
+        self.weights: dict[str, float] = {}
+        self._credit: dict[str, float] = {}
+
+    def set(self, weights: Mapping[str, float]) -> None:
+        self.weights = {n: w for n, w in weights.items() if w > 0}
+        self._credit = {n: self._credit.get(n, 0.0) for n in self.weights}
+
+    def pick(self, exclude: Iterable[str] = ()) -> str | None:
+        """The next board, skipping ``exclude``; None when no board is left."""
+        skip = set(exclude)
+        choices = {n: w for n, w in self.weights.items() if n not in skip}
+        if not choices:
+            return None
+        total = sum(choices.values())
+        for n, w in choices.items():
+            self._credit[n] += w
+        best = max(choices, key=lambda n: self._credit[n])
+        self._credit[best] -= total
+        return best
