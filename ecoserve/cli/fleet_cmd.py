@@ -76,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
         from ecoserve.rayfleet.app import build_fleet
     except ImportError as exc:
         print(
-            f"ecoserve fleet: Ray Serve is not installed ({exc}); "
-            "pip install 'ecoserve[fleet]'",
+            f"ecoserve fleet: Ray Serve is not installed ({exc}); pip install 'ecoserve[fleet]'",
             file=sys.stderr,
         )
         return 2
@@ -85,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         ray.init(address=args.address)
     else:
         ray.init(resources={b.resource: 1 for b in fleet.boards}, include_dashboard=False)
-    missing = [
-        b.resource for b in fleet.boards if ray.cluster_resources().get(b.resource, 0) < 1
-    ]
+    missing = [b.resource for b in fleet.boards if ray.cluster_resources().get(b.resource, 0) < 1]
     if missing:
         print(
             f"ecoserve fleet: no node offers {', '.join(missing)}; start each board with "

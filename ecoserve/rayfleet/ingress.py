@@ -140,9 +140,7 @@ class FleetService:
         self._last_tick = clock()
         self._task: asyncio.Task[None] | None = None
         reg = self.metrics.registry
-        self._g_state = Gauge(
-            "ecoserve_fleet_boards", "Boards by state", ["state"], registry=reg
-        )
+        self._g_state = Gauge("ecoserve_fleet_boards", "Boards by state", ["state"], registry=reg)
         self._g_weight = Gauge(
             "ecoserve_fleet_board_weight", "Share of traffic sent to a board", ["board"],
             registry=reg,
