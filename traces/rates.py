@@ -97,15 +97,20 @@ def diurnal(
     burst: str | None = "azure-conv",
     burst_step_s: float = 60.0,
     seed: int = 0,
+    day_s: float = DAY_S,
 ) -> RateSeries:
-    """A day (or ``duration_s``) of traffic: cosine envelope times a real trace's swings."""
+    """A day (or ``duration_s``) of traffic: cosine envelope times a real trace's swings.
+
+    ``day_s`` is the envelope's period: shorter than a day compresses the daily swing (for
+    replays that must run every request).
+    """
     if not (peak_rps > 0 and 0 <= trough_rps <= peak_rps):
         raise ValueError(f"need 0 <= trough <= peak, peak > 0; got {trough_rps}, {peak_rps}")
-    if not (duration_s > 0 and step_s > 0 and burst_step_s >= step_s):
+    if not (duration_s > 0 and step_s > 0 and burst_step_s >= step_s and day_s > 0):
         raise ValueError("duration and step must be > 0 s, burst step >= step")
     steps = math.ceil(duration_s / step_s)
     t = (np.arange(steps) + 0.5) * step_s
-    phase = 2 * math.pi * (t / 3600.0 - TROUGH_HOUR) / 24.0
+    phase = 2 * math.pi * (t / day_s - TROUGH_HOUR / 24.0)
     envelope = trough_rps + (peak_rps - trough_rps) * (1.0 - np.cos(phase)) / 2.0
     source = f"diurnal model: cosine {trough_rps:g}..{peak_rps:g} req/s (trough 04:00)"
     if burst:

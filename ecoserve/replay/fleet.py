@@ -71,6 +71,8 @@ class FleetReplay:
     boards: list[FleetBoard]
     runs: list[FleetRun]
     meta: dict[str, object] = field(default_factory=dict)
+    #: The board models each tuner's runs read, by tuner then board kind.
+    models: dict[str, dict[str, BoardModel]] = field(default_factory=dict)
 
     def by(self, policy: str, parking_mode: str) -> FleetRun | None:
         for r in self.runs:
@@ -187,7 +189,7 @@ def replay_fleet(
         "calibrate_s": calibrate_s,
         "wall_s": time.perf_counter() - t0,
     }
-    return FleetReplay(series, boards, runs, meta)
+    return FleetReplay(series, boards, runs, meta, models)
 
 
 def render(result: FleetReplay) -> str:

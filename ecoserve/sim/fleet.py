@@ -100,6 +100,10 @@ class FleetRun:
     serving: np.ndarray
     wall_s: float
     per_kind_energy_j: dict[str, float] = field(default_factory=dict)
+    #: Per control period and board: traffic share, and state (0 serving, 1 waking,
+    #: 2 parked, 3 dead); what a direct replay of the same decisions needs.
+    weights: np.ndarray | None = None
+    states: np.ndarray | None = None
 
     @property
     def joules_per_request(self) -> float:
@@ -275,4 +279,6 @@ def run_fleet(
         serving=(state == 0).sum(axis=1),
         wall_s=time.perf_counter() - wall0,
         per_kind_energy_j=per_kind,
+        weights=weights,
+        states=state,
     )
