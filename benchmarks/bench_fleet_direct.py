@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--boards", default="orin:2,xavier-nx:2,nano:2")
     p.add_argument("--day", default="4h", help="period of the diurnal envelope (default 4h)")
     p.add_argument("--slo-ms", type=float, default=250.0)
+    p.add_argument("--headroom", type=float, default=0.5, help="consolidation's (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     boards = parse_mix(args.boards)
@@ -38,7 +39,14 @@ def main() -> None:
     series = diurnal(peak, peak / 10, duration_s=day, day_s=day, seed=args.seed)
     settings = EngineSettings()
     t0 = time.perf_counter()
-    result = replay_fleet(series, boards, slo_s=args.slo_ms / 1e3, settings=settings, workers=2)
+    result = replay_fleet(
+        series,
+        boards,
+        slo_s=args.slo_ms / 1e3,
+        settings=settings,
+        headroom=args.headroom,
+        workers=2,
+    )
     t1 = time.perf_counter()
     parks = {m: parking(m, result.models["ecogd"]) for m in ("off", "min-clocks")}
     direct = check(result.runs, boards, series, parks, settings, seed=args.seed)

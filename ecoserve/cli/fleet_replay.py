@@ -10,6 +10,8 @@ from typing import Any
 DEFAULT_BOARDS = "orin:20,xavier-nx:20,nano:20"
 #: Default envelope peak, as a share of the fleet's rate with every board at every knob max.
 DEFAULT_PEAK_SHARE = 0.2
+#: Spare capacity above the rate for consolidation (see BENCHMARKS.md, fleet replay check).
+DEFAULT_HEADROOM = 0.5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--period", type=float, default=5.0, help="fleet policy period (s)")
     g.add_argument(
+        "--headroom",
+        type=float,
+        default=DEFAULT_HEADROOM,
+        help="spare capacity consolidation and the oracle keep above the rate "
+        f"(default {DEFAULT_HEADROOM}: what kept the direct replay's p99 within the SLO)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the diurnal series")
+    g.add_argument(
         "--ray-target",
         type=float,
         help="Ray rule's target_ongoing_requests (default: a board's ongoing requests at its "
@@ -69,8 +79,8 @@ def run(args: argparse.Namespace, err: Any) -> int:
         bad = [m for m in modes if m not in PARKING_MODES]
         if bad or not modes:
             raise ValueError(f"--parking: use one or both of {', '.join(PARKING_MODES)}")
-        if not args.slo_ms > 0 or not args.period > 0:
-            raise ValueError("--slo-ms and --period must be > 0")
+        if not args.slo_ms > 0 or not args.period > 0 or not args.headroom >= 0:
+            raise ValueError("--slo-ms and --period must be > 0, --headroom >= 0")
         if len(args.trace) > 1:
             raise ValueError("--fleet replays one trace")
         spec = args.trace[0] if args.trace else "diurnal"
@@ -81,7 +91,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
                 full = sum(max_rate(load_twin(b.kind), args.max_batch) for b in boards)
                 peak = DEFAULT_PEAK_SHARE * full
             trough = args.trough_rate if args.trough_rate is not None else peak / 10
-            series = diurnal(peak, trough, duration_s=duration or 86_400.0)
+            series = diurnal(peak, trough, duration_s=duration or 86_400.0, seed=args.seed)
         else:
             trace = load_trace(spec, duration=args.duration, rate=args.rate)
             series = binned(trace, 1.0)
@@ -100,6 +110,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
             settings=settings,
             parking_modes=modes,
             ray_target=args.ray_target,
+            headroom=args.headroom,
             workers=args.workers or 2,
             progress=lambda msg: err.print(msg),
         )

@@ -59,7 +59,7 @@ class FleetSettings:
     boards: tuple[BoardSettings, ...]
     policy: str = "consolidation"
     period_s: float = 1.0
-    headroom: float = 0.15
+    headroom: float = 0.5
     hysteresis: float = 0.15
     park_after_s: float = 30.0
     capacity_share: float = 0.6

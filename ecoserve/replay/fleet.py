@@ -126,6 +126,7 @@ def replay_fleet(
     settings: EngineSettings | None = None,
     parking_modes: Sequence[str] = PARKING_MODES,
     ray_target: float | None = None,
+    headroom: float = 0.15,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
     length: RunLength | None = None,
@@ -174,13 +175,19 @@ def replay_fleet(
         park = parking(mode, models["ecogd"])
         specs = board_specs(boards, models["ecogd"], park, slo_s)
         go(RayServeRule(specs, target_ongoing_requests=target), "ecogd", mode, "ray-autoscale")
-        go(Consolidation(specs, period_s=period_s), "ecogd", mode, "consolidation")
-        go(Oracle(specs, peak, period_s=period_s), "ecogd", mode, "oracle")
+        go(
+            Consolidation(specs, headroom=headroom, period_s=period_s),
+            "ecogd",
+            mode,
+            "consolidation",
+        )
+        go(Oracle(specs, peak, headroom=headroom, period_s=period_s), "ecogd", mode, "oracle")
     meta: dict[str, object] = {
         "series": series.describe(),
         "source": series.source,
         "boards": {k: sum(1 for b in boards if b.kind == k) for k in kinds},
         "slo_p99_ms": slo_s * 1e3,
+        "headroom": headroom,
         "period_s": period_s,
         "ray_target_ongoing_requests": target,
         "capacity_rps": {s.kind: s.capacity_rps for s in specs_eco},
@@ -198,7 +205,8 @@ def render(result: FleetReplay) -> str:
     lines = [
         f"{result.meta['series']}",
         f"boards {result.meta['boards']}, p99 SLO {result.meta['slo_p99_ms']:g} ms, "
-        f"policy period {result.meta['period_s']:g} s",
+        f"policy period {result.meta['period_s']:g} s, consolidation and oracle headroom "
+        f"{result.meta['headroom']:g}",
         "",
         f"{'policy':<15}{'parking':<12}{'J/req':>9}{'x max-RR':>9}{'p50 ms':>9}"
         f"{'p99 ms':>9}{'SLO viol':>10}{'boards':>8}{'wall s':>8}",
