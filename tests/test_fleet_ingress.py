@@ -182,3 +182,17 @@ async def test_board_engine_parks_at_minimum_clocks_and_restores_at_close(tmp_pa
     assert record["restored"] and record["served"] == 3
     saved = json.loads((tmp_path / "nano-0.shutdown.json").read_text())
     assert saved["final"] == saved["initial"]
+
+
+def test_cli_fleet_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ecoserve.cli import main
+
+    assert main(["fleet", "--boards", "nano:x"]) == 2
+    assert "KIND:COUNT" in capsys.readouterr().err
+    bad = tmp_path / "fleet.toml"
+    bad.write_text('boards = "nano:1"\npolcy = "all-on"\n')
+    assert main(["fleet", "--config", str(bad)]) == 2
+    assert "unknown fleet setting" in capsys.readouterr().err
+    bad.write_text("boards = [")
+    assert main(["fleet", "--config", str(bad)]) == 2
+    assert "--config" in capsys.readouterr().err
