@@ -83,8 +83,9 @@ def burst_shape(name: str = "azure-conv", step_s: float = 60.0) -> np.ndarray:
     """A bundled trace's arrivals per ``step_s``, divided by their mean (mean 1)."""
     if name not in bundled_names():
         raise ValueError(f"no bundled trace {name!r}; bundled: {', '.join(bundled_names())}")
-    counts = binned(load_bundled(name), step_s).counts
-    full = counts[: max(1, int(load_bundled(name).duration // step_s))]  # drop a partial tail
+    trace = load_bundled(name)
+    counts = binned(trace, step_s).counts
+    full = counts[: max(1, int(trace.duration // step_s))]  # drop a partial tail
     return full / full.mean()
 
 

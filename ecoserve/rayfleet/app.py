@@ -34,8 +34,12 @@ log = logging.getLogger("ecoserve.fleet")
 
 
 def board_settings(fleet: FleetSettings, board: BoardSettings) -> ServeSettings:
-    """The ``ecoserve serve`` settings one board runs with."""
-    base = ServeSettings(model=fleet.model, torch_threads=1, watchdog_s=None)
+    """The ``ecoserve serve`` settings one board runs with.
+
+    One torch thread per board unless ``engine`` says otherwise: on one machine the virtual
+    boards share its cores.
+    """
+    base = ServeSettings(model=fleet.model, torch_threads=1)
     settings = replace(base, **dict(fleet.engine)) if fleet.engine else base
     state_file = None
     if fleet.state_dir:
