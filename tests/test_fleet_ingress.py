@@ -196,3 +196,15 @@ def test_cli_fleet_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text("boards = [")
     assert main(["fleet", "--config", str(bad)]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+def test_a_board_s_refusal_survives_the_trip_to_the_ingress() -> None:
+    """Ray pickles a replica's exception: a board's 503 must arrive as a 503, not a crash."""
+    import pickle
+
+    err = pickle.loads(
+        pickle.dumps(ServiceError(503, "queue full", "rejected", {"Retry-After": "1"}))
+    )
+    assert (err.status, err.detail, err.outcome, err.headers) == (
+        503, "queue full", "rejected", {"Retry-After": "1"},
+    )  # fmt: skip
