@@ -18,6 +18,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "serve": "run the inference daemon (HTTP, FastAPI on uvicorn)",
     "replay": "replay arrival traces against the engine and compare tuners",
+    "fleet": "serve a fleet of boards through Ray Serve, parking the idle ones",
     "devices": "show what this box lets ecoserve control and measure",
     "profile": "sweep configurations on the real device and write a twin profile table",
     "top": "watch a running daemon's tuner live in the terminal",

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ecoserve.cli import fleet_replay
+
 DEFAULT_TUNERS = "ecogd,grid,linear,dvfs,bayes,mab"
 DEFAULT_MAX_WAIT_S = 0.05
 
@@ -69,6 +71,7 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         help="link bandwidth schedule for --tiers, e.g. 10mbit or 20mbit@0s,0.2mbit@40s",
     )
     p.add_argument("--rtt", default="1ms", help="link round-trip time for --tiers")
+    fleet_replay.add_arguments(p)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="daemon URL (real mode)")
     p.add_argument("--input", type=Path, help="request body for real mode: .json or .npy")
     p.add_argument(
@@ -138,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     tuners = tuple(t.strip() for t in args.tuners.split(",") if t.strip())
     if args.tiers:
         return _run_tiers(args, err)
+    if args.fleet:
+        return fleet_replay.run(args, err)
     try:
         workloads = _workloads(args)
         if args.mode == "real":

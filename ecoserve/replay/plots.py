@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ecoserve.replay.report import RunRecord, WindowSeries
 
@@ -100,3 +101,34 @@ def write_plots(
         )
         written.append(plot_energy_latency(out / f"energy_latency_{_slug(w)}.png", w, records))
     return written
+
+
+def plot_fleet_boards(path: Path, runs: Sequence[Any], rates: Sequence[float]) -> Path:
+    """Boards awake over the day, one panel per parking mode, the arrival rate behind them.
+
+    ``runs`` are ``ecoserve.sim.fleet.FleetRun`` objects of one replay (same periods); runs
+    that park nothing (``parking == "none"``) are drawn in every panel.
+    """
+    plt = _pyplot()
+    modes = [m for m in dict.fromkeys(r.parking for r in runs) if m != "none"] or ["none"]
+    fig, axes = plt.subplots(len(modes), 1, figsize=(10, 3.6 * len(modes)), squeeze=False)
+    period = runs[0].period_s
+    hours = [i * period / 3600 for i in range(len(rates))]
+    for ax, mode in zip(axes[:, 0], modes):
+        rate_ax = ax.twinx()
+        rate_ax.fill_between(hours, rates, color="0.85", step="post")
+        rate_ax.set_ylabel("arrival rate (req/s)")
+        ax.set_zorder(rate_ax.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        for r in runs:
+            if r.parking in (mode, "none"):
+                ax.step(hours, r.awake, where="post", lw=1.0, label=r.policy)
+        ax.set_ylabel("boards awake")
+        ax.set_title(f"boards awake (serving or waking), parking: {mode}; grey: arrival rate")
+        ax.legend(fontsize=7, ncol=5, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("time (h)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -65,7 +65,9 @@ def probe_signature(service: InferenceService) -> Signature:
     in_type = datatype_of(np.empty(0, spec.np_dtype))
     out_type, out_shape = "FP32", None
     model = service.model
-    if spec.shape is not None:
+    if model is None:
+        log.warning("no local model to learn the output from: metadata says FP32, shape [-1]")
+    elif spec.shape is not None:
         try:
             item = model.example_item()
             out = model.batch_fn([item])

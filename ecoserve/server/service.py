@@ -46,6 +46,10 @@ class ServiceError(Exception):
         self.outcome = outcome
         self.headers = headers or {}
 
+    def __reduce__(self) -> tuple[type[ServiceError], tuple[int, str, str, dict[str, str]]]:
+        # Picklable whole, so a fleet board's refusal reaches the ingress as itself.
+        return (type(self), (self.status, self.detail, self.outcome, self.headers))
+
 
 class InferenceService:
     def __init__(

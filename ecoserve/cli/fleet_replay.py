@@ -1,0 +1,128 @@
+"""``ecoserve replay --fleet``: the options and the run (see ``ecoserve.replay.fleet``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+DEFAULT_BOARDS = "orin:20,xavier-nx:20,nano:20"
+#: Default envelope peak, as a share of the fleet's rate with every board at every knob max.
+DEFAULT_PEAK_SHARE = 0.2
+#: Spare capacity above the rate for consolidation (see BENCHMARKS.md, fleet replay check).
+DEFAULT_HEADROOM = 0.5
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fleet (--fleet)")
+    g.add_argument(
+        "--fleet",
+        action="store_true",
+        help="replay one arrival series on a fleet of board twins under every fleet policy "
+        "(all-on at max clocks, all-on with EcoGD, Ray Serve's autoscaling rule, "
+        "consolidation, oracle)",
+    )
+    g.add_argument(
+        "--boards",
+        default=DEFAULT_BOARDS,
+        help=f"board mix KIND:COUNT,... (default {DEFAULT_BOARDS})",
+    )
+    g.add_argument(
+        "--peak-rate",
+        type=float,
+        help="diurnal envelope peak in req/s (default: 20%% of the fleet's rate at max clocks)",
+    )
+    g.add_argument("--trough-rate", type=float, help="diurnal envelope trough (default: peak / 10)")
+    g.add_argument("--slo-ms", type=float, default=250.0, help="p99 latency target (ms)")
+    g.add_argument(
+        "--parking",
+        default="off,min-clocks",
+        help="parking modes to compare: off (operator power-off), min-clocks (default both)",
+    )
+    g.add_argument("--period", type=float, default=5.0, help="fleet policy period (s)")
+    g.add_argument(
+        "--headroom",
+        type=float,
+        default=DEFAULT_HEADROOM,
+        help="spare capacity consolidation and the oracle keep above the rate "
+        f"(default {DEFAULT_HEADROOM}: what kept the direct replay's p99 within the SLO)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the diurnal series")
+    g.add_argument(
+        "--ray-target",
+        type=float,
+        help="Ray rule's target_ongoing_requests (default: a board's ongoing requests at its "
+        "tuned capacity)",
+    )
+
+
+def run(args: argparse.Namespace, err: Any) -> int:
+    """Run the fleet replay the options describe; 2 with a message on bad input."""
+    from ecoserve.core.assembly import EngineSettings
+    from ecoserve.replay.fleet import (
+        PARKING_MODES,
+        jsonable,
+        parse_mix,
+        render,
+        replay_fleet,
+        write_outputs,
+    )
+    from ecoserve.sim.board_model import max_rate
+    from traces import load_trace, parse_duration
+    from traces.rates import binned, diurnal
+    from twins.fitted import load_twin
+
+    try:
+        boards = parse_mix(args.boards)
+        modes = [m.strip() for m in args.parking.split(",") if m.strip()]
+        bad = [m for m in modes if m not in PARKING_MODES]
+        if bad or not modes:
+            raise ValueError(f"--parking: use one or both of {', '.join(PARKING_MODES)}")
+        if not args.slo_ms > 0 or not args.period > 0 or not args.headroom >= 0:
+            raise ValueError("--slo-ms and --period must be > 0, --headroom >= 0")
+        if len(args.trace) > 1:
+            raise ValueError("--fleet replays one trace")
+        spec = args.trace[0] if args.trace else "diurnal"
+        duration = parse_duration(args.duration) if args.duration else None
+        if spec == "diurnal":
+            peak = args.peak_rate
+            if peak is None:
+                full = sum(max_rate(load_twin(b.kind), args.max_batch) for b in boards)
+                peak = DEFAULT_PEAK_SHARE * full
+            trough = args.trough_rate if args.trough_rate is not None else peak / 10
+            series = diurnal(peak, trough, duration_s=duration or 86_400.0, seed=args.seed)
+        else:
+            trace = load_trace(spec, duration=args.duration, rate=args.rate)
+            series = binned(trace, 1.0)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        err.print(f"[red]ecoserve replay --fleet: {exc}[/red]")
+        return 2
+    settings = EngineSettings(max_batch=args.max_batch)
+    if args.max_wait is not None:
+        settings.max_wait_s = float(args.max_wait)
+    try:
+        result = replay_fleet(
+            series,
+            boards,
+            slo_s=args.slo_ms / 1e3,
+            period_s=args.period,
+            settings=settings,
+            parking_modes=modes,
+            ray_target=args.ray_target,
+            headroom=args.headroom,
+            workers=args.workers or 2,
+            progress=lambda msg: err.print(msg),
+        )
+    except ValueError as exc:
+        err.print(f"[red]ecoserve replay --fleet: {exc}[/red]")
+        return 2
+    if args.out:
+        files = write_outputs(args.out, result, plots=not args.no_plots)
+        err.print(f"wrote {len(files)} files to {args.out}")
+    if args.json:
+        payload = {"meta": result.meta, "runs": [r.as_dict() for r in result.runs]}
+        sys.stdout.write(json.dumps(payload, default=jsonable) + "\n")
+    else:
+        print(render(result))
+    return 0

@@ -1,0 +1,408 @@
+"""The fleet policy: which boards serve, which are parked, and how traffic is shared.
+
+Sans-IO like the rest of the core. A driver (the Ray Serve ingress, the fleet simulator)
+tells a policy what it saw in the last control period (:class:`FleetObservation`: the arrival
+rate, each board's ongoing requests, boards that died) and carries out the answer
+(:class:`FleetPlan`: boards to wake, boards to park, traffic weights over the boards that
+serve). The policy keeps each board's state: serving, waking (until its wake delay has
+passed), parked or dead.
+
+What a policy knows of a board is a :class:`BoardSpec`: its tuned capacity (requests per
+second it sustains within the latency target with its own tuner running), its energy per
+request at that point, and its wake delay. Each active board's engine keeps tuning its own
+clocks and batch size; the fleet only decides how much traffic it gets.
+
+Policies:
+
+- :class:`AllOn` serves on every board with weights proportional to capacity (weighted
+  round-robin, so a Nano is not sent an Orin's share); the baselines "all on at maximum
+  clocks" and "all on with per-board tuning" differ only in the boards' own tuners.
+- :class:`RayServeRule` is Ray Serve's default replica autoscaling rule (ongoing requests per
+  replica against ``target_ongoing_requests``, averaged over ``look_back_period_s``; a scale
+  decision is carried out only after it has held for ``upscale_delay_s`` /
+  ``downscale_delay_s``), with replicas placed on boards in fleet order as Ray would: the
+  rule knows nothing of energy.
+- :class:`Consolidation` keeps the fewest boards, cheapest energy per request first, whose
+  capacity covers the arrival rate forecast one wake delay ahead plus headroom; parks only
+  after the lower need has held for ``park_after_s`` and the rate fell below the hysteresis
+  band.
+- :class:`Oracle` knows the future rate: it wakes exactly one wake delay ahead of need and
+  parks at once, a bound on what consolidation can reach.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class BoardState(str, Enum):
+    SERVING = "serving"
+    WAKING = "waking"
+    PARKED = "parked"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    """What the fleet policy knows of one board."""
+
+    name: str
+    kind: str
+    capacity_rps: float
+    joules_per_request: float
+    wake_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.capacity_rps > 0 and math.isfinite(self.capacity_rps)):
+            raise ValueError(f"board {self.name!r}: capacity must be > 0 req/s")
+        if not (self.joules_per_request >= 0 and math.isfinite(self.joules_per_request)):
+            raise ValueError(f"board {self.name!r}: energy per request must be >= 0 J")
+        if not (self.wake_s >= 0 and math.isfinite(self.wake_s)):
+            raise ValueError(f"board {self.name!r}: wake delay must be >= 0 s")
+
+
+@dataclass(frozen=True)
+class FleetObservation:
+    """What the driver saw over the control period that ends at ``now``."""
+
+    now: float
+    rate_rps: float
+    ongoing: Mapping[str, float] = field(default_factory=dict)
+    dead: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """What to do now: boards to wake and park, and traffic shares over serving boards."""
+
+    weights: dict[str, float]
+    wake: tuple[str, ...] = ()
+    park: tuple[str, ...] = ()
+
+    @property
+    def serving(self) -> tuple[str, ...]:
+        return tuple(name for name, w in self.weights.items() if w > 0)
+
+
+class FleetPolicy(ABC):
+    """Board states and the wake/park bookkeeping shared by every policy.
+
+    A subclass answers only :meth:`target`: the set of boards that should be awake now.
+    """
+
+    name = "policy"
+
+    def __init__(self, boards: Sequence[BoardSpec], *, start_awake: bool = True) -> None:
+        if not boards:
+            raise ValueError("a fleet needs at least one board")
+        names = [b.name for b in boards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"board names must be unique, got {names}")
+        self.boards: dict[str, BoardSpec] = {b.name: b for b in boards}
+        self.state: dict[str, BoardState] = {
+            b.name: BoardState.SERVING if start_awake else BoardState.PARKED for b in boards
+        }
+        self.ready_at: dict[str, float] = {}
+
+    # -- what subclasses decide ---------------------------------------------------------------
+    @abstractmethod
+    def target(self, obs: FleetObservation) -> set[str]:
+        """Boards that should be awake (serving or waking) after this period."""
+
+    def weights(self, serving: Sequence[str]) -> dict[str, float]:
+        """Traffic shares over serving boards: proportional to capacity by default."""
+        total = sum(self.boards[n].capacity_rps for n in serving)
+        return {n: self.boards[n].capacity_rps / total for n in serving} if total else {}
+
+    # -- the decision -------------------------------------------------------------------------
+    def decide(self, obs: FleetObservation) -> FleetPlan:
+        """Take in one control period's observation; answer the plan to carry out."""
+        for name in obs.dead:
+            if name in self.state:
+                self.state[name] = BoardState.DEAD
+                self.ready_at.pop(name, None)
+        for name, at in list(self.ready_at.items()):
+            if obs.now >= at:
+                self.state[name] = BoardState.SERVING
+                del self.ready_at[name]
+        want = self.target(obs)
+        wake: list[str] = []
+        park: list[str] = []
+        for name, spec in self.boards.items():
+            st = self.state[name]
+            if st is BoardState.DEAD:
+                continue
+            if name in want and st is BoardState.PARKED:
+                wake.append(name)
+                if spec.wake_s > 0:
+                    self.state[name] = BoardState.WAKING
+                    self.ready_at[name] = obs.now + spec.wake_s
+                else:
+                    self.state[name] = BoardState.SERVING
+            elif name not in want and st in (BoardState.SERVING, BoardState.WAKING):
+                park.append(name)
+                self.state[name] = BoardState.PARKED
+                self.ready_at.pop(name, None)
+        serving = [n for n in self.boards if self.state[n] is BoardState.SERVING]
+        if not serving:  # nothing is up yet: send traffic where it will be served soonest
+            waking = [n for n in self.boards if self.state[n] is BoardState.WAKING]
+            serving = sorted(waking, key=lambda n: self.ready_at[n])[:1]
+        return FleetPlan(self.weights(serving), tuple(wake), tuple(park))
+
+    def revive(self, name: str) -> None:
+        """A board taken out as dead answers again: it comes back parked, to be woken."""
+        if self.state.get(name) is BoardState.DEAD:
+            self.state[name] = BoardState.PARKED
+
+    def update(self, spec: BoardSpec) -> None:
+        """New figures for a board (its tuned capacity and energy, as measured while serving)."""
+        if spec.name not in self.boards:
+            raise KeyError(f"no board {spec.name!r} in this fleet")
+        self.boards[spec.name] = spec
+
+    # -- views --------------------------------------------------------------------------------
+    def alive(self) -> list[str]:
+        return [n for n, st in self.state.items() if st is not BoardState.DEAD]
+
+    def awake(self) -> list[str]:
+        return [n for n, st in self.state.items() if st in (BoardState.SERVING, BoardState.WAKING)]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in BoardState}
+        for st in self.state.values():
+            out[st.value] += 1
+        return out
+
+
+def cheapest_first(boards: Iterable[BoardSpec]) -> list[BoardSpec]:
+    """Boards in order of energy per request at their tuned point, then larger capacity."""
+    return sorted(boards, key=lambda b: (b.joules_per_request, -b.capacity_rps, b.name))
+
+
+def fewest_covering(order: Sequence[BoardSpec], rate_rps: float) -> list[str]:
+    """The shortest prefix of ``order`` whose capacity covers ``rate_rps`` (all if none does).
+
+    At least one board is always kept, so a request arriving after a quiet spell is served
+    without waiting for a wake.
+    """
+    chosen: list[str] = []
+    total = 0.0
+    for b in order:
+        if chosen and total >= rate_rps:
+            break
+        chosen.append(b.name)
+        total += b.capacity_rps
+    return chosen
+
+
+class AllOn(FleetPolicy):
+    """Every live board serves, traffic shared by capacity (weighted round-robin)."""
+
+    name = "all-on"
+
+    def target(self, obs: FleetObservation) -> set[str]:
+        return set(self.alive())
+
+
+class Consolidation(FleetPolicy):
+    """The fewest cheapest boards that cover the rate forecast, with hysteresis.
+
+    ``headroom`` is the spare capacity kept above the forecast (bursts inside a period);
+    the forecast extends the rate's rise over the last ``trend_s`` by the longest wake delay
+    plus one period, so boards are woken before the rate reaches what the awake ones carry.
+    A board is parked only when the need, computed at ``(1 + headroom + hysteresis)`` times
+    the rate, has stayed below the awake set for ``park_after_s``.
+    """
+
+    name = "consolidation"
+
+    def __init__(
+        self,
+        boards: Sequence[BoardSpec],
+        *,
+        headroom: float = 0.15,
+        hysteresis: float = 0.15,
+        park_after_s: float = 60.0,
+        trend_s: float = 30.0,
+        period_s: float = 1.0,
+        start_awake: bool = True,
+    ) -> None:
+        super().__init__(boards, start_awake=start_awake)
+        if headroom < 0 or hysteresis < 0 or park_after_s < 0 or trend_s <= 0 or period_s <= 0:
+            raise ValueError(
+                "headroom, hysteresis, park_after_s must be >= 0; trend_s, period_s > 0"
+            )
+        self.headroom = headroom
+        self.hysteresis = hysteresis
+        self.park_after_s = park_after_s
+        self.trend_s = trend_s
+        self.period_s = period_s
+        self._history: deque[tuple[float, float]] = deque()
+        self._low_since: float | None = None
+
+    def forecast(self, obs: FleetObservation) -> float:
+        """The rate one wake delay (plus a period) ahead, if the recent rise continues."""
+        hist = self._history
+        hist.append((obs.now, obs.rate_rps))
+        while hist and hist[0][0] < obs.now - self.trend_s:
+            hist.popleft()
+        t0, r0 = hist[0]
+        slope = (obs.rate_rps - r0) / (obs.now - t0) if obs.now > t0 else 0.0
+        lead = max((b.wake_s for b in self.boards.values()), default=0.0) + self.period_s
+        return obs.rate_rps + max(0.0, slope) * lead
+
+    def target(self, obs: FleetObservation) -> set[str]:
+        order = cheapest_first(self.boards[n] for n in self.alive())
+        need = fewest_covering(order, self.forecast(obs) * (1.0 + self.headroom))
+        awake = self.awake()
+        if len(need) >= len(awake) or set(need) - set(awake):
+            self._low_since = None
+            return set(need) | set(awake)
+        # fewer boards would do: park only after the lower need (with hysteresis) has held
+        keep = fewest_covering(order, obs.rate_rps * (1.0 + self.headroom + self.hysteresis))
+        if len(keep) >= len(awake):
+            self._low_since = None
+            return set(awake)
+        if self._low_since is None:
+            self._low_since = obs.now
+        if obs.now - self._low_since < self.park_after_s:
+            return set(awake)
+        self._low_since = obs.now  # one step down per hold period
+        return set(keep) | (set(need) & set(awake))
+
+
+class RayServeRule(FleetPolicy):
+    """Ray Serve's default autoscaling rule, replicas on boards in fleet order.
+
+    Desired replicas = ceil(mean total ongoing requests over ``look_back_period_s`` /
+    ``target_ongoing_requests``), within ``[min_replicas, max_replicas]``; an upscale
+    (downscale) is carried out once the desired count has stayed above (below) the current
+    one for ``upscale_delay_s`` (``downscale_delay_s``). Defaults are Ray Serve's.
+    """
+
+    name = "ray-autoscale"
+
+    def __init__(
+        self,
+        boards: Sequence[BoardSpec],
+        *,
+        target_ongoing_requests: float = 2.0,
+        min_replicas: int = 1,
+        max_replicas: int | None = None,
+        upscale_delay_s: float = 30.0,
+        downscale_delay_s: float = 600.0,
+        look_back_period_s: float = 30.0,
+        start_awake: bool = True,
+    ) -> None:
+        super().__init__(boards, start_awake=start_awake)
+        if not target_ongoing_requests > 0:
+            raise ValueError("target_ongoing_requests must be > 0")
+        top = len(boards) if max_replicas is None else max_replicas
+        if not 1 <= min_replicas <= top:
+            raise ValueError(f"need 1 <= min_replicas <= max_replicas, got {min_replicas}, {top}")
+        self.target_ongoing = target_ongoing_requests
+        self.min_replicas = min_replicas
+        self.max_replicas = top
+        self.upscale_delay_s = upscale_delay_s
+        self.downscale_delay_s = downscale_delay_s
+        self.look_back_s = look_back_period_s
+        self._samples: deque[tuple[float, float]] = deque()
+        self._up_since: float | None = None
+        self._down_since: float | None = None
+        self.replicas = len(boards) if start_awake else min_replicas
+
+    def desired(self, obs: FleetObservation) -> int:
+        total = sum(obs.ongoing.get(n, 0.0) for n in self.awake())
+        self._samples.append((obs.now, total))
+        while self._samples and self._samples[0][0] < obs.now - self.look_back_s:
+            self._samples.popleft()
+        mean = sum(v for _, v in self._samples) / len(self._samples)
+        want = math.ceil(mean / self.target_ongoing - 1e-9)
+        return max(self.min_replicas, min(self.max_replicas, want))
+
+    def target(self, obs: FleetObservation) -> set[str]:
+        want = self.desired(obs)
+        if want > self.replicas:
+            self._down_since = None
+            self._up_since = obs.now if self._up_since is None else self._up_since
+            if obs.now - self._up_since >= self.upscale_delay_s:
+                self.replicas, self._up_since = want, None
+        elif want < self.replicas:
+            self._up_since = None
+            self._down_since = obs.now if self._down_since is None else self._down_since
+            if obs.now - self._down_since >= self.downscale_delay_s:
+                self.replicas, self._down_since = want, None
+        else:
+            self._up_since = self._down_since = None
+        alive = self.alive()
+        up = set(self.awake())
+        # keep running replicas where they are; new ones go to the next boards in fleet order
+        keep = [n for n in alive if n in up][: self.replicas]
+        kept = set(keep)
+        spare = [n for n in alive if n not in kept]
+        return kept | set(spare[: max(0, self.replicas - len(keep))])
+
+
+class Oracle(FleetPolicy):
+    """Knows the rate ahead: wakes one wake delay before need, parks as soon as it can.
+
+    ``peak_ahead(t0, t1)`` is the highest arrival rate in ``[t0, t1]``; the driver that owns
+    the trace provides it.
+    """
+
+    name = "oracle"
+
+    def __init__(
+        self,
+        boards: Sequence[BoardSpec],
+        peak_ahead: Callable[[float, float], float],
+        *,
+        headroom: float = 0.0,
+        period_s: float = 1.0,
+        start_awake: bool = True,
+    ) -> None:
+        super().__init__(boards, start_awake=start_awake)
+        self.peak_ahead = peak_ahead
+        self.headroom = headroom
+        self.period_s = period_s
+
+    def target(self, obs: FleetObservation) -> set[str]:
+        order = cheapest_first(self.boards[n] for n in self.alive())
+        lead = max((b.wake_s for b in self.boards.values()), default=0.0) + self.period_s
+        peak = self.peak_ahead(obs.now, obs.now + lead)
+        return set(fewest_covering(order, peak * (1.0 + self.headroom)))
+
+
+class WeightedRoundRobin:
+    """Spreads requests over boards in proportion to weights, evenly interleaved.
+
+    Smooth weighted round-robin: every pick adds each board's weight to its credit, takes the
+    board with the most credit and charges it the total. Deterministic, and over any window
+    each board's share follows its weight to within one request.
+    """
+
+    def __init__(self) -> None:
+        self.weights: dict[str, float] = {}
+        self._credit: dict[str, float] = {}
+
+    def set(self, weights: Mapping[str, float]) -> None:
+        self.weights = {n: w for n, w in weights.items() if w > 0}
+        self._credit = {n: self._credit.get(n, 0.0) for n in self.weights}
+
+    def pick(self, exclude: Iterable[str] = ()) -> str | None:
+        """The next board, skipping ``exclude``; None when no board is left."""
+        skip = set(exclude)
+        choices = {n: w for n, w in self.weights.items() if n not in skip}
+        if not choices:
+            return None
+        total = sum(choices.values())
+        for n, w in choices.items():
+            self._credit[n] += w
+        best = max(choices, key=lambda n: self._credit[n])
+        self._credit[best] -= total
+        return best

@@ -1,0 +1,146 @@
+"""The fleet as a Ray Serve application: one replica per board, and an ingress.
+
+Each board is its own deployment (``board-<name>``, one replica) that asks for one unit of
+the board's Ray custom resource (``board_<name>``), so Ray places it on the node that
+offers that resource, i.e. on that board; Ray restarts it there if it dies. The replica
+runs the daemon's own service on the board's device (:class:`BoardEngine`). The ingress
+(``FleetIngress``, route ``/``) serves the daemon's HTTP API and runs the fleet policy.
+
+Entry points::
+
+    serve run ecoserve.rayfleet.app:build_app boards=xavier-nx:2,nano:1
+    # or in a Serve config file: import_path: ecoserve.rayfleet.app:build_app, args: {...}
+    ecoserve fleet --boards xavier-nx:2,nano:1
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from ecoserve.models.loader import load_model
+from ecoserve.rayfleet.board import BoardEngine
+from ecoserve.rayfleet.config import BoardSettings, FleetSettings
+from ecoserve.rayfleet.ingress import FleetService, fleet_app
+from ecoserve.server.settings import ServeSettings
+from ecoserve.server.tensors import TensorSpec
+
+log = logging.getLogger("ecoserve.fleet")
+
+
+def board_settings(fleet: FleetSettings, board: BoardSettings) -> ServeSettings:
+    """The ``ecoserve serve`` settings one board runs with.
+
+    One torch thread per board unless ``engine`` says otherwise: on one machine the virtual
+    boards share its cores.
+    """
+    base = ServeSettings(model=fleet.model, torch_threads=1)
+    settings = replace(base, **dict(fleet.engine)) if fleet.engine else base
+    state_file = None
+    if fleet.state_dir:
+        state_file = f"{fleet.state_dir}/{board.name}.state.json"
+    return replace(
+        settings,
+        device=board.device_spec,
+        state_file=state_file or settings.state_file,
+        state_dir=fleet.state_dir or settings.state_dir,
+    )
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1024, health_check_period_s=2.0)
+class BoardReplica:
+    """One board's engine (see ``ecoserve.rayfleet.board``)."""
+
+    async def __init__(self, name: str, settings: ServeSettings, record_dir: str | None) -> None:
+        self.engine = BoardEngine(name, settings, record_dir)
+        await self.engine.start()
+
+    async def infer(self, items: list[Any]) -> list[Any]:
+        return await self.engine.infer(items)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.engine.stats()
+
+    async def park(self) -> dict[str, float]:
+        return await self.engine.park()
+
+    async def unpark(self) -> None:
+        await self.engine.unpark()
+
+    def check_health(self) -> None:
+        runtime = self.engine.service.runtime
+        if runtime is not None and runtime.accepting and not runtime.alive:
+            raise RuntimeError(f"board {self.engine.name}: the dispatch loop has stopped")
+
+    async def __del__(self) -> None:
+        await self.engine.close()
+
+
+class _HandleClient:
+    """A board reached through its deployment handle; its own errors come back as raised."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(self.handle, method).remote(*args)
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
+
+    async def infer(self, items: list[Any]) -> list[Any]:
+        return await self._call("infer", items)  # type: ignore[no-any-return]
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._call("stats")  # type: ignore[no-any-return]
+
+    async def park(self) -> Any:
+        return await self._call("park")
+
+    async def unpark(self) -> Any:
+        return await self._call("unpark")
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=4096)
+@serve.ingress()
+class FleetIngress:
+    """The HTTP API of ``ecoserve serve`` over the fleet, and the fleet policy loop."""
+
+    async def __init__(self, fleet: FleetSettings, handles: dict[str, DeploymentHandle]) -> None:
+        serve_settings = ServeSettings(model=fleet.model, **dict(fleet.engine))
+        model = load_model(serve_settings.model, serve_settings.input_shape)
+        spec = TensorSpec(
+            None if model.preprocess else (serve_settings.input_shape or model.input_shape),
+            model.input_dtype,
+        )
+        clients = {name: _HandleClient(h) for name, h in handles.items()}
+        self.service = FleetService(fleet, serve_settings, spec, clients, model=model)
+        await self.service.start()
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return fleet_app(self.service)
+
+    async def __del__(self) -> None:
+        await self.service.close()
+
+
+def build_fleet(fleet: FleetSettings) -> Any:
+    """The bound Serve application of ``fleet``."""
+    handles = {}
+    for board in fleet.boards:
+        handles[board.name] = BoardReplica.options(
+            name=f"board-{board.name}",
+            ray_actor_options={"num_cpus": 0, "resources": {board.resource: 1}},
+        ).bind(board.name, board_settings(fleet, board), fleet.state_dir)
+    return FleetIngress.options(ray_actor_options={"num_cpus": 0}).bind(fleet, handles)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The Serve app builder: ``serve run ecoserve.rayfleet.app:build_app boards=...``."""
+    return build_fleet(FleetSettings.from_args(args))

@@ -1,0 +1,371 @@
+"""The fleet's front door: the daemon's HTTP API over many boards, and the policy loop.
+
+:class:`FleetService` stands where ``ecoserve serve`` has its ``InferenceService``, so the
+daemon's own v1 and v2 routes (``ecoserve.server.routes_v1`` / ``routes_v2``) serve the
+fleet unchanged; only ``/v1/status`` is the fleet's, with a per-board breakdown. Each
+request goes to one board, picked by weighted round-robin over the policy's weights. A
+board that fails (its replica or its node died) is taken out and the request is sent to
+the next board, so a request accepted here is answered unless every board is gone.
+
+Every ``period_s`` the control loop tells the fleet policy (``ecoserve.core.fleet``) the
+arrival rate, each board's ongoing requests and which boards stopped answering, and
+carries out its plan: park (minimum clocks, then the operator's park command), wake (the
+unpark command, then the clocks handed back to the board's tuner), new weights.
+
+No Ray here: boards are reached through :class:`BoardClient` objects, which the Ray app
+(``ecoserve.rayfleet.app``) makes from deployment handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from prometheus_client import Gauge
+from starlette.responses import Response
+
+from ecoserve.core.fleet import (
+    AllOn,
+    BoardSpec,
+    BoardState,
+    Consolidation,
+    FleetObservation,
+    FleetPolicy,
+    RayServeRule,
+    WeightedRoundRobin,
+)
+from ecoserve.models.loader import LoadedModel
+from ecoserve.rayfleet.config import BoardSettings, FleetSettings
+from ecoserve.server import routes_v1, routes_v2
+from ecoserve.server.app import add_routes
+from ecoserve.server.metrics import ServerMetrics
+from ecoserve.server.oip_model import OipModel
+from ecoserve.server.oip_stats import InferenceStatistics
+from ecoserve.server.responses import json_response
+from ecoserve.server.service import ServiceError
+from ecoserve.server.settings import ServeSettings
+from ecoserve.server.tensors import TensorSpec
+
+log = logging.getLogger("ecoserve.fleet")
+
+#: Capacity assumed for a board until it has run batches (low: keeps boards awake).
+UNMEASURED_CAPACITY_RPS = 1.0
+#: Seconds a board's stats call may take before the board counts as not answering.
+STATS_TIMEOUT_S = 5.0
+
+
+class BoardClient(Protocol):
+    """How the ingress reaches one board (a Ray deployment handle, or a local engine)."""
+
+    async def infer(self, items: list[Any]) -> list[Any]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def park(self) -> Any: ...
+
+    async def unpark(self) -> Any: ...
+
+
+async def run_command(command: str, timeout_s: float = 60.0) -> int:
+    """Run an operator's shell command; its exit status (a failure is logged, not raised)."""
+    proc = await asyncio.create_subprocess_shell(command)
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        log.error("command timed out after %.0f s: %s", timeout_s, command)
+        return -1
+    if code != 0:
+        log.error("command exited %d: %s", code, command)
+    return code
+
+
+def make_policy(fleet: FleetSettings, specs: Sequence[BoardSpec]) -> FleetPolicy:
+    if fleet.policy == "all-on":
+        return AllOn(specs)
+    if fleet.policy == "ray-rule":
+        return RayServeRule(specs, target_ongoing_requests=fleet.ray_target_ongoing)
+    return Consolidation(
+        specs,
+        headroom=fleet.headroom,
+        hysteresis=fleet.hysteresis,
+        park_after_s=fleet.park_after_s,
+        period_s=fleet.period_s,
+    )
+
+
+class FleetService:
+    """Stands in for the daemon's ``InferenceService`` in its routes (see the module doc)."""
+
+    def __init__(
+        self,
+        fleet: FleetSettings,
+        serve: ServeSettings,
+        spec: TensorSpec,
+        clients: Mapping[str, BoardClient],
+        *,
+        command: Callable[[str], Any] = run_command,
+        clock: Callable[[], float] = time.monotonic,
+        model: LoadedModel | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.settings = serve
+        self.spec = spec
+        self.model = model  # only to describe the output in the protocol's metadata
+        self.statistics = InferenceStatistics()
+        self.name = serve.served_name
+        self.clients = dict(clients)
+        self.boards: dict[str, BoardSettings] = {b.name: b for b in fleet.boards}
+        self.metrics = ServerMetrics(max_batch=serve.max_batch)
+        self.runtime = None
+        self.tier = None
+        self.resumed: list[str] = []
+        self.started_at = time.time()
+        self.draining = False
+        self.command = command
+        self.clock = clock
+        specs = [
+            BoardSpec(b.name, b.kind, UNMEASURED_CAPACITY_RPS, 1.0, b.wake_s) for b in fleet.boards
+        ]
+        self.policy = make_policy(fleet, specs)
+        self.router = WeightedRoundRobin()
+        self.router.set(self.policy.weights(list(self.boards)))
+        self.in_flight: dict[str, int] = {n: 0 for n in self.boards}
+        self.board_stats: dict[str, dict[str, Any]] = {}
+        self.failed: set[str] = set()
+        self.arrivals = 0
+        self.moved = 0
+        self.events: list[dict[str, Any]] = []
+        self.rate_rps = 0.0
+        self._last_tick = clock()
+        self._task: asyncio.Task[None] | None = None
+        reg = self.metrics.registry
+        self._g_state = Gauge("ecoserve_fleet_boards", "Boards by state", ["state"], registry=reg)
+        self._g_weight = Gauge(
+            "ecoserve_fleet_board_weight", "Share of traffic sent to a board", ["board"],
+            registry=reg,
+        )  # fmt: skip
+        self._g_energy = Gauge(
+            "ecoserve_fleet_board_energy_joules", "A board's meter reading", ["board"],
+            registry=reg,
+        )  # fmt: skip
+        self._g_rate = Gauge(
+            "ecoserve_fleet_arrival_rate_per_second", "Arrivals over the last period",
+            registry=reg,
+        )  # fmt: skip
+
+    # -- what the daemon's routes read ----------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return not self.draining and any(
+            s.get("ready") for n, s in self.board_stats.items() if n in self.router.weights
+        )
+
+    async def infer(self, items: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
+        """One request on one board; a board that fails hands it to the next.
+
+        ``timeout_s`` is the client's own deadline (the protocol's ``timeout`` parameter).
+        """
+        if timeout_s is None:
+            return await self._infer(items)
+        try:
+            return await asyncio.wait_for(self._infer(items), timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceError(
+                504, f"no result within the request's {timeout_s} s", "timeout"
+            ) from None
+
+    async def _infer(self, items: Sequence[Any]) -> list[Any]:
+        if self.draining:
+            raise ServiceError(503, "shutting down; not accepting requests", "unavailable",
+                               {"Retry-After": "1"})  # fmt: skip
+        self.arrivals += 1
+        tried: list[str] = []
+        last: ServiceError | None = None
+        while True:
+            name = self.router.pick(exclude=[*tried, *self.failed])
+            if name is None:
+                name = next((n for n in self.clients if n not in tried and n not in self.failed),
+                            None)  # fmt: skip
+            if name is None:
+                raise last or ServiceError(
+                    503, "no board is answering; retry later", "unavailable", {"Retry-After": "1"}
+                )
+            tried.append(name)
+            self.in_flight[name] += 1
+            try:
+                return list(await self.clients[name].infer(list(items)))
+            except ServiceError as err:
+                if err.status != 503:
+                    raise
+                last = err  # that board is full or draining: the next one may take it
+            except Exception as exc:  # its replica or its node died
+                log.warning("board %s failed (%s); moving its request", name, exc)
+                self.failed.add(name)
+                self.moved += 1
+            finally:
+                self.in_flight[name] -= 1
+
+    # -- the control loop -----------------------------------------------------------------
+    async def start(self) -> None:
+        await self.tick()
+        self._task = asyncio.create_task(self._loop(), name="ecoserve-fleet-policy")
+
+    async def _loop(self) -> None:
+        while not self.draining:
+            await asyncio.sleep(self.fleet.period_s)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("fleet policy step failed; trying again next period")
+
+    async def _stats(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await asyncio.wait_for(self.clients[name].stats(), STATS_TIMEOUT_S)
+        except Exception as exc:
+            if name not in self.failed:
+                log.warning("board %s not answering (%s): taken out", name, exc)
+            return None
+
+    async def tick(self) -> None:
+        """One policy period: observe, decide, carry out."""
+        now = self.clock()
+        dt = max(1e-6, now - self._last_tick)
+        self._last_tick = now
+        self.rate_rps, self.arrivals = self.arrivals / dt, 0
+        names = list(self.clients)
+        answers = await asyncio.gather(*(self._stats(n) for n in names))
+        dead: set[str] = set()
+        for name, st in zip(names, answers, strict=True):
+            if st is None:
+                dead.add(name)
+                continue
+            self.board_stats[name] = st
+            if name in self.failed or self.policy.state[name] is BoardState.DEAD:
+                self.failed.discard(name)
+                self.policy.revive(name)
+            self._measure(name, st)
+        dead |= self.failed
+        plan = self.policy.decide(
+            FleetObservation(
+                now=now,
+                rate_rps=self.rate_rps,
+                ongoing={n: float(v) for n, v in self.in_flight.items()},
+                dead=frozenset(dead),
+            )
+        )
+        for name in plan.park:
+            await self._park(name)
+        for name in plan.wake:
+            await self._wake(name)
+        self.router.set(plan.weights)
+        self._export(plan.weights)
+
+    def _measure(self, name: str, st: Mapping[str, Any]) -> None:
+        """A board's capacity and J/request from its own batches (not while parked)."""
+        busy_rate, jpr = st.get("busy_rate_rps"), st.get("joules_per_request")
+        if st.get("parked") or not busy_rate or jpr is None:
+            return
+        b = self.boards[name]
+        self.policy.update(
+            BoardSpec(name, b.kind, busy_rate * self.fleet.capacity_share, float(jpr), b.wake_s)
+        )
+
+    async def _park(self, name: str) -> None:
+        self.events.append({"t": self.clock(), "board": name, "event": "park"})
+        log.info("parking board %s", name)
+        try:
+            await self.clients[name].park()
+        except Exception as exc:
+            log.warning("board %s could not pin its minimum clocks: %s", name, exc)
+        cmd = self.boards[name].park_command
+        if cmd:
+            await self.command(cmd.format(board=name))
+
+    async def _wake(self, name: str) -> None:
+        self.events.append({"t": self.clock(), "board": name, "event": "wake"})
+        log.info("waking board %s", name)
+        cmd = self.boards[name].unpark_command
+        if cmd:
+            await self.command(cmd.format(board=name))
+        try:
+            await self.clients[name].unpark()
+        except Exception as exc:
+            log.warning("board %s could not be unparked yet: %s", name, exc)
+
+    def _export(self, weights: Mapping[str, float]) -> None:
+        for state, count in self.policy.counts().items():
+            self._g_state.labels(state).set(count)
+        for name in self.boards:
+            self._g_weight.labels(name).set(weights.get(name, 0.0))
+            energy = self.board_stats.get(name, {}).get("energy_j")
+            if energy is not None:
+                self._g_energy.labels(name).set(energy)
+        self._g_rate.set(self.rate_rps)
+
+    # -- status and shutdown --------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        boards = {}
+        for name, b in self.boards.items():
+            spec = self.policy.boards[name]
+            boards[name] = {
+                "kind": b.kind,
+                "state": self.policy.state[name].value,
+                "weight": self.router.weights.get(name, 0.0),
+                "in_flight": self.in_flight[name],
+                "capacity_rps": spec.capacity_rps,
+                "joules_per_request": spec.joules_per_request,
+                "resource": b.resource,
+                **self.board_stats.get(name, {}),
+            }
+        return {
+            "model": self.name,
+            "ready": self.ready,
+            "draining": self.draining,
+            "policy": self.policy.name,
+            "arrival_rate_rps": self.rate_rps,
+            "requests_moved": self.moved,
+            "boards": boards,
+            "counts": self.policy.counts(),
+            "events": self.events[-50:],
+        }
+
+    async def close(self) -> None:
+        self.draining = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def fleet_app(service: FleetService) -> FastAPI:
+    """The daemon's HTTP API over the fleet: its own routes, the fleet's ``/v1/status``."""
+    app = FastAPI(title="ecoserve fleet", description="ecoserve's HTTP API over a fleet of boards")
+    app.state.service = service
+    app.state.oip = OipModel(service)  # type: ignore[arg-type]
+
+    @app.get("/v1/status", summary="The fleet: policy, and each board's state and tuning")
+    async def status(request: Request) -> Response:
+        return json_response(_finite(service.status()))
+
+    add_routes(app, routes_v1.router)
+    add_routes(app, routes_v2.router)
+    return app
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity or NaN: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

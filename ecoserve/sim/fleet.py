@@ -1,0 +1,284 @@
+"""The fleet in virtual time: one arrival series, many boards, one fleet policy.
+
+Every control period the loop tells the policy (``ecoserve.core.fleet``, the same object the
+Ray Serve ingress drives) the arrival rate it saw and each board's ongoing requests, and
+carries out its plan: boards woken serve once their wake delay has passed, parked boards
+draw their parked power, and the period's traffic is split by the plan's weights. What each
+serving board does with the rate it is sent comes from its :class:`BoardModel` (its own
+engine and tuner, measured on its twin, see ``ecoserve.sim.board_model``).
+
+Fleet energy is the power bill: every board's draw over the whole run, serving, idle,
+waking and parked. Requests a board cannot take (its queue full) count as rejected and as
+SLO violations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecoserve.core.fleet import BoardSpec, BoardState, FleetObservation, FleetPolicy
+from ecoserve.sim.board_model import LATENCY_EDGES, BoardModel, histogram_quantile
+from traces.rates import RateSeries
+
+
+@dataclass(frozen=True)
+class Parking:
+    """What a parked board draws and how long it takes to serve again, per board kind.
+
+    ``mode`` is ``off`` (an operator's power-off command) or ``min-clocks``. The figures are
+    stated assumptions unless a board kind's entry says it was measured.
+    """
+
+    mode: str
+    parked_w: Mapping[str, float]
+    wake_s: Mapping[str, float]
+    waking_w: Mapping[str, float]
+    basis: str = "assumed"
+
+
+#: Stated assumptions for powered-off boards (not measured): the switched supply's standby
+#: draw, and the time from power-on to a serving engine (boot, model load, saved tuner state).
+OFF_W = 0.5
+OFF_WAKE_S = 45.0
+#: Stated assumption: re-applying tuned clocks to a board parked at minimum clocks.
+MIN_CLOCKS_WAKE_S = 1.0
+
+
+def parking(mode: str, models: Mapping[str, BoardModel]) -> Parking:
+    """The parking assumptions for ``mode`` over these board kinds (see the constants).
+
+    At minimum clocks a board draws its twin's idle power at its lowest clocks; the fitted
+    twins' idle draw was measured at one clock setting, so this equals their idle draw.
+    While waking from power-off a board draws its idle power (assumed).
+    """
+    if mode == "off":
+        return Parking(
+            mode,
+            {k: OFF_W for k in models},
+            {k: OFF_WAKE_S for k in models},
+            {k: m.idle_w for k, m in models.items()},
+            basis=f"assumed: {OFF_W} W off, {OFF_WAKE_S:g} s to serve again, idle draw while booting",
+        )
+    if mode == "min-clocks":
+        return Parking(
+            mode,
+            {k: m.min_clock_idle_w for k, m in models.items()},
+            {k: MIN_CLOCKS_WAKE_S for k in models},
+            {k: m.min_clock_idle_w for k, m in models.items()},
+            basis="twin idle draw at minimum clocks; "
+            f"{MIN_CLOCKS_WAKE_S:g} s to re-apply clocks (assumed)",
+        )
+    raise ValueError(f"unknown parking mode {mode!r}: use 'off' or 'min-clocks'")
+
+
+@dataclass(frozen=True)
+class FleetBoard:
+    name: str
+    kind: str
+
+
+@dataclass
+class FleetRun:
+    """What one policy did over the series."""
+
+    policy: str
+    tuner: str
+    parking: str
+    energy_j: float
+    offered: float
+    served: float
+    rejected: float
+    histogram: np.ndarray
+    slo_s: float
+    period_s: float
+    awake: np.ndarray
+    serving: np.ndarray
+    wall_s: float
+    per_kind_energy_j: dict[str, float] = field(default_factory=dict)
+    #: Per control period and board: traffic share, and state (0 serving, 1 waking,
+    #: 2 parked, 3 dead); what a direct replay of the same decisions needs.
+    weights: np.ndarray | None = None
+    states: np.ndarray | None = None
+
+    @property
+    def joules_per_request(self) -> float:
+        return self.energy_j / self.served if self.served else math.inf
+
+    def latency_quantile_s(self, q: float) -> float:
+        """Percentile over offered requests, a rejected one counted as never answered."""
+        answered = float(self.histogram.sum())
+        total = answered + self.rejected
+        if answered <= 0:
+            return math.nan
+        position = q / 100.0 * total
+        if position > answered:
+            return math.inf
+        return histogram_quantile(self.histogram, 100.0 * position / answered)
+
+    @property
+    def slo_violations(self) -> float:
+        """Share of offered requests answered later than the SLO, or not at all."""
+        late = self.histogram[LATENCY_EDGES[:-1] >= self.slo_s].sum()
+        i = int(np.searchsorted(LATENCY_EDGES, self.slo_s)) - 1
+        if 0 <= i < len(self.histogram):  # the bin that straddles the SLO, log-interpolated
+            lo, hi = LATENCY_EDGES[i], LATENCY_EDGES[i + 1]
+            late += self.histogram[i] * math.log(hi / self.slo_s) / math.log(hi / lo)
+        return float((late + self.rejected) / self.offered) if self.offered else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "policy": self.policy,
+            "tuner": self.tuner,
+            "parking": self.parking,
+            "energy_j": self.energy_j,
+            "requests": self.offered,
+            "served": self.served,
+            "rejected": self.rejected,
+            "joules_per_request": self.joules_per_request,
+            "p50_ms": self.latency_quantile_s(50) * 1e3,
+            "p99_ms": self.latency_quantile_s(99) * 1e3,
+            "slo_ms": self.slo_s * 1e3,
+            "slo_violations": self.slo_violations,
+            "mean_boards_awake": float(self.awake.mean()),
+            "max_boards_awake": int(self.awake.max()),
+            "wall_s": self.wall_s,
+            "per_kind_energy_j": self.per_kind_energy_j,
+        }
+
+
+def board_specs(
+    boards: Sequence[FleetBoard], models: Mapping[str, BoardModel], park: Parking, slo_s: float
+) -> list[BoardSpec]:
+    """What the policy is told of each board: tuned capacity within the SLO, J/request there."""
+    out = []
+    for b in boards:
+        m = models[b.kind]
+        cap = m.capacity(slo_s)
+        if cap <= 0:
+            raise ValueError(
+                f"a {b.kind} board meets no p99 within {slo_s * 1e3:g} ms at any measured "
+                "rate; raise the SLO"
+            )
+        out.append(BoardSpec(b.name, b.kind, cap, float(m.power(cap)) / cap, park.wake_s[b.kind]))
+    return out
+
+
+def peak_lookup(rates: np.ndarray, period_s: float) -> Callable[[float, float], float]:
+    """``peak(t0, t1)``: the highest period rate in ``[t0, t1]`` (for the oracle)."""
+
+    def peak(t0: float, t1: float) -> float:
+        i0 = max(0, int(t0 // period_s))
+        i1 = min(len(rates), int(math.ceil(t1 / period_s)) + 1)
+        return float(rates[i0:i1].max()) if i1 > i0 else 0.0
+
+    return peak
+
+
+def period_rates(series: RateSeries, period_s: float) -> tuple[np.ndarray, int]:
+    """Mean rate per control period, and the number of series steps in one period."""
+    per = max(1, int(round(period_s / series.step_s)))
+    n = len(series.counts) // per
+    if n < 1:
+        raise ValueError(f"the series ({series.duration_s:g} s) is shorter than one period")
+    counts = series.counts[: n * per].reshape(n, per)
+    return counts.sum(axis=1) / (per * series.step_s), per
+
+
+def run_fleet(
+    policy: FleetPolicy,
+    boards: Sequence[FleetBoard],
+    models: Mapping[str, BoardModel],
+    series: RateSeries,
+    park: Parking,
+    *,
+    slo_s: float,
+    period_s: float = 5.0,
+    label: str | None = None,
+) -> FleetRun:
+    """Drive ``policy`` over ``series``; every board's share read from its kind's model."""
+    wall0 = time.perf_counter()
+    rates, per = period_rates(series, period_s)
+    step_rates = series.rates[: len(rates) * per].reshape(len(rates), per)
+    names = [b.name for b in boards]
+    index = {n: i for i, n in enumerate(names)}
+    kinds = sorted({b.kind for b in boards})
+    of_kind = {k: np.array([i for i, b in enumerate(boards) if b.kind == k]) for k in kinds}
+    nb, npd = len(boards), len(rates)
+    weights = np.zeros((npd, nb))
+    state = np.zeros((npd, nb), dtype=np.int8)  # 0 serving, 1 waking, 2 parked, 3 dead
+    codes = {BoardState.SERVING: 0, BoardState.WAKING: 1, BoardState.PARKED: 2, BoardState.DEAD: 3}
+    ongoing = np.zeros(nb)
+    prev_rate = float(rates[0])
+    for k in range(npd):
+        obs = FleetObservation(
+            now=k * period_s,
+            rate_rps=prev_rate,
+            ongoing=dict(zip(names, ongoing.tolist(), strict=True)),
+        )
+        plan = policy.decide(obs)
+        for n, w in plan.weights.items():
+            weights[k, index[n]] = w
+        for n, st in policy.state.items():
+            state[k, index[n]] = codes[st]
+        for kind in kinds:
+            idx = of_kind[kind]
+            ongoing[idx] = models[kind].ongoing(weights[k, idx] * rates[k])
+        prev_rate = float(rates[k])
+
+    energy = 0.0
+    served = rejected = 0.0
+    hist = np.zeros(len(LATENCY_EDGES) - 1)
+    per_kind: dict[str, float] = {}
+    dt = series.step_s
+    for kind in kinds:
+        m, idx = models[kind], of_kind[kind]
+        w = weights[:, idx]  # periods x boards
+        st = state[:, idx]
+        lam = (w[:, None, :] * step_rates[:, :, None]).reshape(-1, len(idx))  # steps x boards
+        st_steps = np.repeat(st, per, axis=0)
+        serving = st_steps == 0
+        power = np.where(
+            serving,
+            m.power(lam),
+            np.where(
+                st_steps == 1,
+                park.waking_w[kind],
+                np.where(st_steps == 2, park.parked_w[kind], 0.0),
+            ),
+        )
+        e = float(power.sum() * dt)
+        per_kind[kind] = e
+        energy += e
+        got = np.where(serving, m.served_rate(lam), 0.0)
+        served += float(got.sum() * dt)
+        rejected += float((lam.sum() - got.sum()) * dt)
+        # latency: requests per rate level, each level's measured histogram
+        levels = np.linspace(0.0, m.rates[-1], 257)
+        at = np.clip(np.searchsorted(levels, lam[serving]), 0, len(levels) - 1)
+        req = np.bincount(at, weights=got[serving] * dt, minlength=len(levels))
+        for j in np.nonzero(req)[0]:
+            hist += req[j] * m.histogram_at(float(levels[j]))
+    offered = float(series.counts[: npd * per].sum())
+    return FleetRun(
+        policy=label or policy.name,
+        tuner=",".join(sorted({m.tuner for m in models.values()})),
+        parking=park.mode,
+        energy_j=energy,
+        offered=offered,
+        served=served,
+        rejected=max(0.0, rejected),
+        histogram=hist,
+        slo_s=slo_s,
+        period_s=period_s,
+        awake=(state <= 1).sum(axis=1),
+        serving=(state == 0).sum(axis=1),
+        wall_s=time.perf_counter() - wall0,
+        per_kind_energy_j=per_kind,
+        weights=weights,
+        states=state,
+    )

@@ -1,0 +1,217 @@
+"""The fleet's ingress and board engine without Ray: routing, failover, parking, HTTP API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from ecoserve.core.fleet import BoardState
+from ecoserve.rayfleet.board import BoardEngine
+from ecoserve.rayfleet.config import FleetSettings, parse_boards
+from ecoserve.rayfleet.ingress import FleetService, fleet_app
+from ecoserve.server.service import ServiceError
+from ecoserve.server.settings import ServeSettings
+from ecoserve.server.tensors import TensorSpec
+
+
+class FakeBoard:
+    """A board client that answers ``2 * x``, or fails as told."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.served = 0
+        self.fail: Exception | None = None
+        self.stats_fail = False
+        self.parked = False
+        self.calls: list[str] = []
+
+    async def infer(self, items: list[Any]) -> list[Any]:
+        if self.fail is not None:
+            raise self.fail
+        self.served += len(items)
+        return [x * 2 for x in items]
+
+    async def stats(self) -> dict[str, Any]:
+        if self.stats_fail:
+            raise ConnectionError("node gone")
+        return {"ready": True, "parked": self.parked, "busy_rate_rps": 100.0,
+                "joules_per_request": 0.1, "energy_j": 5.0}  # fmt: skip
+
+    async def park(self) -> None:
+        self.parked = True
+        self.calls.append("park")
+
+    async def unpark(self) -> None:
+        self.parked = False
+        self.calls.append("unpark")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(policy: str = "consolidation", n: int = 3, **extra: Any) -> tuple[FleetService, dict]:
+    fleet = FleetSettings(
+        boards=parse_boards(f"xavier-nx:{n}"), policy=policy, park_after_s=0.0, **extra
+    )
+    clients = {b.name: FakeBoard(b.name) for b in fleet.boards}
+    commands: list[str] = []
+
+    async def command(cmd: str) -> int:
+        commands.append(cmd)
+        return 0
+
+    svc = FleetService(
+        fleet, ServeSettings(), TensorSpec((2,), torch.float32), clients, command=command,
+        clock=Clock(),
+    )  # fmt: skip
+    return svc, {"clients": clients, "commands": commands}
+
+
+def test_settings_name_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="unknown fleet setting"):
+        FleetSettings.from_args({"boards": "nano:1", "polcy": "all-on"})
+    with pytest.raises(ValueError, match="KIND:COUNT"):
+        parse_boards("nano:two")
+    with pytest.raises(ValueError, match="board name"):
+        parse_boards([{"name": "bad name!"}])
+    boards = parse_boards("xavier-nx:2,nano:1")
+    assert [b.resource for b in boards] == ["board_xavier-nx-0", "board_xavier-nx-1",
+                                            "board_nano-0"]  # fmt: skip
+    assert boards[2].device_spec == "virtual:nano"
+
+
+async def test_a_failing_board_s_request_is_moved_and_the_board_taken_out() -> None:
+    svc, env = make("all-on")
+    await svc.tick()
+    clients = env["clients"]
+    clients["xavier-nx-0"].fail = RuntimeError("actor died")
+    out = [await svc.infer([torch.tensor([1.0, 2.0])]) for _ in range(6)]
+    assert all(torch.equal(o[0], torch.tensor([2.0, 4.0])) for o in out)
+    assert svc.moved == 1 and "xavier-nx-0" in svc.failed
+    assert clients["xavier-nx-0"].served == 0
+    clients["xavier-nx-0"].stats_fail = True
+    await svc.tick()
+    assert svc.policy.state["xavier-nx-0"] is BoardState.DEAD
+    assert "xavier-nx-0" not in svc.router.weights
+    clients["xavier-nx-0"].fail = None  # restarted by Ray: answers again
+    clients["xavier-nx-0"].stats_fail = False
+    await svc.tick()
+    assert svc.policy.state["xavier-nx-0"] is BoardState.SERVING
+    assert "xavier-nx-0" in svc.router.weights
+
+
+async def test_a_full_board_hands_over_but_a_bad_request_is_not_retried() -> None:
+    svc, env = make("all-on", n=2)
+    await svc.tick()
+    env["clients"]["xavier-nx-0"].fail = ServiceError(503, "queue full", "rejected")
+    for _ in range(4):
+        await svc.infer([1.0])
+    assert env["clients"]["xavier-nx-1"].served == 4
+    env["clients"]["xavier-nx-1"].fail = ServiceError(422, "bad shape", "invalid")
+    with pytest.raises(ServiceError) as err:
+        await svc.infer([1.0])
+    assert err.value.status == 422  # whichever board it tried first
+
+
+async def test_idle_boards_are_parked_with_the_operator_command_and_woken_on_load() -> None:
+    svc, env = make(n=3)
+    for b in svc.boards.values():
+        object.__setattr__(b, "park_command", "bmc-off {board}")
+        object.__setattr__(b, "unpark_command", "bmc-on {board}")
+    await svc.tick()  # no traffic: one board stays, two are parked
+    parked = [n for n, c in env["clients"].items() if c.calls == ["park"]]
+    assert len(parked) == 2
+    assert sorted(env["commands"]) == sorted(f"bmc-off {n}" for n in parked)
+    clock = svc.clock
+    clock.t += 1.0
+    svc.arrivals = 250  # 250 req/s: the capacity of three boards at 100 * 0.6 is needed
+    await svc.tick()
+    assert all(c.calls == ["park", "unpark"] for n, c in env["clients"].items() if n in parked)
+    assert {f"bmc-on {n}" for n in parked} <= set(env["commands"])
+    assert len(svc.router.weights) == 3
+
+
+async def test_the_daemon_s_routes_serve_the_fleet() -> None:
+    svc, env = make("all-on", n=2)
+    await svc.tick()
+    app = fleet_app(svc)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as c:
+        r = await c.post("/v1/infer", json={"input": [1.0, 2.0]})
+        assert r.status_code == 200 and r.json()["output"] == [2.0, 4.0]
+        r = await c.post("/v1/infer", json={"input": [1.0, 2.0, 3.0]})
+        assert r.status_code == 422  # the daemon's own shape check
+        status = (await c.get("/v1/status")).json()
+        assert set(status["boards"]) == {"xavier-nx-0", "xavier-nx-1"}
+        assert status["boards"]["xavier-nx-0"]["state"] == "serving"
+        metrics = (await c.get("/metrics")).text
+        assert 'ecoserve_fleet_boards{state="serving"} 2.0' in metrics
+        assert "ecoserve_requests_total" in metrics
+        assert (await c.get("/v2/health/ready")).status_code == 200
+        body = {"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP32",
+                            "data": [1.0, 2.0, 3.0, 4.0]}]}  # fmt: skip
+        r = await c.post("/v2/models/cnn/infer", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+        r = await c.get("/v2/models/cnn/stats")
+        assert r.json()["model_stats"][0]["inference_stats"]["success"]["count"] == 1
+
+
+async def test_board_engine_parks_at_minimum_clocks_and_restores_at_close(tmp_path: Path) -> None:
+    settings = ServeSettings(
+        device="virtual:nano", window_requests=8, warmup_requests=2, window_seconds=1.0,
+        max_batch=4, torch_threads=1, watchdog_s=None,
+    )  # fmt: skip
+    board = BoardEngine("nano-0", settings, str(tmp_path))
+    await board.start()
+    try:
+        item = board.service.model.example_item()
+        out = await board.infer([item, item])
+        assert len(out) == 2
+        pinned = await board.park()
+        knobs = {k.name: k.values[0] for k in board.device.actuator.knobs()}
+        assert pinned == knobs and board.device.actuator.current() == knobs
+        await board.infer([item])  # a parked board still answers what it was sent
+        await board.unpark()
+        assert board.stats()["pinned"] == {}
+    finally:
+        record = await board.close()
+    assert record["restored"] and record["served"] == 3
+    saved = json.loads((tmp_path / "nano-0.shutdown.json").read_text())
+    assert saved["final"] == saved["initial"]
+
+
+def test_cli_fleet_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ecoserve.cli import main
+
+    assert main(["fleet", "--boards", "nano:x"]) == 2
+    assert "KIND:COUNT" in capsys.readouterr().err
+    bad = tmp_path / "fleet.toml"
+    bad.write_text('boards = "nano:1"\npolcy = "all-on"\n')
+    assert main(["fleet", "--config", str(bad)]) == 2
+    assert "unknown fleet setting" in capsys.readouterr().err
+    bad.write_text("boards = [")
+    assert main(["fleet", "--config", str(bad)]) == 2
+    assert "--config" in capsys.readouterr().err
+
+
+def test_a_board_s_refusal_survives_the_trip_to_the_ingress() -> None:
+    """Ray pickles a replica's exception: a board's 503 must arrive as a 503, not a crash."""
+    import pickle
+
+    err = pickle.loads(
+        pickle.dumps(ServiceError(503, "queue full", "rejected", {"Retry-After": "1"}))
+    )
+    assert (err.status, err.detail, err.outcome, err.headers) == (
+        503, "queue full", "rejected", {"Retry-After": "1"},
+    )  # fmt: skip

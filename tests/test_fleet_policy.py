@@ -1,0 +1,186 @@
+"""The sans-IO fleet policies: consolidation, wake-ahead, hysteresis, Ray's rule, oracle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ecoserve.core.fleet import (
+    AllOn,
+    BoardSpec,
+    BoardState,
+    Consolidation,
+    FleetObservation,
+    Oracle,
+    RayServeRule,
+    cheapest_first,
+    fewest_covering,
+)
+
+
+def boards(n: int = 6, cap: float = 100.0, wake_s: float = 30.0) -> list[BoardSpec]:
+    return [BoardSpec(f"b{i}", "orin", cap, 0.1 + 0.01 * i, wake_s) for i in range(n)]
+
+
+def drive(policy, rates, period=1.0, ongoing=None):  # noqa: ANN001, ANN201
+    """Decide once per period; returns the plans and the serving capacity after each."""
+    plans, caps = [], []
+    for k, r in enumerate(rates):
+        obs = FleetObservation(now=k * period, rate_rps=r, ongoing=ongoing or {})
+        plan = policy.decide(obs)
+        plans.append(plan)
+        caps.append(sum(policy.boards[n].capacity_rps for n in plan.serving))
+    return plans, caps
+
+
+def test_spec_rejects_bad_figures_with_the_field_named() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        BoardSpec("x", "nano", 0.0, 0.1)
+    with pytest.raises(ValueError, match="wake delay"):
+        BoardSpec("x", "nano", 1.0, 0.1, wake_s=-1)
+    with pytest.raises(ValueError, match="unique"):
+        AllOn([BoardSpec("x", "nano", 1.0, 0.1), BoardSpec("x", "nano", 1.0, 0.1)])
+
+
+def test_all_on_shares_traffic_by_capacity() -> None:
+    policy = AllOn([BoardSpec("big", "orin", 300.0, 0.1), BoardSpec("small", "nano", 100.0, 0.2)])
+    plan = policy.decide(FleetObservation(0.0, 50.0))
+    assert plan.weights == pytest.approx({"big": 0.75, "small": 0.25})
+    assert not plan.wake and not plan.park
+
+
+def test_mixed_fleet_is_filled_cheapest_energy_per_request_first() -> None:
+    specs = [
+        BoardSpec("nano", "nano", 20.0, 0.18),
+        BoardSpec("orin", "orin", 220.0, 0.09),
+        BoardSpec("nx", "xavier-nx", 190.0, 0.10),
+    ]
+    assert [b.name for b in cheapest_first(specs)] == ["orin", "nx", "nano"]
+    assert fewest_covering(cheapest_first(specs), 200.0) == ["orin"]
+    assert fewest_covering(cheapest_first(specs), 300.0) == ["orin", "nx"]
+    assert fewest_covering(cheapest_first(specs), 0.0) == ["orin"]  # one always stays up
+    policy = Consolidation(specs, park_after_s=0.0)
+    plans, _ = drive(policy, [150.0] * 3)
+    assert plans[-1].serving == ("orin",)
+    assert policy.state["nano"] is BoardState.PARKED
+
+
+def test_consolidation_parks_idle_boards_only_after_the_hold() -> None:
+    policy = Consolidation(boards(6), park_after_s=60.0, headroom=0.1, hysteresis=0.1)
+    plans, _ = drive(policy, [150.0] * 200)
+    parked_at = [k for k, p in enumerate(plans) if p.park]
+    assert parked_at and parked_at[0] >= 60  # nothing parked before the hold passed
+    assert len(policy.awake()) == 2  # 150 req/s * 1.2 needs two boards of 100
+    assert sorted(plans[-1].serving) == ["b0", "b1"]  # the cheapest two
+
+
+def test_consolidation_wakes_ahead_of_a_rising_rate() -> None:
+    policy = Consolidation(boards(8, wake_s=30.0), park_after_s=10.0, trend_s=30.0)
+    low = [80.0] * 120
+    ramp = [80.0 + 4.0 * k for k in range(150)]  # +4 req/s every second, to 676 req/s
+    plans, caps = drive(policy, low + ramp)
+    assert len(policy.awake()) >= 7
+    assert any(p.wake for p in plans[120:])
+    # once the rise has been seen for a trend window, the boards already serving carry it
+    # all the way up: each wake was started one wake delay early enough
+    for k in range(120 + 30 + 30, len(low + ramp)):
+        assert caps[k] >= (low + ramp)[k], f"short of capacity at t={k}s"
+
+
+def test_consolidation_without_trend_would_fall_short() -> None:
+    """The same ramp with a zero wake lead is what the forecast protects against."""
+    policy = Consolidation(boards(8, wake_s=30.0), park_after_s=10.0, headroom=0.0)
+    policy.forecast = lambda obs: obs.rate_rps  # type: ignore[method-assign]
+    rates = [80.0] * 120 + [80.0 + 4.0 * k for k in range(150)]
+    _, caps = drive(policy, rates)
+    assert any(caps[k] < rates[k] for k in range(180, len(rates)))
+
+
+def test_hysteresis_stops_flapping_around_a_threshold() -> None:
+    policy = Consolidation(boards(6, wake_s=5.0), park_after_s=30.0, headroom=0.1, hysteresis=0.2)
+    rates = [175.0 + (15.0 if (k // 7) % 2 else -15.0) for k in range(600)]  # 160..190 req/s
+    plans, _ = drive(policy, rates)
+    switches = sum(len(p.park) + len(p.wake) for p in plans[60:])
+    assert switches <= 2
+
+
+def test_a_dead_board_loses_its_traffic_and_a_spare_is_woken() -> None:
+    policy = Consolidation(boards(4, wake_s=0.0), park_after_s=0.0)
+    drive(policy, [150.0] * 5)
+    serving = policy.awake()
+    victim = serving[0]
+    plan = policy.decide(FleetObservation(10.0, 150.0, dead=frozenset({victim})))
+    assert victim not in plan.weights
+    assert policy.state[victim] is BoardState.DEAD
+    assert sum(policy.boards[n].capacity_rps for n in plan.serving) >= 150.0
+    assert math.isclose(sum(plan.weights.values()), 1.0)
+
+
+def test_ray_rule_scales_on_ongoing_requests_after_its_delays() -> None:
+    specs = boards(10, wake_s=0.0)
+    policy = RayServeRule(
+        specs,
+        target_ongoing_requests=2.0,
+        upscale_delay_s=30.0,
+        downscale_delay_s=600.0,
+        look_back_period_s=1.0,
+        start_awake=False,
+    )
+    assert policy.replicas == 1
+    # 8 ongoing on the one replica: desired 4, carried out only after 30 s
+    for k in range(40):
+        awake = policy.awake() or ["b0"]
+        policy.decide(FleetObservation(float(k), 10.0, ongoing={awake[0]: 8.0}))
+        if k < 30:
+            assert len(policy.awake()) == 1, k
+    assert len(policy.awake()) == 4
+    assert policy.awake() == ["b0", "b1", "b2", "b3"]  # fleet order, not energy order
+    # load gone: scaled down only after 600 s
+    for k in range(40, 700):
+        policy.decide(FleetObservation(float(k), 0.0, ongoing={}))
+        if k < 40 + 600:
+            assert len(policy.awake()) == 4, k
+    assert len(policy.awake()) == 1
+
+
+def test_ray_rule_rejects_bad_bounds() -> None:
+    with pytest.raises(ValueError, match="min_replicas"):
+        RayServeRule(boards(2), min_replicas=3)
+    with pytest.raises(ValueError, match="target_ongoing"):
+        RayServeRule(boards(2), target_ongoing_requests=0)
+
+
+def test_oracle_wakes_one_wake_delay_ahead_and_parks_at_once() -> None:
+    rates = [50.0] * 100 + [350.0] * 100
+
+    def peak(t0: float, t1: float) -> float:
+        return max(rates[int(t0) : int(t1) + 1] or [0.0])
+
+    policy = Oracle(boards(6, wake_s=20.0), peak, period_s=1.0)
+    plans, caps = drive(policy, rates)
+    assert len(plans[0].park) == 5  # parks the surplus at once
+    assert caps[100] >= 350.0  # serving when the step comes
+    first_wake = min(k for k, p in enumerate(plans) if p.wake)
+    assert 100 - 21 <= first_wake < 100 - 19 + 1
+
+
+def test_weighted_round_robin_follows_weights_and_skips_excluded() -> None:
+    from ecoserve.core.fleet import WeightedRoundRobin
+
+    rr = WeightedRoundRobin()
+    rr.set({"a": 0.75, "b": 0.25, "c": 0.0})
+    picks = [rr.pick() for _ in range(40)]
+    assert picks.count("a") == 30 and picks.count("b") == 10 and "c" not in picks
+    assert all(picks[i : i + 4].count("b") == 1 for i in range(0, 40, 4))  # interleaved
+    assert rr.pick(exclude={"a"}) == "b"
+    assert rr.pick(exclude={"a", "b"}) is None
+
+
+def test_a_dead_board_that_answers_again_comes_back_parked() -> None:
+    policy = AllOn(boards(2, wake_s=0.0))
+    policy.decide(FleetObservation(0.0, 10.0, dead=frozenset({"b1"})))
+    assert policy.state["b1"] is BoardState.DEAD
+    policy.revive("b1")
+    plan = policy.decide(FleetObservation(1.0, 10.0))
+    assert "b1" in plan.wake and "b1" in plan.weights
