@@ -80,6 +80,19 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, raw: bytes) -> int:
+        """Send one request; a kept-alive connection the server closed meanwhile is reopened
+        once (as HTTP clients do), and a failure is answered as status 0, never lost."""
+        for attempt in (1, 2):
+            reused = self.writer is not None
+            try:
+                return await self._exchange(raw)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                self.close()
+                if not (reused and attempt == 1):
+                    return 0
+        return 0
+
+    async def _exchange(self, raw: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         assert self.reader is not None
