@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         out.print(render_table(summary, title=meta.get("title", "")))
         out.print(
-            "cost: mean window cost on the workload's reference baseline (1 = every knob at max); "
+            "cost: every request of the run counted, on the workload's reference baseline "
+            "(1 = all-max: every clock at maximum and the largest batch); win.: the mean over "
+            "tuning windows, warm-up requests left out; dvfs: the OS governors; "
             f"accounting {meta['accounting']}, alpha {meta['alpha']}"
         )
     return 0
