@@ -28,7 +28,11 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         help="generator spec (fixed:50ms, bursty:10@500ms, poisson:20), bundled trace "
         "(azure-code, azure-conv) or CSV file; repeat for several",
     )
-    p.add_argument("--suite", choices=["paper"], help="run a predefined suite (see docs/replay.md)")
+    p.add_argument(
+        "--suite",
+        choices=["paper", "load"],
+        help="run a predefined suite: paper, or load (step, diurnal, MMPP); see docs/replay.md",
+    )
     p.add_argument(
         "--tuners", default=DEFAULT_TUNERS, help=f"comma list (default {DEFAULT_TUNERS})"
     )

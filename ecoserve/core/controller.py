@@ -351,7 +351,11 @@ class Controller:
                 pinned = {}
             for name, index in pinned.items():
                 knob = self.space.knobs[self.space.axis(name)] if self.space.has(name) else None
-                if knob is None or not isinstance(index, int) or not knob.floor <= index <= knob.top:
+                if (
+                    knob is None
+                    or not isinstance(index, int)
+                    or not knob.floor <= index <= knob.top
+                ):
                     problems.append(f"pin {name}={index!r} does not fit the space; not pinned")
                     continue
                 self.pinned[name] = index
@@ -428,6 +432,8 @@ class Controller:
             "energy_per_request_j": e_req,
             "latency_mean_s": l_mean,
             "requests": float(n),
+            "arrivals": float(w.arrivals),
+            "window_s": duration,
         }
         done_config = self._config
         self.windows_closed += 1
