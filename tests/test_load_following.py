@@ -3,14 +3,17 @@ scoring over every request."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
 import numpy as np
 import pytest
 
+from ecoserve.cli import main
 from ecoserve.core.cost import Baseline
 from ecoserve.core.knobs import BATCH, CPU, GPU, Config, Knob, SearchSpace
+from ecoserve.replay.report import slo_violations
 from ecoserve.sim.oracle import run_cost
 from traces import load_trace
 from tuners import make_tuner
@@ -154,3 +157,20 @@ def test_run_cost_counts_every_request_on_the_baseline_scale() -> None:
     # twice the joules, the same latency: the energy half doubles
     assert run_cost(3.0, lat, base, 0.5) == pytest.approx(1.5)
     assert math.isnan(run_cost(1.0, np.empty(0), base, 0.5))
+
+
+def test_slo_violations_are_the_share_of_windows_over_the_target() -> None:
+    assert slo_violations([0.1, 0.3, 0.6, 0.7], 0.5) == pytest.approx(0.5)
+    assert math.isnan(slo_violations([0.1], None))
+
+
+def test_replay_in_slo_mode_reports_violations(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["replay", "--trace", "fixed:90ms", "--duration", "2m", "--tuners", "fixed"]
+    assert main([*args, "--workers", "1", "--window-requests", "50", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)["results"]
+    assert all(r["slo_violations"] is None for r in plain)
+    slo = [*args, "--workers", "1", "--window-requests", "50", "--slo-p95-ms", "1", "--json"]
+    assert main(slo) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    # no batch finishes within 1 ms on the twin: every window of every row violates it
+    assert [r["slo_violations"] for r in rows] == [1.0, 1.0]

@@ -55,6 +55,12 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         help="batching max wait (s); default 0.05, or the suite's (paper: 2.0, a full buffer)",
     )
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument(
+        "--slo-p95-ms",
+        type=float,
+        help="SLO mode: tuners minimise energy subject to this p95 latency per window (ms); "
+        "the table adds each tuner's share of windows over it",
+    )
     p.add_argument("--noise", type=float, help="twin noise (relative std-dev; default: fit's)")
     p.add_argument("--workers", type=int, help="worker processes (default: 2 if 2 cores)")
     p.add_argument("--out", type=Path, help="folder for results.json/csv and plots")
@@ -127,6 +133,8 @@ def _settings(args: argparse.Namespace) -> Any:
         window_seconds=args.window_seconds or None,
         alpha=args.alpha,
         accounting=args.accounting,
+        slo_latency_s=None if args.slo_p95_ms is None else args.slo_p95_ms / 1e3,
+        slo_percentile=95.0,
     )
 
 

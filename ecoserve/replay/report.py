@@ -64,6 +64,8 @@ class RunRecord:
     dynamic_oracle_run_cost: float = math.nan
     ratio_run_static_oracle: float = math.nan
     ratio_run_dynamic_oracle: float = math.nan
+    #: SLO mode: the share of tuning windows whose p95 latency exceeded the target.
+    slo_violations: float = math.nan
     virtual_s: float = math.nan
     wall_s: float = math.nan
     speedup: float = math.nan
@@ -134,6 +136,7 @@ def make_record(
     run_cost: float = math.nan,
     static_run_cost: float = math.nan,
     dynamic_run_cost: float = math.nan,
+    slo_violations: float = math.nan,
 ) -> RunRecord:
     """Summarise one run from its (re-normalised) window costs and per-request latencies;
     ``run_cost`` and the oracles' run costs count every request (NaN where unknown)."""
@@ -170,6 +173,7 @@ def make_record(
         ratio_dynamic_oracle=mean / dynamic_cost if dynamic_cost else math.nan,
         ratio_after_static_oracle=after / static_cost if static_cost else math.nan,
         run_cost=run_cost,
+        slo_violations=slo_violations,
         static_oracle_run_cost=static_run_cost,
         dynamic_oracle_run_cost=dynamic_run_cost,
         ratio_run_static_oracle=run_cost / static_run_cost if static_run_cost else math.nan,
@@ -179,6 +183,13 @@ def make_record(
         speedup=virtual_s / wall_s if wall_s and wall_s > 0 else math.nan,
         final_config=final_config or {},
     )
+
+
+def slo_violations(p95s: Sequence[float], target_s: float | None) -> float:
+    """The share of windows whose p95 latency exceeded ``target_s`` (NaN without a target)."""
+    if target_s is None or not len(p95s):
+        return math.nan
+    return float(np.mean([p > target_s for p in p95s]))
 
 
 def headline_cost(record: RunRecord) -> float:
@@ -214,6 +225,7 @@ def summarise(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
         "ratio_run_dynamic_oracle",
         "static_oracle_run_cost",
         "dynamic_oracle_run_cost",
+        "slo_violations",
         "mean_cost",
         "p95_cost",
         "p99_cost",
@@ -265,6 +277,7 @@ TABLE_COLUMNS = (
     ("latency_p50_s", "p50 ms", -3),
     ("latency_p95_s", "p95 ms", -3),
     ("latency_p99_s", "p99 ms", -3),
+    ("slo_violations", "SLO viol.", 3),
     ("mean_cost", "win. cost", 3),
     ("ratio_dynamic_oracle", "win./dynamic", 3),
     ("p99_cost", "p99 win.", 3),

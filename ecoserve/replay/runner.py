@@ -16,7 +16,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings
-from ecoserve.replay.report import RunRecord, WindowSeries, fill_ratio_dvfs, make_record
+from ecoserve.replay.report import (
+    RunRecord,
+    WindowSeries,
+    fill_ratio_dvfs,
+    make_record,
+    slo_violations,
+)
 from ecoserve.replay.suite import Workload
 from ecoserve.sim.driver import simulate
 from ecoserve.sim.oracle import (
@@ -99,6 +105,7 @@ def _run_task(
         run_cost=run_cost(energy, result.latencies, oracles.baseline, alpha),
         static_run_cost=oracles.static_run_cost,
         dynamic_run_cost=oracles.dynamic_run_cost,
+        slo_violations=slo_violations([r.latency_p95_s for r in tuning], settings.slo_latency_s),
     )
     series = WindowSeries(
         workload=workload.label,
@@ -141,6 +148,7 @@ def maximum_record(plan: ReplayPlan, workload: Workload, oracles: Oracles) -> Ru
         run_cost=1.0,
         static_run_cost=oracles.static_run_cost,
         dynamic_run_cost=oracles.dynamic_run_cost,
+        slo_violations=slo_violations(ref.window_p95_s, plan.settings.slo_latency_s),
     )
     # the percentiles are the reference run's own, not those of the three figures above
     record.latency_p50_s, record.latency_p95_s = ref.latency_p50_s, ref.latency_p95_s

@@ -252,13 +252,16 @@ class ReferenceRun:
     latency_p95_s: float
     latency_p99_s: float
     window_costs: tuple[float, ...]
+    #: Each tuning window's 95th percentile latency (for SLO violations).
+    window_p95_s: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, result: Any, accounting: str, costs: np.ndarray) -> ReferenceRun:
         lat = result.latencies
         p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
         energy = run_energy(result, accounting) / max(len(lat), 1)
-        return cls(energy, p50, p95, p99, tuple(float(c) for c in costs))
+        tails = tuple(r.latency_p95_s for r in result.reports if r.phase == "tuning")
+        return cls(energy, p50, p95, p99, tuple(float(c) for c in costs), tails)
 
 
 def renormalised_costs(
@@ -326,6 +329,18 @@ def _fixed_run(
     )
 
 
+def reference_baseline(
+    arrivals: np.ndarray, twin: DeviceTwin, settings: EngineSettings, seed: int = 0
+) -> tuple[Baseline, Any]:
+    """The workload's reference baseline: the all-maximum configuration simulated over the
+    whole trace; returned with that run."""
+    space = build_space(twin.knobs(), settings)
+    ref = _fixed_run(np.asarray(arrivals, dtype=np.float64), twin, settings, space.maximum(), seed)
+    lat = ref.latencies
+    energy = run_energy(ref, settings.accounting)
+    return Baseline(energy / max(len(lat), 1), float(lat.mean()), settings.accounting), ref
+
+
 def compute_oracles(
     arrivals: np.ndarray,
     twin: DeviceTwin,
@@ -353,12 +368,7 @@ def compute_oracles(
         accounting=settings.accounting,
         duration_s=duration_s,
     )
-    # the reference baseline: the all-maximum configuration, simulated over the whole trace
-    top = space.maximum()
-    ref = _fixed_run(arrivals, twin, settings, top, seed)
-    lat = ref.latencies
-    e_total = run_energy(ref, settings.accounting)
-    baseline = Baseline(e_total / max(len(lat), 1), float(lat.mean()), settings.accounting)
+    baseline, ref = reference_baseline(arrivals, twin, settings, seed)
     maximum = ReferenceRun.of(
         ref, settings.accounting, renormalised_costs(ref.reports, baseline, settings.alpha)
     )
