@@ -91,17 +91,19 @@ def test_a_level_seen_before_is_met_at_once() -> None:
     assert tuner.describe()["load_changes"] == 2
     # first visit: the climber reaches each level's optimum by searching
     assert told[119][1] == OPTIMA[8.0] and told[239][1] == OPTIMA[24.0]
-    # the return: one window mixing both loads, one measuring the old centre under the new
-    # load, and then the remembered optimum, without searching again
+    # the return: one window mixing both loads, one re-measuring the centre under the new
+    # load, then the remembered optimum (after at most one batch-size probe falling due),
+    # without searching again
     back = [c for _, c in told[240:]]
-    assert back[2] == OPTIMA[8.0]
-    assert sum(c == OPTIMA[8.0] for c in back[2:]) >= 8
+    assert back[1] == back[0], "the window after the alarm re-measures the centre"
+    assert OPTIMA[8.0] in back[2:4]
+    assert sum(c == OPTIMA[8.0] for c in back) >= 8
 
 
 def test_without_level_memory_the_return_is_searched_again() -> None:
     tuner = EcoGD(two_level_space(), seed=0, level_memory=False)
     told = drive(tuner, [8.0] * 120 + [24.0] * 120 + [8.0] * 12)
-    assert [c for _, c in told[240:]][2] != OPTIMA[8.0]
+    assert sum(c == OPTIMA[8.0] for _, c in told[240:]) <= 2
 
 
 def test_level_memory_survives_a_restart() -> None:
@@ -111,7 +113,7 @@ def test_level_memory_survives_a_restart() -> None:
     resumed.load_state_dict(tuner.state_dict())
     assert resumed.state_dict() == tuner.state_dict()
     back = [c for _, c in drive(resumed, [8.0] * 6)]
-    assert back[2] == OPTIMA[8.0]
+    assert OPTIMA[8.0] in back[2:4] and back[-1] == OPTIMA[8.0]
 
 
 def test_the_original_climber_has_every_addition_off() -> None:

@@ -47,7 +47,7 @@ for up to ``memory_limit`` windows the climber compares costs measured under two
 each window's arrival rate goes to a change-point test on the arrival process
 (``tuners.load_change``, a CUSUM in units of the process's own noise, so the bursts of a real
 trace are not mistaken for a change). The window that raises the alarm mixes both loads, so
-the next one settles the change, from one configuration measured on both sides of it:
+the next one re-measures the centre and settles the change from its cost on both sides:
 
 - a level seen before is met at once: the centre of every load level (rates within
   ``level_width`` of each other, relative) is remembered with its neighbourhood's costs when
@@ -103,7 +103,11 @@ class EcoGD(Tuner):
     ``follow_load``: run the change-point test on the arrival rate and forget every
     measurement when it alarms; ``level_memory``: remember each load level's best centre and
     its neighbourhood, met again at once; ``level_width``: rates within this relative distance
-    are one level; ``research_sizes``: batch sizes measured on a new level (0 = just climb).
+    are one level; ``research_sizes``: batch sizes measured on a new level (0 = just climb);
+    ``research_ratio``: how far (a rate ratio) a level must lie from every remembered one to be
+    re-searched; ``change_threshold``: the change test's alarm level, in noise units;
+    ``carry_life``: the most a carried-over measurement has left to live, in memories;
+    ``steady_memory``: how many times longer measurements live while following the load.
     """
 
     name = "ecogd"
@@ -130,6 +134,7 @@ class EcoGD(Tuner):
         research_ratio: float = 2.0,
         steady_memory: float = 1.0,
         change_threshold: float = 12.0,
+        carry_life: float = 0.5,
     ) -> None:
         super().__init__(space, seed)
         if memory_limit < 1:
@@ -180,6 +185,7 @@ class EcoGD(Tuner):
             raise ValueError(f"research_ratio must be >= 1, got {research_ratio}")
         self.research_ratio = float(research_ratio)
         self.change_threshold = float(change_threshold)
+        self.carry_life = float(carry_life)
         self._batch = space.axis(BATCH) if space.has(BATCH) else None
         self._probe_axis = self._batch if self.probe_every else None
         self.reset()
@@ -229,6 +235,8 @@ class EcoGD(Tuner):
         # A pass returns, or moves the centre to an unmeasured configuration (returned by the
         # next pass) or to a measured one strictly cheaper than the centre, so passes are
         # bounded by the number of measurements; the limit only guards that argument.
+        if self._refine:  # the window after an alarm re-measures the centre (see _settle)
+            return self._centre
         if self._scan is not None and (scan := self._next_scan()) is not None:
             return scan
         for _ in range(len(self._history) + 3):
@@ -530,7 +538,7 @@ class EcoGD(Tuner):
 
         The window that raises the alarm usually straddles the change and mixes both loads,
         so what was known is set aside and the next window names the new level and measures
-        one configuration under it; ``_settle`` then decides. Alarms during the opening scan
+        the centre again under it; ``_settle`` then decides. Alarms during the opening scan
         are ignored: the scan is the level's first search anyway.
         """
         assert self._load is not None
@@ -581,7 +589,7 @@ class EcoGD(Tuner):
         self._forget()
         if factor is None:
             return
-        now, cap = self._window, max(1, self._memory // 2)
+        now, cap = self._window, max(1, round(self._memory * self.carry_life))
         for c, (v, w, life) in before.items():
             left = min(life - (now - w), cap)
             if left > 0:
