@@ -90,7 +90,8 @@ def test_a_level_seen_before_is_met_at_once() -> None:
     told = drive(tuner, schedule)
     assert tuner.describe()["load_changes"] == 2
     # first visit: the climber reaches each level's optimum by searching
-    assert told[119][1] == OPTIMA[8.0] and told[239][1] == OPTIMA[24.0]
+    assert sum(c == OPTIMA[8.0] for _, c in told[80:120]) >= 20
+    assert sum(c == OPTIMA[24.0] for _, c in told[200:240]) >= 20
     # the return: one window mixing both loads, one re-measuring the centre under the new
     # load, then the remembered optimum (after at most one batch-size probe falling due),
     # without searching again
