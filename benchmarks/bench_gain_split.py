@@ -9,13 +9,14 @@ maximum, batch 16, the paper's 2 s buffer, whose cost is 1):
 1. batch size alone, both clocks at maximum (what ``jetson_clocks`` plus a tuned batch gives);
 2. + the CPU clock;
 3. + the GPU clock (the static oracle over the three knobs);
-4. + the batching timer, the best of ``TIMERS`` (each a separate replay).
+4. + the batching timer, the best of ``--timers`` (default ``TIMERS``; each a separate replay).
 
 Each knob's contribution is the drop of cost (and of joules per request) it adds to the row
 above. These are estimates (the replay restarts every window from an empty queue), the same
 ones the oracles rank configurations by; the static oracle validates its best by simulation.
 
     python benchmarks/bench_gain_split.py [--boards xavier-nx,orin] [--suites load,paper]
+        [--timers 0.05,0.2,0.5,2]
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boards", default="xavier-nx,agx-xavier,nano,orin")
     parser.add_argument("--suites", default="load,paper")
+    parser.add_argument(
+        "--timers", default=",".join(f"{t:g}" for t in TIMERS), help="seconds, comma list"
+    )
     args = parser.parse_args()
+    timers = tuple(float(t) for t in args.timers.split(","))
     print(
         f"# bench_gain_split {datetime.date.today()} {platform.machine()} "
-        f"{platform.python_version()} cpus={os.cpu_count()} timers={TIMERS}"
+        f"{platform.python_version()} cpus={os.cpu_count()} timers={timers}"
     )
     print(
         "\ncost (J/request) of the best static configuration as knobs are freed; "
@@ -85,7 +90,8 @@ def main() -> int:
             baseline, _ = reference_baseline(trace.arrivals, twin, settings)
             rows: list[tuple[float, float]] = []
             by_timer = []
-            for timer in TIMERS:
+            tried = list(dict.fromkeys((*timers, settings.max_wait_s)))  # the suite's always
+            for timer in tried:
                 est = estimate_windows(
                     table,
                     trace.arrivals,
@@ -102,7 +108,7 @@ def main() -> int:
             rows.append(min(by_timer))
             cells = [f"{c:.3f} ({j:.4f})" for c, j in rows]
             gains = [rows[k][0] - rows[k + 1][0] for k in range(len(rows) - 1)]
-            timer = TIMERS[by_timer.index(min(by_timer))]
+            timer = tried[by_timer.index(min(by_timer))]
             print(
                 f"| {board} | {workload.label} | {' | '.join(cells[:-1])} | "
                 f"{cells[-1]} at {timer:g} s | "
