@@ -199,14 +199,7 @@ def test_baseline_is_the_last_of_several_windows_at_maximum(space):
 
 def test_a_provisional_baseline_is_remeasured_on_real_traffic(space):
     tuner = ScriptedTuner(space, [(0, 0)])
-    ctrl = Controller(
-        space,
-        tuner,
-        baseline=Baseline(1.0, 0.01),
-        window_requests=4,
-        warmup_requests=0,
-        baseline_windows=1,
-    )
+    ctrl = Controller(space, tuner, baseline=Baseline(1.0, 0.01), window_requests=4, warmup_requests=0, baseline_windows=1)
     ctrl.start(0.0, 0.0)
     assert ctrl.config == (0, 0)
     ctrl.remeasure_baseline(1.0, 0.0)

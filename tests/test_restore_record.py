@@ -151,9 +151,7 @@ def test_a_failed_restore_keeps_the_record(tmp_path: Path) -> None:
     rel = "sys/devices/system/cpu/cpufreq/policy0"
     record = RestoreRecord(SysfsRoot(tree), state)
     record.write([ClockState("cpufreq", rel, "ondemand", 115200, 1907200)])
-    denied = RestoreRecord(
-        SysfsRoot(tree, hook=FakeKernel().deny(f"{rel}/scaling_governor")), state
-    )
+    denied = RestoreRecord(SysfsRoot(tree, hook=FakeKernel().deny(f"{rel}/scaling_governor")), state)
     with pytest.raises(DeviceError, match="incomplete"):
         denied.restore()
     assert record.exists

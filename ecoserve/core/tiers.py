@@ -310,3 +310,4 @@ class CascadePolicy:
             tuple(local),
             tuple(explored),
         )
+

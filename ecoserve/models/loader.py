@@ -122,11 +122,7 @@ def load_model(
         obj = resolve_entry_point(spec)
         if isinstance(obj, type) and issubclass(obj, nn.Module):
             obj = obj()
-        elif (
-            callable(obj)
-            and not isinstance(obj, nn.Module)
-            and getattr(obj, "__ecoserve_factory__", False)
-        ):
+        elif callable(obj) and not isinstance(obj, nn.Module) and getattr(obj, "__ecoserve_factory__", False):
             obj = obj()
         if isinstance(obj, nn.Module):
             module = obj

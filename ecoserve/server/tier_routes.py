@@ -167,9 +167,7 @@ def tier_router(
         if token is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise HTTPException(401, "this tier needs Authorization: Bearer <tier token>")
 
     async def compute(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
