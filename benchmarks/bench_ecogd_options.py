@@ -37,11 +37,17 @@ from twins.fitted import load_twin
 OPTION_SETS: tuple[tuple[str, dict[str, Any]], ...] = (
     (
         "probes only (no scan, no inheritance, losers kept up to 4x)",
-        {"opening_scan": False, "inherit_margin": None, "loser_memory": 4.0},
+        {
+            "opening_scan": False,
+            "inherit_margin": None,
+            "loser_memory": 4.0,
+            "follow_load": False,
+        },
     ),
-    ("+ opening scan", {"inherit_margin": None, "loser_memory": 4.0}),
-    ("+ inherited batch neighbours", {"loser_memory": 4.0}),
-    ("+ losers kept up to 6x (the defaults)", {}),
+    ("+ opening scan", {"inherit_margin": None, "loser_memory": 4.0, "follow_load": False}),
+    ("+ inherited batch neighbours", {"loser_memory": 4.0, "follow_load": False}),
+    ("+ losers kept up to 6x", {"follow_load": False}),
+    ("+ following the load (the defaults)", {}),
 )
 
 SWITCHES = (("fixed:50ms", "bursty:10@900ms"), ("bursty:10@500ms", "bursty:10@900ms"))

@@ -3,7 +3,10 @@
 A tuner runs once per window on the device it tunes, so its step time is pure overhead. Each
 tuner climbs a convex bowl over a Xavier-NX-shaped space (25 CPU x 15 GPU frequencies x 16
 batch sizes); the table gives the median and 95th percentile step time and, as a sanity check
-on what was timed, the mean cost of the last tenth of the windows (1.0 is the optimum).
+on what was timed, the mean cost of the last tenth of the windows (1.0 is the optimum). Each
+window also reports an arrival rate that steps between 8 and 24 req/s every 100 windows, with
+Poisson noise, so tuners that follow the load (EcoGD's change test and level memory) run that
+code too.
 
     python benchmarks/bench_tuners.py [--steps 2000] [--bayes-steps 200] [--tuners ecogd,grid]
 """
@@ -12,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
+import random
 import statistics
 import time
 
@@ -35,17 +40,26 @@ def bowl(config: Config) -> float:
     return 1.0 + 10 * x * x + 6 * y * y + 5 * z * z + 4 * x * y
 
 
+def window_metrics(step: int, rng: random.Random) -> dict[str, float]:
+    """A 20 s window's arrival rate, 8 or 24 req/s in turns of 100 windows, Poisson noise."""
+    rate = 8.0 if (step // 100) % 2 == 0 else 24.0
+    arrivals = max(1.0, rng.gauss(rate * 20.0, math.sqrt(rate * 20.0)))
+    return {"arrival_rate": arrivals / 20.0, "arrivals": arrivals}
+
+
 def measure(name: str, steps: int) -> dict[str, float]:
     """Times ``steps`` ask+tell pairs; the cost function itself is outside the timed region."""
     tuner = make_tuner(name, nx_space(), seed=0)
+    rng = random.Random(0)
     times, costs = [], []
-    for _ in range(steps):
+    for step in range(steps):
+        metrics = window_metrics(step, rng)
         start = time.perf_counter()
         config = tuner.ask()
         mid = time.perf_counter()
         cost = bowl(config)
         resume = time.perf_counter()
-        tuner.tell(config, cost)
+        tuner.tell(config, cost, metrics)
         end = time.perf_counter()
         times.append((mid - start) + (end - resume))
         costs.append(cost)

@@ -59,7 +59,15 @@ def test_replay_json_files_and_plots(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     results = doc["results"]
-    assert len(results) == 3 * 2
+    # the all-maximum reference row, then 3 tuners x 2 seeds
+    assert [r["tuner"] for r in results][:1] == ["all-max"] and len(results) == 1 + 3 * 2
+    reference = results[0]
+    assert reference["run_cost"] == 1.0
+    for r in results[1:]:
+        # every request counted: the static oracle's run bounds it, and the dynamic one's
+        # run cost is never above the static one's
+        assert r["run_cost"] > 0 and r["ratio_run_static_oracle"] > 0.9
+        assert r["dynamic_oracle_run_cost"] <= r["static_oracle_run_cost"]
     for r in results:
         assert FIELDS <= set(r)
         assert r["workload"] == "bursty:10@500ms"
@@ -78,7 +86,8 @@ def test_replay_table_and_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["replay", "--trace", "fixed:90ms", "--duration", "2m", "--tuners", "fixed"]
     assert main([*args, "--workers", "1", "--window-requests", "50"]) == 0
     text = capsys.readouterr().out
-    assert "mean cost" in text and "fixed:90ms" in text
+    assert "win. cost" in text and "J/req" in text and "fixed:90ms" in text
+    assert "all-max" in text
     assert main(["replay", "--trace", "nonsense", "--tuners", "ecogd"]) == 2
     assert main(["replay", "--trace", "fixed:90ms", "--tuners", "nope"]) == 2
 

@@ -219,6 +219,7 @@ def test_fixed_and_random() -> None:
 def test_registry_names_and_aliases() -> None:
     assert set(TUNERS) == {
         "ecogd",
+        "ecogd-original",
         "grid",
         "linear",
         "dvfs",

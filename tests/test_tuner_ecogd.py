@@ -199,7 +199,8 @@ def test_a_jump_in_one_dimension_steps_two_indices() -> None:
 @pytest.mark.parametrize("loser_memory", [1.0, 4.0])
 def test_measurements_expire_and_history_stays_bounded(loser_memory: float) -> None:
     space = space_of(25, 15, 16)
-    tuner = EcoGD(space, memory_limit=20, loser_memory=loser_memory)
+    # the memory as given: no longer life while the load holds
+    tuner = EcoGD(space, memory_limit=20, loser_memory=loser_memory, steady_memory=1.0)
     cost = bowl((7, 9, 5), (25, 15, 16))
     last_seen: dict[Config, int] = {}
     for window in range(600):

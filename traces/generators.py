@@ -8,6 +8,11 @@ CLI, configs and tests can ask for a workload in one token:
 - ``fixed:50ms``       one request every 50 ms
 - ``bursty:10@500ms``  10 requests arriving together every 500 ms
 - ``poisson:20``       Poisson arrivals at 20 requests/s (``poisson:20/s`` too), seeded
+- ``step:8,24@5m``     Poisson at 8 req/s for 5 minutes, then 24, then 8 again... (seeded)
+- ``diurnal:4-24@30m`` Poisson whose rate swings 4 -> 24 -> 4 req/s over 30 minutes
+- ``mmpp:6,30@2m``     Markov-modulated Poisson: 6 or 30 req/s, exponential dwell of mean 2 min
+
+The last three change the load over time (see ``traces.varying``).
 
 Intervals need a unit (``ms`` or ``s``): ``fixed:50`` would be ambiguous.
 """
@@ -20,14 +25,18 @@ import numpy as np
 
 from traces.durations import parse_duration
 from traces.trace import Trace
+from traces.varying import diurnal_arrivals, mmpp_arrivals, step_arrivals
 
 #: What a generator spec may look like; quoted in every error about a spec.
 SPEC_FORMS = (
     "fixed:<interval> (e.g. fixed:50ms), "
     "bursty:<count>@<interval> (e.g. bursty:10@500ms), "
-    "poisson:<rate per second> (e.g. poisson:20)"
+    "poisson:<rate per second> (e.g. poisson:20), "
+    "step:<rates>@<period> (e.g. step:8,24@5m), "
+    "diurnal:<low>-<high>@<period> (e.g. diurnal:4-24@30m), "
+    "mmpp:<rates>@<mean dwell> (e.g. mmpp:6,30@2m)"
 )
-GENERATOR_KINDS = ("fixed", "bursty", "poisson")
+GENERATOR_KINDS = ("fixed", "bursty", "poisson", "step", "diurnal", "mmpp")
 
 #: Length of a generated trace when none is asked for: long enough for a tuner to settle.
 DEFAULT_DURATION_S = 600.0
@@ -36,6 +45,10 @@ _INTERVAL = r"\s*(?:\d+(?:\.\d*)?|\.\d+)\s*(?:ms|s)\s*"
 _FIXED = re.compile(rf"({_INTERVAL})")
 _BURSTY = re.compile(rf"\s*(\d+)\s*@({_INTERVAL})")
 _POISSON = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?:/\s*s)?\s*")
+_NUMBER = r"\s*(?:\d+(?:\.\d*)?|\.\d+)\s*"
+_PERIOD = r"\s*(?:\d+(?:\.\d*)?|\.\d+)\s*(?:ms|s|m|h)\s*"
+_LEVELS = re.compile(rf"({_NUMBER}(?:,{_NUMBER})*)@({_PERIOD})")
+_RANGE = re.compile(rf"({_NUMBER})-({_NUMBER})@({_PERIOD})")
 
 
 def is_generator_spec(text: str) -> bool:
@@ -110,6 +123,32 @@ def generate(spec: str, duration_s: float = DEFAULT_DURATION_S, seed: int = 0) -
         interval = _interval(spec, match.group(2))
         arrivals = bursty_arrivals(count, interval, duration_s)
         source = f"generated: {count} requests together every {interval * 1e3:g} ms"
+    elif kind in ("step", "mmpp"):
+        match = _LEVELS.fullmatch(arg)
+        if not match:
+            raise _bad(spec, f"{kind} takes <rate>,<rate>...@<duration with a unit>")
+        rates = tuple(float(r) for r in match.group(1).split(","))
+        period = parse_duration(match.group(2))
+        if period <= 0 or not all(r >= 0 for r in rates) or not any(r > 0 for r in rates):
+            raise _bad(spec, "the period must be > 0 and the rates >= 0, one of them > 0")
+        if kind == "step":
+            arrivals = step_arrivals(rates, period, duration_s, seed)
+            source = f"generated: Poisson at {rates} req/s in turn, {period:g} s each (seed {seed})"
+        else:
+            arrivals = mmpp_arrivals(rates, period, duration_s, seed)
+            source = f"generated: MMPP over {rates} req/s, mean dwell {period:g} s (seed {seed})"
+    elif kind == "diurnal":
+        match = _RANGE.fullmatch(arg)
+        if not match:
+            raise _bad(spec, "diurnal takes <low>-<high>@<period with a unit>")
+        low, high = float(match.group(1)), float(match.group(2))
+        period = parse_duration(match.group(3))
+        if period <= 0 or not 0 <= low <= high or high <= 0:
+            raise _bad(spec, "the period must be > 0 and 0 <= low <= high, high > 0")
+        arrivals = diurnal_arrivals(low, high, period, duration_s, seed)
+        source = (
+            f"generated: Poisson from {low:g} to {high:g} req/s over {period:g} s (seed {seed})"
+        )
     else:
         match = _POISSON.fullmatch(arg)
         if not match:

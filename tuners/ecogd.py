@@ -40,6 +40,31 @@ Two additions keep the cost of that ruggedness low (each can be turned off):
   centre of the same batch size within ``inherit_reach`` frequency steps estimates that
   neighbour as its own cost times the loss instead of measuring it. Only clear losers are
   inherited, so an estimate never wins a decision.
+
+Following the load (``follow_load``, ``level_memory``, ``research_sizes``, ``steady_memory``).
+Expiring memories follow a load that drifts, but after a step of the rate they are too slow:
+for up to ``memory_limit`` windows the climber compares costs measured under two loads. So
+each window's arrival rate goes to a change-point test on the arrival process
+(``tuners.load_change``, a CUSUM in units of the process's own noise, so the bursts of a real
+trace are not mistaken for a change). The window that raises the alarm mixes both loads, so
+the next one re-measures the centre and settles the change from its cost on both sides:
+
+- a level seen before is met at once: the centre of every load level (rates within
+  ``level_width`` of each other, relative) is remembered with its neighbourhood's costs when
+  the load leaves it, and when the remembered centre beats what the current one is now worth, it
+  comes back with those costs, so the climber stands where it ended last time;
+- otherwise what was known is carried over, every cost scaled by the ratio the one
+  configuration measured on both sides showed (a load change shifts every cost much alike)
+  and with at most half a memory left to live, so the climb goes on and re-measures soon;
+- a level far from any seen (``research_ratio`` apart) gets a bounded re-search as well:
+  ``research_sizes`` batch sizes, those nearest the old size scaled by the square root of the
+  rate change, measured once each at the current clocks (the opening scan, cut down to where
+  the optimum can have gone).
+
+With the change test saying when the load moved, measurements could live longer while it
+holds (``steady_memory`` times); that is off by default, because expiry also follows what the
+arrival rate does not show (a board warming up, a model swapped), and on the twins it saved
+under 1.5% of cost.
 """
 
 from __future__ import annotations
@@ -50,6 +75,10 @@ from typing import Any
 
 from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
 from ecoserve.core.tuner import Tuner, finite_cost
+from tuners.load_change import LoadChangeTest
+
+#: Load levels remembered at most (the least recently met is dropped).
+MAX_LEVELS = 32
 
 
 class EcoGD(Tuner):
@@ -71,6 +100,14 @@ class EcoGD(Tuner):
     ``inherit_margin``: the smallest relative loss of a batch neighbour that is inherited
     across frequency moves (``None`` = always measure); ``inherit_reach``: how many steps
     away, on every other knob, the measurement it is inherited from may lie.
+    ``follow_load``: run the change-point test on the arrival rate and forget every
+    measurement when it alarms; ``level_memory``: remember each load level's best centre and
+    its neighbourhood, met again at once; ``level_width``: rates within this relative distance
+    are one level; ``research_sizes``: batch sizes measured on a new level (0 = just climb);
+    ``research_ratio``: how far (a rate ratio) a level must lie from every remembered one to be
+    re-searched; ``change_threshold``: the change test's alarm level, in noise units;
+    ``carry_life``: the most a carried-over measurement has left to live, in memories;
+    ``steady_memory``: how many times longer measurements live while following the load.
     """
 
     name = "ecogd"
@@ -90,6 +127,14 @@ class EcoGD(Tuner):
         opening_scan: bool = True,
         inherit_margin: float | None = 0.2,
         inherit_reach: int = 8,
+        follow_load: bool = True,
+        level_memory: bool = True,
+        level_width: float = 0.25,
+        research_sizes: int = 4,
+        research_ratio: float = 2.0,
+        steady_memory: float = 1.0,
+        change_threshold: float = 12.0,
+        carry_life: float = 0.5,
     ) -> None:
         super().__init__(space, seed)
         if memory_limit < 1:
@@ -109,6 +154,9 @@ class EcoGD(Tuner):
         self.max_step = int(max_step)
         self.step_growth = float(step_growth)
         self._memory = max(self.memory_limit, 2 * space.dims + 1)
+        if steady_memory < 1:
+            raise ValueError(f"steady_memory must be >= 1 (1 = off), got {steady_memory}")
+        self.steady_memory = float(steady_memory)
         self._plane = (
             (space.axis(CPU), space.axis(GPU)) if space.has(CPU) and space.has(GPU) else None
         )
@@ -123,6 +171,21 @@ class EcoGD(Tuner):
         if inherit_reach < 0:
             raise ValueError(f"inherit_reach must be >= 0 steps, got {inherit_reach}")
         self.inherit_reach = int(inherit_reach)
+        if not level_width > 0:
+            raise ValueError(f"level_width must be > 0, got {level_width}")
+        if research_sizes < 0:
+            raise ValueError(f"research_sizes must be >= 0 (0 = off), got {research_sizes}")
+        self.follow_load = bool(follow_load)
+        if self.follow_load:  # the change test, not expiry, follows the load: live longer
+            self._memory = round(self._memory * self.steady_memory)
+        self.level_memory = bool(level_memory) and self.follow_load
+        self.level_width = float(level_width)
+        self.research_sizes = int(research_sizes)
+        if not research_ratio >= 1:
+            raise ValueError(f"research_ratio must be >= 1, got {research_ratio}")
+        self.research_ratio = float(research_ratio)
+        self.change_threshold = float(change_threshold)
+        self.carry_life = float(carry_life)
         self._batch = space.axis(BATCH) if space.has(BATCH) else None
         self._probe_axis = self._batch if self.probe_every else None
         self.reset()
@@ -154,6 +217,15 @@ class EcoGD(Tuner):
         self._scan: dict[int, float] | None = (
             {} if self.opening_scan and self._batch is not None else None
         )
+        # batch indices the running scan measures, in order (None: all, largest first)
+        self._scan_order: list[int] | None = None
+        self._load = LoadChangeTest(threshold=self.change_threshold) if self.follow_load else None
+        self._level_rate: float | None = None  # the load level the centre was tuned for
+        self._refine = False  # an alarm was raised: the next window settles the new level
+        self._before: dict[Config, tuple[float, int, int]] = {}  # what was known before it
+        # log level rate -> (centre, {config: cost} of its neighbourhood), least recent first
+        self._levels: dict[float, tuple[Config, dict[Config, float]]] = {}
+        self._changes = 0
 
     @property
     def centre(self) -> Config:
@@ -163,6 +235,8 @@ class EcoGD(Tuner):
         # A pass returns, or moves the centre to an unmeasured configuration (returned by the
         # next pass) or to a measured one strictly cheaper than the centre, so passes are
         # bounded by the number of measurements; the limit only guards that argument.
+        if self._refine:  # the window after an alarm re-measures the centre (see _settle)
+            return self._centre
         if self._scan is not None and (scan := self._next_scan()) is not None:
             return scan
         for _ in range(len(self._history) + 3):
@@ -187,6 +261,9 @@ class EcoGD(Tuner):
             self._observe_rate(float(rate))
         self._window += 1
         self._since_probe += 1
+        if self._load is not None and rate is not None and math.isfinite(rate):
+            arrivals = metrics.get("arrivals", metrics.get("requests", 0.0)) if metrics else 0.0
+            self._follow(float(rate), float(arrivals), config, cost)
         if self._scan is not None and config == self._with(
             self._centre, self._batch, config[self._batch]
         ):
@@ -239,14 +316,18 @@ class EcoGD(Tuner):
         centre moved to the cheapest size and every size's result counted as a probe."""
         assert self._scan is not None and self._batch is not None
         knob = self.space.knobs[self._batch]
-        for index in range(knob.top, knob.floor - 1, -1):
+        order = self._scan_order or range(knob.top, knob.floor - 1, -1)
+        for index in order:
             if index not in self._scan:
                 return self._with(self._centre, self._batch, index)
+        if not self._scan:  # nothing to scan (an empty order)
+            self._scan, self._scan_order = None, None
+            return None
         best = min(self._scan, key=self._scan.__getitem__)
         if self._scan[best] > 0:  # the scan counts as a sweep of probes
             for index, cost in self._scan.items():
                 self._probed[index] = (self._window, self._life(cost / self._scan[best] - 1.0))
-        self._scan = None
+        self._scan, self._scan_order = None, None
         self._set_centre(self._with(self._centre, self._batch, best))
         return None
 
@@ -451,6 +532,150 @@ class EcoGD(Tuner):
             self._step, self._last_dir = 1, None
             self._centre_rate = rate
 
+    # -- following the load ----------------------------------------------------------------
+    def _follow(self, rate: float, arrivals: float, config: Config, cost: float) -> None:
+        """Feed the change-point test with a window (before its cost is recorded).
+
+        The window that raises the alarm usually straddles the change and mixes both loads,
+        so what was known is set aside and the next window names the new level and measures
+        the centre again under it; ``_settle`` then decides. Alarms during the opening scan
+        are ignored: the scan is the level's first search anyway.
+        """
+        assert self._load is not None
+        changed = self._load.observe(rate, arrivals)
+        opening = self._scan is not None and self._scan_order is None
+        if opening:
+            self._level_rate = self._load.level_rate
+            return
+        if changed:
+            self._changes += 1
+            self._remember(self._centre)  # the last decision's winner, for the level gone
+            self._before = dict(self._history)
+            self._refine = True
+            return
+        old, self._level_rate = self._level_rate, self._load.level_rate
+        if self._refine:
+            self._refine = False
+            before, self._before = self._before, {}
+            self._settle(before, old, config, cost)
+
+    def _settle(
+        self,
+        before: dict[Config, tuple[float, int, int]],
+        old_rate: float | None,
+        config: Config,
+        cost: float,
+    ) -> None:
+        """The first clean window of a new load: recall the level, carry or re-search.
+
+        ``config`` was measured now at ``cost`` and before the change at ``before[config]``:
+        their ratio is how the load shifted every cost, to first order. A remembered level
+        wins when its centre beats what the current centre is now worth; otherwise the old
+        measurements are carried over, rescaled by that ratio and with at most half a memory
+        left to live (so the climb keeps going and re-measures them soon), and a level far
+        from any seen (``research_ratio`` apart) is also re-searched. Without a measurement
+        on both sides of the change there is no ratio, and everything is forgotten.
+        """
+        known = before.get(config)
+        factor = cost / known[0] if known is not None and known[0] > 0 else None
+        centre_now = before.get(self._centre)
+        centre_cost = (
+            centre_now[0] * factor if centre_now is not None and factor is not None else None
+        )
+        remembered = self._remembered()
+        if remembered is not None and (centre_cost is None or remembered[2] < centre_cost):
+            self._recall(remembered[0], remembered[1])
+            return
+        self._forget()
+        if factor is None:
+            return
+        now, cap = self._window, max(1, round(self._memory * self.carry_life))
+        for c, (v, w, life) in before.items():
+            left = min(life - (now - w), cap)
+            if left > 0:
+                self._history[c] = (v * factor, now, left)
+        rate = self._level_rate
+        far = (
+            rate is not None
+            and old_rate is not None
+            and abs(math.log(rate / old_rate)) > math.log(self.research_ratio)
+        )
+        if far and remembered is None:
+            self._research(old_rate)
+
+    def _forget(self) -> None:
+        """Drop every measurement (they describe a load that is gone) and any scan or probe."""
+        self._history.clear()
+        self._losses.clear()
+        self._probed.clear()
+        self._loops, self._news = 0, False
+        self._step, self._last_dir = 1, None
+        self._probe = None
+        self._scan, self._scan_order = None, None  # an unfinished scan of a past level
+
+    def _nearest_level(self, rate: float) -> float | None:
+        """The remembered level (log rate) nearest ``rate``, if within ``level_width``."""
+        here, reach = math.log(rate), math.log1p(self.level_width)
+        best = min(self._levels, key=lambda k: abs(k - here), default=None)
+        return best if best is not None and abs(best - here) <= reach else None
+
+    def _remember(self, centre: Config) -> None:
+        """Keep ``centre`` (the last decision's winner) and its fresh neighbourhood as the
+        best of the level the load is leaving: the latest decision is what it knew best."""
+        if not self.level_memory or self._level_rate is None or self._scan is not None:
+            return
+        if self._refine or centre not in self._history:
+            return
+        near = {
+            c: v
+            for c, (v, _, _) in self._history.items()
+            if max(abs(a - b) for a, b in zip(c, centre, strict=True)) <= 1
+        }
+        # one entry per level: the one this replaces lies within half a level's width
+        here = math.log(self._level_rate)
+        for key in [k for k in self._levels if abs(k - here) <= 0.5 * math.log1p(self.level_width)]:
+            del self._levels[key]
+        self._levels[here] = (centre, near)
+        while len(self._levels) > MAX_LEVELS:
+            del self._levels[next(iter(self._levels))]
+
+    def _remembered(self) -> tuple[Config, dict[Config, float], float] | None:
+        """The nearest remembered level's centre, neighbourhood and centre cost, if any."""
+        if not self.level_memory or self._level_rate is None:
+            return None
+        key = self._nearest_level(self._level_rate)
+        if key is None:
+            return None
+        centre, near = self._levels[key]
+        return centre, near, near[centre]
+
+    def _recall(self, centre: Config, near: Mapping[Config, float]) -> None:
+        """Back on a remembered level: its centre and neighbourhood costs, fresh."""
+        self._forget()
+        for config, cost in near.items():
+            self._history[config] = (cost, self._window, self._memory)
+        self._set_centre(centre)
+
+    def _research(self, old_rate: float | None) -> None:
+        """A new level: measure the batch sizes nearest the old one scaled by the square root
+        of the rate change (on the twins the best size moves far less than the rate: a
+        higher rate fills a batch sooner but also queues more behind a larger one)."""
+        axis, sizes = self._batch, self.research_sizes
+        if axis is None or sizes <= 0:
+            return
+        knob = self.space.knobs[axis]
+        # sizes as positive numbers (a space of plain indices counts from 1)
+        shift = max(0.0, 1.0 - float(min(knob.values)))
+        size = [float(v) + shift for v in knob.values]
+        new_rate = self._level_rate
+        ratio = new_rate / old_rate if new_rate and old_rate else 1.0
+        guess = size[self._centre[axis]] * math.sqrt(ratio)
+        order = sorted(
+            range(knob.floor, knob.top + 1),
+            key=lambda i: (abs(math.log(size[i] / guess)), -i),
+        )[:sizes]
+        self._scan, self._scan_order = {}, order
+
     # -- persistence and status ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -473,6 +698,16 @@ class EcoGD(Tuner):
             probed=[[i, w, life] for i, (w, life) in self._probed.items()],
             scan=None if self._scan is None else [[i, c] for i, c in self._scan.items()],
             losses=[[list(c), base, loss] for c, (base, loss) in self._losses.items()],
+            scan_order=self._scan_order,
+            load=None if self._load is None else self._load.state_dict(),
+            level_rate=self._level_rate,
+            refine=self._refine,
+            before=[[list(c), cost, w, life] for c, (cost, w, life) in self._before.items()],
+            levels=[
+                [key, list(centre), [[list(c), v] for c, v in near.items()]]
+                for key, (centre, near) in self._levels.items()
+            ],
+            changes=self._changes,
         )
         return state
 
@@ -503,6 +738,29 @@ class EcoGD(Tuner):
                 self.space.validate(c): (int(base), float(loss))
                 for c, base, loss in state.get("losses", [])
             }
+            # Absent from states saved before the load was followed: no level known yet.
+            order = state.get("scan_order")
+            scan_order = None if order is None else [int(i) for i in order]
+            levels = {
+                float(key): (
+                    self.space.validate(centre),
+                    {self.space.validate(c): finite_cost(v) for c, v in near},
+                )
+                for key, centre, near in state.get("levels", [])
+            }
+            level_rate = state.get("level_rate")
+            level_rate = None if level_rate is None else float(level_rate)
+            refine, changes = bool(state.get("refine", False)), int(state.get("changes", 0))
+            before = {
+                self.space.validate(c): (finite_cost(cost), int(w), int(life))
+                for c, cost, w, life in state.get("before", [])
+            }
+            load = state.get("load")
+            if self._load is not None:
+                if load is not None:
+                    self._load.load_state_dict(load)
+                else:
+                    self._load.reset()
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"malformed {self.name} state ({exc!r}); delete the state file"
@@ -513,6 +771,8 @@ class EcoGD(Tuner):
         self._probe, self._probe_queue = probe, probe_queue
         self._since_probe, self._probes = since_probe, probes
         self._probed, self._scan, self._losses = probed, scan, losses
+        self._scan_order, self._levels, self._level_rate = scan_order, levels, level_rate
+        self._refine, self._changes, self._before = refine, changes, before
 
     def describe(self) -> dict[str, Any]:
         known = self._history.get(self._centre)
@@ -527,15 +787,56 @@ class EcoGD(Tuner):
             "jumps": self._jumps,
             "probes": self._probes,
             "scanning": self._scan is not None,
+            "load_changes": self._changes,
+            "load_levels": len(self._levels),
+            "level_rate": self._level_rate,
             "windows": self._window,
             "phase": self.phase(),
         }
 
     def phase(self) -> str:
-        """What it is doing: ``scan`` (the opening scan), ``probe`` (a batch-size probe is
-        out), ``settled`` (the centre stayed best at the last decision) or ``climb``."""
+        """What it is doing: ``scan`` (the opening scan), ``research`` (the bounded re-search
+        of a new load level), ``probe`` (a batch-size probe is out), ``settled`` (the centre
+        stayed best at the last decision) or ``climb``."""
         if self._scan is not None:
-            return "scan"
+            return "scan" if self._scan_order is None else "research"
         if self._probe is not None:
             return "probe"
         return "settled" if self._loops > 0 else "climb"
+
+
+class EcoGDOriginal(EcoGD):
+    """The climber as EcoEdgeInfer describes it: every addition above turned off.
+
+    No opening scan, no inherited neighbours, no batch-size probes, one memory for winners
+    and losers alike, no change-point test. It is the reference the additions are judged by.
+    """
+
+    name = "ecogd-original"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int | None = 0,
+        memory_limit: int = 20,
+        max_loops: int = 10,
+        rate_change_threshold: float | None = None,
+        adaptive_step: bool = False,
+        max_step: int = 4,
+        step_growth: float = 0.1,
+    ) -> None:
+        super().__init__(
+            space,
+            seed,
+            memory_limit=memory_limit,
+            max_loops=max_loops,
+            rate_change_threshold=rate_change_threshold,
+            adaptive_step=adaptive_step,
+            max_step=max_step,
+            step_growth=step_growth,
+            probe_every=0,
+            loser_memory=1.0,
+            opening_scan=False,
+            inherit_margin=None,
+            follow_load=False,
+        )

@@ -12,7 +12,7 @@ from ecoserve.core.tuner import Tuner
 from tuners.bayes import Bayesian
 from tuners.cascade_threshold import CascadeThreshold
 from tuners.dvfs import DVFS
-from tuners.ecogd import EcoGD
+from tuners.ecogd import EcoGD, EcoGDOriginal
 from tuners.fixed import Fixed
 from tuners.grid import Grid
 from tuners.linear import Linear
@@ -24,6 +24,7 @@ from tuners.random_search import Random
 TUNERS: Mapping[str, type[Tuner]] = types.MappingProxyType(
     {
         "ecogd": EcoGD,
+        "ecogd-original": EcoGDOriginal,
         "grid": Grid,
         "linear": Linear,
         "dvfs": DVFS,

@@ -30,7 +30,11 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         help="generator spec (fixed:50ms, bursty:10@500ms, poisson:20), bundled trace "
         "(azure-code, azure-conv) or CSV file; repeat for several",
     )
-    p.add_argument("--suite", choices=["paper"], help="run a predefined suite (see docs/replay.md)")
+    p.add_argument(
+        "--suite",
+        choices=["paper", "load"],
+        help="run a predefined suite: paper, or load (step, diurnal, MMPP); see docs/replay.md",
+    )
     p.add_argument(
         "--tuners", default=DEFAULT_TUNERS, help=f"comma list (default {DEFAULT_TUNERS})"
     )
@@ -53,6 +57,12 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         help="batching max wait (s); default 0.05, or the suite's (paper: 2.0, a full buffer)",
     )
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument(
+        "--slo-p95-ms",
+        type=float,
+        help="SLO mode: tuners minimise energy subject to this p95 latency per window (ms); "
+        "the table adds each tuner's share of windows over it",
+    )
     p.add_argument("--noise", type=float, help="twin noise (relative std-dev; default: fit's)")
     p.add_argument("--workers", type=int, help="worker processes (default: 2 if 2 cores)")
     p.add_argument("--out", type=Path, help="folder for results.json/csv and plots")
@@ -126,6 +136,8 @@ def _settings(args: argparse.Namespace) -> Any:
         window_seconds=args.window_seconds or None,
         alpha=args.alpha,
         accounting=args.accounting,
+        slo_latency_s=None if args.slo_p95_ms is None else args.slo_p95_ms / 1e3,
+        slo_percentile=95.0,
     )
 
 
@@ -168,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         out.print(render_table(summary, title=meta.get("title", "")))
         out.print(
-            "cost: mean window cost on the workload's reference baseline (1 = every knob at max); "
+            "cost: every request of the run counted, on the workload's reference baseline "
+            "(1 = all-max: every clock at maximum and the largest batch); win.: the mean over "
+            "tuning windows, warm-up requests left out; dvfs: the OS governors; "
             f"accounting {meta['accounting']}, alpha {meta['alpha']}"
         )
     return 0

@@ -428,6 +428,8 @@ class Controller:
             "energy_per_request_j": e_req,
             "latency_mean_s": l_mean,
             "requests": float(n),
+            "arrivals": float(w.arrivals),
+            "window_s": duration,
         }
         done_config = self._config
         self.windows_closed += 1

@@ -13,11 +13,25 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from ecoserve.core.assembly import EngineSettings
-from ecoserve.replay.report import RunRecord, WindowSeries, fill_ratio_dvfs, make_record
+from ecoserve.replay.report import (
+    RunRecord,
+    WindowSeries,
+    fill_ratio_dvfs,
+    make_record,
+    slo_violations,
+)
 from ecoserve.replay.suite import Workload
 from ecoserve.sim.driver import simulate
-from ecoserve.sim.oracle import Oracles, compute_oracles, renormalised_costs
+from ecoserve.sim.oracle import (
+    Oracles,
+    compute_oracles,
+    renormalised_costs,
+    run_cost,
+    run_energy,
+)
 from twins.fitted import load_twin
 
 #: Tuners known to take far longer per run; scheduled first so two workers finish together.
@@ -35,6 +49,8 @@ class ReplayPlan:
     settings: EngineSettings = field(default_factory=EngineSettings)
     noise: float | None = None
     oracle_candidates: int = 6
+    #: Add the all-maximum reference row (``MAXIMUM_ROW``) before each workload's tuners.
+    maximum_rows: bool = True
 
 
 @dataclass
@@ -67,7 +83,7 @@ def _run_task(
     alpha = settings.alpha
     costs = renormalised_costs(result.reports, oracles.baseline, alpha)
     tuning = [r for r in result.reports if r.phase == "tuning"]
-    energy = result.active_energy_j if settings.accounting == "active" else result.total_energy_j
+    energy = run_energy(result, settings.accounting)
     record = make_record(
         workload=workload.label,
         tuner=tuner,
@@ -86,6 +102,10 @@ def _run_task(
         virtual_s=result.end_s,
         wall_s=result.wall_s,
         final_config=result.reports[-1].values if result.reports else {},
+        run_cost=run_cost(energy, result.latencies, oracles.baseline, alpha),
+        static_run_cost=oracles.static_run_cost,
+        dynamic_run_cost=oracles.dynamic_run_cost,
+        slo_violations=slo_violations([r.latency_p95_s for r in tuning], settings.slo_latency_s),
     )
     series = WindowSeries(
         workload=workload.label,
@@ -97,6 +117,43 @@ def _run_task(
         latency_s=[r.latency_mean_s for r in tuning],
     )
     return record, series
+
+
+#: The row name of the all-maximum reference (every clock at maximum, as ``jetson_clocks``
+#: pins them, and the largest batch): the run the costs are normalised by.
+MAXIMUM_ROW = "all-max"
+
+
+def maximum_record(plan: ReplayPlan, workload: Workload, oracles: Oracles) -> RunRecord | None:
+    """The all-maximum reference as a row beside the tuners (its run cost is 1 by definition)."""
+    ref = oracles.maximum
+    if ref is None:
+        return None
+    lat = np.array([ref.latency_p50_s, ref.latency_p95_s, ref.latency_p99_s])
+    record = make_record(
+        workload=workload.label,
+        tuner=MAXIMUM_ROW,
+        seed=0,
+        mode="sim",
+        device=plan.device,
+        accounting=plan.settings.accounting,
+        alpha=plan.settings.alpha,
+        costs=np.asarray(ref.window_costs),
+        latencies=lat,
+        energy_j=ref.energy_per_request_j * len(lat),
+        requests=len(workload.load(seed=0)),
+        rejected=0,
+        static_cost=oracles.static_cost,
+        dynamic_cost=oracles.dynamic_cost,
+        run_cost=1.0,
+        static_run_cost=oracles.static_run_cost,
+        dynamic_run_cost=oracles.dynamic_run_cost,
+        slo_violations=slo_violations(ref.window_p95_s, plan.settings.slo_latency_s),
+    )
+    # the percentiles are the reference run's own, not those of the three figures above
+    record.latency_p50_s, record.latency_p95_s = ref.latency_p50_s, ref.latency_p95_s
+    record.latency_p99_s, record.served = ref.latency_p99_s, record.requests
+    return record
 
 
 def run_plan(
@@ -160,6 +217,13 @@ def run_plan(
     }
     records.sort(key=lambda r: order[(r.workload, r.tuner, r.seed)])
     series.sort(key=lambda r: order[(r.workload, r.tuner, r.seed)])
+    if plan.maximum_rows:
+        by_label = {w.label: w for w in plan.workloads}
+        for label in by_label:
+            at = next((k for k, r in enumerate(records) if r.workload == label), len(records))
+            row = maximum_record(plan, by_label[label], oracles[label])
+            if row is not None:
+                records.insert(at, row)
     fill_ratio_dvfs(records)
     return ReplayResult(records, series, oracles)
 

@@ -77,8 +77,21 @@ PAPER_WORKLOADS: tuple[Workload, ...] = (
     Workload("azure-conv@18/s", "azure-conv", "real", rate=18.0, loop_to="1h"),
 )
 
-SUITES = MappingProxyType({"paper": PAPER_WORKLOADS})
-SUITE_MAX_WAIT_S = MappingProxyType({"paper": PAPER_MAX_WAIT_S})
+#: Loads that change over an hour, of kinds the paper suite lacks (see ``traces.varying``):
+#: steps between two rates, each held 10 minutes and met three times; a diurnal curve
+#: compressed to 30 minutes; MMPP bursts with a mean dwell of 2 minutes. Rates stay within
+#: what the slowest twin (Nano, about 50 req/s at maximum) serves at middling clocks.
+LOAD_WORKLOADS: tuple[Workload, ...] = (
+    Workload("step:8,24@10m", "step:8,24@10m", "step", duration="1h"),
+    Workload("diurnal:4-24@30m", "diurnal:4-24@30m", "diurnal", duration="1h"),
+    Workload("mmpp:6,30@2m", "mmpp:6,30@2m", "mmpp", duration="1h"),
+)
+#: The tuners of ``--suite load``: the climber with and without its additions, and the
+#: OS governors (the all-maximum reference row comes with every replay).
+LOAD_TUNERS: tuple[str, ...] = ("ecogd", "ecogd-original", "dvfs")
+
+SUITES = MappingProxyType({"paper": PAPER_WORKLOADS, "load": LOAD_WORKLOADS})
+SUITE_MAX_WAIT_S = MappingProxyType({"paper": PAPER_MAX_WAIT_S, "load": PAPER_MAX_WAIT_S})
 
 
 def suite(name: str) -> tuple[Workload, ...]:
@@ -91,4 +104,4 @@ def suite(name: str) -> tuple[Workload, ...]:
 
 def workload_kind(spec: str) -> str:
     kind = spec.partition(":")[0].strip().lower()
-    return kind if kind in ("fixed", "bursty", "poisson") else "real"
+    return kind if kind in ("fixed", "bursty", "poisson", "step", "diurnal", "mmpp") else "real"
