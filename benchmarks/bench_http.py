@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import io
 import json
 import os
@@ -27,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,24 @@ def build_request(port: int, body: bytes, content_type: str) -> bytes:
     ).encode() + body
 
 
+@contextlib.contextmanager
+def no_collector_pauses() -> Iterator[None]:
+    """The load generator's own garbage collection off while it measures.
+
+    This process imports torch (to build request bodies), so a full collection takes
+    about 100 ms; during a run it would delay sends and receives and be charged to the
+    server being measured.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 async def closed_loop(
     label: str, port: int, raw: bytes, concurrency: int, duration: float, warmup: float
 ) -> Result:
@@ -140,7 +159,8 @@ async def closed_loop(
         finally:
             conn.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    with no_collector_pauses():
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.seconds = duration
     return result
 
@@ -170,13 +190,14 @@ async def open_loop(
 
     workers = [asyncio.create_task(worker()) for _ in range(conns)]
     k = 0
-    while (now := time.perf_counter()) < t_to:
-        due = start + k / rate
-        if due > now:
-            await asyncio.sleep(due - now)
-            continue
-        queue.put_nowait(due)
-        k += 1
+    with no_collector_pauses():
+        while (now := time.perf_counter()) < t_to:
+            due = start + k / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            queue.put_nowait(due)
+            k += 1
     result.unfinished = queue.qsize()
     for w in workers:
         w.cancel()

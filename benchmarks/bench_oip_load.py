@@ -34,6 +34,7 @@ from bench_http import (
     closed_loop,
     ecoserve_cmd,
     free_port,
+    no_collector_pauses,
     server,
 )
 
@@ -64,7 +65,8 @@ async def client_loop(
                 if status == 200:
                     result.latencies.append(t1 - t0)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    with no_collector_pauses():
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.seconds = duration
     return result
 
