@@ -38,7 +38,7 @@ NUMPY_DATATYPES: dict[str, np.dtype[Any]] = {
 BF16 = "BF16"
 DATATYPES = (*NUMPY_DATATYPES, BF16)
 
-#: Triton's model configuration spells each datatype ``TYPE_<name>``, except FP -> TYPE_FP.
+#: Triton's model configuration spells each datatype ``TYPE_<name>``, and BYTES ``TYPE_STRING``.
 TRITON_CONFIG_TYPES = {name: f"TYPE_{name}" for name in DATATYPES} | {"BYTES": "TYPE_STRING"}
 
 
