@@ -71,40 +71,28 @@ async def client_loop(
     return result
 
 
-async def triton_http(
-    address: str, model: str, item: np.ndarray, c: int, d: float, w: float
+async def triton_load(
+    protocol: str, address: str, model: str, item: np.ndarray, c: int, d: float, w: float
 ) -> Result:
-    import tritonclient.http.aio as client_module
-    from tritonclient.http import InferInput
+    """``c`` closed-loop clients through Triton's asyncio client for ``protocol``."""
+    if protocol == "http":
+        import tritonclient.http.aio as client_module
+        from tritonclient.http import InferInput
 
-    client = client_module.InferenceServerClient(address, conn_limit=max(100, c))
+        client = client_module.InferenceServerClient(address, conn_limit=max(100, c))
+    else:
+        import tritonclient.grpc.aio as client_module  # type: ignore[no-redef]
+        from tritonclient.grpc import InferInput  # type: ignore[assignment]
+
+        client = client_module.InferenceServerClient(address)
     tensor = InferInput("input", [1, *item.shape], "FP32")
-    tensor.set_data_from_numpy(item[None], binary_data=True)
+    tensor.set_data_from_numpy(item[None])  # binary tensor data over HTTP, raw bytes over gRPC
 
     async def send() -> None:
         (await client.infer(model, [tensor])).as_numpy("output")
 
     try:
-        return await client_loop(f"oip-http c={c}", send, c, d, w)
-    finally:
-        await client.close()
-
-
-async def triton_grpc(
-    address: str, model: str, item: np.ndarray, c: int, d: float, w: float
-) -> Result:
-    import tritonclient.grpc.aio as client_module
-    from tritonclient.grpc import InferInput
-
-    client = client_module.InferenceServerClient(address)
-    tensor = InferInput("input", [1, *item.shape], "FP32")
-    tensor.set_data_from_numpy(item[None])
-
-    async def send() -> None:
-        (await client.infer(model, [tensor])).as_numpy("output")
-
-    try:
-        return await client_loop(f"oip-grpc c={c}", send, c, d, w)
+        return await client_loop(f"oip-{protocol} c={c}", send, c, d, w)
     finally:
         await client.close()
 
@@ -137,8 +125,8 @@ def main() -> int:
         d, w = args.duration, args.warmup
         for c in levels:
             for load in (
-                triton_http(f"{HOST}:{port}", name, item, c, d, w),
-                triton_grpc(f"{HOST}:{grpc_port}", name, item, c, d, w),
+                triton_load("http", f"{HOST}:{port}", name, item, c, d, w),
+                triton_load("grpc", f"{HOST}:{grpc_port}", name, item, c, d, w),
                 closed_loop(f"v1-npy c={c}", port, raw, c, d, w),
             ):
                 row = asyncio.run(load).row()

@@ -179,6 +179,27 @@ class FleetPolicy(ABC):
         return out
 
 
+def parse_kind_counts(text: str, what: str, example: str) -> list[tuple[str, int]]:
+    """``"orin:20,nano:2"`` as ``[("orin", 20), ("nano", 2)]``, in the order given.
+
+    A kind without a count stands for one board; ``what`` and ``example`` name the setting
+    and a valid value in the error.
+    """
+    out: list[tuple[str, int]] = []
+    for part in text.split(","):
+        kind, sep, n = part.strip().partition(":")
+        if not kind:
+            continue
+        try:
+            count = int(n) if sep else 1
+        except ValueError:
+            raise ValueError(f"{what}: {part!r} is not KIND:COUNT (e.g. {example})") from None
+        if count < 1:
+            raise ValueError(f"{what}: {part!r}: the count must be >= 1")
+        out.append((kind, count))
+    return out
+
+
 def cheapest_first(boards: Iterable[BoardSpec]) -> list[BoardSpec]:
     """Boards in order of energy per request at their tuned point, then larger capacity."""
     return sorted(boards, key=lambda b: (b.joules_per_request, -b.capacity_rps, b.name))

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ecoserve.core.fleet import parse_kind_counts
+
 POLICIES = ("consolidation", "all-on", "ray-rule")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -102,16 +104,7 @@ def parse_boards(raw: Any) -> tuple[BoardSettings, ...]:
     """``"xavier-nx:2,nano:1"`` (named ``xavier-nx-0``...) or a list of board mappings."""
     if isinstance(raw, str):
         out: list[BoardSettings] = []
-        for part in raw.split(","):
-            kind, sep, n = part.strip().partition(":")
-            if not kind:
-                continue
-            try:
-                count = int(n) if sep else 1
-            except ValueError:
-                raise ValueError(f"boards: {part!r} is not KIND:COUNT (e.g. nano:2)") from None
-            if count < 1:
-                raise ValueError(f"boards: {part!r}: the count must be >= 1")
+        for kind, count in parse_kind_counts(raw, "boards", "nano:2"):
             start = sum(1 for b in out if b.kind == kind)
             out += [BoardSettings(f"{kind}-{start + i}", kind) for i in range(count)]
         return tuple(out)

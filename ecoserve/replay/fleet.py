@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings
-from ecoserve.core.fleet import AllOn, Consolidation, FleetPolicy, Oracle, RayServeRule
+from ecoserve.core.fleet import (
+    AllOn,
+    Consolidation,
+    FleetPolicy,
+    Oracle,
+    RayServeRule,
+    parse_kind_counts,
+)
 from ecoserve.sim.board_model import LOAD_FRACTIONS, BoardModel, RunLength, calibrate
 from ecoserve.sim.fleet import (
     FleetBoard,
@@ -38,20 +45,11 @@ PARKING_MODES = ("off", "min-clocks")
 def parse_mix(text: str) -> list[FleetBoard]:
     """``orin:20,xavier-nx:20,nano:20`` -> boards, kinds interleaved as on a shelf."""
     counts: dict[str, int] = {}
-    for part in text.split(","):
-        kind, sep, n = part.strip().partition(":")
-        if not kind:
-            continue
+    for kind, count in parse_kind_counts(text, "--boards", "orin:20"):
         if kind not in fitted_boards():
             raise ValueError(
                 f"unknown board kind {kind!r} in --boards; fitted: {', '.join(fitted_boards())}"
             )
-        try:
-            count = int(n) if sep else 1
-        except ValueError:
-            raise ValueError(f"--boards: {part!r} is not KIND:COUNT (e.g. orin:20)") from None
-        if count < 1:
-            raise ValueError(f"--boards: {part!r}: the count must be >= 1")
         counts[kind] = counts.get(kind, 0) + count
     if not counts:
         raise ValueError("--boards is empty; give e.g. orin:20,xavier-nx:20,nano:20")
