@@ -107,12 +107,19 @@ def _runtime_reports(arrivals: np.ndarray, settings: EngineSettings, twin: Any) 
         loop.close()
 
 
-def test_simulator_and_runtime_make_the_same_decisions() -> None:
+@pytest.mark.parametrize(("batch_timer", "max_wait_s"), [("fixed", 0.05), ("fill", 2.0)])
+def test_simulator_and_runtime_make_the_same_decisions(batch_timer: str, max_wait_s: float) -> None:
     """Same trace, tuner seed and noise-free twin: the same windows, configurations, costs."""
     twin = load_twin("xavier-nx", noise=0.0)
     trace = load_trace("poisson:40", duration="45s", seed=3)
     settings = EngineSettings(
-        tuner="ecogd", seed=1, window_requests=40, warmup_requests=8, window_seconds=30.0
+        tuner="ecogd",
+        seed=1,
+        window_requests=40,
+        warmup_requests=8,
+        window_seconds=30.0,
+        batch_timer=batch_timer,
+        max_wait_s=max_wait_s,
     )
     runtime = _runtime_reports(trace.arrivals, settings, twin)
     sim = simulate(trace.arrivals, twin, settings).reports

@@ -50,9 +50,11 @@ def test_starts_at_the_maximum_then_measures_each_axis_neighbour_once() -> None:
     assert sorted(asked[1:]) == sorted(space.neighbours(space.maximum()))
 
 
-def test_the_opening_scan_measures_every_batch_size_then_climbs_from_the_cheapest() -> None:
+def test_the_unguided_opening_scan_measures_every_batch_size_then_climbs_from_the_cheapest() -> (
+    None
+):
     space = space_of(25, 15, 16)
-    tuner = EcoGD(space)
+    tuner = EcoGD(space, guided_scan=False)
     cost = bowl((7, 9, 5), (25, 15, 16))
     assert tuner.describe()["scanning"]
     asked = [step(tuner, cost) for _ in range(16)]
@@ -76,6 +78,39 @@ def test_the_opening_scan_alone_finds_a_batch_valley() -> None:
         for _ in range(300):
             step(tuner, cost)
         assert (tuner.centre[2] + 1 == 10) is opening_scan
+
+
+def batch_curve_cost(c: Config) -> float:
+    """A smooth cost over batch size (``0.4 + 0.6 / b + 0.04 * b``, best at b = 4; b = 3, 5
+    and 6 within 5% of it, b = 2 and 7 8-10% above), times a shallow bowl over the clocks."""
+    b = c[2] + 1
+    return (0.4 + 0.6 / b + 0.04 * b) * (1.0 + 0.01 * ((c[0] - 20) ** 2 + (c[1] - 10) ** 2) / 100)
+
+
+def test_the_guided_opening_scan_skips_the_sizes_the_curve_calls_clear_losers() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space, probe_every=0)
+    asked = []
+    while tuner.describe()["scanning"]:
+        asked.append(step(tuner, batch_curve_cost))
+    *scan, first_climb = asked  # the ask that ends the scan already climbs
+    sizes = [c[2] + 1 for c in scan]
+    assert sizes[:3] == [16, 1, 4]  # largest, smallest, their geometric mean
+    # then the sizes predicted within the 5% margin, and nothing else: 6 windows, not 16
+    assert sorted(sizes) == [1, 3, 4, 5, 6, 16]
+    assert tuner.centre == (24, 14, 3)  # batch 4, the curve's minimum
+    assert first_climb in space.neighbours(tuner.centre)
+
+
+def test_the_guided_scan_counts_skipped_sizes_as_probed_with_their_predicted_loss() -> None:
+    space = space_of(25, 15, 16)
+    tuner = EcoGD(space)
+    while tuner.describe()["scanning"]:
+        step(tuner, batch_curve_cost)
+    probed = tuner._probed
+    assert set(probed) == set(range(16))  # measured or predicted, every size is accounted for
+    # batch 16 (index 15) loses far more than batch 6 (index 5): it stays probed longer
+    assert probed[15][1] > probed[5][1]
 
 
 def test_a_diagonal_move_in_the_cpu_gpu_plane_takes_one_decision() -> None:

@@ -75,6 +75,7 @@ from typing import Any
 
 from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
 from ecoserve.core.tuner import Tuner, finite_cost
+from tuners.batch_curve import next_size
 from tuners.load_change import LoadChangeTest
 
 #: Load levels remembered at most (the least recently met is dropped).
@@ -108,6 +109,10 @@ class EcoGD(Tuner):
     re-searched; ``change_threshold``: the change test's alarm level, in noise units;
     ``carry_life``: the most a carried-over measurement has left to live, in memories;
     ``steady_memory``: how many times longer measurements live while following the load.
+    ``guided_scan``: the opening scan measures the sizes a fitted cost curve over batch size
+    (``tuners.batch_curve``) does not call clear losers, instead of every size;
+    ``guide_margin``: how far (relative) above the best measured cost a size's predicted
+    cost must lie, beyond the fit's own residual, to be skipped.
     """
 
     name = "ecogd"
@@ -135,6 +140,8 @@ class EcoGD(Tuner):
         steady_memory: float = 1.0,
         change_threshold: float = 12.0,
         carry_life: float = 0.5,
+        guided_scan: bool = True,
+        guide_margin: float = 0.05,
     ) -> None:
         super().__init__(space, seed)
         if memory_limit < 1:
@@ -186,6 +193,10 @@ class EcoGD(Tuner):
         self.research_ratio = float(research_ratio)
         self.change_threshold = float(change_threshold)
         self.carry_life = float(carry_life)
+        if not guide_margin >= 0:
+            raise ValueError(f"guide_margin must be >= 0, got {guide_margin}")
+        self.guided_scan = bool(guided_scan)
+        self.guide_margin = float(guide_margin)
         self._batch = space.axis(BATCH) if space.has(BATCH) else None
         self._probe_axis = self._batch if self.probe_every else None
         self.reset()
@@ -312,24 +323,46 @@ class EcoGD(Tuner):
 
     # -- decisions ------------------------------------------------------------------------
     def _next_scan(self) -> Config | None:
-        """The next batch size of the opening scan (largest first); at its end, None, with the
-        centre moved to the cheapest size and every size's result counted as a probe."""
+        """The next batch size of the opening scan or a re-search; at its end, None, with the
+        centre moved to the cheapest size and every size's result counted as a probe.
+
+        The opening scan goes largest first through every size, or, guided, through those the
+        fitted cost curve does not call clear losers; a skipped size counts as probed with its
+        predicted loss, so probes come back to it once that is stale."""
         assert self._scan is not None and self._batch is not None
         knob = self.space.knobs[self._batch]
-        order = self._scan_order or range(knob.top, knob.floor - 1, -1)
-        for index in order:
-            if index not in self._scan:
+        predicted: dict[int, float] = {}
+        if self._scan_order is None and self.guided_scan:
+            indices = list(range(knob.floor, knob.top + 1))
+            sizes = self._batch_sizes()
+            index, predicted = next_size(
+                self._scan, indices, [sizes[i] for i in indices], self.guide_margin
+            )
+            if index is not None:
                 return self._with(self._centre, self._batch, index)
+        else:
+            order = self._scan_order or range(knob.top, knob.floor - 1, -1)
+            for index in order:
+                if index not in self._scan:
+                    return self._with(self._centre, self._batch, index)
         if not self._scan:  # nothing to scan (an empty order)
             self._scan, self._scan_order = None, None
             return None
         best = min(self._scan, key=self._scan.__getitem__)
         if self._scan[best] > 0:  # the scan counts as a sweep of probes
-            for index, cost in self._scan.items():
+            for index, cost in {**predicted, **self._scan}.items():
                 self._probed[index] = (self._window, self._life(cost / self._scan[best] - 1.0))
         self._scan, self._scan_order = None, None
         self._set_centre(self._with(self._centre, self._batch, best))
         return None
+
+    def _batch_sizes(self) -> list[float]:
+        """Every batch index's size as a positive number (a space of plain indices counts
+        from 1), for the models that divide by it."""
+        assert self._batch is not None
+        knob = self.space.knobs[self._batch]
+        shift = max(0.0, 1.0 - float(min(knob.values)))
+        return [float(v) + shift for v in knob.values]
 
     def _known_cost(self, neighbour: Config, centre: Config) -> float | None:
         """A neighbour's fresh measured cost, else an inherited batch-size loss, else None."""
@@ -664,9 +697,7 @@ class EcoGD(Tuner):
         if axis is None or sizes <= 0:
             return
         knob = self.space.knobs[axis]
-        # sizes as positive numbers (a space of plain indices counts from 1)
-        shift = max(0.0, 1.0 - float(min(knob.values)))
-        size = [float(v) + shift for v in knob.values]
+        size = self._batch_sizes()
         new_rate = self._level_rate
         ratio = new_rate / old_rate if new_rate and old_rate else 1.0
         guess = size[self._centre[axis]] * math.sqrt(ratio)

@@ -56,6 +56,14 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         type=float,
         help="batching max wait (s); default 0.05, or the suite's (paper: 2.0, a full buffer)",
     )
+    p.add_argument(
+        "--batch-timer",
+        choices=("fixed", "fill"),
+        default="fixed",
+        help="the tuners' batching timer: fixed (--max-wait) or fill (twice the batch's fill "
+        "time at the window's arrival rate, at most --max-wait); the oracles and the all-max "
+        "row keep the fixed --max-wait",
+    )
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument(
         "--slo-p95-ms",
@@ -131,6 +139,7 @@ def _settings(args: argparse.Namespace) -> Any:
     return EngineSettings(
         max_batch=args.max_batch,
         max_wait_s=_max_wait(args),
+        batch_timer=args.batch_timer,
         window_requests=args.window_requests,
         warmup_requests=args.warmup_requests,
         window_seconds=args.window_seconds or None,
@@ -237,6 +246,7 @@ def _run_sim(
         "alpha": args.alpha,
         "window_requests": args.window_requests,
         "max_wait_s": _max_wait(args),
+        "batch_timer": args.batch_timer,
         "warmup_requests": args.warmup_requests,
         "workers": workers,
         "workloads": [w.__dict__ for w in workloads],

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ecoserve.core.batch_timer import BatchTimer
 from ecoserve.core.controller import Controller
 from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
 from ecoserve.core.engine import Engine
@@ -34,6 +35,7 @@ class EngineSettings:
     min_batch: int = 1
     max_batch: int = 16
     max_wait_s: float = 0.05
+    batch_timer: str = "fixed"
     max_queue: int = 1024
     window_requests: int | None = 416
     warmup_requests: int = 100
@@ -91,4 +93,5 @@ def build_engine(
         max_wait=settings.max_wait_s,
         max_queue=settings.max_queue,
         tuner_factory=tuner_on,
+        timer=BatchTimer(settings.batch_timer, settings.max_wait_s),
     )

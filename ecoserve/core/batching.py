@@ -75,6 +75,12 @@ class BatchPolicy(Generic[T]):
         self.batch_size = 1
         self.set_batch_size(batch_size)
 
+    def set_max_wait(self, max_wait: float) -> None:
+        """Change the timer; a batch already waiting leaves by the new deadline."""
+        if not max_wait >= 0:
+            raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait}")
+        self.max_wait = float(max_wait)
+
     def set_batch_size(self, batch_size: int) -> None:
         """Change the batch size; the items queued so far leave without waiting to fill it."""
         if int(batch_size) < 1:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ecoserve.core.batch_timer import BatchTimer
 from ecoserve.core.batching import BatchPolicy, Dispatch, WaitUntil
 from ecoserve.core.controller import BatchOutcome, Controller, WindowReport
 from ecoserve.core.knobs import Config, SearchSpace
@@ -56,14 +57,19 @@ class Engine(Generic[T]):
         max_wait: float = 0.05,
         max_queue: int | None = 1024,
         tuner_factory: Callable[[SearchSpace], Tuner] | None = None,
+        timer: BatchTimer | None = None,
     ) -> None:
         self.controller = controller
+        #: The batching timer: ``max_wait`` fixed, unless a timer that follows the load is given.
+        self.timer = timer if timer is not None else BatchTimer("fixed", max_wait)
         #: Builds the same kind of tuner on a smaller space, when a knob is frozen.
         self.tuner_factory = tuner_factory
         #: Knobs taken out of the space after their hardware failed, with the reason.
         self.frozen: dict[str, str] = {}
         self.policy: BatchPolicy[T] = BatchPolicy(
-            controller.batch_size(), max_wait=max_wait, max_queue=max_queue
+            controller.batch_size(),
+            max_wait=self.timer.timer_s(controller.batch_size()),
+            max_queue=max_queue,
         )
 
     # -- the queue --------------------------------------------------------------------------
@@ -145,10 +151,16 @@ class Engine(Generic[T]):
 
     # -- answers ----------------------------------------------------------------------------
     def current(self) -> ApplyConfig:
-        """The configuration in force, as an instruction; also sets the queue's batch size."""
+        """The configuration in force, as an instruction; also sets the queue's batch size
+        and its timer."""
         c = self.controller
-        self.policy.set_batch_size(c.batch_size())
+        size = c.batch_size()
+        self.policy.set_batch_size(size)
+        self.policy.set_max_wait(self.timer.timer_s(size))
         return ApplyConfig(c.config, c.values(), c.governed_knobs())
 
     def _closed(self, report: WindowReport | None) -> WindowClosed | None:
-        return None if report is None else WindowClosed(report, self.current())
+        if report is None:
+            return None
+        self.timer.observe(report.arrival_rate)
+        return WindowClosed(report, self.current())

@@ -27,6 +27,7 @@ FIELDS: dict[str, str] = {
     "min_batch": "smallest batch size the tuner may choose",
     "max_batch": "largest batch size the tuner may choose",
     "max_wait_s": "longest time the oldest queued request waits for its batch to fill",
+    "batch_timer": "fixed (wait up to --max-wait-s) or fill (twice the batch's fill time at the measured arrival rate, at most --max-wait-s)",
     "max_queue": "bound of the request queue; beyond it requests get 503 with Retry-After",
     "window_requests": "completions per tuning window ('none' for time windows only)",
     "warmup_requests": "completions dropped after each configuration change",

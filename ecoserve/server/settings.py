@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ecoserve.core.assembly import EngineSettings
+from ecoserve.core.batch_timer import TIMER_KINDS
 from ecoserve.server.options import ENV_PREFIX
 
 if sys.version_info >= (3, 11):
@@ -77,6 +78,10 @@ class ServeSettings(EngineSettings):
             raise ValueError(f"idle_timeout_s must be positive, got {self.idle_timeout_s}")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.batch_timer not in TIMER_KINDS:
+            raise ValueError(
+                f"batch_timer must be one of {', '.join(TIMER_KINDS)}, got {self.batch_timer!r}"
+            )
         if self.admin_token == "":
             self.admin_token = None
         if self.tier_token == "":
