@@ -70,12 +70,14 @@ under 1.5% of cost.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
 from ecoserve.core.tuner import Tuner, finite_cost
 from tuners.batch_curve import next_size
+from tuners.batch_time import BatchTimeModel
 from tuners.load_change import LoadChangeTest
 
 #: Load levels remembered at most (the least recently met is dropped).
@@ -113,6 +115,9 @@ class EcoGD(Tuner):
     (``tuners.batch_curve``) does not call clear losers, instead of every size;
     ``guide_margin``: how far (relative) above the best measured cost a size's predicted
     cost must lie, beyond the fit's own residual, to be skipped.
+    ``capacity_guard``: never choose a configuration whose capacity, from the online model
+    of batch time (``tuners.batch_time``; needs the windows' ``batches`` and ``busy_s``),
+    is below ``guard_headroom`` times the busiest arrival rate of the last memory's windows.
     """
 
     name = "ecogd"
@@ -142,6 +147,8 @@ class EcoGD(Tuner):
         carry_life: float = 0.5,
         guided_scan: bool = True,
         guide_margin: float = 0.05,
+        capacity_guard: bool = True,
+        guard_headroom: float = 1.0,
     ) -> None:
         super().__init__(space, seed)
         if memory_limit < 1:
@@ -197,6 +204,10 @@ class EcoGD(Tuner):
             raise ValueError(f"guide_margin must be >= 0, got {guide_margin}")
         self.guided_scan = bool(guided_scan)
         self.guide_margin = float(guide_margin)
+        if not guard_headroom > 0:
+            raise ValueError(f"guard_headroom must be > 0, got {guard_headroom}")
+        self.capacity_guard = bool(capacity_guard)
+        self.guard_headroom = float(guard_headroom)
         self._batch = space.axis(BATCH) if space.has(BATCH) else None
         self._probe_axis = self._batch if self.probe_every else None
         self.reset()
@@ -237,6 +248,11 @@ class EcoGD(Tuner):
         # log level rate -> (centre, {config: cost} of its neighbourhood), least recent first
         self._levels: dict[float, tuple[Config, dict[Config, float]]] = {}
         self._changes = 0
+        # batch time over batch size and clocks, and the recent windows' arrival rates; not
+        # saved with the state (a restarted tuner relearns them from its next windows)
+        self._times = BatchTimeModel()
+        self._times.set_reference(self._clocks(self.space.maximum()))
+        self._rates: deque[float] = deque(maxlen=self._memory)
 
     @property
     def centre(self) -> Config:
@@ -270,6 +286,9 @@ class EcoGD(Tuner):
         rate = metrics.get("arrival_rate") if metrics else None
         if rate is not None and math.isfinite(rate):
             self._observe_rate(float(rate))
+            self._rates.append(float(rate))
+        if metrics:
+            self._observe_batches(config, metrics)
         self._window += 1
         self._since_probe += 1
         if self._load is not None and rate is not None and math.isfinite(rate):
@@ -293,6 +312,38 @@ class EcoGD(Tuner):
             self._losses.pop(old, None)
         if config != self._centre and self._is_neighbour(config):
             self._news = True
+
+    def _observe_batches(self, config: Config, metrics: Mapping[str, float]) -> None:
+        """Feed the batch-time model with the window's mean batch (when the driver timed it)."""
+        batches, busy = metrics.get("batches", 0.0), metrics.get("busy_s", 0.0)
+        served = metrics.get("requests", 0.0)
+        if batches > 0 and busy > 0 and served > 0:
+            self._times.observe(self._clocks(config), served / batches, busy / batches)
+
+    def _clocks(self, config: Config) -> Config:
+        """The configuration without its batch size: what stretches a batch's time."""
+        axis = self._batch
+        return config if axis is None else config[:axis] + config[axis + 1 :]
+
+    def _unsafe(self, config: Config) -> bool:
+        """True when the model says ``config`` cannot serve the busiest recent window."""
+        if not self.capacity_guard or self._batch is None or not self._rates:
+            return False
+        size = self._batch_sizes()[config[self._batch]]
+        capacity = self._times.capacity(self._clocks(config), size)
+        return capacity is not None and capacity < self.guard_headroom * max(self._rates)
+
+    def _harbour(self) -> Config:
+        """Every clock at maximum and the smallest batch size that carries the recent peak
+        (the largest when none does): where the centre goes when nothing measured is safe."""
+        top = self.space.maximum()
+        assert self._batch is not None
+        knob = self.space.knobs[self._batch]
+        for index in range(knob.floor, knob.top + 1):
+            candidate = self._with(top, self._batch, index)
+            if not self._unsafe(candidate):
+                return candidate
+        return top
 
     def _record_loss(self, config: Config, cost: float) -> None:
         """Keep a batch neighbour's relative loss to the centre, for ``_inherited``."""
@@ -406,18 +457,28 @@ class EcoGD(Tuner):
 
     def _decide(self, centre: Config, neighbours: Mapping[Config, float]) -> bool:
         """Move, jump or stay; True when the centre changed."""
-        history = self._history
+        history, unsafe = self._history, self._unsafe
         here = history[centre][0]
-        best, best_cost = centre, here
+        # a centre that cannot carry the recent peak yields to any safe candidate
+        best, best_cost = centre, here if not unsafe(centre) else math.inf
         for n, cost in neighbours.items():
-            if cost < best_cost:
+            if cost < best_cost and not unsafe(n):
                 best, best_cost = n, cost
         for diagonal, cost in self._diagonals(centre, here):
-            if cost < best_cost:
+            if cost < best_cost and not unsafe(diagonal):
                 best, best_cost = diagonal, cost
         probe, self._probe = self._probe, None
-        if probe is not None and probe in history and history[probe][0] < best_cost:
+        if (
+            probe is not None
+            and probe in history
+            and history[probe][0] < best_cost
+            and not unsafe(probe)
+        ):
             best, best_cost = probe, history[probe][0]
+        if best_cost == math.inf and (harbour := self._harbour()) != centre:
+            self._moves += 1
+            self._set_centre(harbour)  # nothing measured here is safe
+            return True
         news, self._news = self._news, False
         if best != centre:
             self._move(centre, best, here, best_cost)
@@ -483,8 +544,10 @@ class EcoGD(Tuner):
                 window, life = self._probed.get(index, (0, 0))
                 if self._window - window < life:
                     continue  # a size that lost by far is probed again only once that is stale
-                if abs(index - centre[axis]) > 1:  # ±1 are axis neighbours, measured anyway
-                    self._since_probe, self._probe = 0, self._with(centre, axis, index)
+                probe = self._with(centre, axis, index)
+                if abs(index - centre[axis]) > 1 and not self._unsafe(probe):
+                    # (±1 are axis neighbours, measured anyway)
+                    self._since_probe, self._probe = 0, probe
                     self._probes += 1
                     return self._probe
             self._probe_queue = list(range(knob.floor, knob.top + 1))

@@ -39,6 +39,8 @@ class BatchOutcome:
     failed: int = 0
     #: Answers estimated wrong in this batch (a cascade's small model); 0 for most models.
     errors: float = 0.0
+    #: Seconds the batch ran (dispatch to completion); 0 when the driver does not time it.
+    busy_s: float = 0.0
 
     @property
     def served(self) -> int:
@@ -93,6 +95,8 @@ class _Window:
     failed: int = 0
     arrivals: int = 0
     errors: float = 0.0
+    busy_s: float = 0.0
+    batches: int = 0
     context: dict[str, float] = field(default_factory=dict)
 
 
@@ -200,6 +204,8 @@ class Controller:
         w.active_energy_j += outcome.energy_j
         w.failed += outcome.failed
         w.errors += outcome.errors
+        w.busy_s += outcome.busy_s
+        w.batches += 1
         return self._maybe_close(outcome.end, outcome.meter_j)
 
     def observe_context(
@@ -430,6 +436,8 @@ class Controller:
             "requests": float(n),
             "arrivals": float(w.arrivals),
             "window_s": duration,
+            "batches": float(w.batches),
+            "busy_s": w.busy_s,
         }
         done_config = self._config
         self.windows_closed += 1

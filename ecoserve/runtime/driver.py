@@ -296,6 +296,7 @@ class Runtime:
             meter_j=energy_after,
             failed=0 if ok else len(requests),
             errors=self.error_source() if self.error_source is not None else 0.0,
+            busy_s=end - started,
         )
         closed = self.engine.finish(outcome)
         if closed is not None:

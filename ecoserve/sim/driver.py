@@ -242,6 +242,7 @@ class Simulator:
                         end=end,
                         meter_j=meter,
                         errors=errors,
+                        busy_s=dur,
                     )
                 )
                 if closed is not None:
