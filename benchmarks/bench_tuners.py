@@ -5,8 +5,8 @@ tuner climbs a convex bowl over a Xavier-NX-shaped space (25 CPU x 15 GPU freque
 batch sizes); the table gives the median and 95th percentile step time and, as a sanity check
 on what was timed, the mean cost of the last tenth of the windows (1.0 is the optimum). Each
 window also reports an arrival rate that steps between 8 and 24 req/s every 100 windows, with
-Poisson noise, so tuners that follow the load (EcoGD's change test and level memory) run that
-code too.
+Poisson noise, and its batch count and busy time, so tuners that follow the load (EcoGD's
+change test and level memory) and model batch time (EcoGD's capacity guard) run that code too.
 
     python benchmarks/bench_tuners.py [--steps 2000] [--bayes-steps 200] [--tuners ecogd,grid]
 """
@@ -40,11 +40,22 @@ def bowl(config: Config) -> float:
     return 1.0 + 10 * x * x + 6 * y * y + 5 * z * z + 4 * x * y
 
 
-def window_metrics(step: int, rng: random.Random) -> dict[str, float]:
+def window_metrics(step: int, rng: random.Random) -> dict[str, float]:  # before the ask
     """A 20 s window's arrival rate, 8 or 24 req/s in turns of 100 windows, Poisson noise."""
     rate = 8.0 if (step // 100) % 2 == 0 else 24.0
     arrivals = max(1.0, rng.gauss(rate * 20.0, math.sqrt(rate * 20.0)))
     return {"arrival_rate": arrivals / 20.0, "arrivals": arrivals}
+
+
+def batch_figures(config: Config, arrivals: float) -> dict[str, float]:
+    """The window's batches and busy time, so EcoGD's batch-time model is fitted every step:
+    batches of the configured size taking longer at lower clocks."""
+    size = config[-1] + 1
+    seconds = (0.004 + 0.02 * size) * (
+        2.0 - 0.5 * sum(c / (n - 1) for c, n in zip(config[:2], SIZES[:2], strict=True))
+    )
+    batches = max(1.0, arrivals / size)
+    return {"requests": arrivals, "batches": batches, "busy_s": batches * seconds}
 
 
 def measure(name: str, steps: int) -> dict[str, float]:
@@ -58,6 +69,7 @@ def measure(name: str, steps: int) -> dict[str, float]:
         config = tuner.ask()
         mid = time.perf_counter()
         cost = bowl(config)
+        metrics.update(batch_figures(config, metrics["arrivals"]))
         resume = time.perf_counter()
         tuner.tell(config, cost, metrics)
         end = time.perf_counter()
