@@ -92,7 +92,11 @@ def unsafe_share(told: list[tuple[Config, float]]) -> float:
 
 
 def test_the_capacity_guard_keeps_the_climber_off_configurations_that_cannot_carry_bursts() -> None:
-    guarded = unsafe_share(drive(EcoGD(SPACE, seed=0, follow_load=False), 400))
+    tuner = EcoGD(SPACE, seed=0, follow_load=False)
+    guarded = unsafe_share(drive(tuner, 400))
+    status = tuner.describe()
+    assert status["peak_rate"] == 36.0
+    assert status["centre_capacity"] >= 36.0  # where it settled carries the bursts
     unguarded = unsafe_share(
         drive(EcoGD(SPACE, seed=0, follow_load=False, capacity_guard=False), 400)
     )
