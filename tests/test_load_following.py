@@ -123,6 +123,7 @@ def test_the_original_climber_has_every_addition_off() -> None:
     assert isinstance(original, EcoGD)
     assert (original.opening_scan, original.follow_load, original.probe_every) == (False, False, 0)
     assert original.inherit_margin is None and original.loser_memory == 1.0
+    assert not original.capacity_guard and not original.guided_scan
     assert original.ask() == space.maximum()
 
 

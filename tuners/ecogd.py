@@ -925,7 +925,7 @@ class EcoGDOriginal(EcoGD):
     """The climber as EcoEdgeInfer describes it: every addition above turned off.
 
     No opening scan, no inherited neighbours, no batch-size probes, one memory for winners
-    and losers alike, no change-point test. It is the reference the additions are judged by.
+    and losers alike, no change-point test, no capacity guard. It is the reference the additions are judged by.
     """
 
     name = "ecogd-original"
@@ -955,4 +955,6 @@ class EcoGDOriginal(EcoGD):
             opening_scan=False,
             inherit_margin=None,
             follow_load=False,
+            guided_scan=False,
+            capacity_guard=False,
         )
