@@ -39,14 +39,14 @@ def test_no_fit_below_three_sizes_and_sizes_must_be_positive() -> None:
         fit_curve({0.0: 1.0, 2.0: 0.9, 4.0: 0.8})
 
 
-def test_the_seeds_are_the_largest_the_smallest_and_their_geometric_middle() -> None:
-    assert seed_sizes(INDICES, SIZES) == [15, 0, 3]
+def test_the_seeds_halve_the_log_distance_from_the_largest_to_the_smallest_twice() -> None:
+    assert seed_sizes(INDICES, SIZES) == [15, 3, 1]  # sizes 16, 4, 2
     assert seed_sizes([0, 1], [1.0, 2.0]) == [1, 0]
 
 
 def test_a_smooth_curve_is_scanned_in_a_few_windows_and_its_minimum_found() -> None:
     measured = scan(curve)
-    assert sorted(measured) == [1, 3, 4, 5, 6, 16]  # seeds, then within 5% of the best
+    assert sorted(measured) == [2, 3, 4, 5, 6, 16]  # seeds, then within 5% of the best
     assert min(measured, key=curve) == 4
 
 
@@ -72,7 +72,7 @@ def test_noise_within_the_rugged_limit_keeps_the_scan_guided() -> None:
 
 
 def test_predictions_cover_every_unmeasured_size_once_fitted() -> None:
-    measured = {15: curve(16), 0: curve(1), 3: curve(4)}
+    measured = {15: curve(16), 3: curve(4), 1: curve(2)}
     index, predicted = next_size(measured, INDICES, SIZES, 0.05)
     assert index is not None and index not in measured
     assert set(predicted) == set(INDICES) - set(measured)

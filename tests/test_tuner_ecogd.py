@@ -95,9 +95,9 @@ def test_the_guided_opening_scan_skips_the_sizes_the_curve_calls_clear_losers() 
         asked.append(step(tuner, batch_curve_cost))
     *scan, first_climb = asked  # the ask that ends the scan already climbs
     sizes = [c[2] + 1 for c in scan]
-    assert sizes[:3] == [16, 1, 4]  # largest, smallest, their geometric mean
+    assert sizes[:3] == [16, 4, 2]  # the largest, then halving the log-distance to 1 twice
     # then the sizes predicted within the 5% margin, and nothing else: 6 windows, not 16
-    assert sorted(sizes) == [1, 3, 4, 5, 6, 16]
+    assert sorted(sizes) == [2, 3, 4, 5, 6, 16]
     assert tuner.centre == (24, 14, 3)  # batch 4, the curve's minimum
     assert first_climb in space.neighbours(tuner.centre)
 

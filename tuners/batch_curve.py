@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-#: Sizes measured before the first fit: the smallest, the largest and their geometric mean.
+#: Sizes measured before the first fit (see ``seed_sizes``).
 SEED_POINTS = 3
 
 #: A fit whose relative residual exceeds this describes a rugged curve (on the Xavier NX
@@ -95,17 +95,24 @@ def fit_curve(points: Mapping[float, float]) -> CurveFit | None:
 
 
 def seed_sizes(indices: Sequence[int], sizes: Sequence[float]) -> list[int]:
-    """The first indices a guided scan measures: largest, smallest, geometric middle.
+    """The first indices a guided scan measures: the largest, then halving the log-distance
+    to the smallest twice (sizes 16, 4 and 2 of 1..16).
 
     ``indices`` are the allowed batch indices (ascending), ``sizes`` their positive sizes.
+    The smallest size itself is not a seed: its window is the dearest (a batch's fixed time
+    borne by one request, or a queue), and sizes 2 and 4 pin the ``1 / b`` term well enough
+    for the curve to say whether it is worth measuring.
     """
     if len(indices) <= SEED_POINTS:
         return list(reversed(indices))
     lo, hi = sizes[0], sizes[-1]
-    middle = math.sqrt(lo * hi)
-    mid = min(range(len(indices)), key=lambda i: abs(math.log(sizes[i] / middle)))
-    seeds = [indices[-1], indices[0], indices[mid]]
-    return list(dict.fromkeys(seeds))
+    upper = math.sqrt(lo * hi)
+    lower = math.sqrt(lo * upper)
+
+    def nearest(target: float) -> int:
+        return indices[min(range(len(indices)), key=lambda i: abs(math.log(sizes[i] / target)))]
+
+    return list(dict.fromkeys([indices[-1], nearest(upper), nearest(lower)]))
 
 
 def next_size(

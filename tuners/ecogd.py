@@ -69,11 +69,12 @@ under 1.5% of cost.
 Two models skip measuring clear losers (``guided_scan``, ``capacity_guard``):
 
 - The opening scan is guided by a cost curve over batch size, ``c0 + c1 / b + c2 * b``,
-  refitted after each size it measures (``tuners.batch_curve``): it measures the largest, the
-  smallest and the middle size, then, cheapest predicted first, only the sizes predicted
+  refitted after each size it measures (``tuners.batch_curve``): it measures sizes 16, 4 and 2
+  (of 1..16), then, cheapest predicted first, only the sizes predicted
   within ``guide_margin`` (plus the fit's residual) of the best measured. When the residuals
   say the curve is rugged (a burst-aligned valley), it measures every size as before. A
-  skipped size counts as probed with its predicted loss, so probes reach it later.
+  skipped size counts as probed with its predicted loss, so probes reach it later. Sizes the
+  capacity guard (below) calls unsafe are not scanned at all.
 - An online model of batch time over batch size and clocks (``tuners.batch_time``, fitted
   from each window's batch count and busy time) gives every measured clock setting's
   capacity at each batch size. A configuration that cannot serve the busiest window of the
@@ -399,13 +400,20 @@ class EcoGD(Tuner):
         centre moved to the cheapest size and every size's result counted as a probe.
 
         The opening scan goes largest first through every size, or, guided, through those the
-        fitted cost curve does not call clear losers; a skipped size counts as probed with its
-        predicted loss, so probes come back to it once that is stale."""
+        fitted cost curve does not call clear losers and the capacity guard does not call
+        unsafe; a size skipped for its predicted cost counts as probed with its predicted loss,
+        so probes come back to it once that is stale."""
         assert self._scan is not None and self._batch is not None
         knob = self.space.knobs[self._batch]
         predicted: dict[int, float] = {}
         if self._scan_order is None and self.guided_scan:
-            indices = list(range(knob.floor, knob.top + 1))
+            # sizes the batch-time model says would queue under the recent peak are left out
+            # (the curve's shape has no term for a queue), unless that leaves none
+            indices = [
+                i
+                for i in range(knob.floor, knob.top + 1)
+                if not self._unsafe(self._with(self._centre, self._batch, i))
+            ] or list(range(knob.floor, knob.top + 1))
             index, predicted = next_size(
                 self._scan, indices, [self._sizes[i] for i in indices], self.guide_margin
             )
@@ -925,7 +933,8 @@ class EcoGDOriginal(EcoGD):
     """The climber as EcoEdgeInfer describes it: every addition above turned off.
 
     No opening scan, no inherited neighbours, no batch-size probes, one memory for winners
-    and losers alike, no change-point test, no capacity guard. It is the reference the additions are judged by.
+    and losers alike, no change-point test, no capacity guard. It is the reference the
+    additions are judged by.
     """
 
     name = "ecogd-original"
