@@ -26,6 +26,21 @@ def test_the_line_at_the_reference_clocks_and_the_stretch_of_others() -> None:
     assert model.batch_time(slow, 8) == pytest.approx(1.5 * 0.026)
 
 
+def test_an_unmeasured_setting_is_bounded_by_measured_ones_at_least_as_fast() -> None:
+    model = BatchTimeModel()
+    model.set_reference((4, 4, 0))
+    model.observe((4, 4, 0), 4.0, 0.04)
+    model.observe((4, 2, 0), 4.0, 0.08)  # half the GPU clock: twice the time
+    model.observe((3, 4, 0), 4.0, 0.05)
+    clocks = (True, True, False)  # the third knob is not a clock (a split point, say)
+    assert model.capacity_bound((4, 2, 0), 4, clocks) == pytest.approx(50.0)  # measured
+    # lower on both clocks than (4, 2) and (3, 4): at most the slower of the two
+    assert model.capacity_bound((3, 1, 0), 4, clocks) == pytest.approx(50.0)
+    assert model.capacity_bound((3, 3, 0), 4, clocks) == pytest.approx(80.0)
+    assert model.capacity_bound((4, 5, 0), 4, clocks) is None  # faster than anything known
+    assert model.capacity_bound((3, 1, 1), 4, clocks) is None  # another split: no bound
+
+
 def test_one_batch_size_seen_gives_a_line_through_the_origin() -> None:
     model = BatchTimeModel()
     model.set_reference(TOP)

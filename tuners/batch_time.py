@@ -10,7 +10,9 @@ Python around the model) and a part per item. Other clocks stretch both parts by
 ``t0`` and ``t1`` are fitted by least squares to the windows at the reference clocks (each
 window gives its mean items per batch and mean batch time); ``g`` of a clock setting is the
 mean ratio of its windows' batch time to the reference line. The capacity of a configuration
-is then ``b / batch_time(b, clocks)`` requests per second with full batches.
+is then ``b / batch_time(b, clocks)`` requests per second with full batches; a clock setting
+not yet measured is bounded by the measured ones at least as fast on every clock (lower
+clocks never serve faster), so a climb cannot step below what is known to be too slow.
 
 Why a tuner wants it: on bursty traces a window's cost depends as much on the load it
 happened to get as on its configuration, so a quiet window can make a configuration that
@@ -92,3 +94,28 @@ class BatchTimeModel:
         """Requests per second served with full batches; None while unknown."""
         seconds = self.batch_time(clocks, batch_size)
         return None if seconds is None or seconds <= 0 else batch_size / seconds
+
+    def capacity_bound(
+        self, clocks: tuple[int, ...], batch_size: float, monotone: tuple[bool, ...]
+    ) -> float | None:
+        """The capacity if ``clocks`` were measured, else the most it can be: a clock setting
+        never serves faster than a measured one that is at least as fast on every clock.
+
+        ``clocks`` are index tuples; ``monotone`` marks the positions that are clocks (higher
+        index, faster); the other positions must match. None when nothing bounds it.
+        """
+        known = self.capacity(clocks, batch_size)
+        if known is not None:
+            return known
+        bound: float | None = None
+        for measured in self._stretch:
+            if not isinstance(measured, tuple) or len(measured) != len(clocks):
+                continue
+            if all(
+                (m >= c) if clock else (m == c)
+                for m, c, clock in zip(measured, clocks, monotone, strict=True)
+            ):
+                value = self.capacity(measured, batch_size)
+                if value is not None and (bound is None or value < bound):
+                    bound = value
+        return bound

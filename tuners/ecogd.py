@@ -226,6 +226,8 @@ class EcoGD(Tuner):
         self.guard_headroom = float(guard_headroom)
         self._batch = space.axis(BATCH) if space.has(BATCH) else None
         self._sizes = self._batch_sizes() if self._batch is not None else []
+        # which knobs of a configuration without its batch size are clocks (faster when higher)
+        self._monotone = tuple(k.name in (CPU, GPU) for k in space.knobs if k.name != BATCH)
         self._probe_axis = self._batch if self.probe_every else None
         self.reset()
 
@@ -343,10 +345,14 @@ class EcoGD(Tuner):
         return config if axis is None else config[:axis] + config[axis + 1 :]
 
     def _capacity(self, config: Config) -> float | None:
-        """Requests/s ``config`` serves with full batches, by the model; None while unknown."""
+        """Requests/s ``config`` serves with full batches, by the model (at most that of a
+        measured setting at least as fast on every clock, when not measured itself); None
+        while unknown."""
         if self._batch is None:
             return None
-        return self._times.capacity(self._clocks(config), self._sizes[config[self._batch]])
+        return self._times.capacity_bound(
+            self._clocks(config), self._sizes[config[self._batch]], self._monotone
+        )
 
     def _unsafe(self, config: Config) -> bool:
         """True when the model says ``config`` cannot serve the busiest recent window."""
