@@ -119,6 +119,15 @@ def test_the_capacity_guard_keeps_the_climber_off_configurations_that_cannot_car
     assert guarded < unguarded / 2
 
 
+def test_the_baseline_window_is_no_peak() -> None:
+    """The daemon's synthetic warm-up floods the baseline window: not the load to guard for."""
+    tuner = EcoGD(SPACE, seed=0)
+    config = tuner.ask()
+    tuner.tell(config, 1.0, {"arrival_rate": 1500.0, "baseline": 1.0})
+    tuner.tell(tuner.ask(), 0.9, {"arrival_rate": 12.0, "baseline": 0.0})
+    assert tuner.describe()["peak_rate"] == 12.0
+
+
 def test_without_batch_timing_the_guard_stands_aside() -> None:
     tuner = EcoGD(SPACE, seed=0)
     config = tuner.ask()

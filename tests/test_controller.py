@@ -199,7 +199,14 @@ def test_baseline_is_the_last_of_several_windows_at_maximum(space):
 
 def test_a_provisional_baseline_is_remeasured_on_real_traffic(space):
     tuner = ScriptedTuner(space, [(0, 0)])
-    ctrl = Controller(space, tuner, baseline=Baseline(1.0, 0.01), window_requests=4, warmup_requests=0, baseline_windows=1)
+    ctrl = Controller(
+        space,
+        tuner,
+        baseline=Baseline(1.0, 0.01),
+        window_requests=4,
+        warmup_requests=0,
+        baseline_windows=1,
+    )
     ctrl.start(0.0, 0.0)
     assert ctrl.config == (0, 0)
     ctrl.remeasure_baseline(1.0, 0.0)
@@ -210,3 +217,16 @@ def test_a_provisional_baseline_is_remeasured_on_real_traffic(space):
     assert ctrl.phase == "tuning" and ctrl.config == (0, 0)
     reports, _, _ = feed(ctrl, 1, 4, latency=0.5, energy=4.0, t0=t, meter0=m)
     assert reports[0].cost == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+
+
+def test_windows_tell_the_tuner_their_batches_busy_time_and_whether_they_set_the_baseline(space):
+    tuner = ScriptedTuner(space, [(0, 0)])
+    ctrl = Controller(space, tuner, window_requests=8, warmup_requests=0, baseline_windows=1)
+    ctrl.start(0.0, 0.0)
+    t = 0.0
+    for _ in range(4):  # 2 baseline batches, then 2 tuning batches, of 4 requests
+        t += 1.0
+        ctrl.on_batch(BatchOutcome(ctrl.config, [0.2] * 4, 1.0, end=t, meter_j=t, busy_s=0.25))
+    (_, _, first), (_, _, second) = tuner.told
+    assert (first["batches"], first["busy_s"], first["baseline"]) == (2.0, 0.5, 1.0)
+    assert (second["batches"], second["busy_s"], second["baseline"]) == (2.0, 0.5, 0.0)

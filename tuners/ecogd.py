@@ -305,7 +305,8 @@ class EcoGD(Tuner):
         rate = metrics.get("arrival_rate") if metrics else None
         if rate is not None and math.isfinite(rate):
             self._observe_rate(float(rate))
-            self._rates.append(float(rate))
+            if not (metrics and metrics.get("baseline")):  # a warm-up flood is not a peak
+                self._rates.append(float(rate))
         if metrics:
             self._observe_batches(config, metrics)
         self._window += 1

@@ -438,6 +438,9 @@ class Controller:
             "window_s": duration,
             "batches": float(w.batches),
             "busy_s": w.busy_s,
+            # 1 for the window that set the baseline: its traffic may be the daemon's own
+            # synthetic warm-up, not the load
+            "baseline": 1.0 if phase == "baseline" else 0.0,
         }
         done_config = self._config
         self.windows_closed += 1

@@ -45,7 +45,10 @@ class Tuner(ABC):
         """Report the cost measured for ``config`` over one window.
 
         ``metrics`` may carry ``arrival_rate`` (requests/s), ``energy_per_request_j``,
-        ``latency_mean_s``: tuners that react to load changes read them.
+        ``latency_mean_s``: tuners that react to load changes read them; ``batches`` and
+        ``busy_s`` (the window's batch count and the seconds they ran), for tuners that model
+        batch time; ``baseline`` (1 for the window that set the cost's baseline, whose
+        traffic may be a synthetic warm-up).
         """
 
     def reset(self) -> None:

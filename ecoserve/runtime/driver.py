@@ -483,6 +483,12 @@ class Runtime:
             "loop_alive": self.alive,
             "loop_errors": self.loop_errors,
             "queue_depth": self.queue_depth,
+            "batch_timer": {
+                "kind": self.engine.timer.kind,
+                "timer_s": self.engine.policy.max_wait,
+                "ceiling_s": self.engine.timer.ceiling_s,
+                "arrival_rate": self.engine.timer.rate,
+            },
             "counters": {
                 "accepted": counters.accepted,
                 "completed": counters.completed,
