@@ -307,7 +307,7 @@ class EcoGD(Tuner):
             self._observe_rate(float(rate))
             if not (metrics and metrics.get("baseline")):  # a warm-up flood is not a peak
                 self._rates.append(float(rate))
-        if metrics:
+        if metrics and self.capacity_guard:
             self._observe_batches(config, metrics)
         self._window += 1
         self._since_probe += 1
