@@ -12,8 +12,9 @@ latency, and both follow batch size in a known shape:
 So ``cost(b) ~ c0 + c1 / b + c2 * b``, three parameters fitted by least squares to the
 sizes measured so far. Terms the shape lacks (a burst size that fills a batch at once, a
 queue that builds behind small batches) show up as residuals, and the band of sizes still
-worth measuring widens with them: on a smooth curve a scan measures four or five sizes of
-sixteen, on a rugged one it falls back to measuring most of them.
+worth measuring widens with them, and past a limit (``RUGGED_RMS``) the curve is not trusted
+at all: on a smooth curve a scan measures three to ten sizes of sixteen, on a rugged one
+every size.
 
 The clocks are not modelled: on every board twin the best clocks are worth 0-5% of cost over
 maximum (BENCHMARKS.md, "Where the gain comes from"), within the margin a model would need to

@@ -67,8 +67,9 @@ class BatchTimeModel:
             del self._stretch[next(iter(self._stretch))]
 
     def _fit(self) -> tuple[float, float] | None:
-        """Least squares of batch time on items; with one batch size seen, a line through
-        the origin (all time per item), which overstates the gain of larger batches least."""
+        """Least squares of batch time on items. With one batch size seen, a line through the
+        origin: every size is credited with that size's time per item, which overstates a
+        smaller batch's capacity, so the guard errs towards allowing it."""
         points = self._points
         n = len(points)
         if n == 0:
