@@ -29,8 +29,9 @@ probe lost by far is skipped until that result is stale, like any losing measure
 
 Two additions keep the cost of that ruggedness low (each can be turned off):
 
-- Opening scan (``opening_scan``). Before climbing, every batch size is measured once at the
-  starting frequencies, and the climb starts from the cheapest. Walking down from the largest
+- Opening scan (``opening_scan``). Before climbing, batch sizes are measured once each at the
+  starting frequencies (every size, or those the cost curve of ``guided_scan`` below does not
+  call clear losers), and the climb starts from the cheapest. Walking down from the largest
   batch costs three or more windows a step and stops at the first bump; the scan costs one
   window a size, and it counts as the first sweep of probes.
 - Inherited batch neighbours (``inherit_margin``, ``inherit_reach``). Along a plateau of
