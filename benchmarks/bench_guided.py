@@ -81,7 +81,7 @@ def run_one(job: tuple[str, str, Variant]) -> dict[str, Any]:
 
     def seen(report: WindowReport) -> None:
         if report.phase == "tuning":
-            scanning.append(bool(engine.controller.tuner.describe().get("scanning")))
+            scanning.append(bool(engine.tuner.describe().get("scanning")))
 
     result = Simulator(twin, engine, noise_seed=settings.seed).run(trace.arrivals, seen)
     energy = run_energy(result, settings.accounting)

@@ -58,8 +58,8 @@ def main(seconds: float = 20.0, clients: int = 32) -> None:
         for t in threads:
             t.join()
         runtime = classify.runtime
-        reports = list(runtime.controller.reports)
-        space = runtime.controller.space
+        reports = runtime.windows(10_000)
+        space = runtime.space
     print(
         f"served {len(results)} requests in {runtime.counters.batches} batches, {len(reports)} windows"
     )
@@ -78,7 +78,7 @@ def main(seconds: float = 20.0, clients: int = 32) -> None:
         first = sum(r.cost for r in tuning[:5]) / 5
         last = sum(r.cost for r in tuning[-5:]) / 5
         print(f"mean cost of the first 5 tuning windows {first:.3f}, of the last 5 {last:.3f}")
-        print(f"now running at {space.values(runtime.controller.config)}")
+        print(f"now running at {runtime.engine.values()}")
 
 
 if __name__ == "__main__":

@@ -48,11 +48,12 @@ def test_the_engine_applies_the_timer_of_the_batch_size_after_each_window() -> N
         batch_timer="fill", max_wait_s=2.0, window_requests=100, warmup_requests=10
     )
     engine = build_engine(twin.knobs(), settings)
-    assert engine.policy.max_wait == 2.0  # before any window: the ceiling
+    assert engine.batch_timers()["default"]["timer_s"] == 2.0  # before any window: the ceiling
     in_force: list[tuple[float, int, float]] = []
 
     def seen(report: WindowReport) -> None:
-        in_force.append((report.arrival_rate, engine.policy.batch_size, engine.policy.max_wait))
+        timer_s = engine.batch_timers()["default"]["timer_s"]
+        in_force.append((report.arrival_rate, engine.batch_size(), timer_s))
 
     Simulator(twin, engine).run(trace.arrivals, on_window=seen)
     assert len(in_force) >= 5

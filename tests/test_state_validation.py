@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ecoserve.core.assembly import EngineSettings, build_engine
+from ecoserve.core.assembly import EngineSettings, build_controller, build_space
 from ecoserve.core.cost import Baseline
 from ecoserve.core.knobs import Knob
 from ecoserve.runtime.build import saved_baseline
@@ -18,7 +18,8 @@ KNOBS = [Knob("cpu_freq_hz", (1e9, 2e9, 3e9)), Knob("gpu_freq_hz", (1e8, 5e8))]
 
 
 def fresh():
-    return build_engine(KNOBS, EngineSettings(tuner="ecogd")).controller
+    settings = EngineSettings(tuner="ecogd")
+    return build_controller(build_space(KNOBS, settings), settings)
 
 
 def good_state() -> dict:

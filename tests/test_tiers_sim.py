@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from ecoserve.core.assembly import EngineSettings, build_engine, build_space
+from ecoserve.core.batching import Dispatch, WaitUntil
 from ecoserve.core.controller import BatchOutcome
 from ecoserve.core.cost import Baseline
+from ecoserve.core.engine import ApplyConfig, WindowClosed
 from ecoserve.core.knobs import SPLIT, THRESHOLD, SearchSpace, batch_knob, split_knob
 from ecoserve.core.link import Link, link_context, link_moved
 from ecoserve.core.tiers import CascadeCosts, DevicePower, StageProfile, cascade_batch
@@ -254,9 +256,13 @@ def test_tier_tuners_need_their_helper_and_knob() -> None:
     settings = EngineSettings(window_requests=1000, warmup_requests=0, window_seconds=None)
     engine = build_engine([split_knob(7)], settings, baseline=Baseline(1.0, 1.0))
     engine.start(0.0, 0.0)
-    assert engine.observe_context(link_context(Link(20e6)), 0.0, 0.0) is None
-    config = engine.controller.config
-    assert engine.finish(BatchOutcome(config, [0.01], 0.01, 0.1, 0.01)) is None
-    assert engine.observe_context(link_context(Link(19e6)), 0.2, 0.01) is None
-    closed = engine.observe_context(link_context(Link(0.2e6)), 0.3, 0.01)
-    assert closed is not None and closed.report.requests == 1
+    engine.arrive("request", 0.0)
+    batch = engine.next(1.0, 0.0, lambda now: link_context(Link(20e6)))  # the timer ran out
+    assert isinstance(batch, Dispatch)
+    engine.batch_done(
+        BatchOutcome(batch.config, [0.01], 0.01, 1.1, 0.01), lambda now: link_context(Link(19e6))
+    )
+    assert isinstance(engine.next(1.2, 0.01, lambda now: link_context(Link(19e6))), WaitUntil)
+    closed = engine.next(1.3, 0.01, lambda now: link_context(Link(0.2e6)))
+    assert isinstance(closed, WindowClosed) and closed.report.requests == 1
+    assert isinstance(engine.next(1.3, 0.01), ApplyConfig)

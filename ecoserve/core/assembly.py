@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ecoserve.core.batch_timer import BatchTimer
 from ecoserve.core.controller import Controller
 from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
 from ecoserve.core.engine import Engine
@@ -80,9 +79,17 @@ def build_controller(
 
 
 def build_engine(
-    knobs: Sequence[Knob], settings: EngineSettings, baseline: Baseline | None = None
+    knobs: Sequence[Knob],
+    settings: EngineSettings,
+    baseline: Baseline | None = None,
+    *,
+    tick_s: float = 0.5,
 ) -> Engine[Any]:
-    """The whole sans-IO engine for these knobs: space, tuner, controller and queue."""
+    """The whole sans-IO engine for these knobs: space, tuner, controller and queue.
+
+    ``tick_s``: the longest the engine lets an idle loop wait before it looks at timed
+    windows again.
+    """
     controller = build_controller(build_space(knobs, settings), settings, baseline)
 
     def tuner_on(space: SearchSpace) -> Tuner:
@@ -93,5 +100,6 @@ def build_engine(
         max_wait=settings.max_wait_s,
         max_queue=settings.max_queue,
         tuner_factory=tuner_on,
-        timer=BatchTimer(settings.batch_timer, settings.max_wait_s),
+        timer_kind=settings.batch_timer,
+        tick_s=tick_s,
     )

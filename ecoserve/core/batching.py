@@ -20,6 +20,7 @@ cost would depend on what ran before it.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,15 +28,23 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from ecoserve.core.knobs import Config
+
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Dispatch(Generic[T]):
-    """Run these items now as one batch (oldest first)."""
+    """Run these items now as one batch (oldest first).
+
+    The engine names the queue they come from and the configuration they run under (its
+    driver hands that configuration back in the batch's ``BatchOutcome``).
+    """
 
     items: list[T]
     arrivals: list[float]
+    queue: str = ""
+    config: Config = ()
 
 
 @dataclass(frozen=True)
@@ -105,15 +114,23 @@ class BatchPolicy(Generic[T]):
     def oldest_arrival(self) -> float | None:
         return self._queue[0][0] if self._queue else None
 
+    def due(self, now: float) -> float:
+        """When the next batch leaves: ``now`` if it is due, else the timer's deadline
+        (infinity for an empty queue). :meth:`poll`'s rule, without taking the batch."""
+        if not self._queue:
+            return math.inf
+        oldest = self._queue[0][0]
+        # compare with the same sum as the deadline handed out, so waking at it always dispatches
+        if self._released or len(self._queue) >= self.batch_size or now >= oldest + self.max_wait:
+            return now
+        return oldest + self.max_wait
+
     def poll(self, now: float) -> Dispatch[T] | WaitUntil | None:
         """What to do at ``now``: a batch to run, a time to wake up, or None (empty queue)."""
         if not self._queue:
             return None
-        oldest = self._queue[0][0]
-        # compare with the same sum as the deadline handed out, so waking at it always dispatches
-        if self._released or len(self._queue) >= self.batch_size or now >= oldest + self.max_wait:
-            return self._take(self.batch_size)
-        return WaitUntil(oldest + self.max_wait)
+        at = self.due(now)
+        return self._take(self.batch_size) if at <= now else WaitUntil(at)
 
     def flush(self) -> Dispatch[T] | None:
         """Take the next batch regardless of the wait (used when draining at shutdown)."""

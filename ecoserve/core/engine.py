@@ -1,54 +1,119 @@
-"""The engine: the batching policy and the controller as one sans-IO object with events.
+"""The engine: queues, batching and the controller as one sans-IO object that orders events.
 
 A driver (the asyncio runtime, the virtual-time simulator) owns the clock, the device and the
-model; the engine owns every decision. The driver tells it what happened and carries out what
-it answers:
+model; the engine owns every decision *and their order*. The driver only tells it what
+happened and carries out what it answers, in the style of h11:
 
-- :class:`~ecoserve.core.batching.Dispatch` (from :meth:`Engine.poll`): run these items now
-  as one batch; :class:`~ecoserve.core.batching.WaitUntil`: nothing to run before a deadline.
-- :class:`ApplyConfig`: put these knob values on the device (and hand ``governed`` knobs to
-  the OS governors). The batch size is already in force in the engine's own queue.
-- :class:`WindowClosed`: a window of requests was scored; its report, and the configuration
-  the tuner chose next (an :class:`ApplyConfig` to carry out).
+- what happened: :meth:`Engine.arrive` (a request; the engine admits or refuses it),
+  :meth:`Engine.batch_done` (a batch finished, with what the driver measured), and the time,
+  meter reading and environment (``context``) handed to every :meth:`Engine.next`;
+- what to do, one answer per :meth:`Engine.next` call:
 
-Because both drivers go through these three answers, neither works out on its own which
-values to apply, when a batch leaves, or what a closed window means.
+  - :class:`~ecoserve.core.batching.Dispatch`: run these items now as one batch, under the
+    configuration it names, then call :meth:`Engine.batch_done`;
+  - :class:`WindowClosed`: a window was scored; its report (log it, show it);
+  - :class:`ApplyConfig`: put these knob values on the device (``governed`` knobs go to the
+    OS governors); the batch sizes are already in force in the engine's queues;
+  - :class:`~ecoserve.core.batching.WaitUntil`: nothing to do before ``deadline`` unless a
+    request arrives; call :meth:`Engine.next` again then;
+  - :class:`Drained`: nothing is queued and nothing more will come: the loop may end.
+
+Answers that follow from an event (a window closing after a batch, the configuration after a
+window) wait in the engine's outbox and come out, in order, from the next calls to
+:meth:`Engine.next`, before any new batch. An :class:`ApplyConfig` is built when it is handed
+out, so it always carries the configuration in force then (never one a pin has replaced
+meanwhile). Run-time control (``pin``, ``unpin``, ``set_tuner``, ``freeze``, ``hold``,
+``remeasure_baseline``) answers its :class:`ApplyConfig` at once: its caller applies it.
+
+The engine holds one request queue per served model, each with its own batch-size knob and
+batching timer, and one controller (one tuner) for the device's clock knobs they share. A
+batch is one queue's: among the queues whose batch is due, the one whose oldest request
+arrived first goes. Background work would take the slot :meth:`Engine.next` now answers with
+``WaitUntil``: time in which no queue has a batch due.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any, Generic, TypeVar
 
 from ecoserve.core.batch_timer import BatchTimer
 from ecoserve.core.batching import BatchPolicy, Dispatch, WaitUntil
 from ecoserve.core.controller import BatchOutcome, Controller, WindowReport
-from ecoserve.core.knobs import Config, SearchSpace
+from ecoserve.core.cost import Baseline
+from ecoserve.core.knobs import BATCH, SearchSpace
 from ecoserve.core.tuner import Tuner
 
 T = TypeVar("T")
+
+#: The name of the queue of an engine that serves one model.
+DEFAULT_QUEUE = "default"
 
 
 @dataclass(frozen=True)
 class ApplyConfig:
     """Put these values on the device; knobs in ``governed`` go to the OS governors."""
 
-    config: Config
     values: dict[str, float]
     governed: frozenset[str]
 
 
 @dataclass(frozen=True)
 class WindowClosed:
-    """A window was scored (``report``); ``apply`` is the configuration to run next."""
+    """A window was scored; the configuration chosen next follows as an :class:`ApplyConfig`."""
 
     report: WindowReport
-    apply: ApplyConfig
+
+
+@dataclass(frozen=True)
+class Drained:
+    """Nothing queued, nothing in the outbox, and no more requests will come."""
+
+
+class Admission(Enum):
+    """What :meth:`Engine.arrive` did with a request."""
+
+    ACCEPTED = "accepted"
+    QUEUE_FULL = "queue_full"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """One request queue: its name and the knob that sets its batch size."""
+
+    name: str = DEFAULT_QUEUE
+    batch_knob: str = BATCH
+
+
+Answer = Dispatch[T] | WindowClosed | ApplyConfig | WaitUntil | Drained
+
+#: Reads the driver's view of its environment (a link estimate) at a time.
+Context = Callable[[float], Mapping[str, float]]
+
+
+class _Queue(Generic[T]):
+    """A queue's batching policy, its timer, and its arrivals since the last window closed."""
+
+    __slots__ = ("spec", "policy", "timer", "arrived")
+
+    def __init__(self, spec: QueueSpec, timer: BatchTimer, max_queue: int | None) -> None:
+        self.spec = spec
+        self.timer = timer
+        self.policy: BatchPolicy[T] = BatchPolicy(1, max_wait=timer.ceiling_s, max_queue=max_queue)
+        self.arrived = 0
+
+
+#: The one instance an answer needs; ``Drained`` carries nothing.
+_DRAINED = Drained()
 
 
 class Engine(Generic[T]):
-    """One queue and one controller: the whole decision logic of a serving loop."""
+    """Every decision of a serving loop, and the order in which a driver carries them out."""
 
     def __init__(
         self,
@@ -57,79 +122,184 @@ class Engine(Generic[T]):
         max_wait: float = 0.05,
         max_queue: int | None = 1024,
         tuner_factory: Callable[[SearchSpace], Tuner] | None = None,
-        timer: BatchTimer | None = None,
+        timer_kind: str = "fixed",
+        queues: Sequence[QueueSpec] = (QueueSpec(),),
+        tick_s: float = 0.5,
     ) -> None:
-        self.controller = controller
-        #: The batching timer: ``max_wait`` fixed, unless a timer that follows the load is given.
-        self.timer = timer if timer is not None else BatchTimer("fixed", max_wait)
+        if not queues:
+            raise ValueError("an engine needs at least one queue")
+        names = [q.name for q in queues]
+        if len(set(names)) != len(names):
+            raise ValueError(f"queue names must differ, got {names}")
+        if not tick_s > 0:
+            raise ValueError(f"tick_s must be > 0 seconds, got {tick_s}")
+        self._controller = controller
         #: Builds the same kind of tuner on a smaller space, when a knob is frozen.
-        self.tuner_factory = tuner_factory
+        self._tuner_factory = tuner_factory
+        #: How long the engine lets pass without a look at timed windows when idle.
+        self.tick_s = float(tick_s)
         #: Knobs taken out of the space after their hardware failed, with the reason.
         self.frozen: dict[str, str] = {}
-        self.policy: BatchPolicy[T] = BatchPolicy(
-            controller.batch_size(),
-            max_wait=self.timer.timer_s(controller.batch_size()),
-            max_queue=max_queue,
+        self._queues: dict[str, _Queue[T]] = {
+            q.name: _Queue(q, BatchTimer(timer_kind, max_wait), max_queue) for q in queues
+        }
+        # One queue is the common case; its hot path skips the choice between queues.
+        self._only: _Queue[T] | None = (
+            next(iter(self._queues.values())) if len(queues) == 1 else None
         )
-
-    # -- the queue --------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.policy)
-
-    @property
-    def full(self) -> bool:
-        return self.policy.full
-
-    def arrive(self, item: T, now: float) -> None:
-        """Queue one item; raises ``QueueFullError`` when the bound is reached."""
-        self.policy.add(item, now)
-        self.controller.on_arrival(now)
-
-    def poll(self, now: float) -> Dispatch[T] | WaitUntil | None:
-        """A batch to run now, a time to wake up, or None (empty queue)."""
-        return self.policy.poll(now)
-
-    def flush(self) -> Dispatch[T] | None:
-        """The next batch regardless of the wait (draining at shutdown)."""
-        return self.policy.flush()
-
-    def discard(self, gone: Callable[[T], bool]) -> list[T]:
-        """Drop queued items whose caller has gone; returns them."""
-        return self.policy.discard(gone)
+        self._outbox: deque[WindowClosed | None] = deque()  # None: the config in force
+        self._admitting = False
+        self._running = False  # a batch dispatched whose batch_done has not come
+        self._sync_queues()
 
     # -- what happened ----------------------------------------------------------------------
     def start(self, now: float, meter_j: float) -> ApplyConfig:
-        """The first configuration: every knob at maximum for the baseline, else the tuner's."""
-        self.controller.start(now, meter_j)
-        return self.current()
+        """Open admission; the first configuration (every knob at maximum for the baseline)."""
+        self._controller.start(now, meter_j)
+        self._admitting = True
+        return self._apply_now()
 
-    def finish(self, outcome: BatchOutcome) -> WindowClosed | None:
-        """A batch finished; returns the closed window when it closed one."""
-        return self._closed(self.controller.on_batch(outcome))
+    def close(self) -> None:
+        """Refuse new requests from now on; :meth:`next` drains what is queued, at once."""
+        self._admitting = False
 
-    def tick(self, now: float, meter_j: float) -> WindowClosed | None:
-        """Time passed with no batch: a timed window may close."""
-        return self._closed(self.controller.tick(now, meter_j))
+    @property
+    def admitting(self) -> bool:
+        """True between :meth:`start` and :meth:`close`."""
+        return self._admitting
 
-    def observe_context(
-        self, values: Mapping[str, float], now: float, meter_j: float
-    ) -> WindowClosed | None:
-        """The driver's view of the environment (a link estimate) changed; see the controller."""
-        return self._closed(self.controller.observe_context(values, now, meter_j))
+    def arrive(self, item: T, now: float, queue: str = DEFAULT_QUEUE) -> Admission:
+        """A request arrived for ``queue``: queued, or refused (full, or admission closed)."""
+        if not self._admitting:
+            return Admission.CLOSED
+        q = self._only
+        if q is None or queue != q.spec.name:
+            q = self._queue(queue)
+        policy = q.policy
+        if policy.full:
+            return Admission.QUEUE_FULL
+        policy.add(item, now)
+        q.arrived += 1
+        self._controller.on_arrival(now)
+        return Admission.ACCEPTED
+
+    def discard(self, gone: Callable[[T], bool]) -> list[T]:
+        """Requests whose caller has gone leave the queues unrun; returns them."""
+        dropped: list[T] = []
+        for q in self._queues.values():
+            dropped += q.policy.discard(gone)
+        return dropped
+
+    def batch_done(self, outcome: BatchOutcome, context: Context | None = None) -> None:
+        """The batch last dispatched finished; the environment (``context``) is looked at after it.
+
+        A window it closes, and the configuration chosen next, wait in the outbox.
+        """
+        self._running = False
+        c = self._controller
+        self._closed(c.on_batch(outcome))
+        if context is not None:
+            self._closed(c.observe_context(context(outcome.end), outcome.end, outcome.meter_j))
+
+    # -- what to do -------------------------------------------------------------------------
+    def next(
+        self,
+        now: float,
+        meter_j: float,
+        context: Context | None = None,
+        *,
+        arrivals_over: bool = False,
+    ) -> Answer[T]:
+        """The next thing to do at ``now`` (``meter_j``: the meter's cumulative joules).
+
+        In order: what an earlier event left in the outbox; a batch that is due (any batch,
+        without waiting, once admission is closed); :class:`Drained` when nothing is queued and
+        nothing more will come (``arrivals_over``, or admission closed); the environment
+        and the passing of time, which may close a window; else how long to wait.
+
+        ``context`` reads the driver's view of its environment (a link estimate) at a time;
+        the engine calls it after every batch and whenever the loop is idle, never otherwise
+        (reading it may cost a probe).
+        """
+        if self._outbox:
+            return self._pop()
+        if self._running:
+            raise RuntimeError("a batch is running: call batch_done() before next()")
+        draining = not self._admitting
+        action = self._poll(now, draining)
+        if isinstance(action, Dispatch):
+            self._running = True
+            return replace(action, config=self._controller.config)
+        if action is None and (arrivals_over or draining):
+            return _DRAINED
+        c = self._controller
+        if context is not None:
+            self._closed(c.observe_context(context(now), now, meter_j))
+        if not self._outbox:
+            self._closed(c.tick(now, meter_j))
+        if self._outbox:
+            return self._pop()
+        wake = now + self.tick_s
+        if action is not None and action.deadline < wake:
+            return action
+        return WaitUntil(wake)
+
+    def _poll(self, now: float, draining: bool) -> Dispatch[T] | WaitUntil | None:
+        """The batch due now, else the earliest deadline (None: every queue is empty)."""
+        only = self._only
+        if only is not None:
+            policy = only.policy
+            due = policy.flush() if draining else policy.poll(now)
+            if isinstance(due, Dispatch):
+                return replace(due, queue=only.spec.name)
+            return due
+        first: _Queue[T] | None = None
+        first_arrival = math.inf
+        wake: WaitUntil | None = None
+        for q in self._queues.values():
+            oldest = q.policy.oldest_arrival()
+            if oldest is None:
+                continue
+            deadline = q.policy.due(now)
+            if draining or deadline <= now:
+                if oldest < first_arrival:
+                    first, first_arrival = q, oldest
+            elif wake is None or deadline < wake.deadline:
+                wake = WaitUntil(deadline)
+        if first is not None:
+            batch = first.policy.flush()
+            assert batch is not None
+            return replace(batch, queue=first.spec.name)
+        return wake
+
+    def _queue(self, name: str) -> _Queue[T]:
+        try:
+            return self._queues[name]
+        except KeyError:
+            known = ", ".join(sorted(self._queues))
+            raise ValueError(f"no queue named {name!r}; the engine's queues: {known}") from None
 
     # -- run-time control -------------------------------------------------------------------
     def pin(self, values: Mapping[str, float], now: float, meter_j: float) -> ApplyConfig:
         """Hold some knobs at given values (nearest available); the tuner moves the rest."""
-        self.controller.pin(values, now, meter_j)
-        return self.current()
+        self._controller.pin(values, now, meter_j)
+        return self._apply_now()
 
     def unpin(self, now: float, meter_j: float) -> ApplyConfig:
-        self.controller.unpin(now, meter_j)
-        return self.current()
+        self._controller.unpin(now, meter_j)
+        return self._apply_now()
+
+    def hold(self, now: float, meter_j: float) -> ApplyConfig:
+        """Pin the configuration in force (the meter failed: no tuning on invented joules)."""
+        return self.pin(self._controller.values(), now, meter_j)
 
     def set_tuner(self, tuner: Tuner, now: float, meter_j: float) -> ApplyConfig:
-        self.controller.set_tuner(tuner, now, meter_j)
-        return self.current()
+        self._controller.set_tuner(tuner, now, meter_j)
+        return self._apply_now()
+
+    def make_tuner(self, build: Callable[[SearchSpace], Tuner]) -> Tuner:
+        """A tuner built on the engine's current search space (for :meth:`set_tuner`)."""
+        return build(self._controller.space)
 
     def freeze(self, name: str, reason: str, now: float, meter_j: float) -> ApplyConfig:
         """Knob ``name`` can no longer be set: the tuner goes on over the other knobs.
@@ -138,29 +308,142 @@ class Engine(Generic[T]):
         carry over), so it never again asks for a value that cannot be applied.
         """
         self.frozen[name] = reason
-        c = self.controller
-        if c.space.has(name) and self.tuner_factory is not None:
+        c = self._controller
+        if c.space.has(name) and self._tuner_factory is not None:
             space = SearchSpace(tuple(k for k in c.space.knobs if k.name != name))
-            c.drop_knob(name, self.tuner_factory(space), now, meter_j)
-        return self.current()
+            c.drop_knob(name, self._tuner_factory(space), now, meter_j)
+        return self._apply_now()
 
     def remeasure_baseline(self, now: float, meter_j: float) -> ApplyConfig:
         """Measure E0/L0 again at maximum on the traffic that arrives from now on."""
-        self.controller.remeasure_baseline(now, meter_j)
-        return self.current()
+        self._controller.remeasure_baseline(now, meter_j)
+        return self._apply_now()
+
+    # -- what a face may read ---------------------------------------------------------------
+    def __len__(self) -> int:
+        """Requests queued, over every queue."""
+        only = self._only
+        if only is not None:
+            return len(only.policy)
+        return sum(len(q.policy) for q in self._queues.values())
+
+    @property
+    def full(self) -> bool:
+        """True when every queue is at its bound."""
+        return all(q.policy.full for q in self._queues.values())
+
+    @property
+    def space(self) -> SearchSpace:
+        return self._controller.space
+
+    @property
+    def phase(self) -> str:
+        """``baseline`` while E0/L0 are measured, else ``tuning``."""
+        return self._controller.phase
+
+    @property
+    def ready(self) -> bool:
+        return self._controller.ready
+
+    @property
+    def baseline(self) -> Baseline | None:
+        return self._controller.baseline
+
+    @property
+    def tuner(self) -> Tuner:
+        return self._controller.tuner
+
+    @property
+    def accounting(self) -> str:
+        return self._controller.accounting.value
+
+    @property
+    def windows_closed(self) -> int:
+        return self._controller.windows_closed
+
+    @property
+    def reports(self) -> Sequence[WindowReport]:
+        """The most recent window reports, oldest first."""
+        return self._controller.reports
+
+    def values(self) -> dict[str, float]:
+        """The configuration in force, knob by knob."""
+        return self._controller.values()
+
+    def batch_size(self, queue: str = DEFAULT_QUEUE) -> int:
+        return self._queue(queue).policy.batch_size
+
+    def tunes(self, knob: str) -> bool:
+        """True while ``knob`` is in the tuner's search space."""
+        return self._controller.space.has(knob)
+
+    def pinned_values(self) -> dict[str, float]:
+        """Knobs held by a pin, at the values they are held at."""
+        c = self._controller
+        return {n: c.space.knobs[c.space.axis(n)].values[i] for n, i in c.pinned.items()}
+
+    def tuner_phase(self) -> str:
+        """``baseline`` while E0/L0 are measured, ``pinned`` while a knob is held, else what
+        the tuner says it is doing (EcoGD: scan, climb, probe, settled), or ``tuning``."""
+        c = self._controller
+        if c.phase == "baseline":
+            return "baseline"
+        if c.pinned:
+            return "pinned"
+        return str(c.tuner.describe().get("phase", "tuning"))
+
+    def batch_timers(self) -> dict[str, dict[str, Any]]:
+        """Each queue's batching timer: kind, the timer in force, ceiling, last rate."""
+        return {
+            name: {
+                "kind": q.timer.kind,
+                "timer_s": q.policy.max_wait,
+                "ceiling_s": q.timer.ceiling_s,
+                "arrival_rate": q.timer.rate,
+            }
+            for name, q in self._queues.items()
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs: tuner state, baseline, pins, window count (JSON-ready)."""
+        return self._controller.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """Resume a saved state before ``start``; returns (what was restored, problems)."""
+        restored = self._controller.load_state_dict(state)
+        self._sync_queues()
+        return restored
 
     # -- answers ----------------------------------------------------------------------------
-    def current(self) -> ApplyConfig:
-        """The configuration in force, as an instruction; also sets the queue's batch size
-        and its timer."""
-        c = self.controller
-        size = c.batch_size()
-        self.policy.set_batch_size(size)
-        self.policy.set_max_wait(self.timer.timer_s(size))
-        return ApplyConfig(c.config, c.values(), c.governed_knobs())
+    def _sync_queues(self) -> None:
+        """Put the configuration's batch sizes and their timers on the queues."""
+        values = self._controller.values()
+        for q in self._queues.values():
+            size = int(values.get(q.spec.batch_knob, 1))
+            q.policy.set_batch_size(size)
+            q.policy.set_max_wait(q.timer.timer_s(size))
 
-    def _closed(self, report: WindowReport | None) -> WindowClosed | None:
+    def _apply_now(self) -> ApplyConfig:
+        self._sync_queues()
+        c = self._controller
+        return ApplyConfig(c.values(), c.governed_knobs())
+
+    def _pop(self) -> WindowClosed | ApplyConfig:
+        closed = self._outbox.popleft()
+        if closed is None:
+            c = self._controller
+            return ApplyConfig(c.values(), c.governed_knobs())
+        return closed
+
+    def _closed(self, report: WindowReport | None) -> None:
+        """A window closed: each queue's timer learns its rate; report, then apply, queued."""
         if report is None:
-            return None
-        self.timer.observe(report.arrival_rate)
-        return WindowClosed(report, self.current())
+            return
+        total = sum(q.arrived for q in self._queues.values())
+        for q in self._queues.values():
+            share = q.arrived / total if total else 1.0
+            q.timer.observe(report.arrival_rate * share)
+            q.arrived = 0
+        self._sync_queues()
+        self._outbox.append(WindowClosed(report))
+        self._outbox.append(None)

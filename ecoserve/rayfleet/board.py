@@ -113,14 +113,13 @@ class BoardEngine:
             "joules_per_request": joules / items if items else None,
         }
         if runtime is not None:
-            c = runtime.controller
             out.update(
                 device=runtime.device.name,
-                config=c.values(),
+                config=runtime.engine.values(),
                 pinned=runtime.pinned_values(),
-                tuner=c.tuner.name,
+                tuner=runtime.tuner_name(),
                 tuner_phase=runtime.tuner_phase(),
-                windows_closed=c.windows_closed,
+                windows_closed=runtime.engine.windows_closed,
                 queue_depth=runtime.queue_depth,
                 in_flight=runtime.in_flight,
                 energy_j=runtime.energy_joules(),

@@ -25,10 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devices.base import Actuator, Device
-from ecoserve.core.batching import Dispatch, QueueFullError, WaitUntil
-from ecoserve.core.controller import BatchOutcome, Controller, WindowReport
+from ecoserve.core.batching import Dispatch, QueueFullError
+from ecoserve.core.controller import BatchOutcome, WindowReport
 from ecoserve.core.cost import Baseline
-from ecoserve.core.engine import ApplyConfig, Engine, WindowClosed
+from ecoserve.core.engine import (
+    DEFAULT_QUEUE,
+    Admission,
+    ApplyConfig,
+    Drained,
+    Engine,
+    WindowClosed,
+)
 from ecoserve.core.knobs import SearchSpace
 from ecoserve.core.tuner import Tuner
 from ecoserve.runtime.collate import collate, split
@@ -90,7 +97,6 @@ class Runtime:
         engine: Engine[_Request],
         observer: RuntimeObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
-        tick_s: float = 0.5,
         run_inline: bool = False,
         heartbeat: Callable[[], None] | None = None,
         extra_actuator: Actuator | None = None,
@@ -103,9 +109,9 @@ class Runtime:
         self.engine = engine
         self.observer = observer or RuntimeObserver()
         self.clock = clock
-        self.tick_s = tick_s
         # A loop that serves nothing else (the decorator's private thread) can run the
-        # batch itself and save a thread hop; a server's loop must stay free for sockets.
+        # batch and the knob writes itself and save a thread hop; a server's loop must stay
+        # free for sockets.
         self.run_inline = run_inline
         # Called whenever the loop makes progress; the daemon feeds its device watchdog here,
         # so a hung loop hands the clocks back to the governors.
@@ -114,13 +120,12 @@ class Runtime:
         self.extra_actuator = extra_actuator
         # What the batch function knows of its environment (a link estimate) and the answers
         # it estimates wrong (a cascade), told to the engine after every batch.
-        self.context_source = context_source
+        self._context = None if context_source is None else (lambda now: context_source())
         self.error_source = error_source
         self.counters = RuntimeCounters()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecoserve-batch")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._accepting = False
         self._warned: set[str] = set()
         self._in_flight = 0
         self._last_energy = 0.0
@@ -136,12 +141,11 @@ class Runtime:
             return
         now = self.clock()
         await self._apply(self.engine.start(now, self._energy()))
-        self._accepting = True
         self._task = asyncio.create_task(self._dispatch_loop(), name="ecoserve-dispatch")
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting work; with ``drain``, finish every accepted request first."""
-        self._accepting = False
+        self.engine.close()
         if self._task is None:
             return
         if not drain:
@@ -158,7 +162,7 @@ class Runtime:
 
     @property
     def accepting(self) -> bool:
-        return self._accepting
+        return self.engine.admitting
 
     @property
     def queue_depth(self) -> int:
@@ -171,16 +175,15 @@ class Runtime:
     # -- requests -------------------------------------------------------------------------
     def submit_nowait(self, item: Any) -> asyncio.Future[Any]:
         """Queue one item; the returned future resolves to that item's own result."""
-        if not self._accepting:
-            self._reject("stopping")
-            raise RuntimeStoppedError("not accepting requests (stopping or not started)")
         loop = asyncio.get_running_loop()
         req = _Request(item=item, future=loop.create_future(), arrival=self.clock())
-        try:
-            self.engine.arrive(req, req.arrival)
-        except QueueFullError:
+        verdict = self.engine.arrive(req, req.arrival)
+        if verdict is Admission.CLOSED:
+            self._reject("stopping")
+            raise RuntimeStoppedError("not accepting requests (stopping or not started)")
+        if verdict is Admission.QUEUE_FULL:
             self._reject("queue_full")
-            raise
+            raise QueueFullError(f"queue is full ({len(self.engine)} waiting)")
         self.counters.accepted += 1
         self._wake.set()
         return req.future
@@ -205,35 +208,31 @@ class Runtime:
                 await asyncio.sleep(0.05)
 
     async def _step(self) -> bool:
-        """One turn of the loop: run a batch, close a timed window or wait; True when done."""
+        """Carry out the engine's next answer; True once it says the queue is drained."""
         self.heartbeat()
         self._wake.clear()
         now = self.clock()
         if self._hold:  # the meter failed: hold the configuration rather than tune blind
             self._hold = False
-            await self._apply(self.engine.pin(self.engine.controller.values(), now, self._energy()))
+            await self._apply(self.engine.hold(now, self._energy()))
         self.engine.discard(lambda r: r.future.done())  # callers that gave up
-        action = self.engine.poll(now) if self._accepting else self.engine.flush()
+        action = self.engine.next(now, self._energy(), self._context)
         if isinstance(action, Dispatch):
             await self._run_batch(action)
-            return False
-        if action is None and not self._accepting:
+        elif isinstance(action, WindowClosed):
+            self._on_window(action.report)
+        elif isinstance(action, ApplyConfig):
+            await self._apply(action)
+        elif isinstance(action, Drained):
             return True
-        closed = self.engine.tick(now, self._energy())
-        if closed is not None:
-            await self._on_window(closed)
-            return False
-        timeout = self.tick_s
-        if isinstance(action, WaitUntil):
-            timeout = min(timeout, max(0.0, action.deadline - now))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, action.deadline - now))
         return False
 
     async def _run_batch(self, batch: Dispatch[_Request]) -> None:
         loop = asyncio.get_running_loop()
         requests = batch.items
-        config = self.engine.controller.config
         self._in_flight = len(requests)
         started = self.clock()
         energy_before = self._energy()
@@ -289,7 +288,7 @@ class Runtime:
             )
         )
         outcome = BatchOutcome(
-            config=config,
+            config=batch.config,
             latencies=latencies,
             energy_j=energy if ok else 0.0,
             end=end,
@@ -298,16 +297,9 @@ class Runtime:
             errors=self.error_source() if self.error_source is not None else 0.0,
             busy_s=end - started,
         )
-        closed = self.engine.finish(outcome)
-        if closed is not None:
-            await self._on_window(closed)
-        if self.context_source is not None:
-            closed = self.engine.observe_context(self.context_source(), end, energy_after)
-            if closed is not None:
-                await self._on_window(closed)
+        self.engine.batch_done(outcome, self._context)
 
-    async def _on_window(self, closed: WindowClosed) -> None:
-        report = closed.report
+    def _on_window(self, report: WindowReport) -> None:
         self.observer.on_window(report)
         log.info(
             "window %d (%s): cost %.3f  E/req %.4f J  L %.1f ms  -> %s",
@@ -316,9 +308,8 @@ class Runtime:
             report.cost,
             report.energy_per_request_j,
             report.latency_mean_s * 1e3,
-            closed.apply.values,
+            self.engine.space.values(report.next_config),
         )
-        await self._apply(closed.apply)
 
     async def _apply(self, action: ApplyConfig) -> None:
         """Carry out the engine's ``ApplyConfig``: write the knobs through the actuator.
@@ -328,12 +319,14 @@ class Runtime:
         were applied.
         """
         values, governed = action.values, action.governed
-        loop = asyncio.get_running_loop()
         applied = True
         try:
-            await loop.run_in_executor(
-                self._executor, lambda: self.device.actuator.apply(values, governed)
-            )
+            if self.run_inline:
+                self.device.actuator.apply(values, governed)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, lambda: self.device.actuator.apply(values, governed)
+                )
             if self.extra_actuator is not None:
                 self.extra_actuator.apply(values, governed)
         except Exception as exc:  # an actuator that raised instead of freezing a knob
@@ -345,7 +338,7 @@ class Runtime:
                 log.warning("%s", warning)
         newly = {
             k: why for k, why in self.device.actuator.frozen().items()
-            if k not in self.engine.frozen and self.engine.controller.space.has(k)
+            if k not in self.engine.frozen and self.engine.tunes(k)
         }  # fmt: skip
         if newly:
             for knob, why in newly.items():
@@ -385,26 +378,21 @@ class Runtime:
 
     # -- what the faces may read and change -------------------------------------------------
     @property
-    def controller(self) -> Controller:
-        """The engine's controller (read-only use: reports, tuner description, pins)."""
-        return self.engine.controller
-
-    @property
     def space(self) -> SearchSpace:
-        return self.engine.controller.space
+        return self.engine.space
 
     @property
     def ready(self) -> bool:
         """True once the cost's baseline is known (measured or resumed)."""
-        return self.engine.controller.ready
+        return self.engine.ready
 
     @property
     def baseline(self) -> Baseline | None:
-        return self.engine.controller.baseline
+        return self.engine.baseline
 
     @property
     def batch_size(self) -> int:
-        return self.engine.controller.batch_size()
+        return self.engine.batch_size()
 
     def energy_joules(self) -> float:
         """The device meter's cumulative reading (the last one, if the meter has failed)."""
@@ -433,62 +421,55 @@ class Runtime:
     @property
     def phase(self) -> str:
         """``baseline`` while E0/L0 are being measured, then ``tuning``."""
-        return self.engine.controller.phase
+        return self.engine.phase
 
     def device_warnings(self) -> list[str]:
         """Distinct warnings the actuator has given so far (each also logged once)."""
         return sorted(self._warned)
 
     def tuner_name(self) -> str:
-        return self.engine.controller.tuner.name
+        return self.engine.tuner.name
 
     def tuner_phase(self) -> str:
-        """``baseline`` while E0/L0 are measured, ``pinned`` while a knob is held, else what
-        the tuner says it is doing (EcoGD: scan, climb, probe, settled), or ``tuning``."""
-        c = self.engine.controller
-        if c.phase == "baseline":
-            return "baseline"
-        if c.pinned:
-            return "pinned"
-        return str(c.tuner.describe().get("phase", "tuning"))
+        """``baseline``, ``pinned``, or what the tuner says it is doing (see the engine)."""
+        return self.engine.tuner_phase()
 
     def pinned_values(self) -> dict[str, float]:
         """Knobs held by a pin, at the values they are held at."""
-        c = self.engine.controller
-        return {n: c.space.knobs[c.space.axis(n)].values[i] for n, i in c.pinned.items()}
+        return self.engine.pinned_values()
+
+    def windows(self, count: int = 20) -> list[WindowReport]:
+        """The last ``count`` window reports, oldest first."""
+        return list(self.engine.reports)[-count:] if count > 0 else []
 
     def describe(self, windows: int = 20) -> dict[str, Any]:
         """The engine's state for a status page: configuration, the last ``windows``, tuner."""
-        c = self.engine.controller
+        engine = self.engine
+        tuner = engine.tuner
         counters = self.counters
         return {
             "device": self.device.name,
-            "phase": c.phase,
-            "accounting": c.accounting.value,
-            "config": c.values(),
-            "pinned": self.pinned_values(),
-            "knobs": {k.name: list(k.values) for k in c.space.knobs},
-            "baseline": None if c.baseline is None else vars(c.baseline),
-            "windows_closed": c.windows_closed,
-            "windows": [r.as_dict() for r in list(c.reports)[-windows:]] if windows > 0 else [],
+            "phase": engine.phase,
+            "accounting": engine.accounting,
+            "config": engine.values(),
+            "pinned": engine.pinned_values(),
+            "knobs": {k.name: list(k.values) for k in engine.space.knobs},
+            "baseline": None if engine.baseline is None else vars(engine.baseline),
+            "windows_closed": engine.windows_closed,
+            "windows": [r.as_dict() for r in self.windows(windows)],
             "tuner": {
-                "name": c.tuner.name,
-                **c.tuner.describe(),
-                "state": {k: v for k, v in c.tuner.state_dict().items() if k != "rng"},
+                "name": tuner.name,
+                **tuner.describe(),
+                "state": {k: v for k, v in tuner.state_dict().items() if k != "rng"},
             },
-            "tuner_phase": self.tuner_phase(),
+            "tuner_phase": engine.tuner_phase(),
             "device_warnings": self.device_warnings(),
-            "frozen": dict(self.engine.frozen),
+            "frozen": dict(engine.frozen),
             "meter_fault": self.meter_fault,
             "loop_alive": self.alive,
             "loop_errors": self.loop_errors,
             "queue_depth": self.queue_depth,
-            "batch_timer": {
-                "kind": self.engine.timer.kind,
-                "timer_s": self.engine.policy.max_wait,
-                "ceiling_s": self.engine.timer.ceiling_s,
-                "arrival_rate": self.engine.timer.rate,
-            },
+            "batch_timer": engine.batch_timers()[DEFAULT_QUEUE],
             "counters": {
                 "accepted": counters.accepted,
                 "completed": counters.completed,
@@ -500,8 +481,8 @@ class Runtime:
 
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs: tuner state, baseline, pins, window count (JSON-ready)."""
-        return self.engine.controller.state_dict()
+        return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[list[str], list[str]]:
         """Resume a saved state before ``start``; returns (what was restored, problems)."""
-        return self.engine.controller.load_state_dict(state)
+        return self.engine.load_state_dict(state)

@@ -1,11 +1,11 @@
 """The virtual-time driver: replays an arrival trace through the engine on a device twin.
 
 It is the discrete-event counterpart of ``ecoserve.runtime.driver``: the same sans-IO
-``Engine`` (batching policy, controller, tuner) decides everything, and this loop only
-supplies time and carries out the engine's answers (``Dispatch``, ``ApplyConfig``,
-``WindowClosed``). Events are arrivals, batch completions, ``WaitUntil`` deadlines and the
-runtime's idle tick (the runtime wakes at least every ``tick_s`` to let a timed window close),
-so the engine is told the same things in the same order as in the daemon. Nothing sleeps: a
+``Engine`` (queues, batching, controller, tuner) decides everything and the order of it,
+and this loop only tells it what happened (arrivals, a batch done, the time and the meter)
+and carries out its answers (``Dispatch``, ``WindowClosed``, ``ApplyConfig``, ``WaitUntil``,
+``Drained``), exactly as the daemon's runtime does. Virtual time jumps to the earlier of the
+next arrival and the engine's ``WaitUntil`` deadline. Nothing sleeps: a
 batch's duration and energy come from ``twin.sample_batch`` at the knob values in force, and
 the meter integrates idle power between batches. Knobs the tuner hands to the OS (DVFS)
 follow ``ecoserve.sim.governors``. A tier twin (``twins.tiers``) adds a link: its batches send
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings, build_engine
-from ecoserve.core.batching import Dispatch
+from ecoserve.core.batching import Dispatch, WaitUntil
 from ecoserve.core.controller import BatchOutcome, WindowReport
 from ecoserve.core.cost import Baseline
-from ecoserve.core.engine import ApplyConfig, Engine, WindowClosed
+from ecoserve.core.engine import Admission, ApplyConfig, Drained, Engine, WindowClosed
 from ecoserve.core.knobs import CPU, GPU, SearchSpace
 from ecoserve.sim.governors import UtilisationGovernor, podgov, schedutil
 from twins.base import DeviceTwin
@@ -94,12 +94,10 @@ class Simulator:
         engine: Engine[int],
         *,
         noise_seed: int = 0,
-        tick_s: float = 0.5,
     ) -> None:
         self.twin = twin
         self.engine = engine
         self.rng = random.Random(noise_seed)
-        self.tick_s = tick_s
         self.governors: dict[str, UtilisationGovernor] = {}
         self._gpu_share = _gpu_share(twin)
         self._twin_knobs = {k.name: k for k in twin.knobs()}
@@ -152,13 +150,10 @@ class Simulator:
         n = len(arr)
         completions = np.full(n, np.nan)
         engine, twin, rng = self.engine, self.twin, self.rng
-        ctl = engine.controller
-        arrive, poll, finish, tick = engine.arrive, engine.poll, engine.finish, engine.tick
-        max_queue = engine.policy.max_queue if engine.policy.max_queue is not None else n + 1
+        arrive, next_answer, batch_done = engine.arrive, engine.next, engine.batch_done
+        accepted = Admission.ACCEPTED
         sample_batch = twin.sample_batch
-        observes = twin.observes_environment  # a tier twin: its link estimate is context
-        observe = engine.observe_context
-        tick_s = self.tick_s
+        context = twin.context if twin.observes_environment else None  # a tier twin's link
         reports: list[WindowReport] = []
 
         now = min(0.0, arr[0]) if n else 0.0
@@ -167,7 +162,6 @@ class Simulator:
         active = 0.0
         rejected = batches = 0
         i = 0
-        first = engine.start(now, meter)
 
         # knob values in force: fixed ones, and the governed ones (looked up per batch)
         fixed: dict[str, float] = {}
@@ -176,7 +170,9 @@ class Simulator:
 
         def apply(action: ApplyConfig) -> None:
             """Carry out ``ApplyConfig`` on the twin: fixed clocks, or the governors' models."""
-            nonlocal fixed, governed, idle_w
+            nonlocal fixed, governed, idle_w, meter, mark
+            meter += idle_w * (now - mark)
+            mark = now
             fixed = {k: v for k, v in action.values.items() if k in self._twin_knobs}
             self._fixed_values = dict(fixed)
             governed = [(k, self._governor(k)) for k in self._twin_knobs if k in action.governed]
@@ -184,34 +180,23 @@ class Simulator:
                 fixed[k] = g.freq
             idle_w = twin.power(fixed, 0.0)
 
-        def window(closed: WindowClosed) -> None:
-            nonlocal meter, mark
-            reports.append(closed.report)
-            if on_window is not None:
-                on_window(closed.report)
-            meter += idle_w * (now - mark)
-            mark = now
-            apply(closed.apply)
-
         def admit(until: float) -> None:
-            """Queue every arrival up to ``until`` (rejected when the queue is full)."""
+            """Offer the engine every arrival up to ``until``; it refuses what it cannot queue."""
             nonlocal i, rejected
             while i < n and arr[i] <= until:
-                a = arr[i]
-                if len(engine) >= max_queue:
+                if arrive(i, arr[i]) is not accepted:
                     rejected += 1
-                else:
-                    arrive(i, a)
                 i += 1
 
-        apply(first)
+        apply(engine.start(now, meter))
         while True:
             admit(now)
-            action = poll(now)
-            if action.__class__ is Dispatch:
+            action = next_answer(now, meter + idle_w * (now - mark), context, arrivals_over=i >= n)
+            cls = action.__class__
+            if cls is Dispatch:
+                assert isinstance(action, Dispatch)
                 items = action.items
                 k = len(items)
-                config = ctl.config
                 errors = 0.0
                 if governed:
                     dur, energy = self._governed_batch(k, now, governed)
@@ -234,46 +219,39 @@ class Simulator:
                 first = items[0]
                 completions[first : first + k] = end
                 now = end
-                closed = finish(
+                batch_done(
                     BatchOutcome(
-                        config=config,
+                        config=action.config,
                         latencies=[end - a for a in action.arrivals],
                         energy_j=energy,
                         end=end,
                         meter_j=meter,
                         errors=errors,
                         busy_s=dur,
-                    )
+                    ),
+                    context,
                 )
-                if closed is not None:
-                    window(closed)
-                if observes:
-                    closed = observe(twin.context(now), now, meter)
-                    if closed is not None:
-                        window(closed)
-                continue
-            if action is None and i >= n:
+            elif cls is WindowClosed:
+                assert isinstance(action, WindowClosed)
+                reports.append(action.report)
+                if on_window is not None:
+                    on_window(action.report)
+            elif cls is ApplyConfig:
+                assert isinstance(action, ApplyConfig)
+                apply(action)
+            elif cls is Drained:
                 break
-            if observes:
-                closed = observe(twin.context(now), now, meter + idle_w * (now - mark))
-                if closed is not None:
-                    window(closed)
-                    continue
-            closed = tick(now, meter + idle_w * (now - mark))
-            if closed is not None:
-                window(closed)
-                continue
-            nxt = now + tick_s
-            if action is not None and action.deadline < nxt:  # a WaitUntil
+            else:  # WaitUntil: the next arrival, or the engine's deadline
+                assert isinstance(action, WaitUntil)
                 nxt = max(now, action.deadline)
-            if i < n and arr[i] < nxt:
-                nxt = arr[i]
-            now = nxt
+                if i < n and arr[i] < nxt:
+                    nxt = arr[i]
+                now = nxt
 
         return SimResult(
-            tuner=ctl.tuner.name,
-            seed=int(ctl.tuner.seed or 0),
-            accounting=ctl.accounting.value,
+            tuner=engine.tuner.name,
+            seed=int(engine.tuner.seed or 0),
+            accounting=engine.accounting,
             reports=reports,
             arrivals=arr_np,
             completions=completions,
@@ -283,7 +261,7 @@ class Simulator:
             total_energy_j=meter,
             end_s=max(now, float(arr[-1]) if n else 0.0),
             wall_s=time.perf_counter() - wall0,
-            space=ctl.space,
+            space=engine.space,
         )
 
 
@@ -308,8 +286,7 @@ def simulate(
     settings = replace(settings or EngineSettings(), **overrides)
     sim = Simulator(
         twin,
-        build_engine(twin.knobs(), settings, baseline),
+        build_engine(twin.knobs(), settings, baseline, tick_s=tick_s),
         noise_seed=settings.seed if noise_seed is None else noise_seed,
-        tick_s=tick_s,
     )
     return sim.run(arrivals, on_window=on_window)
