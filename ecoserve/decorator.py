@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import inspect
 import logging
@@ -24,11 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 from devices.base import Device
-from devices.composite import install_restore_handlers
-from devices.watchdog import Watchdog
+from devices.safety import guarded
 from ecoserve.core.assembly import EngineSettings
 from ecoserve.runtime.build import build_runtime
+from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import Runtime
+from ecoserve.runtime.tuning_state import TuningState
 
 log = logging.getLogger("ecoserve.decorator")
 
@@ -45,6 +47,7 @@ class InferenceMethod:
         timeout_s: float | None = None,
         watchdog_s: float | None = 60.0,
         stop_timeout_s: float = 30.0,
+        state_file: str | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
         if timeout_s is not None and not timeout_s > 0:
@@ -59,21 +62,39 @@ class InferenceMethod:
         self.watchdog_s = watchdog_s
         #: Longest ``stop()`` waits for queued work before giving up on it.
         self.stop_timeout_s = stop_timeout_s
-        self._watchdog: Watchdog | None = None
+        #: Where the tuner state is saved after each window and at stop, and resumed from.
+        self.state_file = state_file
         self._device = device
+        # The device's guard (restore on exit and signals, the watchdog), held while running.
+        self._guard = contextlib.ExitStack()
         self._is_async = inspect.iscoroutinefunction(fn)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runtime: Runtime | None = None
-        self._uninstall_handlers: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> InferenceMethod:
-        """Start the engine (idempotent). Called automatically on the first call."""
+        """Start the engine (idempotent). Called automatically on the first call.
+
+        The device is opened and guarded here, in the caller's thread (signal handlers can
+        only be set from the main thread), and the runtime is built with the guard and the
+        state file wired in; it then runs on a private event loop thread.
+        """
         with self._lock:
             if self._runtime is not None:
                 return self
+            s = self.settings
+            device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.state_dir)
+            try:
+                # Restore the clocks at exit and on SIGTERM/SIGINT (a script killed by
+                # SIGTERM skips atexit), and hand them back when no batch finishes in time.
+                guard = self._guard.enter_context(guarded(device, self.watchdog_s))
+            except BaseException:
+                if self._device is None:
+                    device.close()
+                raise
+            state = TuningState(self.state_file, _function_name(self.fn), s.device, s.baseline_path)
             loop = asyncio.new_event_loop()
             ready: concurrent.futures.Future[Runtime] = concurrent.futures.Future()
 
@@ -81,7 +102,7 @@ class InferenceMethod:
                 asyncio.set_event_loop(loop)
                 try:
                     runtime = build_runtime(
-                        self.fn, self.settings, device=self._device, run_inline=True
+                        self.fn, s, device=device, run_inline=True, guard=guard, state=state
                     )
                     loop.run_until_complete(runtime.start())
                 except BaseException as exc:
@@ -94,17 +115,14 @@ class InferenceMethod:
 
             thread = threading.Thread(target=run, name=f"ecoserve:{self.fn.__name__}", daemon=True)
             thread.start()
-            self._runtime = ready.result()
+            try:
+                self._runtime = ready.result()
+            except BaseException:
+                self._guard.close()
+                device.close()
+                raise
             self._loop, self._thread = loop, thread
             atexit.register(self.stop)
-            # A script killed by SIGTERM skips atexit: put the clocks back on signals too.
-            actuator = self._runtime.device.actuator
-            self._uninstall_handlers = install_restore_handlers(actuator)
-            if self.watchdog_s is not None:
-                # A batch function that hangs must not keep the clocks pinned.
-                self._watchdog = Watchdog(actuator, self.watchdog_s)
-                self._watchdog.start()
-                self._runtime.heartbeat = self._watchdog.feed
         return self
 
     def stop(self, drain: bool = True) -> None:
@@ -115,9 +133,6 @@ class InferenceMethod:
         if runtime is None or loop is None or thread is None:
             return
         atexit.unregister(self.stop)
-        if self._uninstall_handlers is not None:
-            self._uninstall_handlers()
-            self._uninstall_handlers = None
         stuck = False
         try:
             stopping = asyncio.run_coroutine_threadsafe(runtime.stop(drain=drain), loop)
@@ -133,9 +148,7 @@ class InferenceMethod:
                     self.stop_timeout_s,
                 )
         finally:
-            if self._watchdog is not None:
-                self._watchdog.stop(timeout=2.0)
-                self._watchdog = None
+            self._guard.close()  # the watchdog stops, the clocks go back, handlers go
             runtime.device.close()
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=0.5 if stuck else 10)  # a daemon thread: it cannot hold exit
@@ -201,6 +214,11 @@ class InferenceMethod:
             ) from None
 
 
+def _function_name(fn: Callable[[Any], Any]) -> str:
+    """What a decorated function's state file is tagged with: ``module.qualname``."""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 def _copy_outcome(source: asyncio.Future[Any], target: concurrent.futures.Future[Any]) -> None:
     if target.done():  # the caller gave up already
         return
@@ -219,6 +237,7 @@ def inference_method(
     timeout_s: float | None = None,
     watchdog_s: float | None = 60.0,
     stop_timeout_s: float = 30.0,
+    state_file: str | None = None,
     **settings: Any,
 ) -> Any:
     """Decorate a batch inference function; see the module docstring.
@@ -226,8 +245,9 @@ def inference_method(
     Keyword arguments are ``EngineSettings`` fields, e.g. ``device="virtual:xavier-nx"``,
     ``tuner="ecogd"``, ``max_batch=16``, ``window_requests=64``. A ``Device`` object may
     be passed as ``device`` too. ``timeout_s`` bounds each call (TimeoutError), ``watchdog_s``
-    hands the clocks back when no batch finishes for that long (a hung function), and
-    ``stop_timeout_s`` bounds ``stop()``.
+    hands the clocks back when no batch finishes for that long (a hung function),
+    ``stop_timeout_s`` bounds ``stop()``, and ``state_file`` keeps the tuner's state across
+    restarts (saved after each window and at stop, resumed at start, as the daemon's).
     """
     unknown = set(settings) - set(EngineSettings.field_names())
     if unknown:
@@ -248,6 +268,7 @@ def inference_method(
             timeout_s=timeout_s,
             watchdog_s=watchdog_s,
             stop_timeout_s=stop_timeout_s,
+            state_file=state_file,
         )
 
     return wrap(fn) if fn is not None else wrap

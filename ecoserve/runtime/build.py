@@ -12,11 +12,13 @@ import os
 from typing import Any
 
 from devices.base import Actuator, Device
+from devices.safety import Guard
 from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.core.cost import Baseline
 from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeObserver
 from ecoserve.runtime.state_files import load_baseline
+from ecoserve.runtime.tuning_state import TuningState
 
 log = logging.getLogger("ecoserve.runtime")
 
@@ -41,12 +43,16 @@ def build_runtime(
     observer: RuntimeObserver | None = None,
     run_inline: bool = False,
     extra_actuator: Actuator | None = None,
+    guard: Guard | None = None,
+    state: TuningState | None = None,
     **hooks: Any,
 ) -> Runtime:
-    """A runtime over ``device`` (opened from the settings when None).
+    """A runtime over ``device`` (opened from the settings when None), wired for its life.
 
-    ``extra_actuator`` owns knobs of this process rather than the device (the tier knob);
-    they join the search space. ``hooks`` are the runtime's ``context_source`` and
+    ``guard`` (the device's restore guard, entered by the caller) is fed by the loop, so
+    its watchdog sees progress; ``state`` is resumed now and saved after each window and at
+    stop. ``extra_actuator`` owns knobs of this process rather than the device (the tier
+    knob); they join the search space. ``hooks`` are the runtime's ``context_source`` and
     ``error_source``.
     """
     device = device or open_device(
@@ -67,5 +73,7 @@ def build_runtime(
         observer=observer,
         run_inline=run_inline,
         extra_actuator=extra_actuator,
+        guard=guard,
+        state=state,
         **hooks,
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devices.base import Actuator, Device
+from devices.safety import Guard
 from ecoserve.core.batching import Dispatch, QueueFullError
 from ecoserve.core.controller import BatchOutcome, WindowReport
 from ecoserve.core.cost import Baseline
@@ -39,6 +40,7 @@ from ecoserve.core.engine import (
 from ecoserve.core.knobs import SearchSpace
 from ecoserve.core.tuner import Tuner
 from ecoserve.runtime.collate import collate, split
+from ecoserve.runtime.tuning_state import TuningState
 
 log = logging.getLogger("ecoserve.runtime.driver")
 
@@ -98,7 +100,8 @@ class Runtime:
         observer: RuntimeObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         run_inline: bool = False,
-        heartbeat: Callable[[], None] | None = None,
+        guard: Guard | None = None,
+        state: TuningState | None = None,
         extra_actuator: Actuator | None = None,
         context_source: Callable[[], Mapping[str, float]] | None = None,
         error_source: Callable[[], float] | None = None,
@@ -113,9 +116,13 @@ class Runtime:
         # batch and the knob writes itself and save a thread hop; a server's loop must stay
         # free for sockets.
         self.run_inline = run_inline
-        # Called whenever the loop makes progress; the daemon feeds its device watchdog here,
-        # so a hung loop hands the clocks back to the governors.
-        self.heartbeat = heartbeat or (lambda: None)
+        # Fed whenever the loop makes progress: with a watchdog, a hung loop hands the
+        # clocks back to the governors.
+        self._heartbeat = guard.feed if guard is not None else (lambda: None)
+        # Where the tuner state is saved after each window and at stop, resumed from now.
+        self._state = state
+        #: What was resumed from the state file (``baseline``, ``tuner``, ...).
+        self.resumed: list[str] = state.resume(engine) if state is not None else []
         # Knobs of this process rather than the device (the tier knob), applied with the rest.
         self.extra_actuator = extra_actuator
         # What the batch function knows of its environment (a link estimate) and the answers
@@ -159,6 +166,7 @@ class Runtime:
             await self._task
         self._task = None
         self._executor.shutdown(wait=True)
+        self.save_state()
 
     @property
     def accepting(self) -> bool:
@@ -209,7 +217,7 @@ class Runtime:
 
     async def _step(self) -> bool:
         """Carry out the engine's next answer; True once it says the queue is drained."""
-        self.heartbeat()
+        self._heartbeat()
         self._wake.clear()
         now = self.clock()
         if self._hold:  # the meter failed: hold the configuration rather than tune blind
@@ -301,6 +309,7 @@ class Runtime:
 
     def _on_window(self, report: WindowReport) -> None:
         self.observer.on_window(report)
+        self.save_state()
         log.info(
             "window %d (%s): cost %.3f  E/req %.4f J  L %.1f ms  -> %s",
             report.index,
@@ -478,6 +487,11 @@ class Runtime:
                 "batches": counters.batches,
             },
         }
+
+    def save_state(self) -> None:
+        """Write the tuner state (and a newly measured baseline), where configured."""
+        if self._state is not None:
+            self._state.save(self.engine)
 
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs: tuner state, baseline, pins, window count (JSON-ready)."""

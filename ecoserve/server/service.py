@@ -22,12 +22,13 @@ from ecoserve.core.batching import QueueFullError
 from ecoserve.core.knobs import THRESHOLD
 from ecoserve.models.loader import LoadedModel
 from ecoserve.runtime.build import build_runtime
+from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import Runtime, RuntimeStoppedError
+from ecoserve.runtime.tuning_state import TuningState
 from ecoserve.server.metrics import ServerMetrics
 from ecoserve.server.observers import Observers
 from ecoserve.server.oip_stats import InferenceStatistics
 from ecoserve.server.settings import ServeSettings
-from ecoserve.server.state import StateSaver, resume
 from ecoserve.server.tensors import TensorSpec
 from ecoserve.server.tier_bridge import TierBridge
 
@@ -66,10 +67,8 @@ class InferenceService:
         self.statistics = InferenceStatistics()
         self.runtime: Runtime | None = None
         self.tier: TierBridge | None = None
-        self.saver: StateSaver | None = None
         self.draining = False
         self.started_at = time.time()
-        self.resumed: list[str] = []
         self._device = device
         self._warmup: asyncio.Task[None] | None = None
         self._drained = False
@@ -99,19 +98,19 @@ class InferenceService:
                 "context_source": self.tier.context,
                 "error_source": self.tier.take_errors,
             }
+        device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.state_dir)
+        # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
+        guard = self._exit_stack.enter_context(guarded(device, s.watchdog_s))
         runtime = build_runtime(
-            batch_fn, engine_settings, device=self._device, observer=observers, **tier_hooks
+            batch_fn,
+            engine_settings,
+            device=device,
+            observer=observers,
+            guard=guard,
+            state=TuningState(s.state_file, s.model, s.device, s.baseline_path),
+            **tier_hooks,
         )
         self.runtime = runtime
-        # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
-        guard = self._exit_stack.enter_context(guarded(runtime.device, s.watchdog_s))
-        runtime.heartbeat = guard.feed
-        self.saver = StateSaver(runtime, s.state_file, s.model, s.device, s.baseline_path)
-        if s.state_file:
-            self.resumed = resume(runtime, s.state_file, s.model, s.device)
-            if self.resumed:
-                log.info("resumed %s from %s", " and ".join(self.resumed), s.state_file)
-        observers.observers.append(self.saver)
         self.metrics.bind(
             lambda: runtime.queue_depth,
             runtime.energy_joules,
@@ -124,6 +123,11 @@ class InferenceService:
             await runtime.pin({THRESHOLD: s.cascade_threshold})
         if s.warmup_at_start and not runtime.ready:
             self._warmup = asyncio.create_task(self._warm_up(), name="ecoserve-warmup")
+
+    @property
+    def resumed(self) -> list[str]:
+        """What was resumed from the state file at start."""
+        return self.runtime.resumed if self.runtime is not None else []
 
     @property
     def ready(self) -> bool:
@@ -153,8 +157,6 @@ class InferenceService:
             )
             await runtime.stop(drain=False)
             await stop
-        if self.saver is not None:
-            self.saver.save()
         log.info(
             "drained: %d completed, %d failed", runtime.counters.completed, runtime.counters.failed
         )

@@ -1,9 +1,10 @@
-"""Saving the tuner's state to a file and resuming from it, so a restart does not re-explore.
+"""The tuner's state as a file the runtime saves and resumes, so a restart does not re-explore.
 
 The file is JSON, written durably (temporary file, fsync, rename) after every window and at
 exit. It holds the tuner's ``state_dict``, the baseline (E0, L0), pinned knobs and the
 window count, tagged with the model, device and accounting they were measured for: a
-file from another model or device is ignored with a warning rather than trusted.
+file from another model or device is ignored with a warning rather than trusted. A newly
+measured baseline also goes to the baseline file, when one is configured.
 """
 
 from __future__ import annotations
@@ -15,28 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from devices.durable import write_json_durably
-from ecoserve.core.controller import WindowReport
-from ecoserve.runtime.driver import Runtime, RuntimeObserver
+from ecoserve.core.cost import Baseline
+from ecoserve.core.engine import Engine
 from ecoserve.runtime.state_files import save_baseline
 
-log = logging.getLogger("ecoserve.server.state")
+log = logging.getLogger("ecoserve.runtime.tuning_state")
 
 FORMAT = 1
 
 
-def snapshot(runtime: Runtime, model: str, device: str) -> dict[str, Any]:
+def snapshot(engine: Engine[Any], model: str, device: str) -> dict[str, Any]:
     """Everything needed to resume tuning, as JSON-ready data, tagged with what it is for."""
     return {
         "format": FORMAT,
         "saved_at": time.time(),
         "model": model,
         "device": device,
-        **runtime.state_dict(),
+        **engine.state_dict(),
     }
 
 
-def resume(runtime: Runtime, path: str | Path, model: str, device: str) -> list[str]:
-    """Load a saved state into ``runtime`` (before it starts); returns what was restored.
+def resume(engine: Engine[Any], path: str | Path, model: str, device: str) -> list[str]:
+    """Load a saved state into ``engine`` (before it starts); returns what was restored.
 
     Anything missing, unreadable or measured for another model/device is skipped with a
     warning: the daemon then measures afresh instead of refusing to start.
@@ -58,7 +59,7 @@ def resume(runtime: Runtime, path: str | Path, model: str, device: str) -> list[
         )  # fmt: skip
         return []
     try:
-        restored, problems = runtime.load_state_dict(data)
+        restored, problems = engine.load_state_dict(data)
     except Exception as exc:  # never a crash loop under systemd's Restart=
         log.warning("state file %s not resumed (%s); starting fresh", path, exc)
         return []
@@ -67,39 +68,50 @@ def resume(runtime: Runtime, path: str | Path, model: str, device: str) -> list[
     return restored
 
 
-class StateSaver(RuntimeObserver):
-    """Writes the state file after each window; also saves a newly measured baseline."""
+class TuningState:
+    """Where one runtime keeps its tuner state (``path``) and its baseline (``baseline_path``).
+
+    ``model`` and ``device`` tag the state file, so a file measured for something else is
+    never resumed.
+    """
 
     def __init__(
         self,
-        runtime: Runtime,
         path: str | None,
         model: str,
         device: str,
         baseline_path: str | None = None,
     ) -> None:
-        self.runtime = runtime
         self.path = path
         self.model = model
         self.device = device
         self.baseline_path = baseline_path
-        # the baseline the file holds: a provisional one is replaced by the re-measured one
-        self._baseline_saved = runtime.baseline if baseline_path is not None else None
+        #: What :meth:`resume` restored (``baseline``, ``tuner``, ...).
+        self.resumed: list[str] = []
+        self._baseline_saved: Baseline | None = None
 
-    def save(self) -> None:
+    def resume(self, engine: Engine[Any]) -> list[str]:
+        """Resume ``engine`` from the state file, if there is one (before it starts)."""
+        # the baseline the file holds: a provisional one is replaced by the re-measured one
+        self._baseline_saved = engine.baseline if self.baseline_path is not None else None
+        if self.path:
+            self.resumed = resume(engine, self.path, self.model, self.device)
+            if self.resumed:
+                log.info("resumed %s from %s", " and ".join(self.resumed), self.path)
+        return self.resumed
+
+    def save(self, engine: Engine[Any]) -> None:
+        """Write the state file, and the baseline file when a new baseline was measured."""
         if self.path:
             try:
-                write_json_durably(self.path, snapshot(self.runtime, self.model, self.device))
+                write_json_durably(self.path, snapshot(engine, self.model, self.device))
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.path, exc)
-        baseline = self.runtime.baseline
-        measured = baseline is not None and self.runtime.phase == "tuning"
+        baseline = engine.baseline
+        measured = baseline is not None and engine.phase == "tuning"
         if self.baseline_path and measured and baseline != self._baseline_saved:
             try:
                 save_baseline(baseline, self.baseline_path)
                 self._baseline_saved = baseline
             except OSError as exc:
                 log.warning("cannot write baseline file %s: %s", self.baseline_path, exc)
-
-    def on_window(self, report: WindowReport) -> None:
-        self.save()
