@@ -2,8 +2,9 @@
 
 On a real board the DVFS tuner hands the CPU and GPU clocks to the kernel (CPU ``schedutil``,
 Jetson GPU ``nvhost_podgov``); a twin has no kernel, so it needs a stand-in that reacts to
-load the way those governors do. They sit with the twins so that every driver of a twin
-can run them. These are models, not the kernel's code:
+load the way those governors do. The virtual-time replay (``ecoserve.sim``) and the virtual
+device (``twins.virtual_device``, in wall-clock time) both run these same models, so the
+two agree on what DVFS does. These are models, not the kernel's code:
 
 - ``schedutil``-like (CPU): the utilisation is a PELT-like exponential average (32 ms
   half-life) of the capacity-invariant busy signal (busy fraction scaled by ``f_cur / f_max``,

@@ -2,7 +2,7 @@
 
 - ``driver``: :class:`Simulator` and :func:`simulate`, the discrete-event loop (no sleeping).
 - ``governors``: the OS governor models (schedutil, nvhost_podgov), re-exported from
-  ``twins.governors``.
+  ``twins.governors``, which the virtual device runs too.
 - ``oracle``: the static and dynamic oracles a tuner is scored against.
 
 May import ``ecoserve.core``, ``tuners``, ``twins`` and ``traces``; never the real-time

@@ -8,9 +8,9 @@ runtime's idle tick (the runtime wakes at least every ``tick_s`` to let a timed 
 so the engine is told the same things in the same order as in the daemon. Nothing sleeps: a
 batch's duration and energy come from ``twin.sample_batch`` at the knob values in force, and
 the meter integrates idle power between batches. Knobs the tuner hands to the OS (DVFS)
-follow the governor models of ``twins.governors``. A tier twin (``twins.tiers``) adds a
-link: its batches send data on a bandwidth schedule, and its link estimate reaches the
-engine as context, as the daemon's next-tier client's does.
+follow the governor models of ``twins.governors``, as on the virtual device. A tier twin
+(``twins.tiers``) adds a link: its batches send data on a bandwidth schedule, and its link
+estimate reaches the engine as context, as the daemon's next-tier client's does.
 
 The hot loop keeps per-request work to a queue append and ``Engine.arrive``; request ids are
 trace indices, so a batch's completion times are one slice assignment.
