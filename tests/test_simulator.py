@@ -15,9 +15,9 @@ from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.core.controller import WindowReport
 from ecoserve.runtime.driver import Runtime, RuntimeObserver
 from ecoserve.sim.driver import simulate
-from ecoserve.sim.governors import schedutil
 from traces import load_trace
 from twins.fitted import load_twin
+from twins.governors import schedutil
 from twins.virtual_device import VirtualDevice
 
 

@@ -5,6 +5,8 @@
 - ``fitting``: the fit itself (least squares over the measured points), behind
   ``scripts/fit_twin.py``.
 - ``profile_table``: a twin read from a board's measured profile table (``ecoserve profile``).
+- ``governors``: models of the OS frequency governors (schedutil, nvhost_podgov), for knobs
+  a tuner hands to the OS; the replay and the virtual device both run them.
 - ``virtual_device``: an actuator and a meter backed by a twin, so the real-time runtime runs
   with no hardware.
 

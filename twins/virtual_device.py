@@ -1,9 +1,17 @@
 """The virtual device: an actuator and a meter backed by a device twin.
 
-It lets a laptop or CI run the real runtime with no hardware. Frequencies are "applied"
-by remembering them; each batch's measured wall time is stretched by the twin's slowdown
-at those frequencies relative to the maximum, and energy is the twin's power integrated
-over wall-clock time (busy while a batch runs, idle otherwise).
+It lets a laptop or CI run the real runtime with no hardware. Pinned frequencies are
+"applied" by remembering them; each batch's measured wall time is stretched by the twin's
+slowdown at those frequencies relative to the maximum, and energy is the twin's power
+integrated over wall-clock time (busy while a batch runs, idle otherwise).
+
+Knobs handed to the OS (the DVFS tuner) follow the governor models of ``twins.governors``,
+the ones the virtual-time replay runs, here in wall-clock time: idle between batches, busy
+through each batch. The measured time of a batch stands for its time at maximum clocks;
+once it is known (``end_batch``) the batch is run under the governors from its start, and
+that run's length and energy are what the runtime waits for and the meter counts (the
+meter holds at the batch's start until then). As with pinned clocks, the board stays busy
+until the runtime releases the batch, at the clocks the governors hold by then.
 """
 
 from __future__ import annotations
@@ -11,18 +19,133 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from devices.base import Actuator, Device, PowerMeter
 from ecoserve.core.knobs import Knob
 from twins.base import DeviceTwin
+from twins.governors import GovernedClocks
+
+
+class _Run(NamedTuple):
+    """A governed batch once planned: it ends at ``end``, drawing ``watts`` on average."""
+
+    end: float
+    watts: float
+
+
+class VirtualBoard:
+    """What the actuator, the meter and the batch hooks share: clocks, activity, joules.
+
+    One lock and one clock keep them consistent: every change first brings the energy and
+    the governors up to now at the clocks that were in force.
+    """
+
+    def __init__(self, twin: DeviceTwin, clock: Callable[[], float] = time.monotonic) -> None:
+        self.twin = twin
+        self.clock = clock
+        self.clocks = GovernedClocks(twin)
+        self._lock = threading.Lock()
+        self._joules = 0.0
+        self._last = clock()
+        self._batch: int | None = None  # the size of the batch running, None when idle
+        self._start = self._last
+        self._run: _Run | None = None
+
+    # -- time -----------------------------------------------------------------------------
+    def _advance(self) -> float:
+        """Count the energy since the last call and move the governors; returns now."""
+        now = self.clock()
+        if now <= self._last:
+            return now
+        batch = self._batch
+        if batch is not None and self.clocks.governed:
+            run = self._run
+            if run is None:  # its clocks are known once its measured time is (end_batch)
+                return now
+            upto = min(now, run.end)
+            if upto > self._last:
+                self._joules += run.watts * (upto - self._last)
+                self._last = upto
+            if now <= run.end:
+                return now
+        # pinned clocks, idle, or a governed batch the runtime has not released yet
+        freqs = self.clocks.freqs()
+        busy = 0.0 if batch is None else 1.0
+        self._joules += self.twin.power(freqs, busy, batch=batch) * (now - self._last)
+        self._last = now
+        if not self.clocks.governed:
+            return now
+        if batch is None:
+            self.clocks.idle(now)
+        else:
+            self.clocks.busy(now, batch)
+        return now
+
+    def energy_joules(self) -> float:
+        with self._lock:
+            self._advance()
+            return self._joules
+
+    # -- knobs ----------------------------------------------------------------------------
+    def set_clocks(self, values: Mapping[str, float], governed: frozenset[str]) -> None:
+        with self._lock:
+            now = self._advance()
+            self.clocks.apply(values, governed)
+            if self._batch is None:  # a knob handed over now starts counting idle time now
+                self.clocks.idle(now)
+
+    def freqs(self) -> dict[str, float]:
+        with self._lock:
+            self._advance()
+            return self.clocks.freqs()
+
+    # -- batches --------------------------------------------------------------------------
+    def begin_batch(self, batch_size: int) -> None:
+        with self._lock:
+            self._start = self._advance()
+            self._batch = batch_size
+            self._run = None
+
+    def end_batch(self, batch_size: int, measured_s: float) -> float:
+        """The batch took ``measured_s`` at full speed; the seconds it still has to run."""
+        with self._lock:
+            twin = self.twin
+            fastest = twin.batch_time(batch_size, twin.max_freqs())
+            if not self.clocks.governed:
+                slowdown = twin.batch_time(batch_size, self.clocks.freqs()) / fastest
+                return max(0.0, measured_s * (slowdown - 1.0))
+            if measured_s <= 0 or fastest <= 0:  # nothing to stretch
+                self._run = _Run(self._start, 0.0)
+                return 0.0
+
+            def power(freqs: Mapping[str, float]) -> float:
+                return twin.power(freqs, 1.0, batch=batch_size)
+
+            seconds, joules = self.clocks.run_batch(
+                batch_size, self._start, measured_s / fastest, power
+            )
+            self._run = _Run(self._start + seconds, joules / seconds)
+            now = self._advance()
+            return max(0.0, self._run.end - now)
+
+    def batch_done(self) -> None:
+        with self._lock:
+            self._advance()
+            self._batch = None
+            self._run = None
 
 
 class VirtualActuator(Actuator):
-    def __init__(self, twin: DeviceTwin) -> None:
-        self._knobs = twin.knobs()
+    """Remembers pinned values; knobs handed to the OS follow the board's governor models."""
+
+    def __init__(self, board: VirtualBoard) -> None:
+        self._board = board
+        self._knobs = board.twin.knobs()
         self._initial = {k.name: k.values[-1] for k in self._knobs}
         self._values = dict(self._initial)
         self.governed: frozenset[str] = frozenset()
+        board.set_clocks(self._values, self.governed)
 
     def knobs(self) -> list[Knob]:
         return list(self._knobs)
@@ -34,72 +157,44 @@ class VirtualActuator(Actuator):
                 knob = owned[name]
                 self._values[name] = knob.values[knob.index_of(value)]
         self.governed = frozenset(n for n in governed if n in owned)
+        self._board.set_clocks(self._values, self.governed)
 
     def current(self) -> dict[str, float]:
-        return dict(self._values)
+        """The clocks in force now: pinned values, or what the governors chose by now."""
+        return self._board.freqs()
 
     def restore(self) -> None:
         self._values = dict(self._initial)
         self.governed = frozenset()
+        self._board.set_clocks(self._values, self.governed)
 
 
 class TwinMeter(PowerMeter):
-    """Integrates the twin's power over a clock; the board is busy between batch hooks."""
+    """The twin's power integrated over the board's clock; busy between batch hooks."""
 
     estimated = True
 
-    def __init__(
-        self,
-        twin: DeviceTwin,
-        actuator: VirtualActuator,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.twin = twin
-        self.actuator = actuator
-        self.clock = clock
-        self.source = f"twin:{twin.name}"
-        self._lock = threading.Lock()
-        self._joules = 0.0
-        self._busy = 0.0
-        self._batch: int | None = None
-        self._last = clock()
-
-    def _advance(self) -> None:
-        now = self.clock()
-        dt = max(0.0, now - self._last)
-        self._last = now
-        self._joules += self.twin.power(self.actuator.current(), self._busy, batch=self._batch) * dt
-
-    def set_busy(self, busy: bool, batch: int | None = None) -> None:
-        with self._lock:
-            self._advance()
-            self._busy = 1.0 if busy else 0.0
-            self._batch = batch if busy else None
+    def __init__(self, board: VirtualBoard) -> None:
+        self.board = board
+        self.source = f"twin:{board.twin.name}"
 
     def energy_joules(self) -> float:
-        with self._lock:
-            self._advance()
-            return self._joules
+        return self.board.energy_joules()
 
 
 class VirtualDevice(Device):
     def __init__(self, twin: DeviceTwin, clock: Callable[[], float] = time.monotonic) -> None:
-        actuator = VirtualActuator(twin)
-        super().__init__(f"virtual:{twin.name}", actuator, TwinMeter(twin, actuator, clock))
+        board = VirtualBoard(twin, clock)
+        super().__init__(f"virtual:{twin.name}", VirtualActuator(board), TwinMeter(board))
         self.twin = twin
+        self.board = board
 
     def begin_batch(self, batch_size: int) -> None:
-        assert isinstance(self.meter, TwinMeter)
-        self.meter.set_busy(True, batch_size)
+        self.board.begin_batch(batch_size)
 
     def end_batch(self, batch_size: int, measured_s: float) -> float:
-        freqs = self.actuator.current()
-        slowdown = self.twin.batch_time(batch_size, freqs) / self.twin.batch_time(
-            batch_size, self.twin.max_freqs()
-        )
-        return max(0.0, measured_s * (slowdown - 1.0))
+        return self.board.end_batch(batch_size, measured_s)
 
     def batch_done(self) -> None:
         """Called once the stretched batch is over: the board goes idle."""
-        assert isinstance(self.meter, TwinMeter)
-        self.meter.set_busy(False)
+        self.board.batch_done()

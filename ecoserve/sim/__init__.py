@@ -1,7 +1,8 @@
 """The virtual-time driver: the sans-IO engine replayed over an arrival trace on a twin.
 
 - ``driver``: :class:`Simulator` and :func:`simulate`, the discrete-event loop (no sleeping).
-- ``governors``: models of the OS governors (schedutil, nvhost_podgov) for the DVFS baseline.
+- ``governors``: the OS governor models (schedutil, nvhost_podgov), re-exported from
+  ``twins.governors``, which the virtual device runs too.
 - ``oracle``: the static and dynamic oracles a tuner is scored against.
 
 May import ``ecoserve.core``, ``tuners``, ``twins`` and ``traces``; never the real-time

@@ -8,9 +8,9 @@ and carries out its answers (``Dispatch``, ``WindowClosed``, ``ApplyConfig``, ``
 next arrival and the engine's ``WaitUntil`` deadline. Nothing sleeps: a
 batch's duration and energy come from ``twin.sample_batch`` at the knob values in force, and
 the meter integrates idle power between batches. Knobs the tuner hands to the OS (DVFS)
-follow ``ecoserve.sim.governors``. A tier twin (``twins.tiers``) adds a link: its batches send
-data on a bandwidth schedule, and its link estimate reaches the engine as context, as the
-daemon's next-tier client's does.
+follow the governor models of ``twins.governors``, as on the virtual device. A tier twin
+(``twins.tiers``) adds a link: its batches send data on a bandwidth schedule, and its link
+estimate reaches the engine as context, as the daemon's next-tier client's does.
 
 The hot loop keeps per-request work to a queue append and ``Engine.arrive``; request ids are
 trace indices, so a batch's completion times are one slice assignment.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,9 +32,9 @@ from ecoserve.core.batching import Dispatch, WaitUntil
 from ecoserve.core.controller import BatchOutcome, WindowReport
 from ecoserve.core.cost import Baseline
 from ecoserve.core.engine import Admission, ApplyConfig, Drained, Engine, WindowClosed
-from ecoserve.core.knobs import CPU, GPU, SearchSpace
-from ecoserve.sim.governors import UtilisationGovernor, podgov, schedutil
+from ecoserve.core.knobs import SearchSpace
 from twins.base import DeviceTwin
+from twins.governors import GovernedClocks, UtilisationGovernor
 
 
 @dataclass
@@ -71,20 +71,6 @@ class SimResult:
         return self.end_s / self.wall_s if self.wall_s > 0 else math.inf
 
 
-def _gpu_share(twin: DeviceTwin) -> Callable[[int, float, float], float]:
-    """Share of a batch's time the GPU itself runs (for the GPU governor's load)."""
-    params = getattr(twin, "params", None)
-    if params is None:
-        return lambda batch, fc, fg: 1.0
-    from twins.fitted import time_parts
-
-    def share(batch: int, fc: float, fg: float) -> float:
-        _, device, total = time_parts(params, batch, fc, fg)
-        return float(device / total) if total > 0 else 1.0
-
-    return share
-
-
 class Simulator:
     """Drives one engine over one trace in virtual time on a twin."""
 
@@ -98,45 +84,21 @@ class Simulator:
         self.twin = twin
         self.engine = engine
         self.rng = random.Random(noise_seed)
-        self.governors: dict[str, UtilisationGovernor] = {}
-        self._gpu_share = _gpu_share(twin)
-        self._twin_knobs = {k.name: k for k in twin.knobs()}
-        self._fixed_values: dict[str, float] = {}
+        #: The clocks the engine's configuration puts in force, governed knobs included.
+        self.clocks = GovernedClocks(twin)
 
-    def _governor(self, name: str) -> UtilisationGovernor:
-        gov = self.governors.get(name)
-        if gov is None:
-            table = self._twin_knobs[name].values
-            gov = schedutil(table) if name == CPU else podgov(table)
-            self.governors[name] = gov
-        return gov
-
-    def _governed_batch(
-        self, k: int, now: float, governed: list[tuple[str, UtilisationGovernor]]
-    ) -> tuple[float, float]:
-        """Run one batch under governors: in steps, letting the clocks move as it runs."""
-        twin, rng = self.twin, self.rng
-        for _, gov in governed:
-            gov.advance(now, 0.0)  # idle since the last batch
-        freqs = dict(self._fixed_values)
-        for name, gov in governed:
-            freqs[name] = gov.freq
+    def _governed_batch(self, k: int, now: float) -> tuple[float, float]:
+        """Run one batch under the governors; the twin's noise scales its time and power."""
+        twin, rng, clocks = self.twin, self.rng, self.clocks
+        clocks.idle(now)  # idle since the last batch
+        freqs = clocks.freqs()
         nominal = twin.batch_time(k, freqs)
         factor = twin.sample_batch_time(k, freqs, rng) / nominal if nominal > 0 else 1.0
-        step_max = min(gov.period_s for _, gov in governed)
-        left, t, energy = 1.0, now, 0.0
-        while left > 1e-12:
-            for name, gov in governed:
-                freqs[name] = gov.freq
-            span = twin.batch_time(k, freqs) * factor
-            step = min(step_max, left * span)
-            energy += twin.sample_power(freqs, 1.0, rng, batch=k) * step
-            left -= step / span
-            t += step
-            share = self._gpu_share(k, freqs.get(CPU, math.inf), freqs.get(GPU, math.inf))
-            for name, gov in governed:
-                gov.advance(t, share if name == GPU else 1.0)
-        return t - now, energy
+
+        def power(freqs: Mapping[str, float]) -> float:
+            return twin.sample_power(freqs, 1.0, rng, batch=k)
+
+        return clocks.run_batch(k, now, factor, power)
 
     def run(
         self,
@@ -173,11 +135,9 @@ class Simulator:
             nonlocal fixed, governed, idle_w, meter, mark
             meter += idle_w * (now - mark)
             mark = now
-            fixed = {k: v for k, v in action.values.items() if k in self._twin_knobs}
-            self._fixed_values = dict(fixed)
-            governed = [(k, self._governor(k)) for k in self._twin_knobs if k in action.governed]
-            for k, g in governed:
-                fixed[k] = g.freq
+            self.clocks.apply(action.values, action.governed)
+            governed = self.clocks.governed
+            fixed = self.clocks.freqs()
             idle_w = twin.power(fixed, 0.0)
 
         def admit(until: float) -> None:
@@ -199,10 +159,8 @@ class Simulator:
                 k = len(items)
                 errors = 0.0
                 if governed:
-                    dur, energy = self._governed_batch(k, now, governed)
-                    new_fixed = dict(fixed)
-                    for name, gov in governed:
-                        new_fixed[name] = gov.freq
+                    dur, energy = self._governed_batch(k, now)
+                    new_fixed = self.clocks.freqs()
                     if new_fixed != fixed:
                         meter += idle_w * (now - mark)
                         mark = now
