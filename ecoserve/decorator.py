@@ -20,13 +20,14 @@ import functools
 import inspect
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from devices.base import Device
 from devices.composite import install_restore_handlers
 from devices.watchdog import Watchdog
-from ecoserve.core.assembly import EngineSettings
+from ecoserve.core.assembly import RENAMED_SETTINGS, EngineSettings
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.driver import Runtime
 
@@ -229,6 +230,12 @@ def inference_method(
     hands the clocks back when no batch finishes for that long (a hung function), and
     ``stop_timeout_s`` bounds ``stop()``.
     """
+    for old, new in RENAMED_SETTINGS.items():
+        if old in settings:
+            warnings.warn(
+                f"inference_method({old}=...) is deprecated; use {new}=", FutureWarning, 2
+            )
+            settings.setdefault(new, settings.pop(old))
     unknown = set(settings) - set(EngineSettings.field_names())
     if unknown:
         raise TypeError(
