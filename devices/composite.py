@@ -82,7 +82,7 @@ class CompositeActuator(Actuator):
                 self._unrecordable = (
                     f"{errno.errorcode.get(exc.errno or 0, 'EIO')}: cannot write the restore "
                     f"record {self.record.path} ({exc.strerror or exc}); the clocks are left "
-                    "alone: give --state-dir a writable folder"
+                    "alone: give --restore-dir a writable folder"
                 )
                 log.error("%s", self._unrecordable)
                 return

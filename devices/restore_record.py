@@ -12,7 +12,7 @@ Whoever opens the sysfs device next, or ``ecoserve restore`` (which the systemd 
 says so, and only then reads the clocks afresh. This is what ``jetson_clocks --store`` /
 ``--restore`` do by hand.
 
-One record per sysfs root, in a state folder: ``--state-dir``, else ``$STATE_DIRECTORY``
+One record per sysfs root, in the restore folder: ``--restore-dir``, else ``$STATE_DIRECTORY``
 (systemd's ``StateDirectory=``), else ``/var/lib/ecoserve`` when it can be written, else
 ``$XDG_STATE_HOME/ecoserve`` (``~/.local/state/ecoserve``).
 """
@@ -90,8 +90,8 @@ def put_clock(root: SysfsRoot, state: ClockState) -> None:
         root.write_limits(f"{state.rel}/{low}", f"{state.rel}/{high}", state.min, state.max)
 
 
-def default_state_dir() -> Path:
-    """Where records live when no ``--state-dir`` is given (see the module's docstring)."""
+def default_restore_dir() -> Path:
+    """Where records live when no ``--restore-dir`` is given (see the module's docstring)."""
     systemd = os.environ.get("STATE_DIRECTORY")
     if systemd:
         return Path(systemd.split(":")[0])
@@ -140,13 +140,13 @@ def _alive(pid: int, started: str | None) -> bool:
 
 
 class RestoreRecord:
-    """The record for one sysfs root in one state folder."""
+    """The record for one sysfs root in one restore folder."""
 
-    def __init__(self, root: SysfsRoot, state_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: SysfsRoot, restore_dir: str | os.PathLike[str] | None = None) -> None:
         self.root = root
-        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.restore_dir = Path(restore_dir) if restore_dir is not None else default_restore_dir()
         key = hashlib.sha256(str(root.root.resolve()).encode()).hexdigest()[:12]
-        self.path = self.state_dir / f"restore-{key}.json"
+        self.path = self.restore_dir / f"restore-{key}.json"
 
     def __repr__(self) -> str:
         return f"RestoreRecord({str(self.path)!r})"
@@ -213,13 +213,13 @@ class RestoreRecord:
             self.path.unlink()
 
 
-def recover(root: SysfsRoot, state_dir: str | os.PathLike[str] | None = None) -> RestoreRecord:
+def recover(root: SysfsRoot, restore_dir: str | os.PathLike[str] | None = None) -> RestoreRecord:
     """Before opening the clocks: restore from a record a dead process left, and say so.
 
     Returns the record to use from now on. A record owned by a live process means another
     ecoserve is driving these clocks: DeviceError, rather than two tuners fighting.
     """
-    record = RestoreRecord(root, state_dir)
+    record = RestoreRecord(root, restore_dir)
     if not record.exists:
         return record
     owner = record.owner_alive()

@@ -21,12 +21,13 @@ import functools
 import inspect
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from devices.base import Device
 from devices.safety import guarded
-from ecoserve.core.assembly import EngineSettings
+from ecoserve.core.assembly import RENAMED_SETTINGS, EngineSettings
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import Runtime
@@ -85,7 +86,7 @@ class InferenceMethod:
             if self._runtime is not None:
                 return self
             s = self.settings
-            device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.state_dir)
+            device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.restore_dir)
             try:
                 # Restore the clocks at exit and on SIGTERM/SIGINT (a script killed by
                 # SIGTERM skips atexit), and hand them back when no batch finishes in time.
@@ -249,6 +250,12 @@ def inference_method(
     ``stop_timeout_s`` bounds ``stop()``, and ``state_file`` keeps the tuner's state across
     restarts (saved after each window and at stop, resumed at start, as the daemon's).
     """
+    for old, new in RENAMED_SETTINGS.items():
+        if old in settings:
+            warnings.warn(
+                f"inference_method({old}=...) is deprecated; use {new}=", FutureWarning, 2
+            )
+            settings.setdefault(new, settings.pop(old))
     unknown = set(settings) - set(EngineSettings.field_names())
     if unknown:
         raise TypeError(

@@ -328,14 +328,14 @@ def measure_idle_power(
     return max(0.0, e1 - e0) / max(t1 - t0, 1e-9)
 
 
-def warm_model(
+def run_past_startup(
     fn: Callable[[Any], Any], items: Sequence[Any], batches: Sequence[int], seconds: float
 ) -> None:
     """Run the model once per batch size, then at the largest for ``seconds`` in all.
 
     The first calls of a model pay for allocator, thread-pool and kernel start-up, which
-    can last seconds (it does on CPU torch); per-setting warm-up batches are too few to
-    absorb that, and the first setting measured (the slowest clocks) would carry it.
+    can last seconds (it does on CPU torch); per-setting warm-up batches (which absorb a
+    clock change) are too few to absorb that, and the first setting measured (the slowest clocks) would carry it.
     """
     if not batches:
         return
@@ -445,22 +445,23 @@ def sweep(
     warmup: int = 2,
     repeats: int = 10,
     min_seconds: float = 0.0,
-    warmup_s: float = 0.0,
+    startup_s: float = 0.0,
     guard: Guard | None = None,
     on_row: Callable[[Setting, ProfileRow | None], None] | None = None,
 ) -> list[ProfileRow]:
     """Measure every setting not yet in ``writer``'s table, writing each row as it comes.
 
-    The model is first warmed up (``warm_model``) for ``warmup_s`` at the clocks found.
+    The model first runs for ``startup_s`` at the clocks found (``run_past_startup``); each
+    setting then gets ``warmup`` untimed batches after its clocks are pinned.
 
     ``on_row(setting, row)`` is called after each setting (``row`` None when it was
     already in the table), for progress display. Returns the rows measured now.
     """
     if repeats < 1 or warmup < 0:
-        raise ProfileError("--repeats must be >= 1 and --warmup >= 0")
+        raise ProfileError("--repeats must be >= 1 and --warmup-batches >= 0")
     done = writer.done()
     todo = [s for s in settings if s.key not in done]
-    warm_model(fn, items, sorted({s.batch for s in todo}), warmup_s)
+    run_past_startup(fn, items, sorted({s.batch for s in todo}), startup_s)
     measured = []
     for setting in settings:
         if setting.key in done:

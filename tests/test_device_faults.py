@@ -32,7 +32,7 @@ def board(tmp_path: Path) -> Path:
 
 
 def serve(tree: Path, tmp_path: Path, *extra: str) -> Daemon:
-    args = ("--device", "sysfs", "--sysfs-root", str(tree), "--state-dir", str(tmp_path / "st"))
+    args = ("--device", "sysfs", "--sysfs-root", str(tree), "--restore-dir", str(tmp_path / "st"))
     args += ("--window-requests", "8", "--warmup-requests", "2", "--window-seconds", "1")
     return Daemon(*args, *extra).start()
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ecoserve.core.fleet import BoardState
-from ecoserve.rayfleet.board import BoardEngine
+from ecoserve.rayfleet.board import BoardService
 from ecoserve.rayfleet.config import FleetSettings, parse_boards
 from ecoserve.rayfleet.ingress import FleetService, fleet_app
 from ecoserve.server.service import ServiceError
@@ -167,12 +167,12 @@ async def test_the_daemon_s_routes_serve_the_fleet() -> None:
         assert r.json()["model_stats"][0]["inference_stats"]["success"]["count"] == 1
 
 
-async def test_board_engine_parks_at_minimum_clocks_and_restores_at_close(tmp_path: Path) -> None:
+async def test_board_service_parks_at_minimum_clocks_and_restores_at_close(tmp_path: Path) -> None:
     settings = ServeSettings(
         device="virtual:nano", window_requests=8, warmup_requests=2, window_seconds=1.0,
         max_batch=4, torch_threads=1, watchdog_s=None,
     )  # fmt: skip
-    board = BoardEngine("nano-0", settings, str(tmp_path))
+    board = BoardService("nano-0", settings, str(tmp_path))
     await board.start()
     try:
         item = board.service.model.example_item()

@@ -79,7 +79,7 @@ def test_three_virtual_boards_park_when_idle_wake_on_load_and_restore(tmp_path: 
             # a small share of each board's busy rate, so that the test's load needs all three
             "capacity_share": 0.02,
             "state_dir": str(tmp_path),
-            "engine": {
+            "serve": {
                 "window_requests": 16,
                 "warmup_requests": 4,
                 "window_seconds": 1.0,

@@ -49,7 +49,7 @@ def test_a_foreign_host_header_is_refused_with_json(url) -> None:
 
 
 def test_allowed_hosts_setting_and_internal_errors_are_json() -> None:
-    s = ServeSettings(allowed_hosts="edge.local", warmup_at_start=False)
+    s = ServeSettings(allowed_hosts="edge.local", baseline_at_start=False)
     app = create_app(s)
 
     @app.get("/boom")
@@ -62,6 +62,6 @@ def test_allowed_hosts_setting_and_internal_errors_are_json() -> None:
         assert resp.json()["error"] == "internal error" and "RuntimeError" in resp.json()["detail"]
         assert c.get("/healthz").status_code == 200
         assert c.get("/healthz", headers={"host": "127.0.0.1"}).status_code == 400
-    anywhere = create_app(ServeSettings(host="0.0.0.0", warmup_at_start=False))
+    anywhere = create_app(ServeSettings(host="0.0.0.0", baseline_at_start=False))
     with TestClient(anywhere, base_url="http://any.name") as c:
         assert c.get("/healthz").status_code == 200

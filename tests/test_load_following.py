@@ -173,7 +173,7 @@ def test_replay_in_slo_mode_reports_violations(capsys: pytest.CaptureFixture[str
     assert main([*args, "--workers", "1", "--window-requests", "50", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)["results"]
     assert all(r["slo_violations"] is None for r in plain)
-    slo = [*args, "--workers", "1", "--window-requests", "50", "--slo-p95-ms", "1", "--json"]
+    slo = [*args, "--workers", "1", "--window-requests", "50", "--slo-latency-s", "0.001", "--json"]
     assert main(slo) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
     # no batch finishes within 1 ms on the twin: every window of every row violates it

@@ -23,8 +23,8 @@ from ecoserve.runtime.device_spec import open_device
 from twins.profile_table import TableTwin, read_profile_table
 
 #: Options that keep a CLI sweep to a fraction of a second.
-FAST = ["--repeats", "2", "--warmup", "1", "--min-seconds", "0", "--idle-seconds", "0.05"]
-FAST += ["--warmup-seconds", "0"]
+FAST = ["--repeats", "2", "--warmup-batches", "1", "--min-seconds", "0", "--idle-seconds", "0.05"]
+FAST += ["--startup-seconds", "0"]
 
 STATE_FILES = ("scaling_governor", "scaling_min_freq", "scaling_max_freq")
 STATE_FILES += ("governor", "min_freq", "max_freq")
@@ -103,7 +103,7 @@ def test_virtual_profile_loads_as_table_twin(tmp_path, capsys):
     out = tmp_path / "nx.csv"
     rc = profile(
         "--model", "builtin:cnn", "--device", "virtual:xavier-nx",
-        "--grid", "cpu=2,gpu=1,batch=1,2", *FAST, "--warmup-seconds", "0.3", "--out", str(out),
+        "--grid", "cpu=2,gpu=1,batch=1,2", *FAST, "--startup-seconds", "0.3", "--out", str(out),
     )  # fmt: skip
     assert rc == 0
     assert "4 rows (4 measured now)" in capsys.readouterr().out

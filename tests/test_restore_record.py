@@ -19,7 +19,7 @@ from devices.restore_record import (
     ClockState,
     RestoreRecord,
     _process_start,
-    default_state_dir,
+    default_restore_dir,
 )
 from devices.sysfs import SysfsRoot
 from devices.testing import FakeKernel, xavier_nx_tree
@@ -36,7 +36,7 @@ WORKER = textwrap.dedent(
     import sys, time
     from ecoserve.runtime.device_spec import open_device
 
-    device = open_device("sysfs", sys.argv[1], state_dir=sys.argv[2])
+    device = open_device("sysfs", sys.argv[1], restore_dir=sys.argv[2])
     device.actuator.apply({k.name: k.values[0] for k in device.actuator.knobs()})
     print("pinned", flush=True)
     while True:
@@ -81,7 +81,7 @@ def killed_worker(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
 def ecoserve_restore(tree: Path, state: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ecoserve", "restore", "--sysfs-root", str(tree)]
-        + ["--state-dir", str(state)],
+        + ["--restore-dir", str(state)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -111,7 +111,7 @@ def test_sigkill_then_a_new_start_restores_first_and_records_the_true_originals(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tree, state, before = killed_worker(tmp_path)
-    device = open_device("sysfs", str(tree), state_dir=str(state))
+    device = open_device("sysfs", str(tree), restore_dir=str(state))
     assert "did not exit cleanly" in caplog.text
     assert governed(clock_state(tree)) == governed(before)
     originals = {c.rel: c for c in device.actuator.original_clocks()}
@@ -129,7 +129,7 @@ def test_the_record_is_written_before_the_first_write_and_removed_after_restore(
 ) -> None:
     tree = xavier_nx_tree(tmp_path / "tree")
     state = tmp_path / "state"
-    device = open_device("sysfs", str(tree), state_dir=str(state))
+    device = open_device("sysfs", str(tree), restore_dir=str(state))
     record = RestoreRecord(SysfsRoot(tree), state)
     assert not record.exists  # opening alone writes nothing
     device.actuator.apply({k.name: k.values[0] for k in device.actuator.knobs()})
@@ -173,21 +173,21 @@ def test_a_live_owner_is_refused_and_a_corrupt_record_is_dropped(
         owner = {"pid": sleeper.pid, "pid_started": _process_start(sleeper.pid)}
         record.path.write_text(json.dumps({**data, **owner}))
         with pytest.raises(DeviceError, match=f"pid {sleeper.pid}"):
-            open_device("sysfs", str(tree), state_dir=str(state))
+            open_device("sysfs", str(tree), restore_dir=str(state))
     finally:
         sleeper.kill()
         sleeper.wait()
     record.path.write_text("{ not json")
-    open_device("sysfs", str(tree), state_dir=str(state)).close()
+    open_device("sysfs", str(tree), restore_dir=str(state)).close()
     assert "unreadable" in caplog.text and not record.exists
 
 
-def test_default_state_dir_follows_systemd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_restore_dir_follows_systemd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
-    assert default_state_dir() == tmp_path / "a"
+    assert default_restore_dir() == tmp_path / "a"
     monkeypatch.delenv("STATE_DIRECTORY")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    assert default_state_dir() in (Path("/var/lib/ecoserve"), tmp_path / "xdg" / "ecoserve")
+    assert default_restore_dir() in (Path("/var/lib/ecoserve"), tmp_path / "xdg" / "ecoserve")
 
 
 def test_a_daemon_killed_with_sigkill_is_undone_by_its_next_start(tmp_path: Path) -> None:
@@ -197,7 +197,7 @@ def test_a_daemon_killed_with_sigkill_is_undone_by_its_next_start(tmp_path: Path
     tree = xavier_nx_tree(tmp_path / "tree")
     state = tmp_path / "state"
     before = governed(clock_state(tree))
-    args = ("--device", "sysfs", "--sysfs-root", str(tree), "--state-dir", str(state))
+    args = ("--device", "sysfs", "--sysfs-root", str(tree), "--restore-dir", str(state))
     args += ("--meter", "estimate", "--window-requests", "8", "--warmup-requests", "2")
     first = Daemon(*args).start()
     assert first.proc is not None
@@ -224,12 +224,12 @@ def test_without_a_writable_state_folder_the_clocks_are_left_alone(
     before = governed(clock_state(tree))
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the state folder should be")
-    device = open_device("sysfs", str(tree), state_dir=str(blocked / "state"))
+    device = open_device("sysfs", str(tree), restore_dir=str(blocked / "state"))
     device.actuator.apply({k.name: k.values[0] for k in device.actuator.knobs()})
     assert governed(clock_state(tree)) == before  # nothing written without a record
     frozen = device.actuator.frozen()
     assert set(frozen) == {"cpu_freq_hz", "gpu_freq_hz"}
-    assert "--state-dir" in frozen["cpu_freq_hz"] and "restore record" in caplog.text
+    assert "--restore-dir" in frozen["cpu_freq_hz"] and "restore record" in caplog.text
     device.close()
 
 

@@ -177,6 +177,8 @@ def test_metrics_are_prometheus_text(noop):
         "ecoserve_ready 1.0",
     ):
         assert name in text, name
+    # the tuner's phase and the controller's are labelled apart (phase: deprecated copy)
+    assert 'tuner_phase="' in text and 'controller_phase="' in text
 
 
 def test_status_reports_configuration_windows_and_tuner(noop):

@@ -69,7 +69,7 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_is_served():
         return batch
 
     s = ServeSettings(
-        model="stuck", request_timeout_s=0.3, warmup_at_start=False, min_batch=1, max_batch=1,
+        model="stuck", request_timeout_s=0.3, baseline_at_start=False, min_batch=1, max_batch=1,
         **FAST,
     )  # fmt: skip
     with TestClient(create_app(s, model=_model(stuck)), base_url=LOCAL) as c:
@@ -84,7 +84,7 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_is_served():
 
 
 def test_readiness_waits_for_the_baseline():
-    s = ServeSettings(model="builtin:noop", warmup_at_start=False, **FAST)
+    s = ServeSettings(model="builtin:noop", baseline_at_start=False, **FAST)
     with TestClient(create_app(s), base_url=LOCAL) as c:
         assert c.get("/readyz").status_code == 503
         assert c.get("/v2/health/ready").status_code == 503
@@ -103,7 +103,7 @@ def test_baseline_file_makes_the_daemon_ready_at_once(tmp_path):
         while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.02)
     assert json.loads(path.read_text())["latency_s"] > 0
-    s2 = ServeSettings(model="builtin:noop", baseline_path=str(path), warmup_at_start=False, **FAST)
+    s2 = ServeSettings(model="builtin:noop", baseline_path=str(path), baseline_at_start=False, **FAST)
     with TestClient(create_app(s2), base_url=LOCAL) as c:
         assert c.get("/readyz").status_code == 200
 

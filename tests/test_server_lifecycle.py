@@ -61,7 +61,7 @@ def test_sigterm_drains_every_accepted_request_and_saves_state(tmp_path):
     assert saved["tuner"] == "ecogd" and saved["baseline"] is not None
 
     # a restart resumes: ready at once (no warm-up), same windows count and tuner centre
-    d2 = Daemon(*args, "--no-warmup-at-start", env=SLOW).start(ready=False)
+    d2 = Daemon(*args, "--no-baseline-at-start", env=SLOW).start(ready=False)
     try:
         d2.wait_ready(5)
         status = httpx.get(d2.url + "/v1/status").json()
@@ -78,7 +78,7 @@ def test_sigterm_drains_every_accepted_request_and_saves_state(tmp_path):
 def test_state_from_another_model_is_ignored(tmp_path):
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"format": 1, "model": "builtin:cnn", "device": "x"}))
-    args = ("--model", "builtin:noop", *FAST, "--state-file", str(state), "--no-warmup-at-start")
+    args = ("--model", "builtin:noop", *FAST, "--state-file", str(state), "--no-baseline-at-start")
     d = Daemon(*args).start(ready=False)
     try:
         assert httpx.get(d.url + "/readyz").status_code == 503  # baseline not known yet

@@ -12,7 +12,7 @@ def test_full_queue_gets_503_with_retry_after_and_accepted_requests_complete():
     args = (
         "--model", "test_server_fixtures:slow_model", *FAST,
         "--max-queue", "2", "--min-batch", "1", "--max-batch", "1", "--max-wait-s", "0",
-        "--retry-after-s", "2", "--no-warmup-at-start",
+        "--retry-after-s", "2", "--no-baseline-at-start",
     )  # fmt: skip
     with daemon(*args, ready=False, env={"ECOSERVE_TEST_SLOW_S": "0.1"}) as d:
 

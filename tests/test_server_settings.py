@@ -39,14 +39,14 @@ def test_precedence_cli_over_env_over_toml_over_defaults(tmp_path):
     toml = tmp_path / "ecoserve.toml"
     toml.write_text(
         'max_queue = 10\nport = 9000\ntuner = "grid"\nwindow_seconds = 5\n'
-        "input_shape = [3, 8, 8]\nwarmup_at_start = false\n[tuner_params]\nstride = 2\n"
+        "input_shape = [3, 8, 8]\nbaseline_at_start = false\n[tuner_params]\nstride = 2\n"
     )
     env = {"ECOSERVE_PORT": "9001", "ECOSERVE_TUNER": "linear", "ECOSERVE_WINDOW_REQUESTS": "none"}
     s = load_settings(_parse("--config", str(toml), "--port", "9002"), environ=env)
     assert s.port == 9002  # flag
     assert s.tuner == "linear" and s.window_requests is None  # environment
     assert s.max_queue == 10 and s.window_seconds == 5.0  # file
-    assert s.input_shape == (3, 8, 8) and s.warmup_at_start is False
+    assert s.input_shape == (3, 8, 8) and s.baseline_at_start is False
     assert s.tuner_params == {"stride": 2}
     assert s.alpha == 0.5  # default
     s = load_settings(_parse(), environ={"ECOSERVE_CONFIG": str(toml)})
@@ -55,10 +55,10 @@ def test_precedence_cli_over_env_over_toml_over_defaults(tmp_path):
 
 def test_flag_forms():
     s = load_settings(
-        _parse("--input-shape", "3x32x32", "--no-warmup-at-start", "--tuner-params", '{"a": 1}'),
+        _parse("--input-shape", "3x32x32", "--no-baseline-at-start", "--tuner-params", '{"a": 1}'),
         environ={"ECOSERVE_REQUEST_TIMEOUT_S": "none"},
     )
-    assert s.input_shape == (3, 32, 32) and not s.warmup_at_start and s.tuner_params == {"a": 1}
+    assert s.input_shape == (3, 32, 32) and not s.baseline_at_start and s.tuner_params == {"a": 1}
     assert s.request_timeout_s is None
     with pytest.raises(SystemExit):
         _parse("--max-queue", "many")

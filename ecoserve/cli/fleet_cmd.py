@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ecoserve.server.deprecated import add_alias
+
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=__doc__)
@@ -24,16 +26,23 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         "--config",
         type=Path,
         help="TOML file: fleet keys at the top, [[boards]] tables (name, kind, device, "
-        "wake_s, park_command, unpark_command), an [engine] table of ecoserve serve settings",
+        "wake_s, park_command, unpark_command), a [serve] table of ecoserve serve settings for "
+        "every board",
     )
     p.add_argument("--policy", choices=["consolidation", "all-on", "ray-rule"])
-    p.add_argument("--period", type=float, help="fleet policy period in seconds (default 1)")
-    p.add_argument("--park-after", type=float, help="seconds a lower need must hold (default 30)")
+    p.add_argument("--period-s", type=float, help="fleet policy period in seconds (default 1)")
+    p.add_argument("--park-after-s", type=float, help="seconds a lower need must hold (default 30)")
     p.add_argument("--model", help="model spec every board serves (default builtin:cnn)")
-    p.add_argument("--state-dir", help="folder for each board's state and shutdown record")
+    p.add_argument(
+        "--state-dir",
+        help="the fleet's folder of per-board files: tuner state, shutdown record and (unless "
+        "the [serve] table gives restore_dir) the clocks' restore record",
+    )
     p.add_argument("--address", help="Ray cluster to join (default: start Ray here)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    add_alias(p, "--period", "--period-s")
+    add_alias(p, "--park-after", "--park-after-s")
     p.set_defaults(run=run)
     return p
 
@@ -51,8 +60,8 @@ def fleet_args(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in (
         ("boards", args.boards),
         ("policy", args.policy),
-        ("period_s", args.period),
-        ("park_after_s", args.park_after),
+        ("period_s", args.period_s),
+        ("park_after_s", args.park_after_s),
         ("model", args.model),
         ("state_dir", args.state_dir),
     ):

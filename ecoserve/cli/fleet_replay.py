@@ -7,14 +7,19 @@ import json
 import sys
 from typing import Any
 
+from ecoserve.server.deprecated import add_alias
+
 DEFAULT_BOARDS = "orin:20,xavier-nx:20,nano:20"
 #: Default envelope peak, as a share of the fleet's rate with every board at every knob max.
 DEFAULT_PEAK_SHARE = 0.2
 #: Spare capacity above the rate for consolidation (see BENCHMARKS.md, fleet replay check).
 DEFAULT_HEADROOM = 0.5
+#: The fleet's p99 latency target when --slo-latency-s is not given (s).
+DEFAULT_SLO_S = 0.25
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The fleet's own options; the seed and the SLO are the replay's (--seed, --slo-*)."""
     g = p.add_argument_group("fleet (--fleet)")
     g.add_argument(
         "--fleet",
@@ -34,13 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="diurnal envelope peak in req/s (default: 20%% of the fleet's rate at max clocks)",
     )
     g.add_argument("--trough-rate", type=float, help="diurnal envelope trough (default: peak / 10)")
-    g.add_argument("--slo-ms", type=float, default=250.0, help="p99 latency target (ms)")
     g.add_argument(
         "--parking",
         default="off,min-clocks",
         help="parking modes to compare: off (operator power-off), min-clocks (default both)",
     )
-    g.add_argument("--period", type=float, default=5.0, help="fleet policy period (s)")
+    g.add_argument("--period-s", type=float, default=5.0, help="fleet policy period (s)")
     g.add_argument(
         "--headroom",
         type=float,
@@ -48,13 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="spare capacity consolidation and the oracle keep above the rate "
         f"(default {DEFAULT_HEADROOM}: what kept the direct replay's p99 within the SLO)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of the diurnal series")
     g.add_argument(
         "--ray-target",
         type=float,
         help="Ray rule's target_ongoing_requests (default: a board's ongoing requests at its "
         "tuned capacity)",
     )
+    add_alias(p, "--period", "--period-s")
+    add_alias(p, "--slo-ms", "--slo-latency-s", lambda ms: ms / 1e3, "--slo-latency-s (seconds)")
 
 
 def run(args: argparse.Namespace, err: Any) -> int:
@@ -79,8 +84,11 @@ def run(args: argparse.Namespace, err: Any) -> int:
         bad = [m for m in modes if m not in PARKING_MODES]
         if bad or not modes:
             raise ValueError(f"--parking: use one or both of {', '.join(PARKING_MODES)}")
-        if not args.slo_ms > 0 or not args.period > 0 or not args.headroom >= 0:
-            raise ValueError("--slo-ms and --period must be > 0, --headroom >= 0")
+        slo_s = DEFAULT_SLO_S if args.slo_latency_s is None else args.slo_latency_s
+        if args.slo_percentile not in (None, 99.0):
+            raise ValueError("the fleet replay scores p99 only: leave --slo-percentile out")
+        if not slo_s > 0 or not args.period_s > 0 or not args.headroom >= 0:
+            raise ValueError("--slo-latency-s and --period-s must be > 0, --headroom >= 0")
         if len(args.trace) > 1:
             raise ValueError("--fleet replays one trace")
         spec = args.trace[0] if args.trace else "diurnal"
@@ -99,14 +107,14 @@ def run(args: argparse.Namespace, err: Any) -> int:
         err.print(f"[red]ecoserve replay --fleet: {exc}[/red]")
         return 2
     settings = EngineSettings(max_batch=args.max_batch)
-    if args.max_wait is not None:
-        settings.max_wait_s = float(args.max_wait)
+    if args.max_wait_s is not None:
+        settings.max_wait_s = float(args.max_wait_s)
     try:
         result = replay_fleet(
             series,
             boards,
-            slo_s=args.slo_ms / 1e3,
-            period_s=args.period,
+            slo_s=slo_s,
+            period_s=args.period_s,
             settings=settings,
             parking_modes=modes,
             ray_target=args.ray_target,

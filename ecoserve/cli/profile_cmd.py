@@ -16,6 +16,8 @@ import logging
 import sys
 from typing import Any
 
+from ecoserve.server.deprecated import add_alias
+
 log = logging.getLogger(__name__)
 
 
@@ -31,11 +33,12 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     parser.add_argument("--sysfs-root", default="/", metavar="DIR", help="sysfs root (default /)")
     parser.add_argument("--meter", default="auto", help="meter spec (default auto)")
     parser.add_argument(
-        "--state-dir",
+        "--restore-dir",
         default=None,
         metavar="DIR",
         help="folder of the clocks' restore record (default: see ecoserve restore --help)",
     )
+    add_alias(parser, "--state-dir", "--restore-dir")
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--grid",
@@ -51,13 +54,20 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         "same: exactly these settings; a profile table works too",
     )
     parser.add_argument("--repeats", type=int, default=10, help="timed batches per setting (10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (2)")
     parser.add_argument(
-        "--warmup-seconds",
+        "--warmup-batches",
+        type=int,
+        default=2,
+        help="untimed batches after each setting is pinned, before timing it (2)",
+    )
+    parser.add_argument(
+        "--startup-seconds",
         type=float,
         default=2.0,
-        help="run the model this long before the sweep, to get past start-up costs (2.0)",
+        help="run the model this long once before the sweep, to get past its start-up costs (2.0)",
     )
+    add_alias(parser, "--warmup", "--warmup-batches")
+    add_alias(parser, "--warmup-seconds", "--startup-seconds")
     parser.add_argument(
         "--min-seconds",
         type=float,
@@ -92,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
 
     if (
         args.repeats < 1
-        or args.warmup < 0
+        or args.warmup_batches < 0
         or args.min_seconds < 0
         or args.idle_seconds < 0
-        or args.warmup_seconds < 0
+        or args.startup_seconds < 0
     ):
-        return _usage("--repeats must be >= 1; --warmup and the --*-seconds options >= 0")
+        return _usage("--repeats must be >= 1; --warmup-batches and the --*-seconds options >= 0")
     try:
         if args.configs:
             requested = profiler.read_configs(args.configs)
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ProfileError included
         return _usage(str(exc))
     try:
-        device = open_device(args.device, args.sysfs_root, args.meter, args.state_dir)
+        device = open_device(args.device, args.sysfs_root, args.meter, args.restore_dir)
     except ValueError as exc:
         return _usage(str(exc))
     except DeviceError as exc:
@@ -124,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             board=args.board or _board(args.device, args.sysfs_root),
             model=args.model,
             device=device,
-            warmup=args.warmup,
+            warmup=args.warmup_batches,
             repeats=args.repeats,
         )
         writer = profiler.TableWriter(args.out, metadata)
@@ -154,10 +164,10 @@ def run(args: argparse.Namespace) -> int:
                     items,
                     settings,
                     writer,
-                    warmup=args.warmup,
+                    warmup=args.warmup_batches,
                     repeats=args.repeats,
                     min_seconds=args.min_seconds,
-                    warmup_s=args.warmup_seconds,
+                    startup_s=args.startup_seconds,
                     guard=guard,
                     on_row=on_row,
                 )

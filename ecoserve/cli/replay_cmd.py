@@ -15,9 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from ecoserve.cli import fleet_replay
+from ecoserve.server.deprecated import add_alias, warn
 
 DEFAULT_TUNERS = "ecogd,grid,linear,dvfs,bayes,mab"
 DEFAULT_MAX_WAIT_S = 0.05
+#: Percentile of the SLO bound when --slo-percentile is not given (the fleet replay: p99).
+DEFAULT_SLO_PERCENTILE = 95.0
+
+
+def device_twin(spec: str) -> str:
+    """The twin a ``--device`` names: ``virtual:BOARD`` or ``virtual:TABLE.csv``.
+
+    ``virtual:`` is the spelling ``ecoserve serve`` and ``ecoserve profile`` use; a bare
+    board name or table path still works for one release, with a deprecation line.
+    """
+    kind, sep, rest = spec.partition(":")
+    if sep and kind == "virtual":
+        return rest or "xavier-nx"
+    warn("ecoserve replay", f"--device {spec}", f"--device virtual:{spec}")
+    return spec
 
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -38,9 +54,30 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     p.add_argument(
         "--tuners", default=DEFAULT_TUNERS, help=f"comma list (default {DEFAULT_TUNERS})"
     )
-    p.add_argument("--device", default="xavier-nx", help="twin: board name or profile CSV")
+    p.add_argument(
+        "--device",
+        default="virtual:xavier-nx",
+        type=device_twin,
+        metavar="virtual:BOARD|virtual:CSV",
+        help="the twin replayed: virtual:BOARD (a fitted board) or virtual:TABLE.csv (a table "
+        "from ecoserve profile) (default virtual:xavier-nx)",
+    )
     p.add_argument("--duration", help="trace length, e.g. 3h, 10m (generators default 10m)")
-    p.add_argument("--seeds", type=int, default=1, help="runs per tuner, seeds 0..N-1")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="how many runs per tuner: seeds --seed .. --seed+N-1 (default 1)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="the first seed: of the runs' seeds (--seeds), and of --fleet's diurnal series "
+        "(default 0)",
+    )
     p.add_argument("--rate", type=float, help="rescale the trace to this mean req/s")
     p.add_argument("--time-scale", type=float, help="multiply the trace's times by this")
     p.add_argument("--loop-to", help="repeat the trace back to back up to this duration")
@@ -52,25 +89,34 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         "--window-seconds", type=float, default=30.0, help="time limit of a window (0: none)"
     )
     p.add_argument(
-        "--max-wait",
+        "--max-wait-s",
         type=float,
         help="batching max wait (s); default 0.05, or the suite's (paper: 2.0, a full buffer)",
     )
+    add_alias(p, "--max-wait", "--max-wait-s")
     p.add_argument(
         "--batch-timer",
         choices=("fixed", "fill"),
         default="fixed",
-        help="the tuners' batching timer: fixed (--max-wait) or fill (twice the batch's fill "
-        "time at the window's arrival rate, at most --max-wait); the oracles and the all-max "
-        "row keep the fixed --max-wait",
+        help="the tuners' batching timer: fixed (--max-wait-s) or fill (twice the batch's fill "
+        "time at the window's arrival rate, at most --max-wait-s); the oracles and the all-max "
+        "row keep the fixed --max-wait-s",
     )
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument(
-        "--slo-p95-ms",
+        "--slo-latency-s",
         type=float,
-        help="SLO mode: tuners minimise energy subject to this p95 latency per window (ms); "
-        "the table adds each tuner's share of windows over it",
+        help="SLO mode: tuners minimise energy subject to this latency bound (s) at "
+        "--slo-percentile per window; the table adds each tuner's share of windows over it. "
+        "With --fleet: the fleet's latency target (default 0.25, at p99)",
     )
+    p.add_argument(
+        "--slo-percentile",
+        type=float,
+        help=f"latency percentile the SLO bound applies to (default {DEFAULT_SLO_PERCENTILE:g}; "
+        "--fleet: 99, the only one it scores)",
+    )
+    add_alias(p, "--slo-p95-ms", "--slo-latency-s", _ms_to_s, "--slo-latency-s (seconds, at p95)")
     p.add_argument("--noise", type=float, help="twin noise (relative std-dev; default: fit's)")
     p.add_argument("--workers", type=int, help="worker processes (default: 2 if 2 cores)")
     p.add_argument("--out", type=Path, help="folder for results.json/csv and plots")
@@ -103,6 +149,10 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     return p
 
 
+def _ms_to_s(ms: float) -> float:
+    return ms / 1e3
+
+
 def _workloads(args: argparse.Namespace) -> tuple[Any, ...]:
     from ecoserve.replay.suite import Workload, suite, workload_kind
 
@@ -125,11 +175,11 @@ def _workloads(args: argparse.Namespace) -> tuple[Any, ...]:
 
 
 def _max_wait(args: argparse.Namespace) -> float:
-    """An explicit --max-wait wins; a suite brings its own batching buffer."""
+    """An explicit --max-wait-s wins; a suite brings its own batching buffer."""
     from ecoserve.replay.suite import SUITE_MAX_WAIT_S
 
-    if args.max_wait is not None:
-        return float(args.max_wait)
+    if args.max_wait_s is not None:
+        return float(args.max_wait_s)
     return SUITE_MAX_WAIT_S.get(args.suite or "", DEFAULT_MAX_WAIT_S)
 
 
@@ -145,8 +195,10 @@ def _settings(args: argparse.Namespace) -> Any:
         window_seconds=args.window_seconds or None,
         alpha=args.alpha,
         accounting=args.accounting,
-        slo_latency_s=None if args.slo_p95_ms is None else args.slo_p95_ms / 1e3,
-        slo_percentile=95.0,
+        slo_latency_s=args.slo_latency_s,
+        slo_percentile=(
+            DEFAULT_SLO_PERCENTILE if args.slo_percentile is None else args.slo_percentile
+        ),
     )
 
 
@@ -219,7 +271,7 @@ def _run_sim(
     plan = ReplayPlan(
         workloads=workloads,
         tuners=tuners,
-        seeds=tuple(range(max(1, args.seeds))),
+        seeds=tuple(range(args.seed, args.seed + max(1, args.seeds))),
         device=args.device,
         settings=_settings(args),
         noise=args.noise,

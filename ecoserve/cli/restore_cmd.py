@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ecoserve.server.deprecated import add_alias
+
 
 def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -22,12 +24,13 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         help="where sysfs is mounted from (default /; a fake tree in tests)",
     )
     parser.add_argument(
-        "--state-dir",
+        "--restore-dir",
         default=None,
         metavar="DIR",
         help="folder of the record (default $STATE_DIRECTORY, else /var/lib/ecoserve when "
         "writable, else $XDG_STATE_HOME/ecoserve)",
     )
+    add_alias(parser, "--state-dir", "--restore-dir")
     parser.add_argument(
         "--force",
         action="store_true",
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from devices.restore_record import RestoreRecord
     from devices.sysfs import SysfsRoot
 
-    record = RestoreRecord(SysfsRoot(args.sysfs_root), args.state_dir)
+    record = RestoreRecord(SysfsRoot(args.sysfs_root), args.restore_dir)
     if not record.exists:
         print(f"nothing to restore: no record at {record.path}")
         return 0

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             settings.model, settings.input_shape, settings.preprocess, settings.postprocess
         )
         device = open_device(
-            settings.device, settings.sysfs_root, settings.meter, settings.state_dir
+            settings.device, settings.sysfs_root, settings.meter, settings.restore_dir
         )
     except (ValueError, OSError, DeviceError) as exc:
         print(f"ecoserve serve: {exc}", file=sys.stderr)

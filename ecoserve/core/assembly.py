@@ -8,8 +8,9 @@ driver and handed in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from ecoserve.core.controller import Controller
@@ -19,6 +20,10 @@ from ecoserve.core.knobs import Knob, SearchSpace, batch_knob
 from ecoserve.core.tuner import Tuner
 from tuners.registry import make_tuner
 
+#: Old setting name -> new, accepted (with a deprecation message) for one release. The faces
+#: that read settings from users (flags, TOML, environment, decorator keywords) apply it.
+RENAMED_SETTINGS: Mapping[str, str] = MappingProxyType({"state_dir": "restore_dir"})
+
 
 @dataclass
 class EngineSettings:
@@ -26,7 +31,7 @@ class EngineSettings:
 
     device: str = "virtual:xavier-nx"
     sysfs_root: str = "/"
-    state_dir: str | None = None
+    restore_dir: str | None = None
     meter: str = "auto"
     tuner: str = "ecogd"
     tuner_params: dict[str, Any] = field(default_factory=dict)

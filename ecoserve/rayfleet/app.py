@@ -3,7 +3,7 @@
 Each board is its own deployment (``board-<name>``, one replica) that asks for one unit of
 the board's Ray custom resource (``board_<name>``), so Ray places it on the node that
 offers that resource, i.e. on that board; Ray restarts it there if it dies. The replica
-runs the daemon's own service on the board's device (:class:`BoardEngine`). The ingress
+runs the daemon's own service on the board's device (:class:`BoardService`). The ingress
 (``FleetIngress``, route ``/``) serves the daemon's HTTP API and runs the fleet policy.
 
 Entry points::
@@ -24,7 +24,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from ecoserve.models.loader import load_model
-from ecoserve.rayfleet.board import BoardEngine
+from ecoserve.rayfleet.board import BoardService
 from ecoserve.rayfleet.config import BoardSettings, FleetSettings
 from ecoserve.rayfleet.ingress import FleetService, fleet_app
 from ecoserve.server.settings import ServeSettings
@@ -36,11 +36,12 @@ log = logging.getLogger("ecoserve.fleet")
 def board_settings(fleet: FleetSettings, board: BoardSettings) -> ServeSettings:
     """The ``ecoserve serve`` settings one board runs with.
 
-    One torch thread per board unless ``engine`` says otherwise: on one machine the virtual
-    boards share its cores.
+    One torch thread per board unless ``serve`` says otherwise: on one machine the virtual
+    boards share its cores. The fleet's ``state_dir`` holds each board's files: its tuner
+    state, its shutdown record and (unless ``serve`` names a ``restore_dir``) its restore record.
     """
     base = ServeSettings(model=fleet.model, torch_threads=1)
-    settings = replace(base, **dict(fleet.engine)) if fleet.engine else base
+    settings = replace(base, **dict(fleet.serve)) if fleet.serve else base
     state_file = None
     if fleet.state_dir:
         state_file = f"{fleet.state_dir}/{board.name}.state.json"
@@ -48,37 +49,37 @@ def board_settings(fleet: FleetSettings, board: BoardSettings) -> ServeSettings:
         settings,
         device=board.device_spec,
         state_file=state_file or settings.state_file,
-        state_dir=fleet.state_dir or settings.state_dir,
+        restore_dir=settings.restore_dir or fleet.state_dir,
     )
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1024, health_check_period_s=2.0)
 class BoardReplica:
-    """One board's engine (see ``ecoserve.rayfleet.board``)."""
+    """One board's service (see ``ecoserve.rayfleet.board``)."""
 
     async def __init__(self, name: str, settings: ServeSettings, record_dir: str | None) -> None:
-        self.engine = BoardEngine(name, settings, record_dir)
-        await self.engine.start()
+        self.board = BoardService(name, settings, record_dir)
+        await self.board.start()
 
     async def infer(self, items: list[Any]) -> list[Any]:
-        return await self.engine.infer(items)
+        return await self.board.infer(items)
 
     async def stats(self) -> dict[str, Any]:
-        return self.engine.stats()
+        return self.board.stats()
 
     async def park(self) -> dict[str, float]:
-        return await self.engine.park()
+        return await self.board.park()
 
     async def unpark(self) -> None:
-        await self.engine.unpark()
+        await self.board.unpark()
 
     def check_health(self) -> None:
-        runtime = self.engine.service.runtime
+        runtime = self.board.service.runtime
         if runtime is not None and runtime.accepting and not runtime.alive:
-            raise RuntimeError(f"board {self.engine.name}: the dispatch loop has stopped")
+            raise RuntimeError(f"board {self.board.name}: the dispatch loop has stopped")
 
     async def __del__(self) -> None:
-        await self.engine.close()
+        await self.board.close()
 
 
 class _HandleClient:
@@ -113,7 +114,7 @@ class FleetIngress:
     """The HTTP API of ``ecoserve serve`` over the fleet, and the fleet policy loop."""
 
     async def __init__(self, fleet: FleetSettings, handles: dict[str, DeploymentHandle]) -> None:
-        serve_settings = ServeSettings(model=fleet.model, **dict(fleet.engine))
+        serve_settings = ServeSettings(model=fleet.model, **dict(fleet.serve))
         model = load_model(serve_settings.model, serve_settings.input_shape)
         spec = TensorSpec(
             None if model.preprocess else (serve_settings.input_shape or model.input_shape),

@@ -1,6 +1,6 @@
 """One board of the fleet: the daemon's own service (engine, tuner, device guard) on its device.
 
-A :class:`BoardEngine` is what a Ray replica holds; it has no Ray in it, so it also runs in a
+A :class:`BoardService` is what a Ray replica holds; it has no Ray in it, so it also runs in a
 test or a plain script. It serves items through an :class:`InferenceService` exactly as
 ``ecoserve serve`` does, parks by pinning the clocks at their minimum (the engine's own pin,
 so the tuner carries on with the batch size and resumes the clocks on unpark), and reports
@@ -39,8 +39,12 @@ class _BatchLog(RuntimeObserver):
             self.batches.append((stats.size, stats.run_s, stats.energy_j))
 
 
-class BoardEngine:
-    """The engine of one board (see the module doc)."""
+class BoardService:
+    """The inference service of one board, with parking and the fleet's statistics.
+
+    Not an engine: the engine (``ecoserve.core.engine.Engine``) is inside the service's
+    runtime; this wraps the whole daemon service for one board (see the module doc).
+    """
 
     def __init__(self, name: str, settings: ServeSettings, record_dir: str | None = None) -> None:
         self.name = name
@@ -48,7 +52,7 @@ class BoardEngine:
         self.record_dir = record_dir
         # opened here, so the knobs are read before the engine first moves them
         self.device = open_device(
-            settings.device, settings.sysfs_root, settings.meter, settings.state_dir
+            settings.device, settings.sysfs_root, settings.meter, settings.restore_dir
         )
         self._initial: dict[str, float] = dict(self.device.actuator.current())
         self.service = InferenceService(

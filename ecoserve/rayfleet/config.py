@@ -1,4 +1,4 @@
-"""What a fleet is made of: its boards, its policy and the engine settings every board runs.
+"""What a fleet is made of: its boards, its policy and the serve settings every board runs.
 
 Read from a ``ecoserve fleet`` command line, from the ``args`` of a Ray Serve config file, or
 from ``serve run ecoserve.rayfleet.app:build_app key=value``; all three go through
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ecoserve.core.fleet import parse_kind_counts
+from ecoserve.server.deprecated import upgrade_keys
+from ecoserve.server.options import RENAMED
 
 POLICIES = ("consolidation", "all-on", "ray-rule")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -56,7 +58,12 @@ class BoardSettings:
 
 @dataclass(frozen=True)
 class FleetSettings:
-    """The whole fleet (see the module doc); ``engine`` overrides ``ServeSettings`` fields."""
+    """The whole fleet (see the module doc).
+
+    ``serve`` overrides ``ServeSettings`` fields for every board (the ``[serve]`` table, as in
+    an ``ecoserve serve`` config file). ``state_dir`` is the fleet's folder of per-board files
+    (tuner state, shutdown record, restore record).
+    """
 
     boards: tuple[BoardSettings, ...]
     policy: str = "consolidation"
@@ -68,7 +75,7 @@ class FleetSettings:
     ray_target_ongoing: float = 2.0
     model: str = "builtin:cnn"
     state_dir: str | None = None
-    engine: Mapping[str, Any] = field(default_factory=dict)
+    serve: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.boards:
@@ -84,7 +91,9 @@ class FleetSettings:
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> FleetSettings:
         """From flat keys: ``boards`` is ``KIND:COUNT,...`` or a list of board tables."""
-        data = dict(args)
+        data = upgrade_keys(args, {"engine": "serve"}, "fleet settings")
+        if "serve" in data:
+            data["serve"] = upgrade_keys(data["serve"], RENAMED, "fleet settings [serve]")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -56,7 +56,7 @@ def build_runtime(
     ``error_source``.
     """
     device = device or open_device(
-        settings.device, settings.sysfs_root, settings.meter, settings.state_dir
+        settings.device, settings.sysfs_root, settings.meter, settings.restore_dir
     )
     knobs = list(device.actuator.knobs())
     if extra_actuator is not None:

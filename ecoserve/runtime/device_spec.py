@@ -35,11 +35,11 @@ def open_device(
     spec: str = "virtual:xavier-nx",
     sysfs_root: str = "/",
     meter: str = "auto",
-    state_dir: str | None = None,
+    restore_dir: str | None = None,
 ) -> Device:
     """The device a spec names. For ``sysfs``: clocks left changed by a process that died
     are restored first (``devices.restore_record``), and the clocks' state is recorded
-    before the first write, in ``state_dir`` (default: see ``default_state_dir``)."""
+    before the first write, in ``restore_dir`` (default: see ``default_restore_dir``)."""
     kind, _, rest = spec.partition(":")
     if kind == "virtual":
         board = rest or "xavier-nx"
@@ -55,7 +55,7 @@ def open_device(
         from devices.discovery import discover
 
         writable = any(k.writable for k in discover(sysfs_root).knobs)
-        return open_device("sysfs" if writable else "none", sysfs_root, meter, state_dir)
+        return open_device("sysfs" if writable else "none", sysfs_root, meter, restore_dir)
     if kind == "sysfs":
         from devices.discovery import open_sysfs_actuator
         from devices.meters import open_meter
@@ -63,7 +63,7 @@ def open_device(
         from devices.sysfs import SysfsRoot
 
         root = SysfsRoot(sysfs_root)
-        record = recover(root, state_dir)  # before reading the clocks as "the originals"
+        record = recover(root, restore_dir)  # before reading the clocks as "the originals"
         actuator = open_sysfs_actuator(root)
         actuator.record = record
         return Device(f"sysfs:{sysfs_root}", actuator, open_meter(meter, sysfs_root))

@@ -54,7 +54,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         grpc_server = None
         # The output's shape, learnt from one example item before the runtime (and its
-        # warm-up) uses the model, so the model is never called from two threads at once.
+        # baseline at start) uses the model, so the model is never called from two threads at once.
         oip.signature  # noqa: B018
         await service.start()
         try:

@@ -4,6 +4,11 @@ A registry per app (not prometheus-client's global one) keeps two apps in one pr
 tests, an embedding application) from colliding. ``ServerMetrics`` is also the runtime's
 observer: batches, windows, rejections and configuration changes arrive through its hooks.
 Names follow Prometheus conventions: ``ecoserve_`` prefix, base units, ``_total`` counters.
+
+Two phases are labelled apart: ``controller_phase`` (baseline, tuning: whether E0/L0 are
+being measured) and ``tuner_phase`` (what the tuner is doing: scan, climb, ...). The label
+``phase`` that carried both is still exported, equal to the new label of its metric, for
+one release (``DEPRECATED_PHASE``), so dashboards and alerts can move over.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ KNOB_METRICS = {
 }
 #: Frequency knobs (names ending in ``_hz``) share one gauge with a ``knob`` label.
 CLOCK_METRIC = "ecoserve_config_clock_hertz"
+#: The old label beside ``tuner_phase`` / ``controller_phase``; goes in the next release.
+DEPRECATED_PHASE = "phase"
 
 
 class _LiveCollector(Collector):
@@ -78,11 +85,11 @@ class _LiveCollector(Collector):
             name, phase = self.tuner()
             info = GaugeMetricFamily(
                 "ecoserve_tuner_info",
-                "The tuner in charge and its phase (baseline, pinned, scan, climb, probe, "
-                "settled, tuning); always 1",
-                labels=["tuner", "phase"],
+                "The tuner in charge and its tuner_phase (baseline, pinned, scan, research, "
+                "climb, probe, settled, tuning); always 1 (label phase: deprecated copy)",
+                labels=["tuner", "tuner_phase", DEPRECATED_PHASE],
             )
-            info.add_metric([name, phase], 1.0)
+            info.add_metric([name, phase, phase], 1.0)
             yield info
         if self.warnings is not None:
             yield GaugeMetricFamily(
@@ -178,7 +185,12 @@ class ServerMetrics(RuntimeObserver):
             "Requests arriving per second in the last window",
             registry=r,
         )
-        self.windows = Counter("ecoserve_windows", "Tuning windows closed", ["phase"], registry=r)
+        self.windows = Counter(
+            "ecoserve_windows",
+            "Windows closed, by controller_phase (baseline, tuning; label phase: deprecated copy)",
+            ["controller_phase", DEPRECATED_PHASE],
+            registry=r,
+        )
         self.faults = Counter(
             "ecoserve_device_faults",
             "Faults survived: a knob frozen after a failed write (knob = its name, reason = "
@@ -228,7 +240,7 @@ class ServerMetrics(RuntimeObserver):
             self.completed.inc(len(stats.latencies_s))
 
     def on_window(self, report: WindowReport) -> None:
-        self.windows.labels(report.phase).inc()
+        self.windows.labels(report.phase, report.phase).inc()
         self.window_cost.set(report.cost)
         self.window_energy.set(report.energy_per_request_j)
         self.window_latency.set(report.latency_mean_s)

@@ -9,16 +9,26 @@ equal to the fields of ``ServeSettings``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
+from ecoserve.server.deprecated import add_alias
+
 ENV_PREFIX = "ECOSERVE_"
+
+#: Old setting name -> new one; the old flag, environment variable and TOML key still work
+#: for one release, with a deprecation line. Holds ``core.assembly.RENAMED_SETTINGS`` too.
+RENAMED: Mapping[str, str] = MappingProxyType(
+    {"state_dir": "restore_dir", "warmup_at_start": "baseline_at_start"}
+)
 
 #: Every setting, in ``--help`` order, with its help text.
 FIELDS: dict[str, str] = {
     # the engine (EngineSettings)
     "device": "device spec: virtual:BOARD, virtual:analytic[:BOARD], sysfs or none",
     "sysfs_root": "root under which sysfs paths are read (tests point it at a fake tree)",
-    "state_dir": "folder of the clocks' restore record (default $STATE_DIRECTORY, /var/lib/ecoserve or ~/.local/state/ecoserve)",
+    "restore_dir": "folder of the clocks' restore record (default $STATE_DIRECTORY, /var/lib/ecoserve or ~/.local/state/ecoserve)",
     "meter": "power meter: auto, or a meter name (see `ecoserve devices`)",
     "tuner": "tuner name: ecogd, grid, linear, dvfs, bayes, mab, mab-joint, fixed, random; "
     "with --next-tier also neurosurgeon (split) or cascade (threshold)",
@@ -54,7 +64,7 @@ FIELDS: dict[str, str] = {
     "max_body_bytes": "largest request body accepted; bigger ones get 413",
     "max_connections": "open connections at most; past it the one idle longest is closed (or, all busy, the new one refused)",
     "idle_timeout_s": "a connection with no request running is closed after this many seconds",
-    "warmup_at_start": "send synthetic example items at start to measure the baseline",
+    "baseline_at_start": "send synthetic example items at start to measure the baseline",
     "drain_timeout_s": "longest time a SIGTERM/SIGINT drain waits for accepted requests",
     "retry_after_s": "Retry-After seconds sent with 503 responses",
     "access_log": "log every HTTP request (uvicorn access log)",
@@ -71,7 +81,7 @@ FIELDS: dict[str, str] = {
     "tier_slowdown": "emulate a slower device: this tier's own stages sleep to take this many times longer",
 }
 
-BOOL_FIELDS = frozenset({"warmup_at_start", "access_log", "serve_tier"})
+BOOL_FIELDS = frozenset({"baseline_at_start", "access_log", "serve_tier"})
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -119,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TOML file with any of these settings, same names (env ECOSERVE_CONFIG)",
     )
     for name, help_text in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
+        flag = _flag(name)
         if name in BOOL_FIELDS:
             parser.add_argument(
                 flag,
@@ -137,3 +147,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 type=_converter(name),
                 help=help_text,
             )
+    for old, new in RENAMED.items():
+        add_alias(parser, _flag(old), _flag(new))
+        if new in BOOL_FIELDS:
+            add_alias(parser, _flag(old, "--no-"), _flag(new, "--no-"))
+
+
+def _flag(name: str, prefix: str = "--") -> str:
+    return prefix + name.replace("_", "-")

@@ -70,14 +70,14 @@ class InferenceService:
         self.draining = False
         self.started_at = time.time()
         self._device = device
-        self._warmup: asyncio.Task[None] | None = None
+        self._baseline_task: asyncio.Task[None] | None = None
         self._drained = False
         self._closed = False
         self._exit_stack = contextlib.ExitStack()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the device, resume saved state, start the runtime and the warm-up.
+        """Open the device, resume saved state, start the runtime and the baseline at start.
 
         With a next tier, the runtime's batch function is the tier node's, so requests keep
         the engine's queue, batching and drain; the node's client is made here, on the
@@ -98,7 +98,7 @@ class InferenceService:
                 "context_source": self.tier.context,
                 "error_source": self.tier.take_errors,
             }
-        device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.state_dir)
+        device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.restore_dir)
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(device, s.watchdog_s))
         runtime = build_runtime(
@@ -121,8 +121,10 @@ class InferenceService:
         await runtime.start()
         if s.next_tier is not None and s.tier_mode == "cascade" and s.cascade_threshold is not None:
             await runtime.pin({THRESHOLD: s.cascade_threshold})
-        if s.warmup_at_start and not runtime.ready:
-            self._warmup = asyncio.create_task(self._warm_up(), name="ecoserve-warmup")
+        if s.baseline_at_start and not runtime.ready:
+            self._baseline_task = asyncio.create_task(
+                self._measure_baseline_at_start(), name="ecoserve-baseline-at-start"
+            )
 
     @property
     def resumed(self) -> list[str]:
@@ -140,10 +142,10 @@ class InferenceService:
         if self._drained:
             return
         self._drained = True
-        if self._warmup is not None:
-            self._warmup.cancel()
+        if self._baseline_task is not None:
+            self._baseline_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._warmup
+                await self._baseline_task
         runtime = self.runtime
         if runtime is None:
             return
@@ -176,23 +178,26 @@ class InferenceService:
                 self.runtime.device.close()
                 log.info("device %s restored", self.runtime.device.name)
 
-    async def _warm_up(self) -> None:
-        """Send synthetic example items until the baseline window has closed."""
+    async def _measure_baseline_at_start(self) -> None:
+        """Send synthetic example items until the baseline window has closed, so the daemon
+        is ready before real traffic comes (``baseline_at_start``)."""
         runtime = self.runtime
         assert runtime is not None
         try:
             item = self.model.example_item()
         except ValueError as exc:
-            log.warning("no warm-up (%s); the baseline is measured on real traffic", exc)
+            log.warning("no baseline at start (%s); the baseline is measured on real traffic", exc)
             return
         s = self.settings
         budget = 4 * (s.warmup_requests + (s.window_requests or 0)) + 64
         deadline = time.monotonic() + 4 * (s.window_seconds or 60.0) + 10.0
         sent = 0
-        log.info("warm-up: measuring the baseline with synthetic items")
+        log.info("baseline at start: measuring it with synthetic items")
         while not runtime.ready and not self.draining:
             if sent >= budget or time.monotonic() > deadline:
-                log.warning("warm-up gave up after %d items; baseline left to real traffic", sent)
+                log.warning(
+                    "baseline at start gave up after %d items; baseline left to real traffic", sent
+                )
                 return
             n = max(1, min(runtime.batch_size, s.max_queue - runtime.queue_depth))
             futures = []
@@ -208,7 +213,9 @@ class InferenceService:
             results = await asyncio.gather(*futures, return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors and len(errors) == len(results):
-                log.warning("warm-up items failed (%s); baseline left to real traffic", errors[0])
+                log.warning(
+                    "baseline-at-start items failed (%s); baseline left to real traffic", errors[0]
+                )
                 return
         if runtime.ready:
             log.info("provisional baseline from synthetic items: %s", runtime.baseline)

@@ -21,7 +21,8 @@ from typing import Any
 
 from ecoserve.core.assembly import EngineSettings
 from ecoserve.core.batch_timer import TIMER_KINDS
-from ecoserve.server.options import ENV_PREFIX
+from ecoserve.server.deprecated import upgrade_keys, warn
+from ecoserve.server.options import ENV_PREFIX, RENAMED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +49,7 @@ class ServeSettings(EngineSettings):
     max_body_bytes: int = 8 * 1024 * 1024
     max_connections: int = 512
     idle_timeout_s: float = 10.0
-    warmup_at_start: bool = True
+    baseline_at_start: bool = True
     drain_timeout_s: float = 30.0
     retry_after_s: int = 1
     access_log: bool = False
@@ -214,10 +215,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
     if isinstance(data.get("serve"), dict):
         data = {**{k: v for k, v in data.items() if k != "serve"}, **data["serve"]}
+    data = upgrade_keys(
+        {k.replace("-", "_"): v for k, v in data.items()}, RENAMED, f"config file {path}"
+    )
     known = set(field_names())
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
+        name = key
         if name not in known:
             raise ValueError(f"config file {path}: unknown setting {key!r}")
         out[name] = coerce_value(name, value)
@@ -225,7 +229,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from ``ECOSERVE_<NAME>`` variables (old names warn, the new name wins)."""
     out: dict[str, Any] = {}
+    for old, new in RENAMED.items():
+        old_key, new_key = ENV_PREFIX + old.upper(), ENV_PREFIX + new.upper()
+        if old_key in environ:
+            warn("ecoserve", old_key, new_key)
+            if new_key not in environ:
+                out[new] = parse_text(new, environ[old_key])
     for name in field_names():
         key = ENV_PREFIX + name.upper()
         if key in environ:
@@ -239,6 +250,7 @@ def load_settings(
 ) -> ServeSettings:
     """Merge defaults < TOML (``--config`` or ECOSERVE_CONFIG) < environment < flags."""
     given = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
+    given = upgrade_keys(given, RENAMED, "ecoserve")
     env = os.environ if environ is None else environ
     config_path = given.pop("config", None) or env.get(ENV_PREFIX + "CONFIG")
     known = set(field_names())
