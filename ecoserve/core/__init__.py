@@ -5,8 +5,9 @@
 - ``batching``: the batching policy (when a batch leaves, how big it is).
 - ``controller``: finished batches into windows, costs, and the tuner's next configuration.
 - ``tuner``: the ask/tell contract every tuner in ``tuners/`` implements.
-- ``engine``: policy and controller as one object that answers with events (``Dispatch``,
-  ``ApplyConfig``, ``WindowClosed``) for a driver to carry out.
+- ``engine``: queues, policy and controller as one object that orders events: a driver tells
+  it what happened and carries out its answers (``Dispatch``, ``WindowClosed``,
+  ``ApplyConfig``, ``WaitUntil``, ``Drained``) one at a time.
 - ``assembly``: the engine built from ``EngineSettings`` and a list of knobs.
 
 No clock, thread, socket or file: a driver supplies time and carries out the answers. May
