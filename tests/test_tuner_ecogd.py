@@ -107,7 +107,7 @@ def test_the_guided_scan_counts_skipped_sizes_as_probed_with_their_predicted_los
     tuner = EcoGD(space)
     while tuner.describe()["scanning"]:
         step(tuner, batch_curve_cost)
-    probed = tuner._probed
+    probed = {i: (w, life) for i, w, life in tuner.state_dict()["probed"]}
     assert set(probed) == set(range(16))  # measured or predicted, every size is accounted for
     # batch 16 (index 15) loses far more than batch 6 (index 5): it stays probed longer
     assert probed[15][1] > probed[5][1]

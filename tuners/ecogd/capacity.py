@@ -1,0 +1,64 @@
+"""Capacity guard: never choose a configuration that cannot carry the recent peak load.
+
+A quiet window can make a slow configuration look cheap; under the next busy one its queue
+grows without bound. An online model of batch time over batch size and clocks
+(``tuners.batch_time``, fitted from each window's batch count and busy time) gives every
+measured clock setting's capacity at each batch size; a configuration whose capacity is
+below ``headroom`` times the busiest arrival rate of the last memory's windows is unsafe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
+from tuners.batch_time import BatchTimeModel
+from tuners.ecogd.batch import BatchAxis
+
+
+class CapacityGuard:
+    """The batch-time model and what it says is safe. Not saved with the tuner's state: a
+    restarted tuner relearns it from its next windows."""
+
+    def __init__(self, space: SearchSpace, batch: BatchAxis, headroom: float = 1.0) -> None:
+        self.batch = batch
+        self.headroom = float(headroom)
+        self._top = space.maximum()
+        # which knobs of a configuration without its batch size are clocks (faster when higher)
+        self._monotone = tuple(k.name in (CPU, GPU) for k in space.knobs if k.name != BATCH)
+        self.reset()
+
+    def reset(self) -> None:
+        self.times = BatchTimeModel()
+        self.times.set_reference(self.batch.clocks(self._top))
+
+    def observe(self, config: Config, metrics: Mapping[str, float]) -> None:
+        """Feed the model with the window's mean batch (when the driver timed it)."""
+        batches, busy = metrics.get("batches", 0.0), metrics.get("busy_s", 0.0)
+        served = metrics.get("requests", 0.0)
+        if batches > 0 and busy > 0 and served > 0:
+            self.times.observe(self.batch.clocks(config), served / batches, busy / batches)
+
+    def capacity(self, config: Config) -> float | None:
+        """Requests/s ``config`` serves with full batches, by the model (at most that of a
+        measured setting at least as fast on every clock, when not measured itself); None
+        while unknown."""
+        size = self.batch.sizes[config[self.batch.axis]]
+        return self.times.capacity_bound(self.batch.clocks(config), size, self._monotone)
+
+    def unsafe(self, config: Config, peak: float | None) -> bool:
+        """True when the model says ``config`` cannot serve ``peak`` requests/s (with the
+        headroom); never while the peak is unknown."""
+        if peak is None:
+            return False
+        capacity = self.capacity(config)
+        return capacity is not None and capacity < self.headroom * peak
+
+    def refuge(self, peak: float | None) -> Config:
+        """Every clock at maximum and the smallest batch size that carries ``peak`` (the
+        largest when none does): where the centre goes when nothing measured is safe."""
+        for index in self.batch.indices():
+            candidate = self.batch.at(self._top, index)
+            if not self.unsafe(candidate, peak):
+                return candidate
+        return self._top
