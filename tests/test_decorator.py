@@ -175,3 +175,28 @@ def test_a_hung_function_times_out_hands_the_clocks_back_and_stop_is_bounded(tmp
         assert governor.read_text().strip() == "schedutil"
     finally:
         release.set()
+
+
+def test_the_tuner_state_is_saved_and_resumed_as_the_daemons_is(tmp_path) -> None:
+    """``state_file``: saved after each window and at stop; a restart resumes, not re-measures."""
+    import json
+
+    state = tmp_path / "state.json"
+
+    def ident(batch: list) -> list:
+        return batch
+
+    first = eco_edge_infer.inference_method(ident, state_file=str(state), **FAST)
+    with first:
+        for i in range(120):
+            first(i)
+        assert first.runtime.ready
+    saved = json.loads(state.read_text())
+    assert saved["model"].endswith("ident") and saved["device"] == "virtual:xavier-nx"
+    assert saved["baseline"] is not None and saved["windows_closed"] >= 2
+
+    second = eco_edge_infer.inference_method(ident, state_file=str(state), **FAST)
+    with second:
+        runtime = second.runtime
+        assert {"baseline", "tuner"} <= set(runtime.resumed)
+        assert runtime.ready and runtime.phase == "tuning"  # no baseline windows again
