@@ -328,11 +328,6 @@ class Engine(Generic[T]):
         return sum(len(q.policy) for q in self._queues.values())
 
     @property
-    def full(self) -> bool:
-        """True when every queue is at its bound."""
-        return all(q.policy.full for q in self._queues.values())
-
-    @property
     def space(self) -> SearchSpace:
         return self._controller.space
 
