@@ -315,14 +315,22 @@ class EcoGD(Tuner):
         if self._load is not None and rate is not None and math.isfinite(rate):
             arrivals = metrics.get("arrivals", metrics.get("requests", 0.0)) if metrics else 0.0
             self._follow(float(rate), float(arrivals), config, cost)
-        if self._scan is not None and config == self._with(
-            self._centre, self._batch, config[self._batch]
+        # Without a batch axis there is neither an opening scan nor a probe to weigh.
+        batch = self._batch
+        if (
+            batch is not None
+            and self._scan is not None
+            and config == self._with(self._centre, batch, config[batch])
         ):
-            self._scan[config[self._batch]] = cost
-        elif config == self._probe and (known := self._history.get(self._centre)):
+            self._scan[config[batch]] = cost
+        elif (
+            batch is not None
+            and config == self._probe
+            and (known := self._history.get(self._centre))
+        ):
             if known[0] > 0:
                 loss = cost / known[0] - 1.0
-                self._probed[config[self._batch]] = (self._window, self._life(loss))
+                self._probed[config[batch]] = (self._window, self._life(loss))
         self._history.pop(config, None)
         self._losses.pop(config, None)
         self._record_loss(config, cost)
