@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings, build_engine
-from ecoserve.core.batching import Dispatch
+from ecoserve.core.batching import Dispatch, WaitUntil
 from ecoserve.core.controller import BatchOutcome, WindowReport
 from ecoserve.core.cost import Baseline
 from ecoserve.core.engine import ApplyConfig, Engine, WindowClosed
@@ -167,7 +167,7 @@ class Simulator:
         active = 0.0
         rejected = batches = 0
         i = 0
-        first = engine.start(now, meter)
+        opening = engine.start(now, meter)
 
         # knob values in force: fixed ones, and the governed ones (looked up per batch)
         fixed: dict[str, float] = {}
@@ -204,11 +204,11 @@ class Simulator:
                     arrive(i, a)
                 i += 1
 
-        apply(first)
+        apply(opening)
         while True:
             admit(now)
             action = poll(now)
-            if action.__class__ is Dispatch:
+            if type(action) is Dispatch:
                 items = action.items
                 k = len(items)
                 config = ctl.config
@@ -264,7 +264,7 @@ class Simulator:
                 window(closed)
                 continue
             nxt = now + tick_s
-            if action is not None and action.deadline < nxt:  # a WaitUntil
+            if isinstance(action, WaitUntil) and action.deadline < nxt:
                 nxt = max(now, action.deadline)
             if i < n and arr[i] < nxt:
                 nxt = arr[i]
