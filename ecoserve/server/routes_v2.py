@@ -74,7 +74,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def oip_of(request: Request) -> OipModel:
-    return request.app.state.oip  # type: ignore[no-any-return]
+    oip: OipModel = request.app.state.oip
+    return oip
 
 
 def error_body(err: ServiceError) -> Response:

@@ -93,8 +93,13 @@ class StateSaver(RuntimeObserver):
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.path, exc)
         baseline = self.runtime.baseline
-        measured = baseline is not None and self.runtime.phase == "tuning"
-        if self.baseline_path and measured and baseline != self._baseline_saved:
+        measured = self.runtime.phase == "tuning"
+        if (
+            self.baseline_path
+            and baseline is not None
+            and measured
+            and baseline != self._baseline_saved
+        ):
             try:
                 save_baseline(baseline, self.baseline_path)
                 self._baseline_saved = baseline
