@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None, default_data: Path | None = None) ->
     parser.add_argument(
         "--data", type=Path, default=default_data, required=default_data is None,
         help="the shared data folder",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="where to write the outputs")
     parser.add_argument(
         "--check", action="store_true", help="compare with the committed outputs, write nothing"

@@ -55,7 +55,7 @@ def resume(runtime: Runtime, path: str | Path, model: str, device: str) -> list[
         log.warning(
             "state file %s was saved for model %s on %s, not %s on %s; starting fresh",
             path, data.get("model"), data.get("device"), model, device,
-        )  # fmt: skip
+        )
         return []
     try:
         restored, problems = runtime.load_state_dict(data)
