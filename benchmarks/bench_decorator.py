@@ -129,9 +129,9 @@ def main() -> None:
         "| batch | direct fn (µs) | decorated call median (µs) | overhead median (µs) | overhead p90 (µs) |"
     )
     print("|---:|---:|---:|---:|---:|")
-    for batch, direct, med, over, over90 in rows:
+    for label, direct, med, over, over90 in rows:
         print(
-            f"| {batch} | {direct * 1e6:.1f} | {med * 1e6:.1f} | {over * 1e6:.1f} | {over90 * 1e6:.1f} |"
+            f"| {label} | {direct * 1e6:.1f} | {med * 1e6:.1f} | {over * 1e6:.1f} | {over90 * 1e6:.1f} |"
         )
 
 

@@ -124,9 +124,9 @@ def main() -> None:
             jobs = [(board, w, v) for w in labels for v in VARIANTS]
             done = list(pool.map(run_one, jobs))
             rows.extend(done)
-            by = {(r["workload"], r["variant"]): r for r in done}
+            cell = {(r["workload"], r["variant"]): r for r in done}
             for label in labels:
-                plain, guided, default, fill, original = (by[(label, v.label)] for v in VARIANTS)
+                plain, guided, default, fill, original = (cell[(label, v.label)] for v in VARIANTS)
                 print(
                     f"| {board} | {label} | {plain['dynamic']:.3f} | {guided['dynamic']:.3f} "
                     f"| {default['dynamic']:.3f} | {fill['dynamic']:.3f} "

@@ -306,7 +306,7 @@ def main() -> int:
     cap = run(
         "plain-cnn-capacity", plain_cmd("builtin:cnn", port, t), port, "/healthz",
         closed_loop("plain-cnn-capacity", port, raw, c, d, w),
-    ).rps  # fmt: skip
+    ).rps
     rate = args.overload * cap
     for label, make in (
         ("plain-cnn-open", lambda port: plain_cmd("builtin:cnn", port, t)),
@@ -319,7 +319,7 @@ def main() -> int:
         run(
             f"{label}@{rate:.0f}rps", make(port), port, ready,
             open_loop(f"{label}@{rate:.0f}rps", port, raw, rate, d, w, conns),
-        )  # fmt: skip
+        )
     if args.out:
         meta = vars(args) | {"out": str(args.out), "logs": str(args.logs)}
         args.out.write_text(json.dumps({"args": meta, "rows": rows}, indent=1))

@@ -123,7 +123,8 @@ def main() -> int:
                 ratios.append(
                     run_cost(energy, result.latencies, baseline, settings.alpha) / dynamic
                 )
-            cells, flat = [], []
+            cells: list[str] = []
+            flat: list[float] = []
             for change in zip(*per_seed, strict=True):
                 done = [w for w in change if w is not None]
                 flat.extend(w if w is not None else float("inf") for w in change)

@@ -81,8 +81,8 @@ async def triton_load(
 
         client = client_module.InferenceServerClient(address, conn_limit=max(100, c))
     else:
-        import tritonclient.grpc.aio as client_module  # type: ignore[no-redef]
-        from tritonclient.grpc import InferInput  # type: ignore[assignment]
+        import tritonclient.grpc.aio as client_module
+        from tritonclient.grpc import InferInput
 
         client = client_module.InferenceServerClient(address)
     tensor = InferInput("input", [1, *item.shape], "FP32")

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 from ecoserve.sim.driver import simulate
 from traces import load_trace
@@ -32,9 +33,17 @@ from twins.fitted import load_twin
 SPEED_TRACES = ("fixed:50ms", "bursty:10@500ms", "poisson:20")
 
 
-def speed(repeats: int) -> list[dict[str, float | str]]:
+class SpeedRow(TypedDict):
+    trace: str
+    requests: int
+    wall_s: float
+    speedup: float
+    windows: int
+
+
+def speed(repeats: int) -> list[SpeedRow]:
     twin = load_twin("xavier-nx")
-    rows = []
+    rows: list[SpeedRow] = []
     for spec in SPEED_TRACES:
         trace = load_trace(spec, duration="3h")
         walls = []

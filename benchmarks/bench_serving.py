@@ -56,7 +56,7 @@ def passes(result: Result, rate: float, p99_ms: float) -> bool:
 def sustained_rate(
     label: str, run_at: Callable[[float], Result], start: float, step: float, p99_ms: float,
     max_steps: int,
-) -> tuple[float, list[dict[str, object]]]:  # fmt: skip
+) -> tuple[float, list[dict[str, object]]]:
     """The highest passing rate found by growing, then one bisection; every run's row."""
     rows: list[dict[str, object]] = []
     best, failed, rate = 0.0, None, start

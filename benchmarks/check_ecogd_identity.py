@@ -85,10 +85,10 @@ def replay(job: tuple[str, str, str, str]) -> dict[str, Any]:
             [report.phase, list(report.config), list(report.next_config), repr(report.cost)]
         )
         if len(windows) % 100 == 0:
-            states.append(engine.controller.tuner.state_dict())
+            states.append(engine.tuner.state_dict())
 
     Simulator(twin, engine, noise_seed=settings.seed).run(trace.arrivals, on_window=on_window)
-    tuner = engine.controller.tuner
+    tuner = engine.tuner
     return {
         "key": f"{board} {spec} {tuner_name} {window}",
         "windows": windows,

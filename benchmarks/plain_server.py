@@ -37,8 +37,8 @@ def create_plain_app(model_spec: str) -> FastAPI:
             item = torch.tensor(json.loads(body)["input"], dtype=model.input_dtype)
         async with lock:
             out = await asyncio.to_thread(model.batch_fn, item.unsqueeze(0))
-        body = json.dumps({"output": out[0].tolist(), "model": model.name})
-        return Response(body, media_type="application/json")
+        answer = json.dumps({"output": out[0].tolist(), "model": model.name})
+        return Response(answer, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

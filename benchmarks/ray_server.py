@@ -61,7 +61,10 @@ def main() -> None:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="warning")
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve.run(
-        Model.options(ray_actor_options={"num_cpus": 0}).bind(args.model, args.torch_threads),
+        # @serve.deployment made Model a Deployment; mypy keeps the decorated class's own type.
+        Model.options(  # type: ignore[attr-defined]
+            ray_actor_options={"num_cpus": 0}
+        ).bind(args.model, args.torch_threads),
         route_prefix="/v1/infer",
     )
     print(f"ray serve: {args.model} on http://127.0.0.1:{args.port}/v1/infer", flush=True)

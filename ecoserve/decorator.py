@@ -225,8 +225,8 @@ def _copy_outcome(source: asyncio.Future[Any], target: concurrent.futures.Future
         return
     if source.cancelled():
         target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
     else:
         target.set_result(source.result())
 

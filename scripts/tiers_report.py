@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import platform
 import random
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ecoserve.models.stages import median_call_s, profile_stages, sequential_fro
 from ecoserve.models.tensor_codec import decode_tensor, encode_tensor
 from ecoserve.server.tier_node import CascadeRunner
 from tuners.cascade_threshold import ThresholdChooser
-from tuners.neurosurgeon import Objective, SplitPlanner
+from tuners.neurosurgeon import Goal, Objective, SplitPlanner
 
 BANDWIDTHS_MBIT = (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
 POWER = DevicePower(busy_w=3.0, tx_w=1.0, idle_w=0.5)
@@ -116,7 +117,7 @@ class Column:
     """One column of a split table: a goal on a link shape, optionally another next tier."""
 
     label: str
-    goal: str
+    goal: Goal
     rtt_s: float
     fp16: bool = False
     speedup: float | None = None  # None: the report's default next tier
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         params = sum(p.numel() for p in model.parameters())
         lines.append(
             f"| {name} | {params} | {c / len(split.y_test) * 100:.2f}% ({c}/{len(split.y_test)}) "
-            f"| {median_call_s(lambda m=model: m(x1)) * 1e6:.0f} µs |"
+            f"| {median_call_s(functools.partial(model, x1)) * 1e6:.0f} µs |"
         )
 
     dev = profile_stages(large, x1, repeats=200, warmup=20, tier="device")

@@ -40,7 +40,7 @@ class FakeBoard:
         if self.stats_fail:
             raise ConnectionError("node gone")
         return {"ready": True, "parked": self.parked, "busy_rate_rps": 100.0,
-                "joules_per_request": 0.1, "energy_j": 5.0}  # fmt: skip
+                "joules_per_request": 0.1, "energy_j": 5.0}
 
     async def park(self) -> None:
         self.parked = True
@@ -73,7 +73,7 @@ def make(policy: str = "consolidation", n: int = 3, **extra: Any) -> tuple[Fleet
     svc = FleetService(
         fleet, ServeSettings(), TensorSpec((2,), torch.float32), clients, command=command,
         clock=Clock(),
-    )  # fmt: skip
+    )
     return svc, {"clients": clients, "commands": commands}
 
 
@@ -86,7 +86,7 @@ def test_settings_name_what_is_wrong() -> None:
         parse_boards([{"name": "bad name!"}])
     boards = parse_boards("xavier-nx:2,nano:1")
     assert [b.resource for b in boards] == ["board_xavier-nx-0", "board_xavier-nx-1",
-                                            "board_nano-0"]  # fmt: skip
+                                            "board_nano-0"]
     assert boards[2].device_spec == "virtual:nano"
 
 
@@ -159,7 +159,7 @@ async def test_the_daemon_s_routes_serve_the_fleet() -> None:
         assert "ecoserve_requests_total" in metrics
         assert (await c.get("/v2/health/ready")).status_code == 200
         body = {"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP32",
-                            "data": [1.0, 2.0, 3.0, 4.0]}]}  # fmt: skip
+                            "data": [1.0, 2.0, 3.0, 4.0]}]}
         r = await c.post("/v2/models/cnn/infer", json=body)
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
@@ -171,7 +171,7 @@ async def test_board_service_parks_at_minimum_clocks_and_restores_at_close(tmp_p
     settings = ServeSettings(
         device="virtual:nano", window_requests=8, warmup_requests=2, window_seconds=1.0,
         max_batch=4, torch_threads=1, watchdog_s=None,
-    )  # fmt: skip
+    )
     board = BoardService("nano-0", settings, str(tmp_path))
     await board.start()
     try:
@@ -214,4 +214,4 @@ def test_a_board_s_refusal_survives_the_trip_to_the_ingress() -> None:
     )
     assert (err.status, err.detail, err.outcome, err.headers) == (
         503, "queue full", "rejected", {"Retry-After": "1"},
-    )  # fmt: skip
+    )

@@ -84,7 +84,7 @@ def test_three_virtual_boards_park_when_idle_wake_on_load_and_restore(tmp_path: 
                 "warmup_requests": 4,
                 "window_seconds": 1.0,
                 "max_batch": 8,
-            },  # fmt: skip
+            },
         }
     )
     port = free_port()

@@ -25,7 +25,7 @@ def v2(url: str, datatype: str, data: list[int]) -> httpx.Response:
     ("datatype", "data", "shown"),
     [("INT8", [300, 1, 2, 3], "-128..127"), ("INT16", [70000, 0, 0, 0], "-32768..32767"),
      ("UINT8", [-1, 0, 0, 0], "0..255")],
-)  # fmt: skip
+)
 def test_integers_outside_the_datatype_are_refused_not_wrapped(url, datatype, data, shown) -> None:
     resp = v2(url, datatype, data)
     assert resp.status_code == 400, resp.text

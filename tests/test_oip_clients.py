@@ -101,7 +101,7 @@ def test_bf16_over_http_binary_and_json(served, http_client) -> None:
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     # The Triton client sends BF16 only as bytes; JSON values are the protocol's other form.
     body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "BF16",
-                        "data": x.astype(np.float32).reshape(-1).tolist()}]}  # fmt: skip
+                        "data": x.astype(np.float32).reshape(-1).tolist()}]}
     r = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     np.testing.assert_allclose(
@@ -231,18 +231,18 @@ def test_protocol_errors_are_json_with_an_error_key(served) -> None:
     assert httpx.get(base + "/no/such/path").json() == {"error": "Not Found"}
     assert httpx.get(base + "/models/nope/ready").json()["error"].startswith("model 'nope'")
     r = httpx.post(base + f"/models/{MODEL}/infer", json={"inputs": [
-        {"name": "input", "shape": [1], "datatype": "BYTES", "data": ["cat"]}]})  # fmt: skip
+        {"name": "input", "shape": [1], "datatype": "BYTES", "data": ["cat"]}]})
     assert r.status_code == 400 and "BYTES" in r.json()["error"]
     r = httpx.post(base + f"/models/{MODEL}/infer", content=b'{"inputs": []}xxxx',
-                   headers={"Inference-Header-Content-Length": "14"})  # fmt: skip
+                   headers={"Inference-Header-Content-Length": "14"})
     assert r.status_code == 400 and "non-empty" in r.json()["error"]
     header = b'{"inputs":[{"name":"input","shape":[1,3,32,32],"datatype":"FP32","parameters":{"binary_data_size":99}}]}'
     r = httpx.post(base + f"/models/{MODEL}/infer", content=header + b"\0" * 99,
-                   headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+                   headers={"Inference-Header-Content-Length": str(len(header))})
     assert r.status_code == 400 and "needs 12288" in r.json()["error"]
     bomb = zlib.compress(b"0" * (9 * 1024 * 1024))  # inflates past --max-body-bytes (8 MiB)
     r = httpx.post(base + f"/models/{MODEL}/infer", content=bomb,
-                   headers={"Content-Encoding": "deflate"})  # fmt: skip
+                   headers={"Content-Encoding": "deflate"})
     assert r.status_code == 413 and "decompressed" in r.json()["error"]
     r = httpx.post(
         base + f"/models/{MODEL}/infer", content=b"xx", headers={"Content-Encoding": "br"}
@@ -269,7 +269,7 @@ def test_parameters_pass_through_and_timeout(served, http_client) -> None:
     assert result.get_response()["parameters"] == {"trace_tag": "abc", "n": 3}
     body = {"parameters": {"timeout": -5},
             "inputs": [{"name": "input", "shape": [1, *ITEM], "datatype": "FP32",
-                        "data": x.reshape(-1).tolist()}]}  # fmt: skip
+                        "data": x.reshape(-1).tolist()}]}
     r = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body)
     assert r.status_code == 400 and "timeout" in r.json()["error"]
 

@@ -283,7 +283,7 @@ def test_watchdog_firing_mid_measurement_invalidates_the_row(tmp_path):
                 profiler.measure(
                     device, lambda x: time.sleep(0.2), [0], setting,
                     warmup=0, repeats=1, guard=guard,
-                )  # fmt: skip
+                )
             assert guard.fired_count >= 1
             # It handed the clocks back while the process was still running.
             assert clock_state(tree) == before

@@ -71,7 +71,7 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_is_served():
     s = ServeSettings(
         model="stuck", request_timeout_s=0.3, baseline_at_start=False, min_batch=1, max_batch=1,
         **FAST,
-    )  # fmt: skip
+    )
     with TestClient(create_app(s, model=_model(stuck)), base_url=LOCAL) as c:
         t0 = time.monotonic()
         r = c.post("/v1/infer", json={"input": [500, 0, 0, 0]})
@@ -114,7 +114,7 @@ numbers = st.one_of(
 json_values = st.recursive(
     numbers, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=20,
-)  # fmt: skip
+)
 bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),

@@ -32,7 +32,7 @@ def test_defaults_are_the_documented_ones():
     s = load_settings(_parse(), environ={})
     assert (s.model, s.device, s.tuner, s.host, s.port) == (
         "builtin:cnn", "virtual:xavier-nx", "ecogd", "127.0.0.1", 8000,
-    )  # fmt: skip
+    )
 
 
 def test_precedence_cli_over_env_over_toml_over_defaults(tmp_path):

@@ -90,7 +90,7 @@ def _is_integral(text: str) -> bool:
     if re.fullmatch(r"[+-]?\d+", text):
         return True
     match = re.fullmatch(r"[+-]?\d*\.(\d*)", text)
-    return bool(match) and set(match.group(1)) <= {"0"}
+    return match is not None and set(match.group(1)) <= {"0"}
 
 
 def read_timestamps(path: str | Path) -> tuple[np.ndarray, float, bool]:

@@ -155,8 +155,9 @@ class MABJoint(_EpsilonGreedy):
 
     def ask(self) -> Config:
         if self._pending is None:
-            if self.rng.random() >= self.epsilon and self._arms:
-                self._pending = self.best()
+            # best() is None exactly while no arm has been pulled
+            if self.rng.random() >= self.epsilon and (best := self.best()) is not None:
+                self._pending = best
             else:
                 self._pending = self.space.random_config(self.rng)
         return self._pending

@@ -124,7 +124,7 @@ def read_windows(data: Path) -> dict[str, Points]:
             cpu_hz=np.full(batch.size, float(profile.cpu_freqs_hz[-1])),
             gpu_hz=col("gpu_freq_hz"),
             time_s=batch / col("inferences_per_s"),
-            host_s=sum(col(c) for c in HOST_COLUMNS) * 1e-6,
+            host_s=sum((col(c) for c in HOST_COLUMNS), np.zeros(batch.size)) * 1e-6,
             power_w=col("avg_wall_power_w"),
             energy_j=col("energy_per_inference_j"),
         )
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None, default_data: Path | None = None) ->
     parser.add_argument(
         "--data", type=Path, default=default_data, required=default_data is None,
         help="the shared data folder",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="where to write the outputs")
     parser.add_argument(
         "--check", action="store_true", help="compare with the committed outputs, write nothing"

@@ -25,6 +25,7 @@ the full grid: every CPU x GPU frequency pair at every batch size in the table.
 from __future__ import annotations
 
 import csv
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -166,7 +167,7 @@ def read_profile_table(path: str | Path) -> ProfileTable:
                 continue
             if len(cells) != len(COLUMNS):
                 raise fail(number, f"expected {len(COLUMNS)} fields, found {len(cells)}")
-            rows.append(_parse_row(cells, lambda message, n=number: fail(n, message)))
+            rows.append(_parse_row(cells, functools.partial(fail, number)))
     if header is None:
         raise fail(None, f"empty table: expected the header {','.join(COLUMNS)}")
     if not rows:
@@ -265,8 +266,13 @@ class TableTwin(DeviceTwin):
         self._time = np.full(shape, np.nan)
         self._power = np.full(shape, np.nan)
         for r in rows:
-            i = int(np.searchsorted(self._cpu, r.cpu_freq_hz)) if self._has_cpu else 0
-            j = int(np.searchsorted(self._gpu, r.gpu_freq_hz)) if self._has_gpu else 0
+            cpu, gpu = r.cpu_freq_hz, r.gpu_freq_hz
+            if (cpu is None) == self._has_cpu or (gpu is None) == self._has_gpu:
+                raise ProfileTableError(
+                    "a frequency is empty on some rows only: leave it empty on all or none"
+                )
+            i = int(np.searchsorted(self._cpu, cpu)) if cpu is not None else 0
+            j = int(np.searchsorted(self._gpu, gpu)) if gpu is not None else 0
             k = int(np.searchsorted(self._batch, r.batch_size))
             if not np.isnan(self._time[i, j, k]):
                 raise ProfileTableError(

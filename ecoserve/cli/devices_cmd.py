@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     report, specs = probe(args.sysfs_root)
     if args.json:
         data = report.to_dict()
-        for meter, spec in zip(data["meters"], specs):  # type: ignore[arg-type]
+        for meter, spec in zip(data["meters"], specs):
             meter["spec"] = spec
         print(json.dumps(data, indent=2))
     else:

@@ -19,6 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import overload
+
+import numpy as np
 
 
 class EnergyAccounting(str, Enum):
@@ -71,6 +74,7 @@ class CostModel:
         if not self.error_weight >= 0.0:
             raise ValueError(f"error_weight must be >= 0, got {self.error_weight}")
 
+    @overload
     def cost(
         self,
         energy_per_request_j: float,
@@ -78,7 +82,26 @@ class CostModel:
         baseline: Baseline,
         latency_percentile_s: float | None = None,
         error_rate: float = 0.0,
-    ) -> float:
+    ) -> float: ...
+
+    @overload
+    def cost(
+        self,
+        energy_per_request_j: np.ndarray,
+        latency_mean_s: np.ndarray,
+        baseline: Baseline,
+        latency_percentile_s: np.ndarray | None = None,
+        error_rate: float | np.ndarray = 0.0,
+    ) -> np.ndarray: ...
+
+    def cost(
+        self,
+        energy_per_request_j: float | np.ndarray,
+        latency_mean_s: float | np.ndarray,
+        baseline: Baseline,
+        latency_percentile_s: float | np.ndarray | None = None,
+        error_rate: float | np.ndarray = 0.0,
+    ) -> float | np.ndarray:
         """The window's cost; also works element-wise on numpy arrays (oracles, reports)."""
         e = energy_per_request_j / baseline.energy_per_request_j
         if self.slo_latency_s is not None:

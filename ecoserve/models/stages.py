@@ -25,7 +25,7 @@ import json
 import statistics
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ def sequential_from_fx(module: nn.Module, example: torch.Tensor) -> nn.Sequentia
     return nn.Sequential(OrderedDict(stages))
 
 
-def _check_cut(stages: Sequence[nn.Module], k: int) -> None:
+def _check_cut(stages: Sized, k: int) -> None:
     if not 0 <= k <= len(stages):
         raise ValueError(f"split point {k} outside 0..{len(stages)}")
 

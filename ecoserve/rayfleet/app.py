@@ -57,7 +57,10 @@ def board_settings(fleet: FleetSettings, board: BoardSettings) -> ServeSettings:
 class BoardReplica:
     """One board's service (see ``ecoserve.rayfleet.board``)."""
 
-    async def __init__(self, name: str, settings: ServeSettings, record_dir: str | None) -> None:
+    # Ray Serve awaits an async constructor; mypy holds every __init__ to returning None.
+    async def __init__(  # type: ignore[misc]
+        self, name: str, settings: ServeSettings, record_dir: str | None
+    ) -> None:
         self.board = BoardService(name, settings, record_dir)
         await self.board.start()
 
@@ -96,10 +99,12 @@ class _HandleClient:
             raise (cause if isinstance(cause, Exception) else exc) from None
 
     async def infer(self, items: list[Any]) -> list[Any]:
-        return await self._call("infer", items)  # type: ignore[no-any-return]
+        outputs: list[Any] = await self._call("infer", items)
+        return outputs
 
     async def stats(self) -> dict[str, Any]:
-        return await self._call("stats")  # type: ignore[no-any-return]
+        stats: dict[str, Any] = await self._call("stats")
+        return stats
 
     async def park(self) -> Any:
         return await self._call("park")
@@ -113,7 +118,10 @@ class _HandleClient:
 class FleetIngress:
     """The HTTP API of ``ecoserve serve`` over the fleet, and the fleet policy loop."""
 
-    async def __init__(self, fleet: FleetSettings, handles: dict[str, DeploymentHandle]) -> None:
+    # Ray Serve awaits an async constructor; mypy holds every __init__ to returning None.
+    async def __init__(  # type: ignore[misc]
+        self, fleet: FleetSettings, handles: dict[str, DeploymentHandle]
+    ) -> None:
         serve_settings = ServeSettings(model=fleet.model, **dict(fleet.serve))
         model = load_model(serve_settings.model, serve_settings.input_shape)
         spec = TensorSpec(
@@ -133,13 +141,17 @@ class FleetIngress:
 
 def build_fleet(fleet: FleetSettings) -> Any:
     """The bound Serve application of ``fleet``."""
+    # @serve.deployment turned both classes into Deployments; mypy keeps a decorated class's
+    # own type, so it does not see their ``options``.
     handles = {}
     for board in fleet.boards:
-        handles[board.name] = BoardReplica.options(
+        handles[board.name] = BoardReplica.options(  # type: ignore[attr-defined]
             name=f"board-{board.name}",
             ray_actor_options={"num_cpus": 0, "resources": {board.resource: 1}},
         ).bind(board.name, board_settings(fleet, board), fleet.state_dir)
-    return FleetIngress.options(ray_actor_options={"num_cpus": 0}).bind(fleet, handles)
+    return FleetIngress.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": 0}
+    ).bind(fleet, handles)
 
 
 def build_app(args: dict[str, Any]) -> Any:

@@ -103,7 +103,7 @@ class FleetSettings:
             raise ValueError("give boards, e.g. boards=xavier-nx:2,nano:1")
         boards = parse_boards(raw)
         for key in ("period_s", "headroom", "hysteresis", "park_after_s", "capacity_share",
-                    "ray_target_ongoing"):  # fmt: skip
+                    "ray_target_ongoing"):
             if key in data:
                 data[key] = float(data[key])
         return cls(boards=boards, **data)

@@ -151,15 +151,15 @@ class FleetService:
         self._g_weight = Gauge(
             "ecoserve_fleet_board_weight", "Share of traffic sent to a board", ["board"],
             registry=reg,
-        )  # fmt: skip
+        )
         self._g_energy = Gauge(
             "ecoserve_fleet_board_energy_joules", "A board's meter reading", ["board"],
             registry=reg,
-        )  # fmt: skip
+        )
         self._g_rate = Gauge(
             "ecoserve_fleet_arrival_rate_per_second", "Arrivals over the last period",
             registry=reg,
-        )  # fmt: skip
+        )
 
     # -- what the daemon's routes read ----------------------------------------------------
     @property
@@ -185,7 +185,7 @@ class FleetService:
     async def _infer(self, items: Sequence[Any]) -> list[Any]:
         if self.draining:
             raise ServiceError(503, "shutting down; not accepting requests", "unavailable",
-                               {"Retry-After": "1"})  # fmt: skip
+                               {"Retry-After": "1"})
         self.arrivals += 1
         tried: list[str] = []
         last: ServiceError | None = None
@@ -193,7 +193,7 @@ class FleetService:
             name = self.router.pick(exclude=[*tried, *self.failed])
             if name is None:
                 name = next((n for n in self.clients if n not in tried and n not in self.failed),
-                            None)  # fmt: skip
+                            None)
             if name is None:
                 raise last or ServiceError(
                     503, "no board is answering; retry later", "unavailable", {"Retry-After": "1"}

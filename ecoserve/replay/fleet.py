@@ -78,7 +78,7 @@ class FleetReplay:
                 return r
         return None
 
-    def ratios(self) -> dict[str, dict[str, float]]:
+    def ratios(self) -> dict[str, float]:
         """Energy per request of each run over all-on round-robin at maximum clocks."""
         base = self.by("all-on-max", "none")
         if base is None:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ecoserve.replay.report import RunRecord, WindowSeries
 
 
@@ -103,7 +105,7 @@ def write_plots(
     return written
 
 
-def plot_fleet_boards(path: Path, runs: Sequence[Any], rates: Sequence[float]) -> Path:
+def plot_fleet_boards(path: Path, runs: Sequence[Any], rates: Sequence[float] | np.ndarray) -> Path:
     """Boards awake over the day, one panel per parking mode, the arrival rate behind them.
 
     ``runs`` are ``ecoserve.sim.fleet.FleetRun`` objects of one replay (same periods); runs

@@ -91,7 +91,7 @@ class WindowSeries:
     latency_s: list[float]
 
 
-def convergence(costs: Sequence[float], target: float) -> tuple[int | None, float]:
+def convergence(costs: Sequence[float] | np.ndarray, target: float) -> tuple[int | None, float]:
     """First window from which ``CONVERGENCE_RUN`` windows average within tolerance of target.
 
     Returns that window's index (None if never) and the mean cost of the windows before it
@@ -360,13 +360,13 @@ def write_outputs(
         written.append(path)
     path = out / "windows.csv"
     with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
+        writer = csv.writer(fh)
+        writer.writerow(
             ["workload", "tuner", "seed", "end_s", "cost", "energy_per_request_j", "latency_s"]
         )
         for s in series:
             for row in zip(s.end_s, s.cost, s.energy_per_request_j, s.latency_s, strict=True):
-                w.writerow([s.workload, s.tuner, s.seed, *row])
+                writer.writerow([s.workload, s.tuner, s.seed, *row])
     written.append(path)
     return written
 

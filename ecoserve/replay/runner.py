@@ -203,11 +203,11 @@ def run_plan(
                 pool.submit(_run_task, plan, w, t, s, oracles[w.label]): (w, t, s)
                 for w, t, s in tasks
             }
-            for fut in as_completed(run_futures):
-                rec, ser = fut.result()
+            for run_fut in as_completed(run_futures):
+                rec, ser = run_fut.result()
                 records.append(rec)
                 series.append(ser)
-                w, t, s = run_futures[fut]
+                w, t, s = run_futures[run_fut]
                 tick(f"{w.label} {t} seed {s}")
     order = {
         (w.label, t, s): i

@@ -348,7 +348,7 @@ class Runtime:
         newly = {
             k: why for k, why in self.device.actuator.frozen().items()
             if k not in self.engine.frozen and self.engine.tunes(k)
-        }  # fmt: skip
+        }
         if newly:
             for knob, why in newly.items():
                 label = why.split(":", 1)[0] if ":" in why else "error"

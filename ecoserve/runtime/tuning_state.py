@@ -56,7 +56,7 @@ def resume(engine: Engine[Any], path: str | Path, model: str, device: str) -> li
         log.warning(
             "state file %s was saved for model %s on %s, not %s on %s; starting fresh",
             path, data.get("model"), data.get("device"), model, device,
-        )  # fmt: skip
+        )
         return []
     try:
         restored, problems = engine.load_state_dict(data)
@@ -108,8 +108,13 @@ class TuningState:
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.path, exc)
         baseline = engine.baseline
-        measured = baseline is not None and engine.phase == "tuning"
-        if self.baseline_path and measured and baseline != self._baseline_saved:
+        measured = engine.phase == "tuning"
+        if (
+            self.baseline_path
+            and baseline is not None
+            and measured
+            and baseline != self._baseline_saved
+        ):
             try:
                 save_baseline(baseline, self.baseline_path)
                 self._baseline_saved = baseline

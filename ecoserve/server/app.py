@@ -105,7 +105,7 @@ def create_app(
             {"detail": f"internal error ({type(exc).__name__}); see the daemon's log",
              "error": "internal error"},
             500,
-        )  # fmt: skip
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 #: When the old spellings go (said in every deprecation line).
 REMOVED_IN = "the next release"
@@ -41,7 +41,7 @@ class _Alias(argparse.Action):
             dest=target.dest,
             nargs=target.nargs,
             const=target.const,
-            type=target.type,
+            type=cast(Any, target.type),  # a registered type's name passes through as is
             choices=target.choices,
             metavar=target.metavar,
             default=argparse.SUPPRESS,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Generator
@@ -49,7 +50,7 @@ class DrainingServer(uvicorn.Server):
         self._draining: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         quiet_accept_errors(self._loop)
         await super().startup(sockets)
@@ -141,7 +142,9 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
         lifespan="on",
         access_log=settings.access_log,
         log_config=None,
-        timeout_graceful_shutdown=max(5.0, settings.drain_timeout_s),
+        # uvicorn hands this to asyncio.wait_for, which takes fractional seconds; its
+        # annotation says int only.
+        timeout_graceful_shutdown=max(5.0, settings.drain_timeout_s),  # type: ignore[arg-type]
         server_header=False,
         http=bounded_protocol(settings.max_connections, settings.idle_timeout_s),
         timeout_keep_alive=max(1, int(settings.idle_timeout_s)),

@@ -152,7 +152,7 @@ class ServerMetrics(RuntimeObserver):
         self.rejections = Counter(
             "ecoserve_rejections", "Requests refused by the runtime, by reason", ["reason"],
             registry=r,
-        )  # fmt: skip
+        )
         for reason in ("queue_full", "stopping"):
             self.rejections.labels(reason)
         self.clock = Gauge(

@@ -39,7 +39,7 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_
 RESERVED_PARAMETERS = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
      "binary_data_output", "binary_data", "binary_data_size", "headers"}
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -168,7 +168,7 @@ class OipModel:
                 {"name": OUTPUT_NAME, "datatype": sig.output_datatype,
                  "shape": sig.shape_with_batch(sig.output_shape)}
             ],
-        }  # fmt: skip
+        }
 
     def config(self) -> dict[str, Any]:
         """Triton's model configuration: batching dimension first, dims without it."""
@@ -201,7 +201,7 @@ class OipModel:
                 "ecoserve_tuner": {"string_value": s.tuner},
                 "ecoserve_device": {"string_value": s.device},
             },
-        }  # fmt: skip
+        }
 
     def repository_index(self) -> list[dict[str, str]]:
         state = "READY" if self.ready else "UNAVAILABLE"

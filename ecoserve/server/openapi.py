@@ -38,7 +38,7 @@ def _fix_validation_errors(document: dict[str, Any]) -> None:
         "ErrorResponse",
         {"title": "ErrorResponse", "type": "object", "required": ["detail"],
          "properties": {"detail": {"type": "string", "title": "Detail"}}},
-    )  # fmt: skip
+    )
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             responses = operation.get("responses", {})
@@ -86,4 +86,4 @@ def infer_example(oip: OipModel) -> dict[str, Any] | None:
             {"name": INPUT_NAME, "shape": [1, *shape],
              "datatype": oip.signature.input_datatype, "data": [zero] * count}
         ]
-    }  # fmt: skip
+    }

@@ -7,6 +7,7 @@ bytes actually streamed, since a chunked body has no length and a client may lie
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -45,7 +46,9 @@ def accepts(request: Request, *media: str) -> bool:
     return any(m in accept for m in media)
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     """Serialise with the standard library directly: cheaper than a validating encoder."""
     body = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
     return Response(body, status_code=status, headers=headers, media_type="application/json")

@@ -57,7 +57,8 @@ _INFER_BODY = {
 
 
 def service_of(request: Request) -> InferenceService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    service: InferenceService = request.app.state.service
+    return service
 
 
 async def decode_v1(request: Request, service: InferenceService) -> tuple[list[Any], bool, Any]:

@@ -74,7 +74,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def oip_of(request: Request) -> OipModel:
-    return request.app.state.oip  # type: ignore[no-any-return]
+    oip: OipModel = request.app.state.oip
+    return oip
 
 
 def error_body(err: ServiceError) -> Response:
@@ -371,13 +372,13 @@ def _model_routes(prefix: str, versioned: bool) -> None:
             prefix + tail, endpoint, methods=[method], summary=summary + where,
             response_model=model, responses=_errors(*codes),
             operation_id=f"v2_{endpoint.__name__.strip('_')}{'_versioned' if versioned else ''}",
-        )  # fmt: skip
+        )
     router.add_api_route(
         prefix + "/infer", _infer, methods=["POST"], summary="Inference" + where,
         response_model=V2InferResponse, responses=_errors(400, 404, 413, 500, 503, 504),
         openapi_extra=_INFER_OPENAPI,
         operation_id=f"v2_infer{'_versioned' if versioned else ''}",
-    )  # fmt: skip
+    )
 
 
 _model_routes("/models/{name}/versions/{version}", versioned=True)
@@ -403,7 +404,7 @@ async def load(name: str) -> Response:
         {"error": f"cannot load {name!r}: ecoserve serves the one model given at start "
                   "(restart with --model to change it)"},
         400,
-    )  # fmt: skip
+    )
 
 
 @router.post(

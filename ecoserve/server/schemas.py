@@ -156,4 +156,5 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
             return [resolve(v) for v in node]
         return node
 
-    return resolve(schema)  # type: ignore[no-any-return]
+    inlined: dict[str, Any] = resolve(schema)
+    return inlined

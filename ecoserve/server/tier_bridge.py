@@ -180,6 +180,7 @@ class TierBridge:
         elif settings.link_rtt_s > 0:
             emulation = EmulatedLink(((0.0, math.inf),), rtt_s=settings.link_rtt_s)
         client = NextTierClient(settings.next_tier, emulation=emulation, token=settings.tier_token)
+        helper: SplitPlanner | ThresholdChooser
         try:
             remote = await cls._remote_profile(client)
             if settings.tier_mode == "split":

@@ -19,16 +19,18 @@ changes, and queues carried from one control period into the next.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings, build_engine
+from ecoserve.core.knobs import Knob
 from ecoserve.sim.driver import Simulator
 from traces.generators import poisson_arrivals
-from twins.base import DeviceTwin
+from twins.base import BatchSample, DeviceTwin
 from twins.fitted import load_twin
 
 #: Latency histogram edges (seconds): log-spaced from 0.1 ms to 1000 s.
@@ -155,12 +157,13 @@ def histogram_quantile(hist: np.ndarray, q: float) -> float:
     return float(lo * (hi / lo) ** frac)
 
 
-class _Recorder:
+class _Recorder(DeviceTwin):
     """The twin, with every batch it runs after ``since`` written down (start, s, J).
 
     The simulator meters idle power between batches at the twin's idle draw, which for the
     fitted twins does not depend on the clocks; so the energy of any stretch of a run is
-    its batches' energy plus idle power over the time no batch ran.
+    its batches' energy plus idle power over the time no batch ran. Everything else is the
+    wrapped twin's own answer.
     """
 
     def __init__(self, twin: DeviceTwin, since: float) -> None:
@@ -168,11 +171,45 @@ class _Recorder:
         self.since = since
         self.busy_s = 0.0
         self.joules = 0.0
+        self.name, self.noise, self.power_noise = twin.name, twin.noise, twin.power_noise
+        self.observes_environment = twin.observes_environment
 
     def __getattr__(self, name: str) -> object:
-        return getattr(self._twin, name)
+        return getattr(self._twin, name)  # what a particular twin adds (a fitted twin's params)
 
-    def sample_batch(self, batch, freqs, rng, now):  # noqa: ANN001, ANN201 - the twin's own
+    def knobs(self) -> list[Knob]:
+        return self._twin.knobs()
+
+    def batch_time(self, batch: int, freqs: Mapping[str, float]) -> float:
+        return self._twin.batch_time(batch, freqs)
+
+    def power(self, freqs: Mapping[str, float], busy: float, *, batch: int | None = None) -> float:
+        return self._twin.power(freqs, busy, batch=batch)
+
+    def sample_batch_time(
+        self, batch: int, freqs: Mapping[str, float], rng: random.Random
+    ) -> float:
+        return self._twin.sample_batch_time(batch, freqs, rng)
+
+    def sample_power(
+        self,
+        freqs: Mapping[str, float],
+        busy: float,
+        rng: random.Random,
+        *,
+        batch: int | None = None,
+    ) -> float:
+        return self._twin.sample_power(freqs, busy, rng, batch=batch)
+
+    def max_freqs(self) -> dict[str, float]:
+        return self._twin.max_freqs()
+
+    def context(self, now: float) -> dict[str, float]:
+        return self._twin.context(now)
+
+    def sample_batch(
+        self, batch: int, freqs: Mapping[str, float], rng: random.Random, now: float
+    ) -> BatchSample:
         sample = self._twin.sample_batch(batch, freqs, rng, now)
         if now >= self.since:
             self.busy_s += sample.seconds
@@ -196,7 +233,7 @@ def _point(
     arrivals = poisson_arrivals(rate, warm + measured, seed)
     recorder = _Recorder(twin, warm)
     sim = Simulator(
-        recorder,  # type: ignore[arg-type] - a stand-in with the twin's interface
+        recorder,
         build_engine(twin.knobs(), replace(settings, seed=seed)),
         noise_seed=seed,
     )

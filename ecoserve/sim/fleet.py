@@ -221,10 +221,10 @@ def run_fleet(
             ongoing=dict(zip(names, ongoing.tolist(), strict=True)),
         )
         plan = policy.decide(obs)
-        for n, w in plan.weights.items():
-            weights[k, index[n]] = w
-        for n, st in policy.state.items():
-            state[k, index[n]] = codes[st]
+        for n, share in plan.weights.items():
+            weights[k, index[n]] = share
+        for n, board_state in policy.state.items():
+            state[k, index[n]] = codes[board_state]
         for kind in kinds:
             idx = of_kind[kind]
             ongoing[idx] = models[kind].ongoing(weights[k, idx] * rates[k])

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -275,6 +275,16 @@ def renormalised_costs(
     return CostModel(alpha=alpha).cost(e, lat, baseline)
 
 
+class Candidate(TypedDict):
+    """One configuration the static oracle simulated in full, with its costs."""
+
+    config: list[int]
+    values: dict[str, float]
+    estimate: float  # mean window cost estimated without simulating
+    simulated: float  # simulated mean window cost (inf when no window closed)
+    run_cost: float  # every request counted (inf when not finite)
+
+
 @dataclass
 class Oracles:
     """The two bounds for one workload, and the reference baseline they are scaled by."""
@@ -286,7 +296,7 @@ class Oracles:
     static_cost_estimate: float
     dynamic_cost: float  # mean over windows of the best estimated cost in each window
     dynamic_configs: list[Config]
-    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
     #: Every request counted (see the module notes); NaN where not computed.
     static_run_cost: float = float("nan")
     dynamic_run_cost: float = float("nan")
@@ -387,7 +397,7 @@ def compute_oracles(
     for size in np.unique(table.batch_size):
         same = order[table.batch_size[order] == size]
         rows.extend(int(r) for r in same[:per_batch])
-    candidates = []
+    candidates: list[Candidate] = []
     for row in dict.fromkeys(int(r) for r in rows):
         config = tuple(int(x) for x in table.configs[row])
         run = _fixed_run(arrivals, twin, settings, config, seed, baseline)
