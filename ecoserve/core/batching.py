@@ -37,8 +37,8 @@ T = TypeVar("T")
 class Dispatch(Generic[T]):
     """Run these items now as one batch (oldest first).
 
-    The engine names the queue they come from and the configuration they run under (its
-    driver hands that configuration back in the batch's ``BatchOutcome``).
+    It names the queue the items come from and the configuration they run under (a driver
+    hands that configuration back in the batch's ``BatchOutcome``).
     """
 
     items: list[T]
@@ -70,8 +70,14 @@ class QueueFullError(RuntimeError):
 
 
 class BatchPolicy(Generic[T]):
+    """One queue's batching rule; its batches carry ``name`` and the ``config`` in force."""
+
     def __init__(
-        self, batch_size: int = 1, max_wait: float = 0.05, max_queue: int | None = None
+        self,
+        batch_size: int = 1,
+        max_wait: float = 0.05,
+        max_queue: int | None = None,
+        name: str = "",
     ) -> None:
         if max_wait < 0:
             raise ValueError(f"max_wait must be >= 0 seconds, got {max_wait}")
@@ -79,6 +85,9 @@ class BatchPolicy(Generic[T]):
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.max_wait = float(max_wait)
         self.max_queue = max_queue
+        self.name = name
+        #: The configuration the next batch runs under (the engine keeps it current).
+        self.config: Config = ()
         self._queue: deque[tuple[float, T]] = deque()
         self._released = 0  # items at the head queued before the last batch-size change
         self.batch_size = 1
@@ -107,9 +116,16 @@ class BatchPolicy(Generic[T]):
 
     def add(self, item: T, arrival: float) -> None:
         """Queue an item; raises QueueFullError when the bound is reached."""
-        if self.full:
+        if not self.offer(item, arrival):
             raise QueueFullError(f"queue is full ({self.max_queue} waiting)")
-        self._queue.append((arrival, item))
+
+    def offer(self, item: T, arrival: float) -> bool:
+        """Queue an item unless the bound is reached; True when it was queued."""
+        queue = self._queue
+        if self.max_queue is not None and len(queue) >= self.max_queue:
+            return False
+        queue.append((arrival, item))
+        return True
 
     def oldest_arrival(self) -> float | None:
         return self._queue[0][0] if self._queue else None
@@ -154,4 +170,6 @@ class BatchPolicy(Generic[T]):
         count = min(n, len(self._queue))
         taken = [self._queue.popleft() for _ in range(count)]
         self._released = max(0, self._released - count)
-        return Dispatch(items=[item for _, item in taken], arrivals=[a for a, _ in taken])
+        return Dispatch(
+            [item for _, item in taken], [a for a, _ in taken], self.name, self.config
+        )

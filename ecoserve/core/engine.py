@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
@@ -104,7 +104,9 @@ class _Queue(Generic[T]):
     def __init__(self, spec: QueueSpec, timer: BatchTimer, max_queue: int | None) -> None:
         self.spec = spec
         self.timer = timer
-        self.policy: BatchPolicy[T] = BatchPolicy(1, max_wait=timer.ceiling_s, max_queue=max_queue)
+        self.policy: BatchPolicy[T] = BatchPolicy(
+            1, max_wait=timer.ceiling_s, max_queue=max_queue, name=spec.name
+        )
         self.arrived = 0
 
 
@@ -175,10 +177,8 @@ class Engine(Generic[T]):
         q = self._only
         if q is None or queue != q.spec.name:
             q = self._queue(queue)
-        policy = q.policy
-        if policy.full:
+        if not q.policy.offer(item, now):
             return Admission.QUEUE_FULL
-        policy.add(item, now)
         q.arrived += 1
         self._controller.on_arrival(now)
         return Admission.ACCEPTED
@@ -229,7 +229,7 @@ class Engine(Generic[T]):
         action = self._poll(now, draining)
         if isinstance(action, Dispatch):
             self._running = True
-            return replace(action, config=self._controller.config)
+            return action
         if action is None and (arrivals_over or draining):
             return _DRAINED
         c = self._controller
@@ -249,10 +249,7 @@ class Engine(Generic[T]):
         only = self._only
         if only is not None:
             policy = only.policy
-            due = policy.flush() if draining else policy.poll(now)
-            if isinstance(due, Dispatch):
-                return replace(due, queue=only.spec.name)
-            return due
+            return policy.flush() if draining else policy.poll(now)
         first: _Queue[T] | None = None
         first_arrival = math.inf
         wake: WaitUntil | None = None
@@ -267,9 +264,7 @@ class Engine(Generic[T]):
             elif wake is None or deadline < wake.deadline:
                 wake = WaitUntil(deadline)
         if first is not None:
-            batch = first.policy.flush()
-            assert batch is not None
-            return replace(batch, queue=first.spec.name)
+            return first.policy.flush()
         return wake
 
     def _queue(self, name: str) -> _Queue[T]:
@@ -412,11 +407,13 @@ class Engine(Generic[T]):
     # -- answers ----------------------------------------------------------------------------
     def _sync_queues(self) -> None:
         """Put the configuration's batch sizes and their timers on the queues."""
-        values = self._controller.values()
+        c = self._controller
+        values = c.values()
         for q in self._queues.values():
             size = int(values.get(q.spec.batch_knob, 1))
             q.policy.set_batch_size(size)
             q.policy.set_max_wait(q.timer.timer_s(size))
+            q.policy.config = c.config
 
     def _apply_now(self) -> ApplyConfig:
         self._sync_queues()

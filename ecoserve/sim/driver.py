@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings, build_engine
-from ecoserve.core.batching import Dispatch, WaitUntil
+from ecoserve.core.batching import Dispatch
 from ecoserve.core.controller import BatchOutcome, WindowReport
 from ecoserve.core.cost import Baseline
 from ecoserve.core.engine import Admission, ApplyConfig, Drained, Engine, WindowClosed
@@ -152,9 +152,7 @@ class Simulator:
         while True:
             admit(now)
             action = next_answer(now, meter + idle_w * (now - mark), context, arrivals_over=i >= n)
-            cls = action.__class__
-            if cls is Dispatch:
-                assert isinstance(action, Dispatch)
+            if isinstance(action, Dispatch):
                 items = action.items
                 k = len(items)
                 errors = 0.0
@@ -189,18 +187,15 @@ class Simulator:
                     ),
                     context,
                 )
-            elif cls is WindowClosed:
-                assert isinstance(action, WindowClosed)
+            elif isinstance(action, WindowClosed):
                 reports.append(action.report)
                 if on_window is not None:
                     on_window(action.report)
-            elif cls is ApplyConfig:
-                assert isinstance(action, ApplyConfig)
+            elif isinstance(action, ApplyConfig):
                 apply(action)
-            elif cls is Drained:
+            elif isinstance(action, Drained):
                 break
             else:  # WaitUntil: the next arrival, or the engine's deadline
-                assert isinstance(action, WaitUntil)
                 nxt = max(now, action.deadline)
                 if i < n and arr[i] < nxt:
                     nxt = arr[i]
