@@ -114,6 +114,11 @@ class OipResult:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+def _dims(*dims: int) -> str:
+    """A shape as Triton prints it in errors: ``[-1,3,32,32]``."""
+    return "[" + ",".join(str(d) for d in dims) + "]"
+
+
 def not_found(detail: str) -> ServiceError:
     return ServiceError(404, detail, "invalid")
 
@@ -227,10 +232,44 @@ class OipModel:
                 f"{INPUT_NAME!r} ({self.signature.input_datatype}, shape "
                 f"{self.signature.shape_with_batch(self.signature.input_shape)})"
             )
+        arr = tensor.array
+        self._check_batch(tensor.name, arr.shape)
+        what = f"input {tensor.name!r}"
+        spec = self.service.spec
         try:
-            return self.service.spec.split_items(tensor.array, f"input {tensor.name!r}")
+            return [spec.check_array(arr[i], f"{what} item {i}") for i in range(arr.shape[0])]
         except InputError as exc:
             raise bad_request(str(exc)) from None
+
+    @property
+    def max_batch_size(self) -> int:
+        """The ``max_batch_size`` the model configuration advertises (``--max-batch``)."""
+        return int(self.service.settings.max_batch)
+
+    def _check_batch(self, input_name: str, shape: tuple[int, ...]) -> None:
+        """Triton's batch rules, in its order and words: the first dimension is the batch.
+
+        A client that sends one item without its batch dimension would otherwise get an
+        answer here and an error from Triton; more items than ``max_batch_size`` would be
+        accepted here and refused there.
+        """
+        if not shape:
+            raise bad_request(
+                f"input {input_name!r} has no shape but model requires batch dimension "
+                f"for {self.name!r}"
+            )
+        limit = self.max_batch_size
+        if shape[0] > limit:
+            raise bad_request(f"inference request batch-size must be <= {limit} for {self.name!r}")
+        item = self.service.spec.shape
+        if item is not None and tuple(shape[1:]) != item:
+            raise bad_request(
+                f"unexpected shape for input {input_name!r} for model {self.name!r}. "
+                f"Expected {_dims(-1, *item)}, got {_dims(*shape)}. The first dimension is "
+                f"the batch (max_batch_size {limit}): send one item as {_dims(1, *item)}."
+            )
+        if shape[0] == 0:
+            raise bad_request(f"input {input_name!r} holds zero items")
 
     def _check_parameters(self, parameters: dict[str, Any]) -> float | None:
         """Refuse what a stateless model cannot honour; the request's own timeout, if any."""

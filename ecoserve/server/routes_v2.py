@@ -2,9 +2,10 @@
 
 Health, server and model metadata, versioned and unversioned model routes, inference with
 JSON tensors or the binary tensor data extension, and Triton's model configuration,
-repository index and statistics extensions. Each item of the input's leading (batch)
-dimension goes to the engine separately and is batched with other requests, as on
-``/v1/infer``. Every failure answers ``{"error": "..."}``.
+repository index and statistics extensions. The input's first dimension is the batch, as
+Triton has it (required, at most the configuration's ``max_batch_size``); each of its items
+goes to the engine separately and is batched with other requests, as on ``/v1/infer``.
+Every failure answers ``{"error": "..."}``.
 
 Request bodies may be gzip- or deflate-compressed (``Content-Encoding``), as the Triton
 clients send them when asked. The binary extension: the header ``Inference-Header-Content-Length: N`` says the body's
@@ -63,7 +64,8 @@ HEADER_LENGTH = "inference-header-content-length"
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
-        400: "malformed request: bad JSON, names, shapes, datatypes or parameters (the message says which)",
+        400: "malformed request: bad JSON, names, shapes (the batch dimension first, at most "
+        "max_batch_size), datatypes or parameters (the message says which)",
         404: "no such model or version",
         413: "body larger than --max-body-bytes, or more items than the queue holds",
         500: "the model failed on this request's batch",

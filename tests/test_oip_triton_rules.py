@@ -1,0 +1,96 @@
+"""Triton's rules, checked with the real Triton clients over HTTP and gRPC.
+
+A client written against Triton must get the same refusals here as there: the batch
+dimension first and at most ``max_batch_size`` items, only the names the repository index
+lists, readiness as the protocol's status codes, and repository control refused alike over
+both transports. Messages follow Triton's wording so that code matching on them works.
+"""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from test_server_fixtures import FAST, daemon
+from tritonclient.utils import InferenceServerException
+
+MODEL = "cnn"
+SPEC = "builtin:cnn"
+ITEM = (3, 32, 32)
+MAX_BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def served():
+    with daemon("--model", SPEC, "--max-batch", str(MAX_BATCH), "--grpc-port", "0", *FAST) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def http_client(served):
+    client = thttp.InferenceServerClient(served.url.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(served):
+    client = tgrpc.InferenceServerClient(served.grpc_address)
+    yield client
+    client.close()
+
+
+def items(*shape: int) -> np.ndarray:
+    return np.random.default_rng(0).random(shape).astype(np.float32)
+
+
+def http_infer(client: thttp.InferenceServerClient, x: np.ndarray, model: str = MODEL):
+    tensor = thttp.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(model, [tensor])
+
+
+def grpc_infer(client: tgrpc.InferenceServerClient, x: np.ndarray, model: str = MODEL):
+    tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(model, [tensor])
+
+
+def refusal(call) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    return err.value
+
+
+def test_max_batch_size_is_enforced_as_triton_does(http_client, grpc_client) -> None:
+    assert http_client.get_model_config(MODEL)["max_batch_size"] == MAX_BATCH
+    assert grpc_client.get_model_config(MODEL).config.max_batch_size == MAX_BATCH
+    full = items(MAX_BATCH, *ITEM)
+    assert http_infer(http_client, full).as_numpy("output").shape == (MAX_BATCH, 10)
+    assert grpc_infer(grpc_client, full).as_numpy("output").shape == (MAX_BATCH, 10)
+    over = items(MAX_BATCH + 1, *ITEM)
+    expected = f"inference request batch-size must be <= {MAX_BATCH} for '{MODEL}'"
+    err = refusal(lambda: http_infer(http_client, over))
+    assert err.status() == "400" and expected in err.message(), err
+    err = refusal(lambda: grpc_infer(grpc_client, over))
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and expected in err.message(), err
+
+
+def test_an_item_without_its_batch_dimension_is_refused(served, http_client, grpc_client) -> None:
+    one = items(*ITEM)  # (3, 32, 32): Triton reads 3 as the batch and [32, 32] as the item
+    expected = (
+        f"unexpected shape for input 'input' for model '{MODEL}'. "
+        "Expected [-1,3,32,32], got [3,32,32]"
+    )
+    err = refusal(lambda: http_infer(http_client, one))
+    assert err.status() == "400" and expected in err.message(), err
+    err = refusal(lambda: grpc_infer(grpc_client, one))
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and expected in err.message(), err
+    # With its batch dimension the same item is served, one row per item.
+    assert http_infer(http_client, one[None]).as_numpy("output").shape == (1, 10)
+    assert grpc_infer(grpc_client, one[None]).as_numpy("output").shape == (1, 10)
+    body = {"inputs": [{"name": "input", "shape": [], "datatype": "FP32", "data": [1.0]}]}
+    r = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+    assert r.status_code == 400 and "requires batch dimension" in r.json()["error"]
