@@ -94,3 +94,32 @@ def test_an_item_without_its_batch_dimension_is_refused(served, http_client, grp
     body = {"inputs": [{"name": "input", "shape": [], "datatype": "FP32", "data": [1.0]}]}
     r = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
     assert r.status_code == 400 and "requires batch dimension" in r.json()["error"]
+
+
+def test_only_names_the_repository_index_lists_are_answered(
+    served, http_client, grpc_client
+) -> None:
+    assert [m["name"] for m in http_client.get_model_repository_index()] == [MODEL]
+    assert [m.name for m in grpc_client.get_model_repository_index().models] == [MODEL]
+    x = items(1, *ITEM)
+    expected = f"Request for unknown model: '{SPEC}' is not found"
+    for call in (
+        lambda: http_client.get_model_metadata(SPEC),
+        lambda: http_client.get_model_config(SPEC),
+        lambda: http_infer(http_client, x, SPEC),
+    ):
+        err = refusal(call)
+        assert err.status() == "404" and expected in err.message(), err
+    for call in (
+        lambda: grpc_client.get_model_metadata(SPEC),
+        lambda: grpc_client.get_model_config(SPEC),
+        lambda: grpc_infer(grpc_client, x, SPEC),
+    ):
+        err = refusal(call)
+        assert err.status() == "StatusCode.NOT_FOUND" and expected in err.message(), err
+    assert not http_client.is_model_ready(SPEC) and not grpc_client.is_model_ready(SPEC)
+    r = httpx.get(f"{served.url}/v2/models/{SPEC}")
+    assert r.status_code == 404 and r.json()["error"].startswith(expected)
+    err = refusal(lambda: http_client.get_model_metadata(MODEL, "2"))
+    assert err.status() == "404"
+    assert f"Request for unknown model: '{MODEL}' version 2 is not found" in err.message()

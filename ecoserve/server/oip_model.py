@@ -146,12 +146,20 @@ class OipModel:
         return self._signature
 
     def check(self, name: str, version: str | None = None) -> None:
-        """404 for another model or version; the message says what is served."""
-        if name not in (self.service.name, self.service.settings.model):
-            raise not_found(f"model {name!r} is not served; this daemon serves {self.name!r}")
+        """404 for a name or version the repository index does not list, in Triton's words.
+
+        Only the served name counts: the ``--model`` spec (``builtin:cnn``) is not a model
+        name, and answering to it would serve a name no client can discover.
+        """
+        if name != self.name:
+            raise not_found(
+                f"Request for unknown model: {name!r} is not found "
+                f"(this daemon serves {self.name!r})"
+            )
         if version not in (None, "", VERSION):
             raise not_found(
-                f"model {name!r} has no version {version!r}; it serves version {VERSION}"
+                f"Request for unknown model: {name!r} version {version} is not found "
+                f"(it serves version {VERSION})"
             )
 
     @property
