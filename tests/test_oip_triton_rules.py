@@ -123,3 +123,24 @@ def test_only_names_the_repository_index_lists_are_answered(
     err = refusal(lambda: http_client.get_model_metadata(MODEL, "2"))
     assert err.status() == "404"
     assert f"Request for unknown model: '{MODEL}' version 2 is not found" in err.message()
+
+
+def test_not_ready_is_a_4xx_on_v2_and_503_on_readyz() -> None:
+    # Without a warm-up the baseline waits for traffic, so the daemon stays not ready.
+    env = {"ECOSERVE_WARMUP_AT_START": "false", "ECOSERVE_WINDOW_SECONDS": "600"}
+    with daemon("--model", SPEC, "--grpc-port", "0", *FAST, ready=False, env=env) as d:
+        assert httpx.get(d.url + "/readyz").status_code == 503
+        r = httpx.get(d.url + "/v2/health/ready")
+        assert r.status_code == 400 and r.json() == {"ready": False}
+        r = httpx.get(f"{d.url}/v2/models/{MODEL}/ready")
+        assert r.status_code == 400 and r.json() == {"name": MODEL, "ready": False}
+        http_client = thttp.InferenceServerClient(d.url.removeprefix("http://"))
+        grpc_client = tgrpc.InferenceServerClient(d.grpc_address)
+        try:
+            assert http_client.is_server_live() and not http_client.is_server_ready()
+            assert not http_client.is_model_ready(MODEL)
+            assert grpc_client.is_server_live() and not grpc_client.is_server_ready()
+            assert not grpc_client.is_model_ready(MODEL)
+        finally:
+            http_client.close()
+            grpc_client.close()

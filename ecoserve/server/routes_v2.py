@@ -5,7 +5,7 @@ JSON tensors or the binary tensor data extension, and Triton's model configurati
 repository index and statistics extensions. The input's first dimension is the batch, as
 Triton has it (required, at most the configuration's ``max_batch_size``); each of its items
 goes to the engine separately and is batched with other requests, as on ``/v1/infer``.
-Every failure answers ``{"error": "..."}``.
+Every failure answers ``{"error": "..."}``; not ready is a 400, as the protocol says.
 
 Request bodies may be gzip- or deflate-compressed (``Content-Encoding``), as the Triton
 clients send them when asked. The binary extension: the header ``Inference-Header-Content-Length: N`` says the body's
@@ -89,12 +89,22 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
+#: Not ready is a 400, as the protocol (a 4xx for false) and Triton have it; the daemon's
+#: own ``/readyz`` keeps 503 for supervisors and load balancers.
+NOT_READY = 400
+
+
+def _not_ready(model: Any) -> dict[int | str, dict[str, Any]]:
+    return {NOT_READY: {"model": model, "description": "not ready: starting or draining"}}
+
+
 @router.get(
-    "/health/ready", summary="Server readiness", response_model=V2Ready, responses=_errors(503)
-)
+    "/health/ready", summary="Server readiness", response_model=V2Ready,
+    responses=_not_ready(V2Ready),
+)  # fmt: skip
 async def ready(request: Request) -> Response:
     ok = oip_of(request).ready
-    return json_response({"ready": ok}, 200 if ok else 503)
+    return json_response({"ready": ok}, 200 if ok else NOT_READY)
 
 
 @router.get("", summary="Server metadata", response_model=V2ServerMetadata)
@@ -131,7 +141,8 @@ async def _model_ready(request: Request, name: str, version: str | None = None) 
         model = _checked(request, name, version)
     except ServiceError as err:
         return error_body(err)
-    return json_response({"name": model.name, "ready": model.ready}, 200 if model.ready else 503)
+    ok = model.ready
+    return json_response({"name": model.name, "ready": ok}, 200 if ok else NOT_READY)
 
 
 async def _config(request: Request, name: str, version: str | None = None) -> Response:
@@ -350,7 +361,7 @@ def _model_routes(prefix: str, versioned: bool) -> None:
     where = " (one version)" if versioned else ""
     routes: list[tuple[str, str, Any, str, Any, tuple[int, ...]]] = [
         ("GET", "", _metadata, "Model metadata", V2ModelMetadata, (404,)),
-        ("GET", "/ready", _model_ready, "Model readiness", V2ModelReady, (404, 503)),
+        ("GET", "/ready", _model_ready, "Model readiness", V2ModelReady, (404,)),
         (
             "GET",
             "/config",
@@ -369,9 +380,12 @@ def _model_routes(prefix: str, versioned: bool) -> None:
         ),
     ]
     for method, tail, endpoint, summary, model, codes in routes:
+        responses = _errors(*codes)
+        if endpoint is _model_ready:
+            responses |= _not_ready(V2ModelReady)
         router.add_api_route(
             prefix + tail, endpoint, methods=[method], summary=summary + where,
-            response_model=model, responses=_errors(*codes),
+            response_model=model, responses=responses,
             operation_id=f"v2_{endpoint.__name__.strip('_')}{'_versioned' if versioned else ''}",
         )  # fmt: skip
     router.add_api_route(
