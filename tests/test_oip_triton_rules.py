@@ -8,6 +8,7 @@ both transports. Messages follow Triton's wording so that code matching on them 
 
 from __future__ import annotations
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -96,6 +97,19 @@ def test_an_item_without_its_batch_dimension_is_refused(served, http_client, grp
     assert r.status_code == 400 and "requires batch dimension" in r.json()["error"]
 
 
+@pytest.mark.parametrize("action", ["load", "unload"])
+def test_repository_control_is_refused_alike_over_http_and_grpc(
+    http_client, grpc_client, action
+) -> None:
+    over_http = refusal(lambda: getattr(http_client, f"{action}_model")(MODEL))
+    over_grpc = refusal(lambda: getattr(grpc_client, f"{action}_model")(MODEL))
+    assert over_http.status() == "400"
+    assert over_grpc.status() == "StatusCode.INVALID_ARGUMENT"
+    assert f"cannot {action} '{MODEL}'" in over_http.message()
+    assert over_grpc.message() == over_http.message()
+    assert http_client.is_model_ready(MODEL) and grpc_client.is_model_ready(MODEL)
+
+
 def test_only_names_the_repository_index_lists_are_answered(
     served, http_client, grpc_client
 ) -> None:
@@ -144,3 +158,15 @@ def test_not_ready_is_a_4xx_on_v2_and_503_on_readyz() -> None:
         finally:
             http_client.close()
             grpc_client.close()
+
+
+def test_grpc_load_is_no_longer_unimplemented(served) -> None:
+    """The raw stub too: a refusal with a reason, never UNIMPLEMENTED."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(served.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="x"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot load 'x'" in (err.value.details() or "")

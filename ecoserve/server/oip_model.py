@@ -279,6 +279,17 @@ class OipModel:
         if shape[0] == 0:
             raise bad_request(f"input {input_name!r} holds zero items")
 
+    def refuse_repository_change(self, action: str, name: str) -> ServiceError:
+        """Load and unload, over HTTP and gRPC alike: the daemon serves one model for life."""
+        if action == "load":
+            reason = (
+                f"cannot load {name!r}: ecoserve serves the one model given at start "
+                "(restart with --model to change it)"
+            )
+        else:
+            reason = f"cannot unload {name!r}: stop the daemon to stop serving its model"
+        return bad_request(reason)
+
     def _check_parameters(self, parameters: dict[str, Any]) -> float | None:
         """Refuse what a stateless model cannot honour; the request's own timeout, if any."""
         if parameters.get("sequence_id") not in (None, 0, ""):

@@ -414,12 +414,8 @@ async def repository_index(request: Request) -> Response:
     summary="Load a model (not available: the daemon serves the model it started with)",
     responses=_errors(400),
 )
-async def load(name: str) -> Response:
-    return json_response(
-        {"error": f"cannot load {name!r}: ecoserve serves the one model given at start "
-                  "(restart with --model to change it)"},
-        400,
-    )  # fmt: skip
+async def load(request: Request, name: str) -> Response:
+    return error_body(oip_of(request).refuse_repository_change("load", name))
 
 
 @router.post(
@@ -427,7 +423,5 @@ async def load(name: str) -> Response:
     summary="Unload a model (not available: the daemon serves the model it started with)",
     responses=_errors(400),
 )
-async def unload(name: str) -> Response:
-    return json_response(
-        {"error": f"cannot unload {name!r}: stop the daemon to stop serving its model"}, 400
-    )
+async def unload(request: Request, name: str) -> Response:
+    return error_body(oip_of(request).refuse_repository_change("unload", name))
