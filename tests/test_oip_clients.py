@@ -202,9 +202,9 @@ def test_model_config_statistics_and_repository_index(http_client, grpc_client) 
 def test_wrong_names_are_named_in_the_error(http_client, grpc_client) -> None:
     x = values_of("FP32", n=1)
     cases = [
-        (lambda: http_client.infer("nope", [http_input("FP32", x, True)]), "404", "'nope' is not served"),
-        (lambda: http_client.infer(MODEL, [http_input("FP32", x, True)], model_version="7"), "404", "no version '7'"),
-        (lambda: http_client.get_model_config(MODEL, "7"), "404", "no version '7'"),
+        (lambda: http_client.infer("nope", [http_input("FP32", x, True)]), "404", "'nope' is not found"),
+        (lambda: http_client.infer(MODEL, [http_input("FP32", x, True)], model_version="7"), "404", "'cnn' version 7 is not found"),
+        (lambda: http_client.get_model_config(MODEL, "7"), "404", "'cnn' version 7 is not found"),
         (lambda: http_client.infer(MODEL, [thttp.InferInput("pixels", list(x.shape), "FP32").set_data_from_numpy(x)]),
          "400", "unknown input 'pixels'"),
         (lambda: http_client.infer(MODEL, [http_input("FP32", x, True)], outputs=[thttp.InferRequestedOutput("logits")]),
@@ -229,7 +229,8 @@ def test_wrong_names_are_named_in_the_error(http_client, grpc_client) -> None:
 def test_protocol_errors_are_json_with_an_error_key(served) -> None:
     base = f"{served.url}/v2"
     assert httpx.get(base + "/no/such/path").json() == {"error": "Not Found"}
-    assert httpx.get(base + "/models/nope/ready").json()["error"].startswith("model 'nope'")
+    error = httpx.get(base + "/models/nope/ready").json()["error"]
+    assert error.startswith("Request for unknown model: 'nope'")
     r = httpx.post(base + f"/models/{MODEL}/infer", json={"inputs": [
         {"name": "input", "shape": [1], "datatype": "BYTES", "data": ["cat"]}]})
     assert r.status_code == 400 and "BYTES" in r.json()["error"]

@@ -87,7 +87,7 @@ def test_readiness_waits_for_the_baseline():
     s = ServeSettings(model="builtin:noop", baseline_at_start=False, **FAST)
     with TestClient(create_app(s), base_url=LOCAL) as c:
         assert c.get("/readyz").status_code == 503
-        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/v2/health/ready").status_code == 400  # the protocol's 4xx
         for _ in range(30):
             c.post("/v1/infer", json={"inputs": [[1, 2, 3, 4]] * 8})
             if c.get("/readyz").status_code == 200:

@@ -6,8 +6,9 @@ unchanged. Requests go through the same ``OipModel`` as the HTTP routes: the sam
 batching, tuner, statistics and metrics. Inputs come as raw bytes (``raw_input_contents``)
 or typed contents; outputs are answered as raw bytes, as Triton does.
 
-Only the inference, health, metadata, configuration, statistics and repository-index
-methods are served; the rest (streaming, shared memory, tracing) answer UNIMPLEMENTED.
+Only the inference, health, metadata, configuration, statistics and repository methods
+are served; the rest (streaming, shared memory, tracing) answer UNIMPLEMENTED. Repository
+load and unload are refused with the reason and status HTTP gives (INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -176,6 +177,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(
             {"models": self.model.repository_index()}, service_pb2.RepositoryIndexResponse()
         )
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        err = self.model.refuse_repository_change("load", request.model_name)
+        return await self._fail(context, err)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        err = self.model.refuse_repository_change("unload", request.model_name)
+        return await self._fail(context, err)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()

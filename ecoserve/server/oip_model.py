@@ -114,6 +114,11 @@ class OipResult:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+def _dims(*dims: int) -> str:
+    """A shape as Triton prints it in errors: ``[-1,3,32,32]``."""
+    return "[" + ",".join(str(d) for d in dims) + "]"
+
+
 def not_found(detail: str) -> ServiceError:
     return ServiceError(404, detail, "invalid")
 
@@ -141,12 +146,20 @@ class OipModel:
         return self._signature
 
     def check(self, name: str, version: str | None = None) -> None:
-        """404 for another model or version; the message says what is served."""
-        if name not in (self.service.name, self.service.settings.model):
-            raise not_found(f"model {name!r} is not served; this daemon serves {self.name!r}")
+        """404 for a name or version the repository index does not list, in Triton's words.
+
+        Only the served name counts: the ``--model`` spec (``builtin:cnn``) is not a model
+        name, and answering to it would serve a name no client can discover.
+        """
+        if name != self.name:
+            raise not_found(
+                f"Request for unknown model: {name!r} is not found "
+                f"(this daemon serves {self.name!r})"
+            )
         if version not in (None, "", VERSION):
             raise not_found(
-                f"model {name!r} has no version {version!r}; it serves version {VERSION}"
+                f"Request for unknown model: {name!r} version {version} is not found "
+                f"(it serves version {VERSION})"
             )
 
     @property
@@ -227,10 +240,55 @@ class OipModel:
                 f"{INPUT_NAME!r} ({self.signature.input_datatype}, shape "
                 f"{self.signature.shape_with_batch(self.signature.input_shape)})"
             )
+        arr = tensor.array
+        self._check_batch(tensor.name, arr.shape)
+        what = f"input {tensor.name!r}"
+        spec = self.service.spec
         try:
-            return self.service.spec.split_items(tensor.array, f"input {tensor.name!r}")
+            return [spec.check_array(arr[i], f"{what} item {i}") for i in range(arr.shape[0])]
         except InputError as exc:
             raise bad_request(str(exc)) from None
+
+    @property
+    def max_batch_size(self) -> int:
+        """The ``max_batch_size`` the model configuration advertises (``--max-batch``)."""
+        return int(self.service.settings.max_batch)
+
+    def _check_batch(self, input_name: str, shape: tuple[int, ...]) -> None:
+        """Triton's batch rules, in its order and words: the first dimension is the batch.
+
+        A client that sends one item without its batch dimension would otherwise get an
+        answer here and an error from Triton; more items than ``max_batch_size`` would be
+        accepted here and refused there.
+        """
+        if not shape:
+            raise bad_request(
+                f"input {input_name!r} has no shape but model requires batch dimension "
+                f"for {self.name!r}"
+            )
+        limit = self.max_batch_size
+        if shape[0] > limit:
+            raise bad_request(f"inference request batch-size must be <= {limit} for {self.name!r}")
+        item = self.service.spec.shape
+        if item is not None and tuple(shape[1:]) != item:
+            raise bad_request(
+                f"unexpected shape for input {input_name!r} for model {self.name!r}. "
+                f"Expected {_dims(-1, *item)}, got {_dims(*shape)}. The first dimension is "
+                f"the batch (max_batch_size {limit}): send one item as {_dims(1, *item)}."
+            )
+        if shape[0] == 0:
+            raise bad_request(f"input {input_name!r} holds zero items")
+
+    def refuse_repository_change(self, action: str, name: str) -> ServiceError:
+        """Load and unload, over HTTP and gRPC alike: the daemon serves one model for life."""
+        if action == "load":
+            reason = (
+                f"cannot load {name!r}: ecoserve serves the one model given at start "
+                "(restart with --model to change it)"
+            )
+        else:
+            reason = f"cannot unload {name!r}: stop the daemon to stop serving its model"
+        return bad_request(reason)
 
     def _check_parameters(self, parameters: dict[str, Any]) -> float | None:
         """Refuse what a stateless model cannot honour; the request's own timeout, if any."""

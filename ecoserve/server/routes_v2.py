@@ -2,9 +2,10 @@
 
 Health, server and model metadata, versioned and unversioned model routes, inference with
 JSON tensors or the binary tensor data extension, and Triton's model configuration,
-repository index and statistics extensions. Each item of the input's leading (batch)
-dimension goes to the engine separately and is batched with other requests, as on
-``/v1/infer``. Every failure answers ``{"error": "..."}``.
+repository index and statistics extensions. The input's first dimension is the batch, as
+Triton has it (required, at most the configuration's ``max_batch_size``); each of its items
+goes to the engine separately and is batched with other requests, as on ``/v1/infer``.
+Every failure answers ``{"error": "..."}``; not ready is a 400, as the protocol says.
 
 Request bodies may be gzip- or deflate-compressed (``Content-Encoding``), as the Triton
 clients send them when asked. The binary extension: the header ``Inference-Header-Content-Length: N`` says the body's
@@ -63,7 +64,8 @@ HEADER_LENGTH = "inference-header-content-length"
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
-        400: "malformed request: bad JSON, names, shapes, datatypes or parameters (the message says which)",
+        400: "malformed request: bad JSON, names, shapes (the batch dimension first, at most "
+        "max_batch_size), datatypes or parameters (the message says which)",
         404: "no such model or version",
         413: "body larger than --max-body-bytes, or more items than the queue holds",
         500: "the model failed on this request's batch",
@@ -88,12 +90,22 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
+#: Not ready is a 400, as the protocol (a 4xx for false) and Triton have it; the daemon's
+#: own ``/readyz`` keeps 503 for supervisors and load balancers.
+NOT_READY = 400
+
+
+def _not_ready(model: Any) -> dict[int | str, dict[str, Any]]:
+    return {NOT_READY: {"model": model, "description": "not ready: starting or draining"}}
+
+
 @router.get(
-    "/health/ready", summary="Server readiness", response_model=V2Ready, responses=_errors(503)
-)
+    "/health/ready", summary="Server readiness", response_model=V2Ready,
+    responses=_not_ready(V2Ready),
+)  # fmt: skip
 async def ready(request: Request) -> Response:
     ok = oip_of(request).ready
-    return json_response({"ready": ok}, 200 if ok else 503)
+    return json_response({"ready": ok}, 200 if ok else NOT_READY)
 
 
 @router.get("", summary="Server metadata", response_model=V2ServerMetadata)
@@ -130,7 +142,8 @@ async def _model_ready(request: Request, name: str, version: str | None = None) 
         model = _checked(request, name, version)
     except ServiceError as err:
         return error_body(err)
-    return json_response({"name": model.name, "ready": model.ready}, 200 if model.ready else 503)
+    ok = model.ready
+    return json_response({"name": model.name, "ready": ok}, 200 if ok else NOT_READY)
 
 
 async def _config(request: Request, name: str, version: str | None = None) -> Response:
@@ -349,7 +362,7 @@ def _model_routes(prefix: str, versioned: bool) -> None:
     where = " (one version)" if versioned else ""
     routes: list[tuple[str, str, Any, str, Any, tuple[int, ...]]] = [
         ("GET", "", _metadata, "Model metadata", V2ModelMetadata, (404,)),
-        ("GET", "/ready", _model_ready, "Model readiness", V2ModelReady, (404, 503)),
+        ("GET", "/ready", _model_ready, "Model readiness", V2ModelReady, (404,)),
         (
             "GET",
             "/config",
@@ -368,9 +381,12 @@ def _model_routes(prefix: str, versioned: bool) -> None:
         ),
     ]
     for method, tail, endpoint, summary, model, codes in routes:
+        responses = _errors(*codes)
+        if endpoint is _model_ready:
+            responses |= _not_ready(V2ModelReady)
         router.add_api_route(
             prefix + tail, endpoint, methods=[method], summary=summary + where,
-            response_model=model, responses=_errors(*codes),
+            response_model=model, responses=responses,
             operation_id=f"v2_{endpoint.__name__.strip('_')}{'_versioned' if versioned else ''}",
         )
     router.add_api_route(
@@ -399,12 +415,8 @@ async def repository_index(request: Request) -> Response:
     summary="Load a model (not available: the daemon serves the model it started with)",
     responses=_errors(400),
 )
-async def load(name: str) -> Response:
-    return json_response(
-        {"error": f"cannot load {name!r}: ecoserve serves the one model given at start "
-                  "(restart with --model to change it)"},
-        400,
-    )
+async def load(request: Request, name: str) -> Response:
+    return error_body(oip_of(request).refuse_repository_change("load", name))
 
 
 @router.post(
@@ -412,7 +424,5 @@ async def load(name: str) -> Response:
     summary="Unload a model (not available: the daemon serves the model it started with)",
     responses=_errors(400),
 )
-async def unload(name: str) -> Response:
-    return json_response(
-        {"error": f"cannot unload {name!r}: stop the daemon to stop serving its model"}, 400
-    )
+async def unload(request: Request, name: str) -> Response:
+    return error_body(oip_of(request).refuse_repository_change("unload", name))
