@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ecoserve.core.knobs import Knob
 
 if TYPE_CHECKING:
+    from devices.board_lock import BoardLock
     from devices.restore_record import ClockState
 
 
@@ -106,12 +107,17 @@ class Device:
 
     Real hardware needs no hooks. The virtual device uses them to stretch a batch by the
     twin's slowdown at the current frequencies and to know when the board is busy.
+    ``lock`` is the board's tuner lock (``devices.board_lock``), released once the clocks
+    are restored, so the next tuner finds them as they were.
     """
 
-    def __init__(self, name: str, actuator: Actuator, meter: PowerMeter) -> None:
+    def __init__(
+        self, name: str, actuator: Actuator, meter: PowerMeter, lock: BoardLock | None = None
+    ) -> None:
         self.name = name
         self.actuator = actuator
         self.meter = meter
+        self.lock = lock
         self._closed = False
 
     def begin_batch(self, batch_size: int) -> None:
@@ -125,11 +131,15 @@ class Device:
         """Called once the batch (stretched, if so) is over."""
 
     def close(self) -> None:
-        """Restore the knobs and close the meter; safe to call more than once."""
+        """Restore the knobs, close the meter, release the lock; safe to call more than once."""
         if self._closed:
             return
         self._closed = True
         try:
             self.actuator.restore()
         finally:
-            self.meter.close()
+            try:
+                self.meter.close()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()

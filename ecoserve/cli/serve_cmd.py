@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.torch_threads)
     try:
         model = load_model(
-            settings.model, settings.input_shape, settings.preprocess, settings.postprocess
+            settings.model,
+            settings.input_shape,
+            settings.preprocess,
+            settings.postprocess,
+            settings.onnx_providers,
         )
         device = open_device(
             settings.device, settings.sysfs_root, settings.meter, settings.restore_dir

@@ -5,6 +5,8 @@ Specs:
   ``builtin:noop`` (returns its input; measures serving overhead), ``builtin:digits-small``
   and ``builtin:digits-large`` (1x8x8 digits, trained weights shipped with the package);
 - ``torchscript:PATH`` or a path ending in ``.pt`` / ``.ts`` — a TorchScript module;
+- ``onnx:PATH`` or a path ending in ``.onnx`` — an ONNX model run by ONNX Runtime on the
+  execution providers given (``onnx_model``; needs ``ecoserve[onnx]``);
 - ``module:callable`` — a Python entry point returning either an ``nn.Module`` or a batch
   function (called with no arguments if it is a factory).
 
@@ -16,7 +18,7 @@ one item's output to what the response carries.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,10 @@ class LoadedModel:
     input_dtype: torch.dtype = torch.float32
     preprocess: Transform | None = None
     postprocess: Transform | None = None
+    #: The protocol's names and platform (Triton's): an ONNX graph brings its own names.
+    input_name: str = "input"
+    output_name: str = "output"
+    platform: str = "pytorch_libtorch"
 
     def example_item(self, seed: int = 0) -> torch.Tensor:
         if self.input_shape is None:
@@ -100,10 +106,13 @@ def load_model(
     input_shape: tuple[int, ...] | None = None,
     preprocess: str | None = None,
     postprocess: str | None = None,
+    onnx_providers: str | Sequence[str] | None = None,
 ) -> LoadedModel:
     """Resolve a model spec (see the module docstring); raises ValueError with the fix."""
     shape = input_shape
     module: nn.Module | None
+    if spec.startswith("onnx:") or spec.endswith(".onnx"):
+        return _onnx(spec, input_shape, preprocess, postprocess, onnx_providers)
     if spec.startswith("builtin:"):
         module, builtin_shape = _builtin(spec.split(":", 1)[1])
         shape = shape or builtin_shape
@@ -122,7 +131,11 @@ def load_model(
         obj = resolve_entry_point(spec)
         if isinstance(obj, type) and issubclass(obj, nn.Module):
             obj = obj()
-        elif callable(obj) and not isinstance(obj, nn.Module) and getattr(obj, "__ecoserve_factory__", False):
+        elif (
+            callable(obj)
+            and not isinstance(obj, nn.Module)
+            and getattr(obj, "__ecoserve_factory__", False)
+        ):
             obj = obj()
         if isinstance(obj, nn.Module):
             module = obj
@@ -137,7 +150,7 @@ def load_model(
     else:
         raise ValueError(
             f"model spec {spec!r} not understood; use builtin:NAME, torchscript:PATH, a .pt file, "
-            "or package.module:callable"
+            "onnx:PATH, a .onnx file, or package.module:callable"
         )
     return LoadedModel(
         name=spec,
@@ -146,4 +159,30 @@ def load_model(
         input_shape=tuple(shape) if shape else None,
         preprocess=resolve_entry_point(preprocess) if preprocess else None,
         postprocess=resolve_entry_point(postprocess) if postprocess else None,
+    )
+
+
+def _onnx(
+    spec: str,
+    input_shape: tuple[int, ...] | None,
+    preprocess: str | None,
+    postprocess: str | None,
+    providers: str | Sequence[str] | None,
+) -> LoadedModel:
+    """An ONNX file; ``input_shape`` only fills dimensions the graph leaves open."""
+    from ecoserve.models.onnx_model import PLATFORM, load_onnx
+
+    path = spec.split(":", 1)[1] if spec.startswith("onnx:") else spec
+    onnx = load_onnx(path, providers, threads=torch.get_num_threads())
+    return LoadedModel(
+        name=spec,
+        module=None,
+        batch_fn=onnx.batch_fn,
+        input_shape=onnx.fit_shape(input_shape),
+        input_dtype=onnx.input_dtype,
+        preprocess=resolve_entry_point(preprocess) if preprocess else None,
+        postprocess=resolve_entry_point(postprocess) if postprocess else None,
+        input_name=onnx.input_name,
+        output_name=onnx.output_name,
+        platform=PLATFORM,
     )

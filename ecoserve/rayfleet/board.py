@@ -58,7 +58,11 @@ class BoardService:
         self.service = InferenceService(
             settings,
             load_model(
-                settings.model, settings.input_shape, settings.preprocess, settings.postprocess
+                settings.model,
+                settings.input_shape,
+                settings.preprocess,
+                settings.postprocess,
+                settings.onnx_providers,
             ),
             self.device,
         )

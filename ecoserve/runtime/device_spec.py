@@ -5,7 +5,8 @@ Specs:
   ``nano``, ``orin``): no hardware touched; the default everywhere a test or a laptop runs.
 - ``virtual:analytic`` / ``virtual:analytic:BOARD`` — the stated analytic model instead of
   the twin fitted to measured data.
-- ``sysfs`` — the real cpufreq/devfreq knobs and the best meter found under ``sysfs_root``.
+- ``sysfs`` — the real cpufreq/devfreq knobs and the best meter found under ``sysfs_root``;
+  one process at a time per root (``devices.board_lock``).
 - ``none`` — no frequency knobs (batch-size-only tuning) with an estimated meter.
 - ``auto`` — ``sysfs`` when discovery finds a frequency knob it can write, else ``none``.
 """
@@ -37,9 +38,10 @@ def open_device(
     meter: str = "auto",
     restore_dir: str | None = None,
 ) -> Device:
-    """The device a spec names. For ``sysfs``: clocks left changed by a process that died
-    are restored first (``devices.restore_record``), and the clocks' state is recorded
-    before the first write, in ``restore_dir`` (default: see ``default_restore_dir``)."""
+    """The device a spec names. For ``sysfs``: the board's tuner lock is taken (another
+    live holder: ``ClocksInUseError`` naming it), clocks left changed by a process that died
+    are restored (``devices.restore_record``), and the clocks' state is recorded before the
+    first write; lock and record live in ``restore_dir`` (default: ``default_restore_dir``)."""
     kind, _, rest = spec.partition(":")
     if kind == "virtual":
         board = rest or "xavier-nx"
@@ -57,16 +59,23 @@ def open_device(
         writable = any(k.writable for k in discover(sysfs_root).knobs)
         return open_device("sysfs" if writable else "none", sysfs_root, meter, restore_dir)
     if kind == "sysfs":
+        from devices.board_lock import take_board_lock
         from devices.discovery import open_sysfs_actuator
         from devices.meters import open_meter
         from devices.restore_record import recover
         from devices.sysfs import SysfsRoot
 
-        root = SysfsRoot(sysfs_root)
-        record = recover(root, restore_dir)  # before reading the clocks as "the originals"
-        actuator = open_sysfs_actuator(root)
-        actuator.record = record
-        return Device(f"sysfs:{sysfs_root}", actuator, open_meter(meter, sysfs_root))
+        lock = take_board_lock(sysfs_root, restore_dir)  # before anything reads the clocks
+        try:
+            root = SysfsRoot(sysfs_root)
+            record = recover(root, restore_dir)  # before reading the clocks as "the originals"
+            actuator = open_sysfs_actuator(root)
+            actuator.record = record
+            return Device(f"sysfs:{sysfs_root}", actuator, open_meter(meter, sysfs_root), lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
     if kind == "none":
         from devices.meters import open_meter
 

@@ -41,7 +41,11 @@ def create_app(
     settings = settings or ServeSettings()
     if model is None:
         model = load_model(
-            settings.model, settings.input_shape, settings.preprocess, settings.postprocess
+            settings.model,
+            settings.input_shape,
+            settings.preprocess,
+            settings.postprocess,
+            settings.onnx_providers,
         )
     check_tier_settings(settings, model)
     if settings.grpc_port is not None:

@@ -30,9 +30,12 @@ from ecoserve.server.tensors import InputError, to_numpy
 log = logging.getLogger("ecoserve.server")
 
 VERSION = "1"
+#: Names and platform of a model that brings none of its own (an ONNX graph brings names).
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 PLATFORM = "pytorch_libtorch"
+#: Triton's backend for each platform (its model configuration names both).
+BACKENDS = {"pytorch_libtorch": "pytorch", "onnxruntime_onnx": "onnxruntime"}
 #: Protocol extensions served (the names Triton uses in its server metadata).
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 #: Request parameters the protocol reserves; the rest are echoed back in the response.
@@ -140,6 +143,18 @@ class OipModel:
         return self.service.name
 
     @property
+    def input_name(self) -> str:
+        return getattr(self.service.model, "input_name", INPUT_NAME)
+
+    @property
+    def output_name(self) -> str:
+        return getattr(self.service.model, "output_name", OUTPUT_NAME)
+
+    @property
+    def platform(self) -> str:
+        return getattr(self.service.model, "platform", PLATFORM)
+
+    @property
     def signature(self) -> Signature:
         if self._signature is None:
             self._signature = probe_signature(self.service)
@@ -172,13 +187,13 @@ class OipModel:
         return {
             "name": self.name,
             "versions": [VERSION],
-            "platform": PLATFORM,
+            "platform": self.platform,
             "inputs": [
-                {"name": INPUT_NAME, "datatype": sig.input_datatype,
+                {"name": self.input_name, "datatype": sig.input_datatype,
                  "shape": sig.shape_with_batch(sig.input_shape)}
             ],
             "outputs": [
-                {"name": OUTPUT_NAME, "datatype": sig.output_datatype,
+                {"name": self.output_name, "datatype": sig.output_datatype,
                  "shape": sig.shape_with_batch(sig.output_shape)}
             ],
         }
@@ -190,15 +205,15 @@ class OipModel:
         device = s.device.split(":", 1)[0]
         return {
             "name": self.name,
-            "platform": PLATFORM,
-            "backend": "pytorch",
+            "platform": self.platform,
+            "backend": BACKENDS.get(self.platform, "python"),
             "max_batch_size": s.max_batch,
             "input": [
-                {"name": INPUT_NAME, "data_type": TRITON_CONFIG_TYPES[sig.input_datatype],
+                {"name": self.input_name, "data_type": TRITON_CONFIG_TYPES[sig.input_datatype],
                  "dims": list(sig.input_shape) if sig.input_shape is not None else [-1]}
             ],
             "output": [
-                {"name": OUTPUT_NAME, "data_type": TRITON_CONFIG_TYPES[sig.output_datatype],
+                {"name": self.output_name, "data_type": TRITON_CONFIG_TYPES[sig.output_datatype],
                  "dims": list(sig.output_shape) if sig.output_shape is not None else [-1]}
             ],
             "dynamic_batching": {
@@ -231,13 +246,13 @@ class OipModel:
         if len(request.inputs) != 1:
             names = [t.name for t in request.inputs]
             raise bad_request(
-                f"model {self.name!r} takes exactly one input, {INPUT_NAME!r}; got {names}"
+                f"model {self.name!r} takes exactly one input, {self.input_name!r}; got {names}"
             )
         tensor = request.inputs[0]
-        if tensor.name != INPUT_NAME:
+        if tensor.name != self.input_name:
             raise bad_request(
                 f"unknown input {tensor.name!r}; model {self.name!r} takes one input named "
-                f"{INPUT_NAME!r} ({self.signature.input_datatype}, shape "
+                f"{self.input_name!r} ({self.signature.input_datatype}, shape "
                 f"{self.signature.shape_with_batch(self.signature.input_shape)})"
             )
         arr = tensor.array
@@ -317,10 +332,11 @@ class OipModel:
             self.statistics.request_done(ok, time.perf_counter() - started)
 
     async def _infer(self, request: OipRequest) -> OipResult:
-        unknown = [n for n in request.outputs or () if n != OUTPUT_NAME]
+        unknown = [n for n in request.outputs or () if n != self.output_name]
         if unknown:
             raise bad_request(
-                f"unknown output(s) {unknown}; model {self.name!r} has one output, {OUTPUT_NAME!r}"
+                f"unknown output(s) {unknown}; model {self.name!r} has one output, "
+                f"{self.output_name!r}"
             )
         timeout_s = self._check_parameters(request.parameters)
         items = self._items(request)
@@ -339,5 +355,5 @@ class OipModel:
                 500, f"output of dtype {out.dtype} has no protocol datatype", "error"
             )
         echoed = {k: v for k, v in request.parameters.items() if k not in RESERVED_PARAMETERS}
-        output = OipOutput(OUTPUT_NAME, datatype, list(out.shape), out)
+        output = OipOutput(self.output_name, datatype, list(out.shape), out)
         return OipResult(self.name, [output], request.id, echoed)

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ecoserve.server.oip_model import INPUT_NAME, VERSION, OipModel
+from ecoserve.server.oip_model import VERSION, OipModel
 
 V1_ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
 V2_INFER_PATHS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
@@ -83,7 +83,7 @@ def infer_example(oip: OipModel) -> dict[str, Any] | None:
     zero = False if oip.signature.input_datatype == "BOOL" else 0
     return {
         "inputs": [
-            {"name": INPUT_NAME, "shape": [1, *shape],
+            {"name": oip.input_name, "shape": [1, *shape],
              "datatype": oip.signature.input_datatype, "data": [zero] * count}
         ]
     }

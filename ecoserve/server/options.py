@@ -49,11 +49,12 @@ FIELDS: dict[str, str] = {
     "slo_percentile": "latency percentile the SLO bound applies to",
     "error_weight": "weight of the estimated error rate in the cost (a cascade's threshold)",
     # the daemon (ServeSettings)
-    "model": "model spec: builtin:NAME, torchscript:PATH, FILE.pt or package.module:callable",
+    "model": "model spec: builtin:NAME, torchscript:PATH, FILE.pt, onnx:PATH, FILE.onnx or package.module:callable",
     "model_name": "name the model is served under (default: derived from --model)",
     "input_shape": "shape of one input item, e.g. 3,32,32 (default: the model's own)",
     "preprocess": "entry point package.module:callable mapping one decoded input to an item",
     "postprocess": "entry point package.module:callable mapping one item's output",
+    "onnx_providers": "ONNX Runtime execution providers in priority order, e.g. CUDAExecutionProvider,CPUExecutionProvider (default: CPU only; needs ecoserve[onnx])",
     "host": "address to bind (loopback by default; 0.0.0.0 exposes the daemon)",
     "port": "TCP port to bind (0 picks a free one and prints it)",
     "grpc_port": "also serve the Open Inference Protocol over gRPC on this port (0 picks one; needs ecoserve[grpc]; off by default)",

@@ -39,6 +39,7 @@ class ServeSettings(EngineSettings):
     input_shape: tuple[int, ...] | None = None
     preprocess: str | None = None
     postprocess: str | None = None
+    onnx_providers: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None
@@ -116,7 +117,7 @@ class ServeSettings(EngineSettings):
         if self.model_name:
             return self.model_name
         tail = self.model.rsplit(":", 1)[-1]
-        return Path(tail).stem if tail.endswith((".pt", ".ts")) else tail
+        return Path(tail).stem if tail.endswith((".pt", ".ts", ".onnx")) else tail
 
     def public_dict(self) -> dict[str, Any]:
         """All settings, the admin token masked (for status pages and logs)."""
