@@ -12,11 +12,15 @@ Specs:
 
 from __future__ import annotations
 
+import logging
+
 from devices.base import Device, NullActuator
 from devices.boards import PROFILES, get_profile
 from twins.base import AnalyticTwin, DeviceTwin
 from twins.fitted import fitted_boards, load_twin
 from twins.virtual_device import VirtualDevice
+
+log = logging.getLogger(__name__)
 
 DEVICE_SPECS = ("virtual:BOARD", "virtual:analytic[:BOARD]", "sysfs", "none", "auto")
 
@@ -39,7 +43,10 @@ def open_device(
 ) -> Device:
     """The device a spec names. For ``sysfs``: clocks left changed by a process that died
     are restored first (``devices.restore_record``), and the clocks' state is recorded
-    before the first write, in ``restore_dir`` (default: see ``default_restore_dir``)."""
+    before the first write, in ``restore_dir`` (default: see ``default_restore_dir``).
+    Clocks that would not go back, or all of them when the record cannot be read, are left
+    alone (their knobs frozen, with the reason and the fix) rather than refused: a daemon
+    that would not start would restart forever under systemd."""
     kind, _, rest = spec.partition(":")
     if kind == "virtual":
         board = rest or "xavier-nx"
@@ -63,9 +70,11 @@ def open_device(
         from devices.sysfs import SysfsRoot
 
         root = SysfsRoot(sysfs_root)
-        record = recover(root, restore_dir)  # before reading the clocks as "the originals"
+        recovery = recover(root, restore_dir)  # before reading the clocks as "the originals"
+        for message in recovery.messages():
+            log.warning("%s", message)
         actuator = open_sysfs_actuator(root)
-        actuator.record = record
+        actuator.follow(recovery)  # what it could not put back or read is left alone
         return Device(f"sysfs:{sysfs_root}", actuator, open_meter(meter, sysfs_root))
     if kind == "none":
         from devices.meters import open_meter
