@@ -22,10 +22,22 @@ class DeviceError(RuntimeError):
 
     #: The errno behind a failed sysfs access (``ENOENT``, ``EIO``...), when there was one.
     errno_name: str = ""
+    #: Already logged by whoever raised it: exit paths need not say it again.
+    reported: bool = False
 
 
 class PermissionDeniedError(DeviceError):
     """A write or read was refused by the kernel (EACCES/EPERM)."""
+
+
+#: errno names of a resource the process (or the system) ran short of for a while: file
+#: descriptors, kernel memory. The knob is fine; the same call can succeed a moment later.
+TRANSIENT_ERRNOS = frozenset({"EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"})
+
+
+class TransientDeviceError(DeviceError):
+    """A read or write failed for want of a resource (EMFILE, ENFILE...), not a fault of
+    the knob: it is retried later and never freezes the knob."""
 
 
 class Actuator(ABC):
@@ -137,6 +149,9 @@ class Device:
         self._closed = True
         try:
             self.actuator.restore()
+        except DeviceError as exc:
+            if not exc.reported:
+                raise  # a reported one is logged and kept in the restore record
         finally:
             try:
                 self.meter.close()

@@ -23,7 +23,9 @@ the first of ``HANDBACK_GOVERNORS`` the policy offers is used instead.
 
 Permission: a refused write (EACCES/EPERM) records one warning, undoes what this actuator
 changed, and drops the knob (``knobs()`` returns ``[]``): serving carries on with the other
-knobs, batch size at least. ``apply`` never raises for a permission problem.
+knobs, batch size at least. ``apply`` never raises for a permission problem. Running out of
+file descriptors (EMFILE/ENFILE) is no fault of the knob: ``apply`` raises
+``TransientDeviceError`` and the caller applies again later.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from devices.base import Actuator, DeviceError, PermissionDeniedError
+from devices.base import Actuator, DeviceError, PermissionDeniedError, TransientDeviceError
 from devices.restore_record import ClockState, put_clock
 from devices.sysfs import SysfsRoot, permission_warning
 from ecoserve.core.knobs import CPU, Knob
@@ -243,7 +245,9 @@ class CpufreqActuator(Actuator):
                     got = self._pin(khz)
                     if got != khz * 1000:
                         log.debug("CPU asked %d kHz, kernel set %d Hz", khz, got)
-            except DeviceError as exc:  # any errno: freeze the knob, serving goes on
+            except TransientDeviceError:
+                raise  # out of descriptors, not a dead knob: the next apply tries again
+            except DeviceError as exc:  # any other errno: freeze the knob, serving goes on
                 self._drop(exc)
 
     def frozen(self) -> dict[str, str]:
@@ -357,7 +361,9 @@ class CpufreqActuator(Actuator):
         if isinstance(exc, PermissionDeniedError):
             self._warnings.append(permission_warning("CPU frequency", exc))
         else:
-            self._warnings.append(f"CPU frequency knob frozen: {exc}. Serving continues without it.")
+            self._warnings.append(
+                f"CPU frequency knob frozen: {exc}. Serving continues without it."
+            )
         log.warning(self._warnings[-1])
         self._frozen = f"{exc.errno_name or 'error'}: {exc}"
         self._dropped = True

@@ -10,7 +10,8 @@ crosses the limits (older kernels answer EINVAL when it would); it works under t
 ``nvhost_podgov`` governor, which is left in place. Each pin is read back. ``restore()``
 and hand-back (``governed``) put back the governor and limits found at start; when that
 governor was ``userspace``, hand-back picks the first of ``HANDBACK_GOVERNORS`` offered.
-A permission refusal drops the knob with one warning, as in ``devices.cpufreq``.
+A permission refusal drops the knob with one warning, as in ``devices.cpufreq``; running out
+of file descriptors raises ``TransientDeviceError`` and freezes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from devices.base import Actuator, DeviceError, PermissionDeniedError
+from devices.base import Actuator, DeviceError, PermissionDeniedError, TransientDeviceError
 from devices.restore_record import ClockState, put_clock
 from devices.sysfs import SysfsRoot, permission_warning
 from ecoserve.core.knobs import GPU, Knob
@@ -177,7 +178,9 @@ class DevfreqActuator(Actuator):
                     got = self._pin(hz)
                     if got != hz:
                         log.debug("%s asked %d Hz, kernel set %d Hz", self.node.name, hz, got)
-            except DeviceError as exc:  # any errno: freeze the knob, serving goes on
+            except TransientDeviceError:
+                raise  # out of descriptors, not a dead knob: the next apply tries again
+            except DeviceError as exc:  # any other errno: freeze the knob, serving goes on
                 self._drop(exc)
 
     def frozen(self) -> dict[str, str]:

@@ -10,7 +10,14 @@ record, and the folder flushed too. It is removed only after a restore has succe
 Whoever opens the sysfs device next, or ``ecoserve restore`` (which the systemd unit runs as
 ``ExecStopPost=``), finds a record left by a dead process, puts every clock back from it,
 says so, and only then reads the clocks afresh. This is what ``jetson_clocks --store`` /
-``--restore`` do by hand.
+``--restore`` do by hand. Both go through ``recover``, so they always agree:
+
+- a clock that will not go back (a broken ``min_freq``, a refused write) does not stop the
+  others: they are put back, it stays in the record (rewritten with it alone), and whoever
+  opens the clocks leaves it alone and says what remains and how to fix it;
+- a record that cannot be read (cut short, a string for a number, wrong nesting) is kept and
+  never replaced by the current values, which may be the pinned ones: the clocks are not
+  tuned until ``ecoserve restore --from-board`` puts the board's defaults back.
 
 One record per sysfs root, in the restore folder: ``--restore-dir``, else ``$STATE_DIRECTORY``
 (systemd's ``StateDirectory=``), else ``/var/lib/ecoserve`` when it can be written, else
@@ -22,18 +29,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from devices.base import DeviceError
+from devices.base import TRANSIENT_ERRNOS, DeviceError, TransientDeviceError
+from devices.boards import PROFILES
 from devices.durable import write_json_durably
-from devices.sysfs import SysfsRoot
-
-log = logging.getLogger(__name__)
+from devices.sysfs import PERMISSION_FIX, SysfsRoot
 
 FORMAT = 1
 #: The files of each kind of clock directory: governor, lower limit, upper limit.
@@ -81,13 +86,38 @@ def put_clock(root: SysfsRoot, state: ClockState) -> None:
     """Put ``state`` back: the governor first, then the limits in an order the kernel takes.
 
     Only files that differ are written, so restoring a clock nobody changed writes nothing.
+    Every file is tried even when another fails (a broken ``min_freq`` must not keep
+    ``max_freq`` pinned too); DeviceError then names each file left wrong, and is a
+    ``TransientDeviceError`` when only descriptors or memory were short.
     """
     governor, low, high = FILES[state.kind]
-    if root.read_text(f"{state.rel}/{governor}") != state.governor:
-        root.write(f"{state.rel}/{governor}", state.governor)
-    now = read_clock(root, state.kind, state.rel)
-    if (now.min, now.max) != (state.min, state.max):
-        root.write_limits(f"{state.rel}/{low}", f"{state.rel}/{high}", state.min, state.max)
+    errors: list[DeviceError] = []
+
+    def attempt(rel: str, value: str | int) -> None:
+        try:
+            if root.read_text(rel) != str(value):
+                root.write(rel, value)
+        except DeviceError as exc:
+            errors.append(exc)
+
+    attempt(f"{state.rel}/{governor}", state.governor)
+    limits = [(f"{state.rel}/{low}", state.min), (f"{state.rel}/{high}", state.max)]
+    try:
+        if state.min > root.read_int(f"{state.rel}/{high}"):
+            limits.reverse()  # raising past the current max: max first, so they never cross
+    except DeviceError:
+        pass  # unreadable max: try min first; a refusal is reported below
+    for rel, value in limits:
+        attempt(rel, value)
+    if errors:
+        transient = all(isinstance(e, TransientDeviceError) for e in errors)
+        raise _joined(TransientDeviceError if transient else DeviceError, errors)
+
+
+def _joined(kind: type[DeviceError], errors: Sequence[DeviceError]) -> DeviceError:
+    err = kind("; ".join(str(e) for e in errors))
+    err.errno_name = errors[0].errno_name
+    return err
 
 
 def default_restore_dir() -> Path:
@@ -168,43 +198,49 @@ class RestoreRecord:
         write_json_durably(self.path, data)
 
     def read(self) -> tuple[int, list[ClockState]]:
-        """(pid that wrote it, the recorded clocks); ValueError names what is wrong."""
+        """(pid that wrote it, the recorded clocks); UnreadableRecordError says what is wrong."""
         return self._read()[:2]
 
     def _read(self) -> tuple[int, list[ClockState], str | None]:
         try:
             data = json.loads(self.path.read_text())
             if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise ValueError(f"unknown format {data.get('format') if isinstance(data, dict) else data!r}")
+                found = data.get("format") if isinstance(data, dict) else data
+                raise ValueError(f"unknown format {found!r}")
             clocks = [ClockState(**c) for c in data["clocks"]]
             started = data.get("pid_started")
             return int(data.get("pid", 0)), clocks, None if started is None else str(started)
         except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"restore record {self.path} is unreadable: {exc}") from exc
+            raise UnreadableRecordError(
+                f"restore record {self.path} cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def owner_alive(self) -> int | None:
         """The pid of a live process other than this one that owns the record, else None."""
         try:
             pid, _, started = self._read()
-        except ValueError:
+        except UnreadableRecordError:
             return None
         return pid if pid != os.getpid() and _alive(pid, started) else None
 
     def restore(self) -> list[ClockState]:
-        """Put back every recorded clock; remove the record only if all of them succeeded.
+        """Put back every recorded clock that can be; returns them and removes the record.
 
-        Returns the clocks restored. DeviceError lists the failures (the record is kept, so
-        a later attempt can finish the job).
+        Clocks that cannot be put back stay recorded (the record is rewritten with them
+        alone, so a later attempt finishes the job) and IncompleteRestoreError lists them.
         """
         _, clocks = self.read()
-        errors = []
+        restored, remaining = [], []
         for state in clocks:
             try:
                 put_clock(self.root, state)
             except DeviceError as exc:
-                errors.append(f"{state.rel}: {exc}")
-        if errors:
-            raise DeviceError(f"restore from {self.path} incomplete: " + "; ".join(errors))
+                remaining.append(Unrestored(state, exc))
+            else:
+                restored.append(state)
+        if remaining:
+            self.write([u.clock for u in remaining])
+            raise IncompleteRestoreError(restored, remaining, self.path)
         self.remove()
         return clocks
 
@@ -213,30 +249,136 @@ class RestoreRecord:
             self.path.unlink()
 
 
-def recover(root: SysfsRoot, restore_dir: str | os.PathLike[str] | None = None) -> RestoreRecord:
-    """Before opening the clocks: restore from a record a dead process left, and say so.
+@dataclass(frozen=True)
+class Unrestored:
+    """A recorded clock that could not be put back, and why."""
 
-    Returns the record to use from now on. A record owned by a live process means another
-    ecoserve is driving these clocks: DeviceError, rather than two tuners fighting.
+    clock: ClockState
+    error: DeviceError
+
+    def describe(self) -> str:
+        return f"{self.clock.describe()} not put back: {self.error}"
+
+
+class UnreadableRecordError(DeviceError):
+    """The record is there but cannot be read: it is kept, never replaced by the clocks'
+    current values (those may be what a dead process pinned)."""
+
+
+class IncompleteRestoreError(DeviceError):
+    """Some clocks could not be put back; they stay recorded in ``kept_in`` (if any)."""
+
+    def __init__(
+        self,
+        restored: Sequence[ClockState],
+        remaining: Sequence[Unrestored],
+        kept_in: Path | None,
+    ) -> None:
+        self.restored = list(restored)
+        self.remaining = list(remaining)
+        self.kept_in = kept_in
+        where = (
+            f"; kept in {kept_in} for `ecoserve restore` (or the next start) to finish"
+            if kept_in is not None
+            else ""
+        )
+        super().__init__(
+            f"restore incomplete: {'; '.join(u.describe() for u in self.remaining)}{where}. "
+            f"{fix_hint(self.remaining)}"
+        )
+        self.errno_name = self.remaining[0].error.errno_name if self.remaining else ""
+
+
+class RecordOwnedError(DeviceError):
+    """A live ecoserve owns the record: it drives these clocks and restores them itself."""
+
+
+def fix_hint(remaining: Sequence[Unrestored]) -> str:
+    """What a user can do about clocks that would not go back, by the errno behind it."""
+    codes = {u.error.errno_name for u in remaining}
+    if codes <= TRANSIENT_ERRNOS:
+        return "The process was short of file descriptors or memory; it is retried later."
+    if codes & {"EACCES", "EPERM"}:
+        return f"Fix: {PERMISSION_FIX}"
+    return (
+        "Fix: check the named files by hand (cat them; a driver reload or a reboot brings "
+        "back a vanished or broken one), then run `ecoserve restore`; or put the board's "
+        "defaults back with `ecoserve restore --from-board BOARD`."
+    )
+
+
+def unreadable_hint(record: RestoreRecord) -> str:
+    """How to fix an unreadable record; said by ``serve`` and ``ecoserve restore`` alike."""
+    where = "" if str(record.root.root) == "/" else f" --sysfs-root {record.root.root}"
+    return (
+        "It is kept, and no clock is tuned until it is fixed: put the board's defaults back "
+        f"with `ecoserve restore --from-board BOARD{where} --restore-dir {record.restore_dir}` "
+        f"(BOARD: {', '.join(sorted(PROFILES))}, or a JSON file of clocks), which then removes "
+        "the record; or put every clock back by hand and delete the record."
+    )
+
+
+@dataclass
+class Recovery:
+    """What ``recover`` found and did, for ``serve`` and ``ecoserve restore`` to act on."""
+
+    record: RestoreRecord
+    #: A record was there (left by a process that did not restore).
+    found: bool = False
+    restored: list[ClockState] = field(default_factory=list)
+    #: Clocks that would not go back: still recorded, and not tuned by whoever opens them.
+    remaining: list[Unrestored] = field(default_factory=list)
+    #: Why the record cannot be read: kept, and no clock under this root is tuned.
+    unreadable: str | None = None
+
+    def messages(self) -> list[str]:
+        """One line per thing the user must know, empty when nothing was there."""
+        out = []
+        if self.restored:
+            out.append(
+                "restored clocks left changed by a process that did not exit cleanly (record "
+                f"{self.record.path}): " + "; ".join(c.describe() for c in self.restored)
+            )
+        return out + self.problems()
+
+    def problems(self) -> list[str]:
+        """What is still wrong, with the fix: the unreadable record, the clocks left changed."""
+        out = []
+        if self.unreadable is not None:
+            out.append(f"{self.unreadable}. {unreadable_hint(self.record)}")
+        if self.remaining:
+            out.append(
+                "could not put back "
+                + "; ".join(u.describe() for u in self.remaining)
+                + f". They stay in {self.record.path} and are not tuned until they go back. "
+                + fix_hint(self.remaining)
+            )
+        return out
+
+
+def recover(
+    root: SysfsRoot, restore_dir: str | os.PathLike[str] | None = None, *, force: bool = False
+) -> Recovery:
+    """Before opening the clocks: put back what a dead process left in its record.
+
+    The one path for a new start and for ``ecoserve restore``. A record owned by a live
+    process means another ecoserve is driving these clocks: RecordOwnedError (unless
+    ``force``), rather than two tuners fighting. An unreadable record is kept and reported,
+    never replaced by the clocks' current values; clocks that would not go back stay in it.
     """
     record = RestoreRecord(root, restore_dir)
     if not record.exists:
-        return record
+        return Recovery(record)
     owner = record.owner_alive()
-    if owner is not None:
-        raise DeviceError(
+    if owner is not None and not force:
+        raise RecordOwnedError(
             f"another ecoserve process (pid {owner}) controls the clocks under {root.root} "
             f"(record {record.path}); stop it first"
         )
     try:
         clocks = record.restore()
-    except ValueError as exc:
-        log.warning("%s; removing it and reading the clocks as they are", exc)
-        record.remove()
-        return record
-    log.warning(
-        "restored clocks left changed by a process that did not exit cleanly (record %s): %s",
-        record.path,
-        "; ".join(c.describe() for c in clocks),
-    )
-    return record
+    except UnreadableRecordError as exc:
+        return Recovery(record, found=True, unreadable=str(exc))
+    except IncompleteRestoreError as exc:
+        return Recovery(record, found=True, restored=exc.restored, remaining=exc.remaining)
+    return Recovery(record, found=True, restored=clocks)

@@ -10,7 +10,10 @@ name the file and say what to do:
 - ``EINVAL`` -> ``DeviceError`` naming the file and the value the kernel refused;
 - ``EBUSY`` (some 5.x kernels during CPU hotplug) -> a write is retried a few times, then
   ``DeviceError``; a read is not retried (cpufreq answers EBUSY for every file of a policy
-  whose CPUs are all offline, which does not pass).
+  whose CPUs are all offline, which does not pass);
+- ``EMFILE`` / ``ENFILE`` (the process or the system is out of file descriptors, e.g. a
+  flood of idle connections) -> ``TransientDeviceError``: the file is fine, so the caller
+  retries later instead of giving the knob up.
 
 Faults a test cannot produce with file modes (the suite runs as root, where ``chmod 0444``
 does not stop a write) are injected through a ``SysfsHook`` passed as ``hook=``: it sees
@@ -26,7 +29,12 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from devices.base import DeviceError, PermissionDeniedError
+from devices.base import (
+    TRANSIENT_ERRNOS,
+    DeviceError,
+    PermissionDeniedError,
+    TransientDeviceError,
+)
 
 #: Appended to every permission error so the user learns the fix, not only the refusal.
 PERMISSION_FIX = (
@@ -187,11 +195,12 @@ class SysfsRoot:
         err.errno_name = errno.errorcode.get(exc.errno or 0, "EIO")
         return err
 
-    def _describe(
-        self, exc: OSError, rel: str, op: str, value: str | None = None
-    ) -> DeviceError:
+    def _describe(self, exc: OSError, rel: str, op: str, value: str | None = None) -> DeviceError:
         where = self.show(rel)
         code = exc.errno
+        if errno.errorcode.get(code or 0) in TRANSIENT_ERRNOS:
+            reason = exc.strerror or str(exc)
+            return TransientDeviceError(f"cannot {op} {where} for now: {reason}")
         if code in (errno.EACCES, errno.EPERM):
             return PermissionDeniedError(
                 f"cannot {op} {where}: permission denied. {PERMISSION_FIX}"

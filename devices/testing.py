@@ -22,7 +22,10 @@ step; and it simulates faults:
   does the chmod, which does stop a non-root user, for demonstrations as that user.)
 - ``busy(pattern, times)``: the next ``times`` writes answer EBUSY.
 - ``fail_reads(pattern, err)``: reads answer ``err``; EBUSY is what cpufreq answers for a
-  policy whose CPUs are all offline (e.g. a 2-core power mode on a 6-core board).
+  policy whose CPUs are all offline (e.g. a 2-core power mode on a 6-core board); EMFILE is
+  what every open answers once the process is out of file descriptors.
+- ``fail_writes(pattern, err)``: writes answer ``err`` (EIO: a file that broke mid-serve).
+- ``heal()``: forget every injected fault (the flood of connections has passed).
 
 Patterns are ``fnmatch`` globs over paths relative to the root. ``writes`` logs every
 accepted write in order, so tests can check write order.
@@ -53,6 +56,7 @@ class FakeKernel:
         self.writes: list[tuple[str, str]] = []
         self._busy: dict[str, int] = {}
         self._read_faults: dict[str, int] = {}
+        self._write_faults: dict[str, int] = {}
 
     def deny(self, *patterns: str) -> FakeKernel:
         """Writes to files matching any pattern fail with EACCES."""
@@ -69,6 +73,19 @@ class FakeKernel:
         self._read_faults[pattern.lstrip("/")] = err
         return self
 
+    def fail_writes(self, pattern: str, err: int = errno.EIO) -> FakeKernel:
+        """Writes to files matching ``pattern`` fail with ``err``."""
+        self._write_faults[pattern.lstrip("/")] = err
+        return self
+
+    def heal(self) -> FakeKernel:
+        """Forget every injected fault: refusals, busy files, failing reads and writes."""
+        self.denied.clear()
+        self._busy.clear()
+        self._read_faults.clear()
+        self._write_faults.clear()
+        return self
+
     def before_read(self, path: Path, rel: str) -> None:
         for pattern, err in self._read_faults.items():
             if fnmatchcase(rel, pattern):
@@ -80,6 +97,9 @@ class FakeKernel:
     def before_write(self, path: Path, rel: str, text: str) -> str:
         if self._denies(rel):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        for pattern, err in self._write_faults.items():
+            if fnmatchcase(rel, pattern):
+                raise OSError(err, os.strerror(err), str(path))
         for pattern, left in self._busy.items():
             if left > 0 and fnmatchcase(rel, pattern):
                 self._busy[pattern] = left - 1
@@ -348,8 +368,14 @@ JETSON_DEVFREQ_GOVERNORS = (
 )
 
 
-def xavier_nx_tree(root: str | os.PathLike[str]) -> Path:
-    """Jetson Xavier NX: Carmel policies 0/2/4 capped by a power mode, gv11b, hwmon INA3221."""
+def xavier_nx_tree(
+    root: str | os.PathLike[str], *, gpu_limits_hz: tuple[int, int] | None = None
+) -> Path:
+    """Jetson Xavier NX: Carmel policies 0/2/4 capped by a power mode, gv11b, hwmon INA3221.
+
+    ``gpu_limits_hz`` caps the GPU too (default: its whole table), so that neither a pinned
+    value nor the hardware range can pass for the GPU's originals.
+    """
     for index in XAVIER_NX.cpu_policies:
         add_cpufreq_policy(
             root,
@@ -369,6 +395,7 @@ def xavier_nx_tree(root: str | os.PathLike[str]) -> Path:
         table_hz=XAVIER_NX.gpu_freqs_hz,
         governors=JETSON_DEVFREQ_GOVERNORS,
         governor="nvhost_podgov",
+        limits_hz=gpu_limits_hz,
     )
     add_ina3221_hwmon(
         root,

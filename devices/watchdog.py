@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from devices.base import Actuator
+from devices.base import Actuator, DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class Watchdog:
         )
         try:
             self.actuator.restore()
+        except DeviceError as exc:
+            if not exc.reported:  # a reported one is logged and kept in the restore record
+                log.error("watchdog restore failed: %s", exc)
         except Exception:
             log.exception("watchdog restore failed")
         return True

@@ -151,7 +151,9 @@ def test_a_failed_restore_keeps_the_record(tmp_path: Path) -> None:
     rel = "sys/devices/system/cpu/cpufreq/policy0"
     record = RestoreRecord(SysfsRoot(tree), state)
     record.write([ClockState("cpufreq", rel, "ondemand", 115200, 1907200)])
-    denied = RestoreRecord(SysfsRoot(tree, hook=FakeKernel().deny(f"{rel}/scaling_governor")), state)
+    denied = RestoreRecord(
+        SysfsRoot(tree, hook=FakeKernel().deny(f"{rel}/scaling_governor")), state
+    )
     with pytest.raises(DeviceError, match="incomplete"):
         denied.restore()
     assert record.exists
@@ -160,7 +162,7 @@ def test_a_failed_restore_keeps_the_record(tmp_path: Path) -> None:
     assert not record.exists
 
 
-def test_a_live_owner_is_refused_and_a_corrupt_record_is_dropped(
+def test_a_live_owner_is_refused_and_a_corrupt_record_is_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tree = xavier_nx_tree(tmp_path / "tree")
@@ -179,10 +181,12 @@ def test_a_live_owner_is_refused_and_a_corrupt_record_is_dropped(
         sleeper.wait()
     record.path.write_text("{ not json")
     open_device("sysfs", str(tree), restore_dir=str(state)).close()
-    assert "unreadable" in caplog.text and not record.exists
+    assert "cannot be read" in caplog.text and record.path.read_text() == "{ not json"
 
 
-def test_default_restore_dir_follows_systemd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_restore_dir_follows_systemd(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
     assert default_restore_dir() == tmp_path / "a"
     monkeypatch.delenv("STATE_DIRECTORY")

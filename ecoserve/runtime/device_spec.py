@@ -13,11 +13,15 @@ Specs:
 
 from __future__ import annotations
 
+import logging
+
 from devices.base import Device, NullActuator
 from devices.boards import PROFILES, get_profile
 from twins.base import AnalyticTwin, DeviceTwin
 from twins.fitted import fitted_boards, load_twin
 from twins.virtual_device import VirtualDevice
+
+log = logging.getLogger(__name__)
 
 DEVICE_SPECS = ("virtual:BOARD", "virtual:analytic[:BOARD]", "sysfs", "none", "auto")
 
@@ -40,8 +44,11 @@ def open_device(
 ) -> Device:
     """The device a spec names. For ``sysfs``: the board's tuner lock is taken (another
     live holder: ``ClocksInUseError`` naming it), clocks left changed by a process that died
-    are restored (``devices.restore_record``), and the clocks' state is recorded before the
-    first write; lock and record live in ``restore_dir`` (default: ``default_restore_dir``)."""
+    are restored first (``devices.restore_record``), and the clocks' state is recorded
+    before the first write; lock and record live in ``restore_dir`` (default: see
+    ``default_restore_dir``). Clocks that would not go back, or all of them when the record
+    cannot be read, are left alone (their knobs frozen, with the reason and the fix) rather
+    than refused: a daemon that would not start would restart forever under systemd."""
     kind, _, rest = spec.partition(":")
     if kind == "virtual":
         board = rest or "xavier-nx"
@@ -68,9 +75,11 @@ def open_device(
         lock = take_board_lock(sysfs_root, restore_dir)  # before anything reads the clocks
         try:
             root = SysfsRoot(sysfs_root)
-            record = recover(root, restore_dir)  # before reading the clocks as "the originals"
+            recovery = recover(root, restore_dir)  # before reading the clocks as "the originals"
+            for message in recovery.messages():
+                log.warning("%s", message)
             actuator = open_sysfs_actuator(root)
-            actuator.record = record
+            actuator.follow(recovery)  # what it could not put back or read is left alone
             return Device(f"sysfs:{sysfs_root}", actuator, open_meter(meter, sysfs_root), lock)
         except BaseException:
             if lock is not None:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from devices.base import Actuator, Device
+from devices.base import Actuator, Device, TransientDeviceError
 from devices.safety import Guard
 from ecoserve.core.batching import Dispatch, QueueFullError
 from ecoserve.core.controller import BatchOutcome, WindowReport
@@ -137,7 +137,12 @@ class Runtime:
         self._in_flight = 0
         self._last_energy = 0.0
         self._hold = False
-        #: Why the power meter stopped answering, once it has (energy then stays put).
+        # Pins in force before a meter fault held the configuration, put back once it heals.
+        self._held_pins: dict[str, float] | None = None
+        # A configuration that failed for want of descriptors: applied again a second later.
+        self._retry: ApplyConfig | None = None
+        self._retry_at = 0.0
+        #: Why the power meter stopped answering, while it does (energy then stays put).
         self.meter_fault: str | None = None
         #: Errors the dispatch loop survived (a tuner or controller that raised).
         self.loop_errors = 0
@@ -222,7 +227,16 @@ class Runtime:
         now = self.clock()
         if self._hold:  # the meter failed: hold the configuration rather than tune blind
             self._hold = False
+            self._held_pins = self.engine.pinned_values()
             await self._apply(self.engine.hold(now, self._energy()))
+        elif self._held_pins is not None and self.meter_fault is None:  # it answers again
+            pins, self._held_pins = self._held_pins, None
+            await self._apply(self.engine.unpin(now, self._energy()))
+            if pins:
+                await self._apply(self.engine.pin(pins, now, self._energy()))
+        if self._retry is not None and now >= self._retry_at:
+            retry, self._retry = self._retry, None
+            await self._apply(retry)
         self.engine.discard(lambda r: r.future.done())  # callers that gave up
         action = self.engine.next(now, self._energy(), self._context)
         if isinstance(action, Dispatch):
@@ -234,8 +248,9 @@ class Runtime:
         elif isinstance(action, Drained):
             return True
         else:
+            until = action.deadline if self._retry is None else min(action.deadline, self._retry_at)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, action.deadline - now))
+                await asyncio.wait_for(self._wake.wait(), max(0.0, until - now))
         return False
 
     async def _run_batch(self, batch: Dispatch[_Request]) -> None:
@@ -341,6 +356,8 @@ class Runtime:
         except Exception as exc:  # an actuator that raised instead of freezing a knob
             applied = False
             self._fault("actuator", type(exc).__name__, f"applying a configuration failed: {exc}")
+            if isinstance(exc, TransientDeviceError):  # out of descriptors: try again later
+                self._retry, self._retry_at = action, self.clock() + 1.0
         for warning in self.device.actuator.warnings():
             if warning not in self._warned:
                 self._warned.add(warning)
@@ -357,6 +374,7 @@ class Runtime:
             await self._apply(action)
             return
         if applied:  # status and metrics show only values that reached the device
+            self._retry = None
             self.observer.on_config(values)
 
     def _fault(self, where: str, reason: str, message: str) -> None:
@@ -371,7 +389,7 @@ class Runtime:
         try:
             value = self.device.meter.energy_joules()
         except Exception as exc:  # a vanished sensor must not end serving
-            if self.meter_fault is None:
+            if self.meter_fault is None and self._held_pins is None:
                 self.meter_fault = f"{type(exc).__name__}: {exc}"
                 label = getattr(exc, "errno_name", "") or "error"
                 self._fault(
@@ -382,6 +400,9 @@ class Runtime:
                 )
                 self._hold = True
             return self._last_energy
+        if self.meter_fault is not None:  # e.g. descriptors ran out, and are free again
+            log.warning("power meter answers again; tuning resumes")
+            self.meter_fault = None
         self._last_energy = value
         return value
 

@@ -27,6 +27,7 @@ from ecoserve.server.connections import (
     quiet_accept_errors,
     raise_open_file_limit,
 )
+from ecoserve.server.file_budget import connection_budget
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
 
@@ -126,15 +127,16 @@ def _nested_zeros(shape: tuple[int, ...]) -> str:
 
 
 def serve(app: FastAPI, settings: ServeSettings) -> int:
-    """Run until a signal drains the daemon; 0 on a clean exit, 1 if it never started."""
+    """Run until a signal drains the daemon; 0 on a clean exit, 1 if it never started, 2 if
+    the open-file limit leaves no room for connections."""
     service: InferenceService = app.state.service
-    files = raise_open_file_limit()
-    if settings.max_connections + 64 > files:
-        log.warning(
-            "max_connections %d is close to the open-file limit %d: accepts may fail first",
-            settings.max_connections,
-            files,
-        )
+    try:
+        connections, clamped = connection_budget(settings.max_connections, raise_open_file_limit())
+    except ValueError as exc:
+        print(f"ecoserve serve: {exc}", file=sys.stderr)
+        return 2
+    if clamped is not None:
+        log.warning("%s", clamped)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -146,7 +148,7 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
         # annotation says int only.
         timeout_graceful_shutdown=max(5.0, settings.drain_timeout_s),  # type: ignore[arg-type]
         server_header=False,
-        http=bounded_protocol(settings.max_connections, settings.idle_timeout_s),
+        http=bounded_protocol(connections, settings.idle_timeout_s),
         timeout_keep_alive=max(1, int(settings.idle_timeout_s)),
     )
 
@@ -159,9 +161,7 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
         print(f"try: {curl_example(settings, service, host, port)}", flush=True)
         grpc_port = getattr(app.state, "grpc_port", None)
         if grpc_port is not None:
-            print(
-                f"ecoserve: Open Inference Protocol over gRPC on {host}:{grpc_port}", flush=True
-            )
+            print(f"ecoserve: Open Inference Protocol over gRPC on {host}:{grpc_port}", flush=True)
 
     server = DrainingServer(config, service.drain, on_started=announce)
     server.run()
