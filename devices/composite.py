@@ -143,9 +143,9 @@ class CompositeActuator(Actuator):
         if errors:
             transient = all(isinstance(e, TransientDeviceError) for e in errors)
             kind: type[DeviceError] = TransientDeviceError if transient else DeviceError
-            err = kind("; ".join(str(e) for e in errors))
-            err.errno_name = errors[0].errno_name
-            raise err
+            failed = kind("; ".join(str(e) for e in errors))
+            failed.errno_name = errors[0].errno_name
+            raise failed
 
     def current(self) -> dict[str, float]:
         merged: dict[str, float] = {}
