@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +29,40 @@ class FakeBoard:
         self.served = 0
         self.fail: Exception | None = None
         self.stats_fail = False
+        self.stats_delay = 0.0
+        self.powered = True
         self.parked = False
         self.calls: list[str] = []
 
     async def infer(self, items: list[Any]) -> list[Any]:
+        if not self.powered:
+            raise ConnectionError("board is powered off")
         if self.fail is not None:
             raise self.fail
         self.served += len(items)
         return [x * 2 for x in items]
 
     async def stats(self) -> dict[str, Any]:
-        if self.stats_fail:
+        await asyncio.sleep(self.stats_delay)
+        if self.stats_fail or not self.powered:
             raise ConnectionError("node gone")
-        return {"ready": True, "parked": self.parked, "busy_rate_rps": 100.0,
-                "joules_per_request": 0.1, "energy_j": 5.0}
+        return {
+            "ready": True,
+            "parked": self.parked,
+            "busy_rate_rps": 100.0,
+            "joules_per_request": 0.1,
+            "energy_j": 5.0,
+        }
 
     async def park(self) -> None:
+        if not self.powered:
+            raise ConnectionError("board is powered off")
         self.parked = True
         self.calls.append("park")
 
     async def unpark(self) -> None:
+        if not self.powered:
+            raise ConnectionError("board is powered off")
         self.parked = False
         self.calls.append("unpark")
 
@@ -71,7 +87,11 @@ def make(policy: str = "consolidation", n: int = 3, **extra: Any) -> tuple[Fleet
         return 0
 
     svc = FleetService(
-        fleet, ServeSettings(), TensorSpec((2,), torch.float32), clients, command=command,
+        fleet,
+        ServeSettings(),
+        TensorSpec((2,), torch.float32),
+        clients,
+        command=command,
         clock=Clock(),
     )
     return svc, {"clients": clients, "commands": commands}
@@ -85,8 +105,11 @@ def test_settings_name_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="board name"):
         parse_boards([{"name": "bad name!"}])
     boards = parse_boards("xavier-nx:2,nano:1")
-    assert [b.resource for b in boards] == ["board_xavier-nx-0", "board_xavier-nx-1",
-                                            "board_nano-0"]
+    assert [b.resource for b in boards] == [
+        "board_xavier-nx-0",
+        "board_xavier-nx-1",
+        "board_nano-0",
+    ]
     assert boards[2].device_spec == "virtual:nano"
 
 
@@ -129,6 +152,7 @@ async def test_idle_boards_are_parked_with_the_operator_command_and_woken_on_loa
         object.__setattr__(b, "park_command", "bmc-off {board}")
         object.__setattr__(b, "unpark_command", "bmc-on {board}")
     await svc.tick()  # no traffic: one board stays, two are parked
+    await svc.settle()
     parked = [n for n, c in env["clients"].items() if c.calls == ["park"]]
     assert len(parked) == 2
     assert sorted(env["commands"]) == sorted(f"bmc-off {n}" for n in parked)
@@ -136,6 +160,7 @@ async def test_idle_boards_are_parked_with_the_operator_command_and_woken_on_loa
     clock.t += 1.0
     svc.arrivals = 250  # 250 req/s: the capacity of three boards at 100 * 0.6 is needed
     await svc.tick()
+    await svc.settle()
     assert all(c.calls == ["park", "unpark"] for n, c in env["clients"].items() if n in parked)
     assert {f"bmc-on {n}" for n in parked} <= set(env["commands"])
     assert len(svc.router.weights) == 3
@@ -158,8 +183,11 @@ async def test_the_daemon_s_routes_serve_the_fleet() -> None:
         assert 'ecoserve_fleet_boards{state="serving"} 2.0' in metrics
         assert "ecoserve_requests_total" in metrics
         assert (await c.get("/v2/health/ready")).status_code == 200
-        body = {"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP32",
-                            "data": [1.0, 2.0, 3.0, 4.0]}]}
+        body = {
+            "inputs": [
+                {"name": "input", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
+            ]
+        }
         r = await c.post("/v2/models/cnn/infer", json=body)
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
@@ -169,8 +197,13 @@ async def test_the_daemon_s_routes_serve_the_fleet() -> None:
 
 async def test_board_service_parks_at_minimum_clocks_and_restores_at_close(tmp_path: Path) -> None:
     settings = ServeSettings(
-        device="virtual:nano", window_requests=8, warmup_requests=2, window_seconds=1.0,
-        max_batch=4, torch_threads=1, watchdog_s=None,
+        device="virtual:nano",
+        window_requests=8,
+        warmup_requests=2,
+        window_seconds=1.0,
+        max_batch=4,
+        torch_threads=1,
+        watchdog_s=None,
     )
     board = BoardService("nano-0", settings, str(tmp_path))
     await board.start()
@@ -213,5 +246,157 @@ def test_a_board_s_refusal_survives_the_trip_to_the_ingress() -> None:
         pickle.dumps(ServiceError(503, "queue full", "rejected", {"Retry-After": "1"}))
     )
     assert (err.status, err.detail, err.outcome, err.headers) == (
-        503, "queue full", "rejected", {"Retry-After": "1"},
+        503,
+        "queue full",
+        "rejected",
+        {"Retry-After": "1"},
     )
+
+
+def make_powered(
+    n: int = 3, boot_s: float = 0.05, boot_timeout_s: float = 2.0, **extra: Any
+) -> tuple[FleetService, dict[str, FakeBoard], list[str]]:
+    """A fleet whose park command powers a board off: it answers nothing until powered on.
+
+    ``bmc-on`` powers the board on ``boot_s`` later (its boot), as a BMC would.
+    """
+    boards = tuple(
+        replace(
+            b,
+            park_command="bmc-off {board}",
+            unpark_command="bmc-on {board}",
+            boot_timeout_s=boot_timeout_s,
+            wake_s=30.0,
+        )
+        for b in parse_boards(f"xavier-nx:{n}")
+    )
+    fleet = FleetSettings(boards=boards, park_after_s=0.0, period_s=0.2, **extra)
+    clients = {b.name: FakeBoard(b.name) for b in boards}
+    commands: list[str] = []
+
+    async def power_on(board: FakeBoard) -> None:
+        await asyncio.sleep(boot_s)
+        board.powered = True
+
+    async def command(cmd: str) -> int:
+        commands.append(cmd)
+        verb, name = cmd.split()
+        if verb == "bmc-off":
+            clients[name].powered = False
+        elif boot_s >= 0:
+            asyncio.get_running_loop().create_task(power_on(clients[name]))
+        return 0
+
+    svc = FleetService(
+        fleet,
+        ServeSettings(),
+        TensorSpec((2,), torch.float32),
+        clients,
+        command=command,
+        clock=Clock(),
+    )
+    return svc, clients, commands
+
+
+async def parked_off(svc: FleetService) -> list[str]:
+    """Idle until two of three boards are parked and powered off; their names."""
+    await svc.tick()
+    await svc.settle()
+    svc.clock.t += 1.0
+    await svc.tick()  # the parked boards no longer answer
+    return [n for n, st in svc.policy.state.items() if st is BoardState.OFF]
+
+
+async def test_powered_off_boards_are_off_not_dead_and_woken_when_load_rises() -> None:
+    svc, clients, commands = make_powered(boot_s=0.05)
+    off = await parked_off(svc)
+    assert len(off) == 2 and all(not clients[n].powered for n in off)
+    assert svc.status()["counts"]["off"] == 2 and svc.status()["counts"]["dead"] == 0
+    svc.clock.t += 1.0
+    svc.arrivals = 250  # three boards of 100 * 0.6 req/s are needed
+    await svc.tick()
+    await asyncio.sleep(0.01)  # the wakes run beside the policy loop; the boot takes 0.05 s
+    assert {f"bmc-on {n}" for n in off} <= set(commands)
+    assert all(svc.policy.state[n] is BoardState.WAKING for n in off)
+    # requests while they boot go to the board that serves; none is sent to a booting one
+    out = await asyncio.gather(*(svc.infer([torch.tensor([1.0, 2.0])]) for _ in range(40)))
+    assert len(out) == 40 and svc.moved == 0
+    await svc.settle()
+    assert all(svc.policy.state[n] is BoardState.SERVING for n in off)
+    assert len(svc.router.weights) == 3
+    out = await asyncio.gather(*(svc.infer([torch.tensor([1.0, 2.0])]) for _ in range(60)))
+    assert all(torch.equal(o[0], torch.tensor([2.0, 4.0])) for o in out)
+    assert all(clients[n].served > 0 for n in off) and svc.moved == 0
+    assert [e["event"] for e in svc.events].count("up") == 2
+
+
+async def test_a_board_that_does_not_boot_in_time_is_marked_failed_and_reported() -> None:
+    svc, clients, _ = make_powered(boot_s=-1.0, boot_timeout_s=0.3)  # bmc-on does nothing
+    off = await parked_off(svc)
+    svc.clock.t += 1.0
+    svc.arrivals = 250
+    await svc.tick()
+    await svc.settle()
+    assert all(svc.policy.state[n] is BoardState.DEAD for n in off)
+    assert set(svc.status()["wake_failures"]) == set(off)
+    assert [e["board"] for e in svc.events if e["event"] == "wake-failed"] == off
+    assert len(svc.router.weights) == 1  # the one board left still serves
+
+
+async def test_when_the_only_serving_board_dies_a_parked_one_is_woken_for_the_request() -> None:
+    svc, clients, commands = make_powered(boot_s=0.05)
+    off = await parked_off(svc)
+    (up,) = set(clients) - set(off)
+    clients[up].fail = RuntimeError("actor died")
+    out = await asyncio.gather(*(svc.infer([torch.tensor([1.0, 2.0])]) for _ in range(10)))
+    assert len(out) == 10 and clients[up].served == 0
+    woken = [n for n in off if clients[n].served]
+    assert len(woken) == 1  # one wake, shared by the waiting requests
+    assert f"bmc-on {woken[0]}" in commands and clients[woken[0]].calls[-1] == "unpark"
+    assert svc.policy.state[woken[0]] is BoardState.SERVING
+
+
+async def test_a_parked_board_is_not_sent_requests_before_its_wake() -> None:
+    """Parked at minimum clocks (it answers): the fallback wakes it before using it."""
+    svc, env = make(n=2)
+    await svc.tick()
+    await svc.settle()
+    (parked,) = [n for n, st in svc.policy.state.items() if st is BoardState.PARKED]
+    (up,) = set(env["clients"]) - {parked}
+    env["clients"][up].fail = RuntimeError("actor died")
+    await svc.infer([1.0])
+    assert env["clients"][parked].calls == ["park", "unpark"]
+    assert svc.policy.state[parked] is BoardState.SERVING
+
+
+async def test_a_policy_step_does_not_wait_on_a_slow_stats_call() -> None:
+    svc, env = make("all-on", n=2, period_s=0.2, stats_timeout_s=0.6)
+    slow = env["clients"]["xavier-nx-1"]
+    slow.stats_delay = 0.15  # longer than the step waits (half a period), shorter than 0.6 s
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await svc.tick()
+    assert loop.time() - t0 < 0.15
+    assert "xavier-nx-1" not in svc.board_stats  # not in yet, and not taken out either
+    assert svc.policy.state["xavier-nx-1"] is BoardState.SERVING
+    await asyncio.sleep(0.1)
+    await svc.tick()
+    assert svc.board_stats["xavier-nx-1"]["ready"]  # the answer, carried to the next step
+    slow.stats_delay = 10.0  # hangs
+    await svc.tick()
+    await svc.tick()
+    assert svc.policy.state["xavier-nx-1"] is BoardState.SERVING
+    await asyncio.sleep(0.7)
+    t0 = loop.time()
+    await svc.tick()
+    assert loop.time() - t0 < 0.15
+    assert svc.policy.state["xavier-nx-1"] is BoardState.DEAD
+    await svc.close()
+
+
+def test_the_old_policy_name_still_works_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = FleetSettings.from_args({"boards": "nano:2", "policy": "ray-rule"})
+    assert fleet.policy == "ray-autoscale"
+    assert "deprecated" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown fleet policy"):
+        FleetSettings.from_args({"boards": "nano:2", "policy": "oracle"})

@@ -60,7 +60,7 @@ def test_mixed_fleet_is_filled_cheapest_energy_per_request_first() -> None:
     assert fewest_covering(cheapest_first(specs), 200.0) == ["orin"]
     assert fewest_covering(cheapest_first(specs), 300.0) == ["orin", "nx"]
     assert fewest_covering(cheapest_first(specs), 0.0) == ["orin"]  # one always stays up
-    policy = Consolidation(specs, park_after_s=0.0)
+    policy = Consolidation(specs, headroom=0.15, park_after_s=0.0)
     plans, _ = drive(policy, [150.0] * 3)
     assert plans[-1].serving == ("orin",)
     assert policy.state["nano"] is BoardState.PARKED

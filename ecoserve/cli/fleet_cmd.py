@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ecoserve.core.fleet import DEFAULTS, POLICIES, RENAMED_POLICIES
 from ecoserve.server.deprecated import add_alias
 
 
@@ -29,9 +30,17 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         "wake_s, park_command, unpark_command), a [serve] table of ecoserve serve settings for "
         "every board",
     )
-    p.add_argument("--policy", choices=["consolidation", "all-on", "ray-rule"])
+    p.add_argument(
+        "--policy",
+        choices=[*(n for n in POLICIES if n != "oracle"), *RENAMED_POLICIES],
+        help="fleet policy (default consolidation; ray-rule is the old name of ray-autoscale)",
+    )
     p.add_argument("--period-s", type=float, help="fleet policy period in seconds (default 1)")
-    p.add_argument("--park-after-s", type=float, help="seconds a lower need must hold (default 30)")
+    p.add_argument(
+        "--park-after-s",
+        type=float,
+        help=f"seconds a lower need must hold (default {DEFAULTS.park_after_s:g})",
+    )
     p.add_argument("--model", help="model spec every board serves (default builtin:cnn)")
     p.add_argument(
         "--state-dir",

@@ -5,7 +5,8 @@ tells a policy what it saw in the last control period (:class:`FleetObservation`
 rate, each board's ongoing requests, boards that died) and carries out the answer
 (:class:`FleetPlan`: boards to wake, boards to park, traffic weights over the boards that
 serve). The policy keeps each board's state: serving, waking (until its wake delay has
-passed), parked or dead.
+passed and, live, until the board answers), parked (answering, at minimum clocks), off (parked
+and not answering: powered off, still a wake candidate) or dead.
 
 What a policy knows of a board is a :class:`BoardSpec`: its tuned capacity (requests per
 second it sustains within the latency target with its own tuner running), its energy per
@@ -25,7 +26,7 @@ Policies:
 - :class:`Consolidation` keeps the fewest boards, cheapest energy per request first, whose
   capacity covers the arrival rate forecast one wake delay ahead plus headroom; parks only
   after the lower need has held for ``park_after_s`` and the rate fell below the hysteresis
-  band.
+  band, then every board above that need at once.
 - :class:`Oracle` knows the future rate: it wakes exactly one wake delay ahead of need and
   parks at once, a bound on what consolidation can reach.
 """
@@ -40,11 +41,46 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+@dataclass(frozen=True)
+class FleetParams:
+    """The fleet's one table of policy settings, the Ray ingress's and the replay's alike.
+
+    Defaults and where they come from: ``headroom`` 0.5, what kept the direct replay's p99
+    within its target (BENCHMARKS.md, "How faithful the fleet replay is"); ``hysteresis``
+    0.15 and ``park_after_s`` 60 s, ``trend_s`` 30 s, the published fleet replay's;
+    ``ray_target_ongoing`` 2, Ray Serve's own default; ``capacity_share`` 0.6, the share of
+    a live board's busy rate taken as its capacity (see :func:`capacity_rps`).
+    """
+
+    headroom: float = 0.5
+    hysteresis: float = 0.15
+    park_after_s: float = 60.0
+    trend_s: float = 30.0
+    ray_target_ongoing: float = 2.0
+    capacity_share: float = 0.6
+
+    def __post_init__(self) -> None:
+        if min(self.headroom, self.hysteresis, self.park_after_s) < 0:
+            raise ValueError("headroom, hysteresis and park_after_s must be >= 0")
+        if not (self.trend_s > 0 and self.ray_target_ongoing > 0):
+            raise ValueError("trend_s and ray_target_ongoing must be > 0")
+        if not 0 < self.capacity_share <= 1:
+            raise ValueError("capacity_share must be within (0, 1]")
+
+
+DEFAULTS = FleetParams()
+
+
 class BoardState(str, Enum):
     SERVING = "serving"
     WAKING = "waking"
     PARKED = "parked"
+    OFF = "off"
     DEAD = "dead"
+
+
+#: States a board can be woken from.
+ASLEEP = frozenset({BoardState.PARKED, BoardState.OFF})
 
 
 @dataclass(frozen=True)
@@ -68,12 +104,18 @@ class BoardSpec:
 
 @dataclass(frozen=True)
 class FleetObservation:
-    """What the driver saw over the control period that ends at ``now``."""
+    """What the driver saw over the control period that ends at ``now``.
+
+    ``dead`` are boards that did not answer; a parked one among them is off, not dead.
+    ``booting`` are woken boards the driver is still waiting on: they stay waking whatever
+    their wake delay said, since a board serves only once it answers.
+    """
 
     now: float
     rate_rps: float
     ongoing: Mapping[str, float] = field(default_factory=dict)
     dead: frozenset[str] = frozenset()
+    booting: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -123,40 +165,74 @@ class FleetPolicy(ABC):
     def decide(self, obs: FleetObservation) -> FleetPlan:
         """Take in one control period's observation; answer the plan to carry out."""
         for name in obs.dead:
-            if name in self.state:
-                self.state[name] = BoardState.DEAD
+            st = self.state.get(name)
+            if st is None or name in obs.booting:
+                continue
+            # a parked board that does not answer was powered off: it can still be woken
+            self.state[name] = BoardState.OFF if st in ASLEEP else BoardState.DEAD
+            if st not in ASLEEP:
                 self.ready_at.pop(name, None)
         for name, at in list(self.ready_at.items()):
-            if obs.now >= at:
+            if obs.now >= at and name not in obs.booting:
                 self.state[name] = BoardState.SERVING
                 del self.ready_at[name]
         want = self.target(obs)
         wake: list[str] = []
         park: list[str] = []
-        for name, spec in self.boards.items():
+        for name in self.boards:
             st = self.state[name]
             if st is BoardState.DEAD:
                 continue
-            if name in want and st is BoardState.PARKED:
+            if name in want and st in ASLEEP:
                 wake.append(name)
-                if spec.wake_s > 0:
-                    self.state[name] = BoardState.WAKING
-                    self.ready_at[name] = obs.now + spec.wake_s
-                else:
-                    self.state[name] = BoardState.SERVING
+                self._start_wake(name, obs.now)
             elif name not in want and st in (BoardState.SERVING, BoardState.WAKING):
                 park.append(name)
                 self.state[name] = BoardState.PARKED
                 self.ready_at.pop(name, None)
-        serving = [n for n in self.boards if self.state[n] is BoardState.SERVING]
+        serving = self.serving()
         if not serving:  # nothing is up yet: send traffic where it will be served soonest
             waking = [n for n in self.boards if self.state[n] is BoardState.WAKING]
-            serving = sorted(waking, key=lambda n: self.ready_at[n])[:1]
+            serving = sorted(waking, key=lambda n: self.ready_at.get(n, obs.now))[:1]
         return FleetPlan(self.weights(serving), tuple(wake), tuple(park))
 
+    def _start_wake(self, name: str, now: float) -> None:
+        """Waking, or serving at once when the board answers and needs no delay."""
+        wake_s = self.boards[name].wake_s
+        if wake_s > 0 or self.state[name] is BoardState.OFF:  # an off board must boot first
+            self.state[name] = BoardState.WAKING
+            self.ready_at[name] = now + wake_s
+        else:
+            self.state[name] = BoardState.SERVING
+
+    def wake_next(self, now: float) -> str | None:
+        """Wake the cheapest sleeping board now, outside a period (nothing else is serving).
+
+        The driver calls this when a request finds no serving board; None when no board is
+        left to wake.
+        """
+        asleep = [self.boards[n] for n, st in self.state.items() if st in ASLEEP]
+        if not asleep:
+            return None
+        name = cheapest_first(asleep)[0].name
+        self._start_wake(name, now)
+        return name
+
+    def woken(self, name: str) -> None:
+        """The driver saw a waking board answer and unparked it: it serves from now."""
+        if self.state.get(name) is BoardState.WAKING:
+            self.state[name] = BoardState.SERVING
+            self.ready_at.pop(name, None)
+
+    def fail(self, name: str) -> None:
+        """A board that did not come up (its boot timed out): dead until it answers again."""
+        if name in self.state:
+            self.state[name] = BoardState.DEAD
+            self.ready_at.pop(name, None)
+
     def revive(self, name: str) -> None:
-        """A board taken out as dead answers again: it comes back parked, to be woken."""
-        if self.state.get(name) is BoardState.DEAD:
+        """A board taken out as dead, or off, answers again: it is parked, to be woken."""
+        if self.state.get(name) in (BoardState.DEAD, BoardState.OFF):
             self.state[name] = BoardState.PARKED
 
     def update(self, spec: BoardSpec) -> None:
@@ -168,6 +244,9 @@ class FleetPolicy(ABC):
     # -- views --------------------------------------------------------------------------------
     def alive(self) -> list[str]:
         return [n for n, st in self.state.items() if st is not BoardState.DEAD]
+
+    def serving(self) -> list[str]:
+        return [n for n, st in self.state.items() if st is BoardState.SERVING]
 
     def awake(self) -> list[str]:
         return [n for n, st in self.state.items() if st in (BoardState.SERVING, BoardState.WAKING)]
@@ -236,8 +315,9 @@ class Consolidation(FleetPolicy):
     ``headroom`` is the spare capacity kept above the forecast (bursts inside a period);
     the forecast extends the rate's rise over the last ``trend_s`` by the longest wake delay
     plus one period, so boards are woken before the rate reaches what the awake ones carry.
-    A board is parked only when the need, computed at ``(1 + headroom + hysteresis)`` times
-    the rate, has stayed below the awake set for ``park_after_s``.
+    Boards are parked only when the need, computed at ``(1 + headroom + hysteresis)`` times
+    the rate, has stayed below the awake set for ``park_after_s``; then all boards above it
+    are parked together and the hold starts again. Defaults: ``ecoserve.core.fleet_contract``.
     """
 
     name = "consolidation"
@@ -246,10 +326,10 @@ class Consolidation(FleetPolicy):
         self,
         boards: Sequence[BoardSpec],
         *,
-        headroom: float = 0.15,
-        hysteresis: float = 0.15,
-        park_after_s: float = 60.0,
-        trend_s: float = 30.0,
+        headroom: float = DEFAULTS.headroom,
+        hysteresis: float = DEFAULTS.hysteresis,
+        park_after_s: float = DEFAULTS.park_after_s,
+        trend_s: float = DEFAULTS.trend_s,
         period_s: float = 1.0,
         start_awake: bool = True,
     ) -> None:
@@ -293,7 +373,9 @@ class Consolidation(FleetPolicy):
             self._low_since = obs.now
         if obs.now - self._low_since < self.park_after_s:
             return set(awake)
-        self._low_since = obs.now  # one step down per hold period
+        # the hold has passed: every board above the kept set is parked at once, and the
+        # next step down waits for a new hold
+        self._low_since = obs.now
         return set(keep) | (set(need) & set(awake))
 
 
@@ -312,7 +394,7 @@ class RayServeRule(FleetPolicy):
         self,
         boards: Sequence[BoardSpec],
         *,
-        target_ongoing_requests: float = 2.0,
+        target_ongoing_requests: float = DEFAULTS.ray_target_ongoing,
         min_replicas: int = 1,
         max_replicas: int | None = None,
         upscale_delay_s: float = 30.0,
@@ -427,3 +509,65 @@ class WeightedRoundRobin:
         best = max(choices, key=lambda n: self._credit[n])
         self._credit[best] -= total
         return best
+
+
+#: The policies by name, as the Ray ingress and the replay both call them.
+POLICIES = ("consolidation", "all-on", "ray-autoscale", "oracle")
+#: Old policy names and what they are now called.
+RENAMED_POLICIES = {"ray-rule": "ray-autoscale"}
+
+
+def policy_name(name: str) -> str:
+    """The current name of ``name`` (an old one is renamed); ValueError for an unknown one."""
+    name = RENAMED_POLICIES.get(name, name)
+    if name not in POLICIES:
+        raise ValueError(f"unknown fleet policy {name!r}; use one of {', '.join(POLICIES)}")
+    return name
+
+
+def make_policy(
+    name: str,
+    specs: Sequence[BoardSpec],
+    params: FleetParams = DEFAULTS,
+    *,
+    period_s: float,
+    peak_ahead: Callable[[float, float], float] | None = None,
+    start_awake: bool = True,
+) -> FleetPolicy:
+    """The one policy factory: ``name`` (see :data:`POLICIES`) over ``specs`` with ``params``.
+
+    The oracle needs ``peak_ahead`` (only a replay, which owns the trace, can give it).
+    """
+    name = policy_name(name)
+    if name == "all-on":
+        return AllOn(specs, start_awake=start_awake)
+    if name == "ray-autoscale":
+        return RayServeRule(
+            specs, target_ongoing_requests=params.ray_target_ongoing, start_awake=start_awake
+        )
+    if name == "oracle":
+        if peak_ahead is None:
+            raise ValueError("the oracle policy needs the rate ahead: only a replay has it")
+        return Oracle(
+            specs, peak_ahead, headroom=params.headroom, period_s=period_s, start_awake=start_awake
+        )
+    return Consolidation(
+        specs,
+        headroom=params.headroom,
+        hysteresis=params.hysteresis,
+        park_after_s=params.park_after_s,
+        trend_s=params.trend_s,
+        period_s=period_s,
+        start_awake=start_awake,
+    )
+
+
+def capacity_rps(busy_rate_rps: float, params: FleetParams = DEFAULTS) -> float:
+    """A live board's capacity, from the rate it serves while busy (its own batches).
+
+    The capacity the policies mean is the highest arrival rate a board serves within the
+    latency target under its own tuner; the replay measures it on the board's model
+    (``BoardModel.capacity``). A live board has seen only the rates it was sent, so its
+    capacity is estimated as ``capacity_share`` of its busy rate (queues stay short below it).
+    """
+    return busy_rate_rps * params.capacity_share

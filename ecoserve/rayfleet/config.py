@@ -10,13 +10,29 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
-from ecoserve.core.fleet import parse_kind_counts
-from ecoserve.server.deprecated import upgrade_keys
+from ecoserve.core.fleet import (
+    DEFAULTS,
+    POLICIES,
+    RENAMED_POLICIES,
+    FleetParams,
+    parse_kind_counts,
+    policy_name,
+)
+from ecoserve.server.deprecated import upgrade_keys, warn
 from ecoserve.server.options import RENAMED
 
-POLICIES = ("consolidation", "all-on", "ray-rule")
+#: The policies a live fleet can run (the oracle needs the future: replay only).
+LIVE_POLICIES = tuple(p for p in POLICIES if p != "oracle")
+#: Seconds a woken board may take to answer before it counts as failed, per board kind.
+#: A stated assumption: four times the replay's 45 s from power-on to serving.
+BOOT_TIMEOUT_S: Mapping[str, float] = MappingProxyType(
+    {"nano": 180.0, "xavier-nx": 180.0, "orin": 180.0}
+)
+#: For a kind not in the table.
+DEFAULT_BOOT_TIMEOUT_S = 180.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -28,7 +44,10 @@ class BoardSettings:
     ``kind``. ``park_command`` / ``unpark_command`` are run by the ingress (which sits next
     to a BMC or PMBus controller) with ``{board}`` replaced by the name; parking always also
     pins the board's clocks at their minimum first. ``wake_s`` is how long an unparked board
-    takes to serve again (a power-on boot, when the park command powers it off).
+    is expected to take to serve again (a power-on boot, when the park command powers it
+    off): the policy wakes that far ahead of need. The board serves once it answers; one that
+    has not answered ``boot_timeout_s`` after its unpark command is marked failed
+    (default: :data:`BOOT_TIMEOUT_S` for its kind).
     """
 
     name: str
@@ -37,6 +56,7 @@ class BoardSettings:
     wake_s: float = 0.0
     park_command: str | None = None
     unpark_command: str | None = None
+    boot_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -45,6 +65,15 @@ class BoardSettings:
             )
         if not self.wake_s >= 0:
             raise ValueError(f"board {self.name}: wake_s must be >= 0")
+        if self.boot_timeout_s is not None and not self.boot_timeout_s > 0:
+            raise ValueError(f"board {self.name}: boot_timeout_s must be > 0")
+
+    @property
+    def boot_timeout(self) -> float:
+        """Seconds to wait for a woken board to answer (its own, or its kind's default)."""
+        if self.boot_timeout_s is not None:
+            return self.boot_timeout_s
+        return BOOT_TIMEOUT_S.get(self.kind, DEFAULT_BOOT_TIMEOUT_S)
 
     @property
     def resource(self) -> str:
@@ -62,17 +91,23 @@ class FleetSettings:
 
     ``serve`` overrides ``ServeSettings`` fields for every board (the ``[serve]`` table, as in
     an ``ecoserve serve`` config file). ``state_dir`` is the fleet's folder of per-board files
-    (tuner state, shutdown record, restore record).
+    (tuner state, shutdown record, restore record). The policy's settings default to the
+    fleet's one table (``ecoserve.core.fleet.FleetParams``), the replay's too.
+    ``stats_timeout_s``: a board whose stats call has not answered for this long counts as not
+    answering (a policy step waits at most half a period for it; a later answer is used at
+    the next step).
     """
 
     boards: tuple[BoardSettings, ...]
     policy: str = "consolidation"
     period_s: float = 1.0
-    headroom: float = 0.5
-    hysteresis: float = 0.15
-    park_after_s: float = 30.0
-    capacity_share: float = 0.6
-    ray_target_ongoing: float = 2.0
+    headroom: float = DEFAULTS.headroom
+    hysteresis: float = DEFAULTS.hysteresis
+    park_after_s: float = DEFAULTS.park_after_s
+    trend_s: float = DEFAULTS.trend_s
+    capacity_share: float = DEFAULTS.capacity_share
+    ray_target_ongoing: float = DEFAULTS.ray_target_ongoing
+    stats_timeout_s: float = 5.0
     model: str = "builtin:cnn"
     state_dir: str | None = None
     serve: Mapping[str, Any] = field(default_factory=dict)
@@ -83,10 +118,26 @@ class FleetSettings:
         names = [b.name for b in self.boards]
         if len(set(names)) != len(names):
             raise ValueError(f"board names must be unique, got {names}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown fleet policy {self.policy!r}; use one of {POLICIES}")
-        if not self.period_s > 0 or not 0 < self.capacity_share <= 1:
-            raise ValueError("period_s must be > 0 and capacity_share within (0, 1]")
+        if self.policy in RENAMED_POLICIES:
+            warn("fleet settings", f"policy {self.policy!r}", repr(policy_name(self.policy)))
+            object.__setattr__(self, "policy", policy_name(self.policy))
+        if self.policy not in LIVE_POLICIES:
+            raise ValueError(f"unknown fleet policy {self.policy!r}; use one of {LIVE_POLICIES}")
+        if not self.period_s > 0 or not self.stats_timeout_s > 0:
+            raise ValueError("period_s and stats_timeout_s must be > 0")
+        self.params  # noqa: B018 - checks the policy's settings
+
+    @property
+    def params(self) -> FleetParams:
+        """The policy's settings as the fleet's one table has them."""
+        return FleetParams(
+            headroom=self.headroom,
+            hysteresis=self.hysteresis,
+            park_after_s=self.park_after_s,
+            trend_s=self.trend_s,
+            ray_target_ongoing=self.ray_target_ongoing,
+            capacity_share=self.capacity_share,
+        )
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> FleetSettings:
@@ -102,8 +153,16 @@ class FleetSettings:
         if raw is None:
             raise ValueError("give boards, e.g. boards=xavier-nx:2,nano:1")
         boards = parse_boards(raw)
-        for key in ("period_s", "headroom", "hysteresis", "park_after_s", "capacity_share",
-                    "ray_target_ongoing"):
+        for key in (
+            "period_s",
+            "headroom",
+            "hysteresis",
+            "park_after_s",
+            "trend_s",
+            "capacity_share",
+            "ray_target_ongoing",
+            "stats_timeout_s",
+        ):
             if key in data:
                 data[key] = float(data[key])
         return cls(boards=boards, **data)

@@ -10,7 +10,16 @@ the next board, so a request accepted here is answered unless every board is gon
 Every ``period_s`` the control loop tells the fleet policy (``ecoserve.core.fleet``) the
 arrival rate, each board's ongoing requests and which boards stopped answering, and
 carries out its plan: park (minimum clocks, then the operator's park command), wake (the
-unpark command, then the clocks handed back to the board's tuner), new weights.
+unpark command, then wait for the board to answer, then the clocks handed back to the
+board's tuner), new weights. A parked board that stops answering was powered off by its
+park command: it is ``off``, not dead, and stays a wake candidate. A woken board serves once
+it answers; one that has not answered within its boot timeout is marked failed (dead, in
+``/v1/status``'s ``wake_failures`` and events). Parks, wakes and stats calls run beside the
+loop, never in it: a step waits at most half a period for the boards' stats, and an answer
+that comes later is used at the next step.
+
+A request that finds no serving board is never sent to a parked one as it is: it waits for
+a board being woken, or wakes the cheapest parked board itself.
 
 No Ray here: boards are reached through :class:`BoardClient` objects, which the Ray app
 (``ecoserve.rayfleet.app``) makes from deployment handles.
@@ -23,7 +32,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -31,14 +40,13 @@ from prometheus_client import Gauge
 from starlette.responses import Response
 
 from ecoserve.core.fleet import (
-    AllOn,
+    ASLEEP,
     BoardSpec,
     BoardState,
-    Consolidation,
     FleetObservation,
-    FleetPolicy,
-    RayServeRule,
     WeightedRoundRobin,
+    capacity_rps,
+    make_policy,
 )
 from ecoserve.models.loader import LoadedModel
 from ecoserve.rayfleet.config import BoardSettings, FleetSettings
@@ -56,8 +64,10 @@ log = logging.getLogger("ecoserve.fleet")
 
 #: Capacity assumed for a board until it has run batches (low: keeps boards awake).
 UNMEASURED_CAPACITY_RPS = 1.0
-#: Seconds a board's stats call may take before the board counts as not answering.
-STATS_TIMEOUT_S = 5.0
+#: Share of the period a policy step waits for the boards' stats calls.
+STATS_WAIT_SHARE = 0.5
+#: Seconds between a booting board's stats calls.
+BOOT_POLL_S = 0.5
 
 
 class BoardClient(Protocol):
@@ -85,20 +95,6 @@ async def run_command(command: str, timeout_s: float = 60.0) -> int:
     if code != 0:
         log.error("command exited %d: %s", code, command)
     return code
-
-
-def make_policy(fleet: FleetSettings, specs: Sequence[BoardSpec]) -> FleetPolicy:
-    if fleet.policy == "all-on":
-        return AllOn(specs)
-    if fleet.policy == "ray-rule":
-        return RayServeRule(specs, target_ongoing_requests=fleet.ray_target_ongoing)
-    return Consolidation(
-        specs,
-        headroom=fleet.headroom,
-        hysteresis=fleet.hysteresis,
-        park_after_s=fleet.park_after_s,
-        period_s=fleet.period_s,
-    )
 
 
 class FleetService:
@@ -134,30 +130,41 @@ class FleetService:
         specs = [
             BoardSpec(b.name, b.kind, UNMEASURED_CAPACITY_RPS, 1.0, b.wake_s) for b in fleet.boards
         ]
-        self.policy = make_policy(fleet, specs)
+        self.policy = make_policy(fleet.policy, specs, fleet.params, period_s=fleet.period_s)
         self.router = WeightedRoundRobin()
         self.router.set(self.policy.weights(list(self.boards)))
         self.in_flight: dict[str, int] = {n: 0 for n in self.boards}
         self.board_stats: dict[str, dict[str, Any]] = {}
         self.failed: set[str] = set()
+        self.wake_failures: dict[str, str] = {}
         self.arrivals = 0
         self.moved = 0
         self.events: list[dict[str, Any]] = []
         self.rate_rps = 0.0
         self._last_tick = clock()
         self._task: asyncio.Task[None] | None = None
+        # per board: its last park or wake (each waits for the one before), the wake under
+        # way, and the stats call under way with when it started (loop time)
+        self._ops: dict[str, asyncio.Task[Any]] = {}
+        self._booting: dict[str, asyncio.Task[bool]] = {}
+        self._stats_calls: dict[str, tuple[float, asyncio.Task[dict[str, Any]]]] = {}
         reg = self.metrics.registry
         self._g_state = Gauge("ecoserve_fleet_boards", "Boards by state", ["state"], registry=reg)
         self._g_weight = Gauge(
-            "ecoserve_fleet_board_weight", "Share of traffic sent to a board", ["board"],
+            "ecoserve_fleet_board_weight",
+            "Share of traffic sent to a board",
+            ["board"],
             registry=reg,
         )
         self._g_energy = Gauge(
-            "ecoserve_fleet_board_energy_joules", "A board's meter reading", ["board"],
+            "ecoserve_fleet_board_energy_joules",
+            "A board's meter reading",
+            ["board"],
             registry=reg,
         )
         self._g_rate = Gauge(
-            "ecoserve_fleet_arrival_rate_per_second", "Arrivals over the last period",
+            "ecoserve_fleet_arrival_rate_per_second",
+            "Arrivals over the last period",
             registry=reg,
         )
 
@@ -184,16 +191,16 @@ class FleetService:
 
     async def _infer(self, items: Sequence[Any]) -> list[Any]:
         if self.draining:
-            raise ServiceError(503, "shutting down; not accepting requests", "unavailable",
-                               {"Retry-After": "1"})
+            raise ServiceError(
+                503, "shutting down; not accepting requests", "unavailable", {"Retry-After": "1"}
+            )
         self.arrivals += 1
         tried: list[str] = []
         last: ServiceError | None = None
         while True:
             name = self.router.pick(exclude=[*tried, *self.failed])
             if name is None:
-                name = next((n for n in self.clients if n not in tried and n not in self.failed),
-                            None)
+                name = await self._fallback(tried)
             if name is None:
                 raise last or ServiceError(
                     503, "no board is answering; retry later", "unavailable", {"Retry-After": "1"}
@@ -213,6 +220,40 @@ class FleetService:
             finally:
                 self.in_flight[name] -= 1
 
+    async def _fallback(self, tried: Sequence[str]) -> str | None:
+        """A board for a request no weighted board took: serving, else woken for it.
+
+        Never a parked board as it is: the request waits for a wake under way, or wakes the
+        cheapest parked board, and goes there once the board answers.
+        """
+        skip = {*tried, *self.failed}
+        while True:
+            serving = [n for n in self.policy.serving() if n not in skip]
+            if serving:
+                return serving[0]
+            booting = [n for n in self._booting if n not in skip]
+            if not booting:
+                woken = self.policy.wake_next(self.clock())
+                if woken is None:
+                    return None
+                self.events.append(
+                    {"t": self.clock(), "board": woken, "event": "wake", "why": "no board serving"}
+                )
+                log.warning("no board serving: waking %s for the waiting requests", woken)
+                self._wake(woken)
+                booting = [woken]
+            name = booting[0]
+            boot = self._booting[name]
+            try:
+                up = await asyncio.shield(boot)
+            except asyncio.CancelledError:
+                if not boot.cancelled():
+                    raise  # this request was cancelled, not the wake
+                up = False  # parked again while it booted
+            if up:
+                return name
+            skip.add(name)
+
     # -- the control loop -----------------------------------------------------------------
     async def start(self) -> None:
         await self.tick()
@@ -226,45 +267,70 @@ class FleetService:
             except Exception:
                 log.exception("fleet policy step failed; trying again next period")
 
-    async def _stats(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await asyncio.wait_for(self.clients[name].stats(), STATS_TIMEOUT_S)
-        except Exception as exc:
-            if name not in self.failed:
-                log.warning("board %s not answering (%s): taken out", name, exc)
-            return None
+    async def _poll_stats(self) -> dict[str, dict[str, Any] | None]:
+        """The boards' stats that came in: a dict, or None for a board not answering.
+
+        A call is started for every board that has none under way (a booting board is asked
+        by its wake); this waits at most ``STATS_WAIT_SHARE`` of a period for them. A call
+        still running is carried over to the next step, and counts as not answering only
+        after ``stats_timeout_s``.
+        """
+        loop = asyncio.get_running_loop()
+        for name, client in self.clients.items():
+            if name not in self._booting and name not in self._stats_calls:
+                self._stats_calls[name] = (loop.time(), asyncio.ensure_future(client.stats()))
+        pending = [t for _, t in self._stats_calls.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=STATS_WAIT_SHARE * self.fleet.period_s)
+        out: dict[str, dict[str, Any] | None] = {}
+        for name, (started, task) in list(self._stats_calls.items()):
+            if task.done():
+                del self._stats_calls[name]
+                exc = None if task.cancelled() else task.exception()
+                if task.cancelled() or exc is not None:
+                    out[name] = None
+                    if name not in self.failed and self.policy.state[name] not in ASLEEP:
+                        log.warning("board %s not answering (%s)", name, exc)
+                else:
+                    out[name] = task.result()
+            elif loop.time() - started > self.fleet.stats_timeout_s:
+                del self._stats_calls[name]
+                task.cancel()
+                out[name] = None
+                log.warning("board %s: no stats for %.1f s", name, self.fleet.stats_timeout_s)
+        return out
 
     async def tick(self) -> None:
-        """One policy period: observe, decide, carry out."""
+        """One policy period: observe, decide, start what the plan says."""
+        answers = await self._poll_stats()
         now = self.clock()
         dt = max(1e-6, now - self._last_tick)
         self._last_tick = now
         self.rate_rps, self.arrivals = self.arrivals / dt, 0
-        names = list(self.clients)
-        answers = await asyncio.gather(*(self._stats(n) for n in names))
-        dead: set[str] = set()
-        for name, st in zip(names, answers, strict=True):
+        silent: set[str] = set()
+        for name, st in answers.items():
             if st is None:
-                dead.add(name)
+                silent.add(name)
                 continue
             self.board_stats[name] = st
-            if name in self.failed or self.policy.state[name] is BoardState.DEAD:
+            if name in self.failed or self.policy.state[name] in (BoardState.DEAD, BoardState.OFF):
                 self.failed.discard(name)
                 self.policy.revive(name)
             self._measure(name, st)
-        dead |= self.failed
+        booting = frozenset(self._booting)
         plan = self.policy.decide(
             FleetObservation(
                 now=now,
                 rate_rps=self.rate_rps,
                 ongoing={n: float(v) for n, v in self.in_flight.items()},
-                dead=frozenset(dead),
+                dead=frozenset((silent | self.failed) - booting),
+                booting=booting,
             )
         )
         for name in plan.park:
-            await self._park(name)
+            self._park(name)
         for name in plan.wake:
-            await self._wake(name)
+            self._wake(name)
         self.router.set(plan.weights)
         self._export(plan.weights)
 
@@ -274,31 +340,94 @@ class FleetService:
         if st.get("parked") or not busy_rate or jpr is None:
             return
         b = self.boards[name]
-        self.policy.update(
-            BoardSpec(name, b.kind, busy_rate * self.fleet.capacity_share, float(jpr), b.wake_s)
-        )
+        cap = capacity_rps(float(busy_rate), self.fleet.params)
+        self.policy.update(BoardSpec(name, b.kind, cap, float(jpr), b.wake_s))
 
-    async def _park(self, name: str) -> None:
+    def _then(self, name: str, step: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:
+        """Run ``step`` for a board once its previous park or wake is over."""
+        before = self._ops.get(name)
+
+        async def run() -> Any:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
+            return await step()
+
+        task = asyncio.create_task(run(), name=f"ecoserve-fleet-{name}")
+        self._ops[name] = task
+        return task
+
+    def _park(self, name: str) -> None:
         self.events.append({"t": self.clock(), "board": name, "event": "park"})
         log.info("parking board %s", name)
+        boot = self._booting.pop(name, None)
+        if boot is not None:
+            boot.cancel()
+        self._then(name, lambda: self._park_board(name))
+
+    async def _park_board(self, name: str) -> None:
         try:
-            await self.clients[name].park()
+            await asyncio.wait_for(self.clients[name].park(), self.fleet.stats_timeout_s)
         except Exception as exc:
             log.warning("board %s could not pin its minimum clocks: %s", name, exc)
         cmd = self.boards[name].park_command
         if cmd:
             await self.command(cmd.format(board=name))
 
-    async def _wake(self, name: str) -> None:
+    def _wake(self, name: str) -> None:
+        if name in self._booting:
+            return
         self.events.append({"t": self.clock(), "board": name, "event": "wake"})
         log.info("waking board %s", name)
-        cmd = self.boards[name].unpark_command
-        if cmd:
-            await self.command(cmd.format(board=name))
+        self._booting[name] = self._then(name, lambda: self._boot(name))
+
+    async def _boot(self, name: str) -> bool:
+        """Unpark command, then wait until the board answers (up to its boot timeout).
+
+        True once it serves; False when it did not come up: it is marked failed.
+        """
+        loop = asyncio.get_running_loop()
+        board = self.boards[name]
+        deadline = loop.time() + board.boot_timeout
+        client = self.clients[name]
         try:
-            await self.clients[name].unpark()
-        except Exception as exc:
-            log.warning("board %s could not be unparked yet: %s", name, exc)
+            if board.unpark_command:
+                await self.command(board.unpark_command.format(board=name))
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return self._boot_failed(name, f"no answer within {board.boot_timeout:g} s")
+                try:
+                    st = await asyncio.wait_for(client.stats(), min(left, self.fleet.period_s))
+                    break
+                except Exception:
+                    await asyncio.sleep(min(BOOT_POLL_S, max(0.0, deadline - loop.time())))
+            self.board_stats[name] = st
+            try:
+                await asyncio.wait_for(client.unpark(), max(0.1, deadline - loop.time()))
+            except Exception as exc:
+                return self._boot_failed(name, f"answered but could not be unparked: {exc}")
+            self.failed.discard(name)
+            self.wake_failures.pop(name, None)
+            self.policy.woken(name)
+            if self.policy.state[name] is BoardState.SERVING:
+                self.router.set(self.policy.weights(self.policy.serving()))
+            self.events.append({"t": self.clock(), "board": name, "event": "up"})
+            return True
+        finally:
+            if self._booting.get(name) is asyncio.current_task():
+                del self._booting[name]
+
+    def _boot_failed(self, name: str, why: str) -> bool:
+        log.error("board %s failed to wake: %s", name, why)
+        self.wake_failures[name] = why
+        self.events.append({"t": self.clock(), "board": name, "event": "wake-failed", "why": why})
+        self.policy.fail(name)
+        return False
+
+    async def settle(self) -> None:
+        """Wait for every park and wake under way (a test, or at shutdown); failures are logged."""
+        while pending := [t for t in self._ops.values() if not t.done()]:
+            await asyncio.wait(pending)
 
     def _export(self, weights: Mapping[str, float]) -> None:
         for state, count in self.policy.counts().items():
@@ -332,6 +461,7 @@ class FleetService:
             "policy": self.policy.name,
             "arrival_rate_rps": self.rate_rps,
             "requests_moved": self.moved,
+            "wake_failures": dict(self.wake_failures),
             "boards": boards,
             "counts": self.policy.counts(),
             "events": self.events[-50:],
@@ -343,6 +473,11 @@ class FleetService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for _, call in self._stats_calls.values():
+            call.cancel()
+        for boot in self._booting.values():
+            boot.cancel()
+        await self.settle()
 
 
 def fleet_app(service: FleetService) -> FastAPI:

@@ -211,7 +211,13 @@ def run_fleet(
     nb, npd = len(boards), len(rates)
     weights = np.zeros((npd, nb))
     state = np.zeros((npd, nb), dtype=np.int8)  # 0 serving, 1 waking, 2 parked, 3 dead
-    codes = {BoardState.SERVING: 0, BoardState.WAKING: 1, BoardState.PARKED: 2, BoardState.DEAD: 3}
+    codes = {
+        BoardState.SERVING: 0,
+        BoardState.WAKING: 1,
+        BoardState.PARKED: 2,
+        BoardState.OFF: 2,  # parked either way: the run's parking mode says what it draws
+        BoardState.DEAD: 3,
+    }
     ongoing = np.zeros(nb)
     prev_rate = float(rates[0])
     for k in range(npd):
