@@ -7,13 +7,12 @@ import json
 import sys
 from typing import Any
 
+from ecoserve.core.fleet import DEFAULTS
 from ecoserve.server.deprecated import add_alias
 
 DEFAULT_BOARDS = "orin:20,xavier-nx:20,nano:20"
 #: Default envelope peak, as a share of the fleet's rate with every board at every knob max.
 DEFAULT_PEAK_SHARE = 0.2
-#: Spare capacity above the rate for consolidation (see BENCHMARKS.md, fleet replay check).
-DEFAULT_HEADROOM = 0.5
 #: The fleet's p99 latency target when --slo-latency-s is not given (s).
 DEFAULT_SLO_S = 0.25
 
@@ -48,9 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--headroom",
         type=float,
-        default=DEFAULT_HEADROOM,
+        default=DEFAULTS.headroom,
         help="spare capacity consolidation and the oracle keep above the rate "
-        f"(default {DEFAULT_HEADROOM}: what kept the direct replay's p99 within the SLO)",
+        f"(default {DEFAULTS.headroom}: what kept the direct replay's p99 within the SLO)",
     )
     g.add_argument(
         "--ray-target",

@@ -18,14 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings
-from ecoserve.core.fleet import (
-    AllOn,
-    Consolidation,
-    FleetPolicy,
-    Oracle,
-    RayServeRule,
-    parse_kind_counts,
-)
+from ecoserve.core.fleet import DEFAULTS, FleetPolicy, make_policy, parse_kind_counts
 from ecoserve.sim.board_model import LOAD_FRACTIONS, BoardModel, RunLength, calibrate
 from ecoserve.sim.fleet import (
     FleetBoard,
@@ -124,13 +117,18 @@ def replay_fleet(
     settings: EngineSettings | None = None,
     parking_modes: Sequence[str] = PARKING_MODES,
     ray_target: float | None = None,
-    headroom: float = 0.15,
+    headroom: float = DEFAULTS.headroom,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
     length: RunLength | None = None,
     fractions: Sequence[float] = LOAD_FRACTIONS,
 ) -> FleetReplay:
-    """Every policy over ``series`` on ``boards`` (see the module doc)."""
+    """Every policy over ``series`` on ``boards`` (see the module doc).
+
+    The policies are the live fleet's (``make_policy``, the one defaults table), with
+    ``headroom`` and Ray's ``target_ongoing_requests`` set here; the latter defaults to a
+    board's ongoing requests at its tuned capacity (Little's law), not Ray's 2.
+    """
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     settings = settings or EngineSettings()
@@ -162,30 +160,28 @@ def replay_fleet(
     base_park = parking("off", models["ecogd"])
     specs_max = board_specs(boards, models["fixed"], base_park, slo_s)
     specs_eco = board_specs(boards, models["ecogd"], base_park, slo_s)
-    go(AllOn(specs_max), "fixed", "none", "all-on-max")
-    go(AllOn(specs_eco), "ecogd", "none", "all-on-ecogd")
+    go(make_policy("all-on", specs_max, period_s=period_s), "fixed", "none", "all-on-max")
+    go(make_policy("all-on", specs_eco, period_s=period_s), "ecogd", "none", "all-on-ecogd")
     target = ray_target
     if target is None:  # a board's ongoing requests at its tuned capacity (Little's law)
         target = float(
             np.mean([models["ecogd"][s.kind].ongoing(s.capacity_rps) for s in specs_eco])
         )
+    params = replace(DEFAULTS, headroom=headroom, ray_target_ongoing=target)
     for mode in parking_modes:
         park = parking(mode, models["ecogd"])
         specs = board_specs(boards, models["ecogd"], park, slo_s)
-        go(RayServeRule(specs, target_ongoing_requests=target), "ecogd", mode, "ray-autoscale")
-        go(
-            Consolidation(specs, headroom=headroom, period_s=period_s),
-            "ecogd",
-            mode,
-            "consolidation",
-        )
-        go(Oracle(specs, peak, headroom=headroom, period_s=period_s), "ecogd", mode, "oracle")
+        for name in ("ray-autoscale", "consolidation", "oracle"):
+            policy = make_policy(name, specs, params, period_s=period_s, peak_ahead=peak)
+            go(policy, "ecogd", mode, name)
     meta: dict[str, object] = {
         "series": series.describe(),
         "source": series.source,
         "boards": {k: sum(1 for b in boards if b.kind == k) for k in kinds},
         "slo_p99_ms": slo_s * 1e3,
         "headroom": headroom,
+        "hysteresis": params.hysteresis,
+        "park_after_s": params.park_after_s,
         "period_s": period_s,
         "ray_target_ongoing_requests": target,
         "capacity_rps": {s.kind: s.capacity_rps for s in specs_eco},
