@@ -400,3 +400,28 @@ def test_the_old_policy_name_still_works_and_says_so(capsys: pytest.CaptureFixtu
     assert "deprecated" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown fleet policy"):
         FleetSettings.from_args({"boards": "nano:2", "policy": "oracle"})
+
+
+def test_a_virtual_board_runs_at_its_twin_s_speed_not_the_host_s() -> None:
+    """A host that computes a batch in 1 ms still waits out the twin's own batch time."""
+    from twins.fitted import load_twin
+    from twins.virtual_device import VirtualDevice
+
+    def batch_s(kind: str, twin_pace: bool) -> tuple[float, float]:
+        twin = load_twin(kind)
+        device = VirtualDevice(twin, clock=lambda: 0.0, twin_pace=twin_pace)
+        device.begin_batch(8)
+        extra = device.end_batch(8, 0.001)
+        device.batch_done()
+        return 0.001 + extra, twin.batch_time(8, twin.max_freqs())
+
+    nano, nano_twin = batch_s("nano", twin_pace=True)
+    orin, orin_twin = batch_s("orin", twin_pace=True)
+    assert nano == pytest.approx(nano_twin) and orin == pytest.approx(orin_twin)
+    assert nano > 3 * orin  # the twins' ranking, whatever the host
+    assert batch_s("nano", twin_pace=False)[0] == pytest.approx(0.001)  # relative stretch only
+
+
+def test_a_fleet_board_on_a_virtual_device_runs_at_twin_pace() -> None:
+    board = BoardService("nano-0", ServeSettings(device="virtual:nano", torch_threads=1))
+    assert board.device.board.twin_pace  # type: ignore[attr-defined]

@@ -5,6 +5,12 @@ It lets a laptop or CI run the real runtime with no hardware. Pinned frequencies
 slowdown at those frequencies relative to the maximum, and energy is the twin's power
 integrated over wall-clock time (busy while a batch runs, idle otherwise).
 
+With ``twin_pace`` a batch lasts at least the twin's own absolute batch time at those clocks
+(its model's, e.g. MobileNet on a Nano), not the host's time stretched: a virtual Nano is
+then as slow as the twin's Nano whatever the host's CPU, so boards of different kinds rank
+as they do in the replay. A host slower than the twin still sets the pace (the time cannot
+be shortened).
+
 Knobs handed to the OS (the DVFS tuner) follow the governor models of ``twins.governors``,
 the ones the virtual-time replay runs, here in wall-clock time: idle between batches, busy
 through each batch. The measured time of a batch stands for its time at maximum clocks;
@@ -41,9 +47,16 @@ class VirtualBoard:
     the governors up to now at the clocks that were in force.
     """
 
-    def __init__(self, twin: DeviceTwin, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        twin: DeviceTwin,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        twin_pace: bool = False,
+    ) -> None:
         self.twin = twin
         self.clock = clock
+        self.twin_pace = twin_pace
         self.clocks = GovernedClocks(twin)
         self._lock = threading.Lock()
         self._joules = 0.0
@@ -108,23 +121,28 @@ class VirtualBoard:
             self._run = None
 
     def end_batch(self, batch_size: int, measured_s: float) -> float:
-        """The batch took ``measured_s`` at full speed; the seconds it still has to run."""
+        """The batch took ``measured_s`` at full speed; the seconds it still has to run.
+
+        Its work, in the twin's batches at maximum clocks, is ``measured_s`` over the twin's
+        time at maximum clocks, or (``twin_pace``) at least one such batch.
+        """
         with self._lock:
             twin = self.twin
             fastest = twin.batch_time(batch_size, twin.max_freqs())
+            work = measured_s / fastest if fastest > 0 else 0.0
+            if self.twin_pace and fastest > 0:
+                work = max(1.0, work)
             if not self.clocks.governed:
-                slowdown = twin.batch_time(batch_size, self.clocks.freqs()) / fastest
-                return max(0.0, measured_s * (slowdown - 1.0))
-            if measured_s <= 0 or fastest <= 0:  # nothing to stretch
+                seconds = work * twin.batch_time(batch_size, self.clocks.freqs())
+                return max(0.0, seconds - measured_s)
+            if work <= 0:  # nothing to stretch
                 self._run = _Run(self._start, 0.0)
                 return 0.0
 
             def power(freqs: Mapping[str, float]) -> float:
                 return twin.power(freqs, 1.0, batch=batch_size)
 
-            seconds, joules = self.clocks.run_batch(
-                batch_size, self._start, measured_s / fastest, power
-            )
+            seconds, joules = self.clocks.run_batch(batch_size, self._start, work, power)
             self._run = _Run(self._start + seconds, joules / seconds)
             now = self._advance()
             return max(0.0, self._run.end - now)
@@ -183,8 +201,14 @@ class TwinMeter(PowerMeter):
 
 
 class VirtualDevice(Device):
-    def __init__(self, twin: DeviceTwin, clock: Callable[[], float] = time.monotonic) -> None:
-        board = VirtualBoard(twin, clock)
+    def __init__(
+        self,
+        twin: DeviceTwin,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        twin_pace: bool = False,
+    ) -> None:
+        board = VirtualBoard(twin, clock, twin_pace=twin_pace)
         super().__init__(f"virtual:{twin.name}", VirtualActuator(board), TwinMeter(board))
         self.twin = twin
         self.board = board

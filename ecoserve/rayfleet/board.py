@@ -5,7 +5,8 @@ test or a plain script. It serves items through an :class:`InferenceService` exa
 ``ecoserve serve`` does, parks by pinning the clocks at their minimum (the engine's own pin,
 so the tuner carries on with the batch size and resumes the clocks on unpark), and reports
 what the fleet policy needs: served rate, capacity and energy per request measured from its
-own batches. At shutdown it drains, restores the device and writes a shutdown record saying
+own batches. A virtual board runs at its twin's absolute speed (``twin_pace``). At shutdown
+it drains, restores the device and writes a shutdown record saying
 whether every knob is back where it was found.
 """
 
@@ -24,6 +25,7 @@ from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import BatchStats, RuntimeObserver
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
+from twins.virtual_device import VirtualDevice
 
 log = logging.getLogger("ecoserve.fleet")
 
@@ -54,6 +56,10 @@ class BoardService:
         self.device = open_device(
             settings.device, settings.sysfs_root, settings.meter, settings.restore_dir
         )
+        if isinstance(self.device, VirtualDevice):
+            # a virtual board runs at its twin's speed, not the host's, so the fleet ranks
+            # board kinds as the replay does
+            self.device.board.twin_pace = True
         self._initial: dict[str, float] = dict(self.device.actuator.current())
         self.service = InferenceService(
             settings,
