@@ -135,3 +135,22 @@ def test_cli_fleet_says_what_is_wrong(capsys: pytest.CaptureFixture[str]) -> Non
     assert "unknown board kind" in capsys.readouterr().err
     assert main(["replay", "--fleet", "--parking", "sideways"]) == 2
     assert "--parking" in capsys.readouterr().err
+
+
+def test_scale_load_multiplies_the_arrivals_over_the_same_clock() -> None:
+    from ecoserve.sim.fleet import scale_load
+
+    day = diurnal(100.0, 10.0, duration_s=3_600.0, seed=0)
+    heavy = scale_load(day, 3.0)
+    assert heavy.duration_s == day.duration_s and heavy.step_s == day.step_s
+    assert heavy.total == pytest.approx(3.0 * day.total)
+    assert heavy.rates.max() == pytest.approx(3.0 * day.rates.max())
+    assert scale_load(day, 1.0) is day
+    with pytest.raises(ValueError, match="scale-load"):
+        scale_load(day, 0.0)
+
+
+def test_scale_load_reaches_the_fleet_replay(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["replay", "--fleet", "--boards", "nano:1", "--duration", "1h", "--scale-load", "0"]
+    assert main(argv) == 2  # refused before any board is measured
+    assert "--scale-load must be > 0" in capsys.readouterr().err

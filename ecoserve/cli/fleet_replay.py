@@ -45,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--period-s", type=float, default=5.0, help="fleet policy period (s)")
     g.add_argument(
+        "--scale-load",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="--fleet: K times the arrivals over the same clock (the day stays a day; "
+        "--rate instead compresses the trace's clock)",
+    )
+    g.add_argument(
         "--headroom",
         type=float,
         default=DEFAULTS.headroom,
@@ -73,6 +81,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
         write_outputs,
     )
     from ecoserve.sim.board_model import max_rate
+    from ecoserve.sim.fleet import scale_load
     from traces import load_trace, parse_duration
     from traces.rates import binned, diurnal
     from twins.fitted import load_twin
@@ -102,6 +111,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
         else:
             trace = load_trace(spec, duration=args.duration, rate=args.rate)
             series = binned(trace, 1.0)
+        series = scale_load(series, args.scale_load)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         err.print(f"[red]ecoserve replay --fleet: {exc}[/red]")
         return 2

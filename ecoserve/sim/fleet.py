@@ -179,6 +179,19 @@ def peak_lookup(rates: np.ndarray, period_s: float) -> Callable[[float, float], 
     return peak
 
 
+def scale_load(series: RateSeries, k: float) -> RateSeries:
+    """``k`` times the arrivals of every step over the same clock (``--scale-load``).
+
+    Unlike rescaling a trace's mean rate by compressing its times, the day stays a day: only
+    the load on it is multiplied, so a fleet sized for one peak can be tried at ``k`` peaks.
+    """
+    if not (k > 0 and math.isfinite(k)):
+        raise ValueError(f"--scale-load must be > 0, got {k}")
+    if k == 1:
+        return series
+    return RateSeries(f"{series.name} x{k:g}", series.step_s, series.counts * k, series.source)
+
+
 def period_rates(series: RateSeries, period_s: float) -> tuple[np.ndarray, int]:
     """Mean rate per control period, and the number of series steps in one period."""
     per = max(1, int(round(period_s / series.step_s)))
