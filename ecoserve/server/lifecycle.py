@@ -143,7 +143,12 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
         log_config=None,
         timeout_graceful_shutdown=max(5.0, settings.drain_timeout_s),
         server_header=False,
-        http=bounded_protocol(settings.max_connections, settings.idle_timeout_s),
+        http=bounded_protocol(
+            settings.max_connections,
+            settings.idle_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            on_refuse=service.metrics.connection_refused,
+        ),
         timeout_keep_alive=max(1, int(settings.idle_timeout_s)),
     )
 
@@ -156,9 +161,7 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
         print(f"try: {curl_example(settings, service, host, port)}", flush=True)
         grpc_port = getattr(app.state, "grpc_port", None)
         if grpc_port is not None:
-            print(
-                f"ecoserve: Open Inference Protocol over gRPC on {host}:{grpc_port}", flush=True
-            )
+            print(f"ecoserve: Open Inference Protocol over gRPC on {host}:{grpc_port}", flush=True)
 
     server = DrainingServer(config, service.drain, on_started=announce)
     server.run()
