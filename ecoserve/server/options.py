@@ -67,7 +67,7 @@ FIELDS: dict[str, str] = {
     "link_rtt_s": "round trip added to every emulated exchange, in seconds",
     "cascade_threshold": "cascade: answer here when the top softmax probability reaches this ('none': chosen online)",
     "serve_tier": "serve /v1/tier/* so other daemons can use this one as their next tier (sequential models; off unless asked)",
-    "tier_token": "bearer token /v1/tier/* require, and --next-tier requests send (prefer ECOSERVE_TIER_TOKEN)",
+    "tier_token": "bearer token /v1/tier/* require, and --next-tier requests send (prefer ECOSERVE_TIER_TOKEN; needed with --serve-tier beyond loopback)",
     "tier_slowdown": "emulate a slower device: this tier's own stages sleep to take this many times longer",
 }
 

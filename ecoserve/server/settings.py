@@ -21,6 +21,7 @@ from typing import Any
 
 from ecoserve.core.assembly import EngineSettings
 from ecoserve.core.batch_timer import TIMER_KINDS
+from ecoserve.server.hosts import is_loopback
 from ecoserve.server.options import ENV_PREFIX
 
 if sys.version_info >= (3, 11):
@@ -108,6 +109,13 @@ class ServeSettings(EngineSettings):
             raise ValueError(f"cascade_threshold must be within 0..1, got {self.cascade_threshold}")
         if not self.tier_slowdown >= 1:
             raise ValueError(f"tier_slowdown must be >= 1, got {self.tier_slowdown}")
+        if self.serve_tier and self.tier_token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"--serve-tier on --host {self.host} would let anyone who can reach it run "
+                "the model: set a tier token with ECOSERVE_TIER_TOKEN=<secret> (or "
+                "--tier-token, or tier_token in the --config file), and give the sending "
+                "tier the same one; or bind to 127.0.0.1"
+            )
 
     @property
     def served_name(self) -> str:
