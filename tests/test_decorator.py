@@ -175,3 +175,23 @@ def test_a_hung_function_times_out_hands_the_clocks_back_and_stop_is_bounded(tmp
         assert governor.read_text().strip() == "schedutil"
     finally:
         release.set()
+
+
+def test_calls_time_out_by_default() -> None:
+    """A hung function never blocks its callers for good: the default timeout is finite."""
+    import inspect
+
+    from ecoserve.decorator import DEFAULT_CALL_TIMEOUT_S, InferenceMethod
+
+    assert DEFAULT_CALL_TIMEOUT_S == 30.0
+    default = inspect.signature(eco_edge_infer.inference_method).parameters["timeout_s"].default
+    assert default == DEFAULT_CALL_TIMEOUT_S
+
+    @eco_edge_infer.inference_method(device="virtual:xavier-nx", tuner="fixed")
+    def ident(batch):
+        return batch
+
+    try:
+        assert isinstance(ident, InferenceMethod) and ident.timeout_s == DEFAULT_CALL_TIMEOUT_S
+    finally:
+        ident.stop()
