@@ -21,7 +21,8 @@ FIELDS: dict[str, str] = {
     "state_dir": "folder of the clocks' restore record (default $STATE_DIRECTORY, /var/lib/ecoserve or ~/.local/state/ecoserve)",
     "meter": "power meter: auto, or a meter name (see `ecoserve devices`)",
     "tuner": "tuner name: ecogd, grid, linear, dvfs, bayes, mab, mab-joint, fixed, random; "
-    "with --next-tier also neurosurgeon (split) or cascade (threshold)",
+    "with --next-tier also neurosurgeon (split) or cascade (threshold); a split tier "
+    "(--next-tier, --tier-mode split) defaults to neurosurgeon",
     "tuner_params": "tuner parameters as a JSON object, e.g. '{\"memory_limit\": 20}'",
     "seed": "random seed of the tuner",
     "min_batch": "smallest batch size the tuner may choose",

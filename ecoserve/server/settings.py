@@ -15,7 +15,7 @@ import sys
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ else:  # pragma: no cover
 class ServeSettings(EngineSettings):
     """Engine settings plus what the HTTP daemon needs (model, socket, limits, control)."""
 
+    #: None: the tuner for this daemon's role, resolved at load (see ``default_tuner``).
+    tuner: str | None = None  # type: ignore[assignment]
     model: str = "builtin:cnn"
     model_name: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -89,7 +91,20 @@ class ServeSettings(EngineSettings):
             self.tier_token = None
         if self.next_tier == "":
             self.next_tier = None
+        if self.tuner is None or self.tuner == "":
+            self.tuner = self.default_tuner()
         self._check_tiers()
+
+    def default_tuner(self) -> str:
+        """Neurosurgeon for a split tier, EcoGD otherwise.
+
+        EcoGD gets stuck on the split knob (its cost has a valley at each end), so a split
+        tier left to it never splits; Neurosurgeon plans the split from the stage profiles
+        and the measured link.
+        """
+        if self.next_tier is not None and self.tier_mode == "split":
+            return "neurosurgeon"
+        return "ecogd"
 
     def _check_tiers(self) -> None:
         """Reject tier settings at load time, so a typo fails before the model loads."""
@@ -255,4 +270,4 @@ def load_settings(
         merged.update(read_toml(config_path))
     merged.update(read_env(env))
     merged.update({k: v for k, v in given.items() if k in known})
-    return replace(ServeSettings(), **merged)
+    return ServeSettings(**merged)  # the tuner default follows the merged role

@@ -3,7 +3,11 @@
 :class:`NextTierClient` sends a split tensor (``send(k, payload)``) or cascaded rows
 (``forward(payload)``) to the next tier's ``/v1/tier/*`` routes (``tier_routes``), and reports
 every exchange's network time to a ``LinkEstimator``: the estimate that reaches the engine
-and its tuners. An optional ``EmulatedLink`` sleeps each payload's transfer time on the
+and its tuners. Only transfers long enough to mean something count for bandwidth
+(:data:`MIN_SAMPLE_S` on the wire): a 256-byte request on a 100 Mbit/s link takes 20 us,
+lost in a millisecond of HTTP jitter, and once read such a link as 1.3 Mbit/s. The bandwidth
+probe therefore grows until its transfer takes :data:`PROBE_TARGET_S` (and shrinks on a
+slow link), at start at once, until one sample counts. An optional ``EmulatedLink`` sleeps each payload's transfer time on the
 schedule (time 0 = when the client was made), so tests and demos can slow a loopback link.
 """
 
@@ -22,6 +26,14 @@ from ecoserve.core.tiers import StageProfile
 from ecoserve.models.tensor_codec import CONTENT_TYPE
 from ecoserve.server.tier_routes import COMPUTE_HEADER, DEFAULT_PROBE_BYTES, PREFIX
 from twins.link import EmulatedLink
+
+#: Time on the wire a transfer needs to count as a bandwidth sample (well above the jitter
+#: of an HTTP exchange on a busy box).
+MIN_SAMPLE_S = 0.005
+#: Time on the wire a probe is sized for: it grows 4x while shorter, halves past 8x this.
+PROBE_TARGET_S = 0.02
+#: Largest probe (the next tier's body limit is 8 MiB by default).
+MAX_PROBE_BYTES = 4 * 1024 * 1024
 
 
 class TierError(RuntimeError):
@@ -67,10 +79,17 @@ class NextTierClient:
         self._auth = {"authorization": f"Bearer {token}"} if token else {}
         self._http = http
         self._owned = http is None
-        self.estimator = estimator if estimator is not None else LinkEstimator(alpha=0.5)
+        self.estimator = (
+            estimator
+            if estimator is not None
+            else LinkEstimator(alpha=0.5, min_wire_s=MIN_SAMPLE_S)
+        )
         self.emulation = emulation
         self.timeout_s = timeout_s
+        #: Size of the next bandwidth probe, adapted to the link (``probe_bytes`` at least).
         self.probe_bytes = probe_bytes
+        self.min_probe_bytes = probe_bytes
+        self.max_probe_bytes = max(probe_bytes, MAX_PROBE_BYTES)
         self.clock = clock
         self.sleep = sleep
         self.origin = clock()
@@ -80,6 +99,7 @@ class NextTierClient:
         self.bytes_up = 0
         self.bytes_down = 0
         self.last_ok: float | None = None
+        self._last_probe_grew = False
         #: 8 x bytes / whole exchange time of the latest transfer: a lower bound on the
         #: bandwidth, used while the estimator has none (on a fast link a probe's transfer
         #: time is lost in the round trip's jitter, and "unknown" must not read as "down").
@@ -115,7 +135,7 @@ class NextTierClient:
         return None if bw is None else Link(bandwidth_bps=bw, rtt_s=self.estimator.rtt_s)
 
     def _observed(self, nbytes: int, elapsed: float, on_wire: float) -> None:
-        self.estimator.observe_transfer(nbytes, on_wire, includes_rtt=True)
+        self.estimator.observe_transfer(nbytes, on_wire, includes_rtt=True)  # if long enough
         if elapsed > 0:
             self.bandwidth_floor = 8.0 * nbytes / elapsed
         self.last_ok = self.clock()
@@ -198,19 +218,47 @@ class NextTierClient:
         return rtt
 
     async def probe(self, nbytes: int | None = None) -> float:
-        """Send ``nbytes`` (default ``probe_bytes``) to be dropped: a bandwidth sample.
+        """Send ``nbytes`` to be dropped: a bandwidth sample; returns the measured seconds.
 
-        Returns the measured seconds. The reply is a few bytes of JSON, counted too.
+        Without ``nbytes`` the probe is sized to the link (:attr:`probe_bytes`, adapted
+        after each probe), and while no sample has counted yet it grows and goes again at
+        once, so the first plan prices a measured bandwidth. The reply's bytes count too.
         """
-        size = self.probe_bytes if nbytes is None else int(nbytes)
+        if nbytes is not None:
+            return await self._probe_once(int(nbytes))
+        elapsed = await self._probe_once(self.probe_bytes)
+        while self.estimator.transfers == 0 and self._last_probe_grew:
+            elapsed = await self._probe_once(self.probe_bytes)
+        return elapsed
+
+    async def _probe_once(self, size: int) -> float:
         payload = bytes(size)
         t0 = self.clock()
         await self._emulate_up(size)
-        resp = await self._request("POST", f"{PREFIX}/probe", payload)
+        try:
+            resp = await self._request("POST", f"{PREFIX}/probe", payload)
+        except TierError as exc:
+            if exc.status != 413 or size <= self.min_probe_bytes:
+                raise
+            self.errors -= 1  # over the next tier's body limit: probe smaller from now on
+            self.max_probe_bytes = max(self.min_probe_bytes, size // 2)
+            self.probe_bytes = min(self.probe_bytes, self.max_probe_bytes)
+            self._last_probe_grew = True
+            return self.clock() - t0
         await self._emulate_down(len(resp.content))
         elapsed = self.clock() - t0
         self._observed(size + len(resp.content), elapsed, elapsed)
+        self._resize_probe(size, self.estimator.wire_time(elapsed))
         return elapsed
+
+    def _resize_probe(self, size: int, wire_s: float) -> None:
+        """Grow the probe while its transfer is too short to mean much; shrink if too long."""
+        before = self.probe_bytes
+        if wire_s < PROBE_TARGET_S:
+            self.probe_bytes = min(self.max_probe_bytes, max(before, size * 4))
+        elif wire_s > 8 * PROBE_TARGET_S:
+            self.probe_bytes = max(self.min_probe_bytes, size // 2)
+        self._last_probe_grew = self.probe_bytes > before
 
     async def profile(self) -> StageProfile | None:
         """The next tier's stage profile, or None if it serves none."""
