@@ -99,3 +99,25 @@ def test_a_flood_past_the_limit_gets_an_http_answer_on_every_connection() -> Non
         metrics = httpx.get(d.url + "/metrics", timeout=10).text
         assert f'ecoserve_connections_refused_total{{reason="full"}} {full}.0' in metrics
         assert d.output.count("connection limit (16) reached") <= 5
+
+
+def test_a_port_in_use_says_how_to_get_past_it() -> None:
+    import subprocess
+    import sys
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        args = ["--port", str(port), "--model", "builtin:noop", "--no-warmup-at-start"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "ecoserve", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.close()
+    assert proc.returncode == 1
+    assert f"could not start on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr

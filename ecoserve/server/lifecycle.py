@@ -164,5 +164,17 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
             print(f"ecoserve: Open Inference Protocol over gRPC on {host}:{grpc_port}", flush=True)
 
     server = DrainingServer(config, service.drain, on_started=announce)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits this way when it cannot bind
+        if server.started:
+            raise
+    if not server.started:
+        print(
+            f"ecoserve serve: could not start on {settings.host}:{settings.port} (see the error "
+            "above); if the address is in use, another process (another ecoserve daemon?) "
+            "holds the port: stop it or pass --port",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0 if server.started else 1
