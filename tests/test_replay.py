@@ -247,7 +247,9 @@ def test_real_mode_against_a_stub_daemon(
         server.should_exit = True
         thread.join(timeout=10)
     assert code == 0
-    rec = json.loads(capsys.readouterr().out)["results"][0]
+    captured = capsys.readouterr()
+    assert "sending (answers 200: 100)" in captured.err  # live feedback, with the time left
+    rec = json.loads(captured.out)["results"][0]
     assert FIELDS <= set(rec)
     assert rec["mode"] == "real" and rec["tuner"] == "ecogd"
     assert rec["served"] == rec["requests"] == 100
