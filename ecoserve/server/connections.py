@@ -147,8 +147,8 @@ def bounded_protocol(
             if self._refused:
                 return False
             cycle = getattr(self, "cycle", None)
-            if cycle is not None:
-                return bool(cycle.response_complete)  # answered; waiting for another request
+            if cycle is not None:  # answered, and no part of another request has come
+                return bool(cycle.response_complete) and not self.conn.trailing_data[0]
             return now - self._last_active >= grace_s  # no full request for grace_s
 
         def _arm(self) -> None:
