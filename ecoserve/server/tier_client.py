@@ -6,8 +6,8 @@ every exchange's network time to a ``LinkEstimator``: the estimate that reaches 
 and its tuners. Only transfers long enough to mean something count for bandwidth
 (:data:`MIN_SAMPLE_S` on the wire): a 256-byte request on a 100 Mbit/s link takes 20 us,
 lost in a millisecond of HTTP jitter, and once read such a link as 1.3 Mbit/s. The bandwidth
-probe therefore grows until its transfer takes :data:`PROBE_TARGET_S` (and shrinks on a
-slow link), at start at once, until one sample counts. An optional ``EmulatedLink`` sleeps each payload's transfer time on the
+probe therefore starts by growing 4x at a time while the rate it reads still rises with its
+size, then keeps its transfer near :data:`PROBE_TARGET_S` (shrinking on a slow link). An optional ``EmulatedLink`` sleeps each payload's transfer time on the
 schedule (time 0 = when the client was made), so tests and demos can slow a loopback link.
 """
 
@@ -32,6 +32,8 @@ from twins.link import EmulatedLink
 MIN_SAMPLE_S = 0.005
 #: Time on the wire a probe is sized for: it grows 4x while shorter, halves past 8x this.
 PROBE_TARGET_S = 0.02
+#: A probe 4x larger reading a rate this much higher means the smaller read jitter.
+RATE_RISE = 1.3
 #: Largest probe (the next tier's body limit is 8 MiB by default).
 MAX_PROBE_BYTES = 4 * 1024 * 1024
 
@@ -99,7 +101,7 @@ class NextTierClient:
         self.bytes_up = 0
         self.bytes_down = 0
         self.last_ok: float | None = None
-        self._last_probe_grew = False
+        self._calibrated = False
         #: 8 x bytes / whole exchange time of the latest transfer: a lower bound on the
         #: bandwidth, used while the estimator has none (on a fast link a probe's transfer
         #: time is lost in the round trip's jitter, and "unknown" must not read as "down").
@@ -220,45 +222,73 @@ class NextTierClient:
     async def probe(self, nbytes: int | None = None) -> float:
         """Send ``nbytes`` to be dropped: a bandwidth sample; returns the measured seconds.
 
-        Without ``nbytes`` the probe is sized to the link (:attr:`probe_bytes`, adapted
-        after each probe), and while no sample has counted yet it grows and goes again at
-        once, so the first plan prices a measured bandwidth. The reply's bytes count too.
+        Without ``nbytes`` the probe is sized to the link: the first time by
+        :meth:`_calibrate`, then adapted after each probe (:attr:`probe_bytes`). The
+        reply's bytes count too.
         """
         if nbytes is not None:
-            return await self._probe_once(int(nbytes))
-        elapsed = await self._probe_once(self.probe_bytes)
-        while self.estimator.transfers == 0 and self._last_probe_grew:
-            elapsed = await self._probe_once(self.probe_bytes)
-        return elapsed
-
-    async def _probe_once(self, size: int) -> float:
-        payload = bytes(size)
-        t0 = self.clock()
-        await self._emulate_up(size)
-        try:
-            resp = await self._request("POST", f"{PREFIX}/probe", payload)
-        except TierError as exc:
-            if exc.status != 413 or size <= self.min_probe_bytes:
-                raise
-            self.errors -= 1  # over the next tier's body limit: probe smaller from now on
-            self.max_probe_bytes = max(self.min_probe_bytes, size // 2)
-            self.probe_bytes = min(self.probe_bytes, self.max_probe_bytes)
-            self._last_probe_grew = True
-            return self.clock() - t0
-        await self._emulate_down(len(resp.content))
-        elapsed = self.clock() - t0
-        self._observed(size + len(resp.content), elapsed, elapsed)
+            return (await self._probe_once(int(nbytes)))[0]
+        if not self._calibrated:
+            return await self._calibrate()
+        elapsed, size, _ = await self._probe_once(self.probe_bytes)
         self._resize_probe(size, self.estimator.wire_time(elapsed))
         return elapsed
 
+    async def _calibrate(self) -> float:
+        """Grow the probe 4x while the rate it measures still rises with its size.
+
+        A rate that rises with the size was the round trip's jitter, not the link; once 4x
+        the bytes read about the same rate over at least :data:`PROBE_TARGET_S` (or the
+        transfer takes long), that size is the link's, and only its sample goes to the
+        estimator.
+        """
+        size, last_rate = self.probe_bytes, None
+        while True:
+            elapsed, sent, both = await self._probe_once(size, record=False)
+            wire = self.estimator.wire_time(elapsed)
+            rate = 8.0 * both / wire if wire > 0 else None
+            rising = rate is None or last_rate is None or rate > RATE_RISE * last_rate
+            settled = not rising and wire >= PROBE_TARGET_S
+            if settled or wire > 8 * PROBE_TARGET_S or sent >= self.max_probe_bytes:
+                break
+            last_rate, size = rate, min(self.max_probe_bytes, sent * 4)
+        self._observed(both, elapsed, elapsed)
+        self.probe_bytes = sent
+        self._calibrated = True
+        return elapsed
+
+    async def _probe_once(self, size: int, record: bool = True) -> tuple[float, int, int]:
+        """One probe: (seconds, bytes sent, bytes both ways); recorded unless ``record`` is
+        False. Past the next tier's body limit (413), probes are halved from then on."""
+        while True:
+            payload = bytes(size)
+            t0 = self.clock()
+            await self._emulate_up(size)
+            try:
+                resp = await self._request("POST", f"{PREFIX}/probe", payload)
+                break
+            except TierError as exc:
+                if exc.status != 413 or size <= self.min_probe_bytes:
+                    raise
+                self.errors -= 1
+                self.max_probe_bytes = max(self.min_probe_bytes, size // 2)
+                self.probe_bytes = min(self.probe_bytes, self.max_probe_bytes)
+                size = self.max_probe_bytes
+        await self._emulate_down(len(resp.content))
+        elapsed = self.clock() - t0
+        both = size + len(resp.content)
+        if record:
+            self._observed(both, elapsed, elapsed)
+        else:
+            self.last_ok = self.clock()
+        return elapsed, size, both
+
     def _resize_probe(self, size: int, wire_s: float) -> None:
         """Grow the probe while its transfer is too short to mean much; shrink if too long."""
-        before = self.probe_bytes
         if wire_s < PROBE_TARGET_S:
-            self.probe_bytes = min(self.max_probe_bytes, max(before, size * 4))
+            self.probe_bytes = min(self.max_probe_bytes, max(self.probe_bytes, size * 4))
         elif wire_s > 8 * PROBE_TARGET_S:
             self.probe_bytes = max(self.min_probe_bytes, size // 2)
-        self._last_probe_grew = self.probe_bytes > before
 
     async def profile(self) -> StageProfile | None:
         """The next tier's stage profile, or None if it serves none."""
