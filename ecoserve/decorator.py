@@ -35,6 +35,10 @@ from ecoserve.runtime.tuning_state import TuningState
 
 log = logging.getLogger("ecoserve.decorator")
 
+#: Longest a call waits for its answer by default, as the daemon's request timeout: a hung
+#: function raises TimeoutError in its callers instead of blocking them for good.
+DEFAULT_CALL_TIMEOUT_S = 30.0
+
 
 class InferenceMethod:
     """The callable a decorated function becomes."""
@@ -45,7 +49,7 @@ class InferenceMethod:
         settings: EngineSettings,
         device: Device | None = None,
         *,
-        timeout_s: float | None = None,
+        timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
         watchdog_s: float | None = 60.0,
         stop_timeout_s: float = 30.0,
         state_file: str | None = None,
@@ -57,7 +61,7 @@ class InferenceMethod:
             raise ValueError(f"watchdog_s must be > 0 seconds or None, got {watchdog_s}")
         self.fn = fn
         self.settings = settings
-        #: Longest a call waits for its answer (TimeoutError after; None: forever).
+        #: Longest a call waits for its answer (TimeoutError after; None: forever, asked for).
         self.timeout_s = timeout_s
         #: No batch finished for this long: the clocks go back to the governors.
         self.watchdog_s = watchdog_s
@@ -235,7 +239,7 @@ def inference_method(
     fn: Callable[[Any], Any] | None = None,
     *,
     device: Device | str | None = None,
-    timeout_s: float | None = None,
+    timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
     watchdog_s: float | None = 60.0,
     stop_timeout_s: float = 30.0,
     state_file: str | None = None,
@@ -245,7 +249,8 @@ def inference_method(
 
     Keyword arguments are ``EngineSettings`` fields, e.g. ``device="virtual:xavier-nx"``,
     ``tuner="ecogd"``, ``max_batch=16``, ``window_requests=64``. A ``Device`` object may
-    be passed as ``device`` too. ``timeout_s`` bounds each call (TimeoutError), ``watchdog_s``
+    be passed as ``device`` too. ``timeout_s`` bounds each call (TimeoutError; 30 s by
+    default, ``None`` waits forever), ``watchdog_s``
     hands the clocks back when no batch finishes for that long (a hung function),
     ``stop_timeout_s`` bounds ``stop()``, and ``state_file`` keeps the tuner's state across
     restarts (saved after each window and at stop, resumed at start, as the daemon's).

@@ -200,3 +200,21 @@ def test_the_tuner_state_is_saved_and_resumed_as_the_daemons_is(tmp_path) -> Non
         runtime = second.runtime
         assert {"baseline", "tuner"} <= set(runtime.resumed)
         assert runtime.ready and runtime.phase == "tuning"  # no baseline windows again
+
+
+def test_calls_time_out_by_default() -> None:
+    """A hung function never blocks its callers for good: the default timeout is finite."""
+    import inspect
+
+    from ecoserve.decorator import DEFAULT_CALL_TIMEOUT_S, InferenceMethod
+
+    assert DEFAULT_CALL_TIMEOUT_S == 30.0
+    default = inspect.signature(eco_edge_infer.inference_method).parameters["timeout_s"].default
+    assert default == DEFAULT_CALL_TIMEOUT_S
+
+    @eco_edge_infer.inference_method(device="virtual:xavier-nx", tuner="fixed")
+    def ident(batch):
+        return batch
+
+    # never called, so never started: nothing to stop
+    assert isinstance(ident, InferenceMethod) and ident.timeout_s == DEFAULT_CALL_TIMEOUT_S

@@ -247,7 +247,9 @@ def test_real_mode_against_a_stub_daemon(
         server.should_exit = True
         thread.join(timeout=10)
     assert code == 0
-    rec = json.loads(capsys.readouterr().out)["results"][0]
+    captured = capsys.readouterr()
+    assert "sending (answers 200: 100)" in captured.err  # live feedback, with the time left
+    rec = json.loads(captured.out)["results"][0]
     assert FIELDS <= set(rec)
     assert rec["mode"] == "real" and rec["tuner"] == "ecogd"
     assert rec["served"] == rec["requests"] == 100
@@ -276,3 +278,39 @@ def test_a_plan_reuses_given_oracles_and_skips_computing_them() -> None:
     assert not any(s.startswith("oracle ") for s in steps)
     assert again.records[0].mean_cost == first.records[0].mean_cost
     assert again.records[0].ratio_static_oracle == first.records[0].ratio_static_oracle
+
+
+def test_the_default_table_fits_100_columns_and_says_where_the_rest_is(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["replay", "--trace", "bursty:10@500ms", "--duration", "2m", "--tuners", "ecogd"]
+    assert main([*args, "--workers", "1", "--window-requests", "50"]) == 0
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "J/req" in text and "after/static" not in text
+    assert "more columns: --wide, --json" in text
+    assert main([*args, "--workers", "1", "--window-requests", "50", "--wide"]) == 0
+    assert "after/static" in capsys.readouterr().out
+
+
+def test_figures_without_matplotlib_are_named_up_front_and_the_rest_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    out = tmp_path / "out"
+    args = ["replay", "--trace", "step:8,24@10m", "--duration", "2m", "--tuners", "fixed"]
+    assert main([*args, "--workers", "1", "--window-requests", "50", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())  # as wrapped to the terminal
+    assert "pip install 'ecoserve[plots]'" in err
+    assert err.index("ecoserve[plots]") < err.index("replaying")  # up front
+    assert "the rate never steps" in err  # the step would come after the trace ends
+    assert "all-max" in captured.out  # the table still printed
+    assert (out / "summary.csv").exists() and not list(out.glob("*.png"))

@@ -90,3 +90,16 @@ def test_served_name_and_masked_token():
     assert s.served_name == "resnet"
     assert s.public_dict()["admin_token"] == "***"
     assert ServeSettings(model="builtin:cnn").served_name == "cnn"
+
+
+def test_a_split_tier_defaults_to_a_tuner_that_moves_the_split() -> None:
+    from ecoserve.server.settings import ServeSettings, load_settings
+
+    edge = "http://127.0.0.1:8001"
+    assert load_settings({"next_tier": edge}, environ={}).tuner == "neurosurgeon"
+    assert load_settings({}, environ={}).tuner == "ecogd"
+    cascade = {"next_tier": edge, "tier_mode": "cascade"}
+    assert load_settings(cascade, environ={}).tuner == "ecogd"
+    chosen = load_settings({"next_tier": edge}, environ={"ECOSERVE_TUNER": "grid"})
+    assert chosen.tuner == "grid"  # a tuner asked for is kept
+    assert ServeSettings(next_tier=edge).tuner == "neurosurgeon"

@@ -20,8 +20,10 @@ from ecoserve.models.cascade import confidence
 from ecoserve.models.digits import load_digits_model, load_digits_split
 
 #: The device tier sleeps so its stages take 100x this CPU's time (~9 ms for digits-large):
-#: on loopback, forwarding must be worth it on a fast link and not on a slow one.
-SLOWDOWN = ("--tier-slowdown", "100")
+#: on loopback, forwarding must be worth it on a fast link and not on a slow one. One torch
+#: thread: on a busy machine two threads wait on each other, the stage profile measured at
+#: start reads 10-20x the real time, and the slowed warm-up outlasts the readiness wait.
+SLOWDOWN = ("--tier-slowdown", "100", "--torch-threads", "1")
 THRESHOLD = 0.9
 #: The split point planned from the stage profiles and the link estimate.
 PLANNED = ("--tuner", "neurosurgeon")

@@ -112,3 +112,44 @@ def test_a_state_file_of_the_wrong_types_starts_the_daemon_fresh(tmp_path: Path)
         assert "not resumed" in d.output and str(state) in d.output
     saved = json.loads(state.read_text())  # rewritten, valid, at exit
     assert isinstance(saved["tuner_state"], dict) and saved["baseline"] is not None
+
+
+def test_a_baseline_file_of_other_accounting_is_named_once_and_measured_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "baseline.json"
+    save_baseline(Baseline(0.03, 0.02, "total"), path)
+    with caplog.at_level(logging.WARNING):
+        assert saved_baseline(EngineSettings(baseline_path=str(path), accounting="active")) is None
+    assert caplog.text.count("WARNING") == 1
+    assert str(path) in caplog.text and "'total' accounting, not 'active'" in caplog.text
+    caplog.clear()
+    total = EngineSettings(baseline_path=str(path), accounting="total")
+    assert saved_baseline(total) == Baseline(0.03, 0.02, "total") and not caplog.text
+
+
+def test_an_oversized_state_file_is_refused_at_once_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ecoserve.core.assembly import build_engine
+    from ecoserve.runtime import tuning_state
+
+    engine = build_engine(KNOBS, EngineSettings(tuner="ecogd"), None)
+    state = {"format": 1, "model": "m", "device": "d", **engine.state_dict()}
+    path = tmp_path / "state.json"
+    # a history far past what a tuner keeps, as a runaway writer would leave it
+    state["tuner_state"]["history"] = [[[0, 0, 0], 1.0, 1, 8]] * 1_800_000
+    path.write_text(json.dumps(state))
+    assert path.stat().st_size > tuning_state.MAX_STATE_BYTES
+    with caplog.at_level(logging.WARNING):
+        assert tuning_state.resume(engine, path, "m", "d") == []
+    assert caplog.text.count("WARNING") == 1
+    assert str(path) in caplog.text and "starting fresh" in caplog.text
+    # under the byte limit, a list past the entry limit is refused the same way
+    state["tuner_state"]["history"] = [[0]] * (tuning_state.MAX_ENTRIES + 1)
+    path.write_text(json.dumps(state, separators=(",", ":")))
+    assert path.stat().st_size <= tuning_state.MAX_STATE_BYTES
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert tuning_state.resume(engine, path, "m", "d") == []
+    assert "holds a list of 100001 entries" in caplog.text and str(path) in caplog.text

@@ -189,6 +189,22 @@ def test_link_estimator_recovers_bandwidth_and_rtt() -> None:
     assert est.link().bandwidth_bps == pytest.approx(2e6, rel=0.05)
 
 
+def test_small_transfers_lost_in_jitter_say_nothing_about_bandwidth() -> None:
+    est = LinkEstimator(alpha=0.5, min_wire_s=0.005)
+    est.observe_rtt(0.001)
+    # 256 bytes at 100 Mbit/s take 20 us; with 2 ms of jitter they would read 1 Mbit/s
+    assert not est.observe_transfer(256, 0.001 + 0.002)
+    assert est.bandwidth_bps is None
+    assert est.observe_transfer(256 * 1024, 0.001 + 256 * 1024 * 8 / 100e6)
+    assert est.bandwidth_bps == pytest.approx(100e6, rel=1e-6)
+    for _ in range(20):  # jitter spikes of small requests past min_wire_s: still too small
+        assert not est.observe_transfer(600, 0.001 + 0.010)
+    assert est.bandwidth_bps == pytest.approx(100e6, rel=1e-6)
+    # the link slows down: a large transfer counts, and the estimate follows
+    assert est.observe_transfer(256 * 1024, 0.001 + 256 * 1024 * 8 / 10e6)
+    assert est.bandwidth_bps < 20e6
+
+
 def test_link_estimator_needs_something_to_go_on() -> None:
     est = LinkEstimator()
     with pytest.raises(ValueError, match="no bandwidth"):

@@ -159,3 +159,35 @@ def generate(spec: str, duration_s: float = DEFAULT_DURATION_S, seed: int = 0) -
         arrivals = poisson_arrivals(rate, duration_s, seed)
         source = f"generated: Poisson arrivals at {rate:g} requests/s (seed {seed})"
     return Trace(name=spec.strip(), arrivals=arrivals, source=source, duration_s=duration_s)
+
+
+def static_load_note(spec: str, duration_s: float) -> str | None:
+    """Why a load-changing generator would not change within ``duration_s``, else None.
+
+    ``step:8,24@10m`` over 5 minutes is a plain Poisson trace at 8 req/s: worth saying
+    before a run that means to show tuners following a load change.
+    """
+    kind, sep, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("step", "mmpp", "diurnal"):
+        return None
+    match = (_RANGE if kind == "diurnal" else _LEVELS).fullmatch(arg)
+    if not match:
+        return None
+    period = parse_duration(match.group(3 if kind == "diurnal" else 2))
+    if kind == "step" and duration_s <= period:
+        return (
+            f"{spec.strip()} steps every {period:g} s but the trace lasts {duration_s:g} s: "
+            f"the rate never steps (give a --duration above {period:g} s)"
+        )
+    if kind == "diurnal" and duration_s < period / 2:
+        return (
+            f"{spec.strip()} swings over {period:g} s but the trace lasts {duration_s:g} s: "
+            "it never reaches its high rate (give a --duration of at least half the period)"
+        )
+    if kind == "mmpp" and duration_s < period:
+        return (
+            f"{spec.strip()} dwells {period:g} s on a rate on average but the trace lasts "
+            f"{duration_s:g} s: it may never switch (give a longer --duration)"
+        )
+    return None

@@ -8,6 +8,7 @@ an HTTP client against a running daemon and writes the same report.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -120,8 +121,15 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
     p.add_argument("--noise", type=float, help="twin noise (relative std-dev; default: fit's)")
     p.add_argument("--workers", type=int, help="worker processes (default: 2 if 2 cores)")
     p.add_argument("--out", type=Path, help="folder for results.json/csv and plots")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="skip the PNG figures (they need matplotlib: pip install 'ecoserve[plots]')",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--wide", action="store_true", help="print every column (16) rather than the headline 8"
+    )
     p.add_argument("--mode", choices=["sim", "real"], default="sim")
     p.add_argument(
         "--tiers",
@@ -205,17 +213,33 @@ def _settings(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ecoserve.replay.report import render_table, summarise, write_outputs
+    from ecoserve.replay.report import (
+        NARROW_COLUMNS,
+        TABLE_COLUMNS,
+        render_table,
+        summarise,
+        write_outputs,
+    )
 
     err = Console(stderr=True)
     out = Console(stderr=args.json)
     if not out.is_terminal:
-        out = Console(stderr=args.json, width=200)
+        out = Console(stderr=args.json, width=200 if args.wide else 100)
     tuners = tuple(t.strip() for t in args.tuners.split(",") if t.strip())
     if args.tiers:
         return _run_tiers(args, err)
     if args.fleet:
         return fleet_replay.run(args, err)
+    plots = bool(args.out) and not args.no_plots
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        err.print(
+            "ecoserve replay: the figures --out writes need matplotlib, which is not "
+            "installed: pip install 'ecoserve[plots]' (or pass --no-plots). Writing the "
+            "results and CSVs without figures.",
+            style="yellow",
+            markup=False,
+        )
+        plots = False
     try:
         workloads = _workloads(args)
         if args.mode == "real":
@@ -229,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(records)
     if args.out:
         files = write_outputs(args.out, records, series, meta)
-        if not args.no_plots:
+        if plots:
             from ecoserve.replay.plots import write_plots
 
             costs = {k: (o.static_cost, o.dynamic_cost) for k, o in oracles.items()}
@@ -239,13 +263,23 @@ def run(args: argparse.Namespace) -> int:
         payload = {"meta": meta, "results": [r.as_dict() for r in records]}
         sys.stdout.write(json.dumps(payload, default=_jsonable) + "\n")
     else:
-        out.print(render_table(summary, title=meta.get("title", "")))
+        columns = TABLE_COLUMNS if args.wide else NARROW_COLUMNS
+        out.print(render_table(summary, title=meta.get("title", ""), columns=columns))
         out.print(
             "cost: every request of the run counted, on the workload's reference baseline "
             "(1 = all-max: every clock at maximum and the largest batch); win.: the mean over "
             "tuning windows, warm-up requests left out; dvfs: the OS governors; "
-            f"accounting {meta['accounting']}, alpha {meta['alpha']}"
+            f"accounting {meta['accounting'] or 'unknown'}, alpha {meta['alpha']}"
         )
+        if not args.wide:
+            where = f"{args.out}/summary.csv" if args.out else "--out DIR (summary.csv)"
+            out.print(f"more columns: --wide, --json or {where}")
+        if args.mode == "real" and not meta.get("tuning_windows"):
+            out.print(
+                f"no tuning window closed in {meta.get('daemon_windows', 0)} daemon window(s): "
+                "cost needs a run past the daemon's warm-up and baseline windows (a window is "
+                "its window_requests requests or window_seconds); give a longer --duration"
+            )
     return 0
 
 
@@ -258,7 +292,13 @@ def _jsonable(value: Any) -> Any:
 def _run_sim(
     args: argparse.Namespace, workloads: tuple[Any, ...], tuners: tuple[str, ...], err: Any
 ) -> tuple[Any, ...]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ecoserve.replay.runner import ReplayPlan, default_workers, run_plan
     from tuners.registry import TUNERS
@@ -267,7 +307,8 @@ def _run_sim(
     if unknown:
         raise ValueError(f"unknown tuner(s) {unknown}; valid: {', '.join(sorted(TUNERS))}")
     for w in workloads:
-        w.load(seed=0)  # fail fast on a bad trace before starting workers
+        trace = w.load(seed=0)  # fail fast on a bad trace before starting workers
+        _note_static_load(w.trace, trace.duration_s, err)
     plan = ReplayPlan(
         workloads=workloads,
         tuners=tuners,
@@ -277,15 +318,23 @@ def _run_sim(
         noise=args.noise,
     )
     workers = args.workers or default_workers()
+    runs = len(workloads) * (1 + len(tuners) * len(plan.seeds))
+    err.print(
+        f"replaying {runs} runs ({len(workloads)} workload(s) x (all-max + {len(tuners)} "
+        f"tuner(s) x {len(plan.seeds)} seed(s))) on {workers} worker(s); the time left shows "
+        "once the first runs finish (an hour of trace takes a few minutes per tuner on 2 cores)"
+    )
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         console=err,
         transient=False,
     ) as bar:
-        task = bar.add_task("replaying", total=len(workloads) * (1 + len(tuners) * len(plan.seeds)))
+        task = bar.add_task("replaying", total=runs)
 
         def progress(what: str, done: int, total: int) -> None:
             bar.update(task, completed=done, description=f"replaying: {what}")
@@ -308,13 +357,31 @@ def _run_sim(
     return result.records, result.series, result.oracles, meta
 
 
+def _note_static_load(spec: str, duration_s: float, err: Any) -> None:
+    """Warn before the run when a load-changing trace would not change within its length."""
+    from traces.generators import static_load_note
+
+    note = static_load_note(spec, duration_s)
+    if note is not None:
+        err.print(f"ecoserve replay: {note}", style="yellow", markup=False)
+
+
 def _run_real(args: argparse.Namespace, workloads: tuple[Any, ...], err: Any) -> tuple[Any, ...]:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from ecoserve.replay.real import RealReplayConfig, load_input, replay_real
 
     if len(workloads) != 1:
         raise ValueError("--mode real replays exactly one --trace")
     w = workloads[0]
     trace = w.load(seed=0)
+    _note_static_load(w.trace, trace.duration_s, err)
     body = load_input(args.input, args.input_shape)
     cfg = RealReplayConfig(
         url=args.url,
@@ -322,8 +389,25 @@ def _run_real(args: argparse.Namespace, workloads: tuple[Any, ...], err: Any) ->
         timeout_s=args.timeout,
         alpha=args.alpha,
     )
-    err.print(f"replaying {trace.describe()} against {args.url}")
-    record, series, meta = replay_real(trace, body, cfg, label=w.label, console=err)
+    err.print(f"replaying {trace.describe()} against {args.url} in real time")
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("sending", total=max(trace.duration_s, 1e-9))
+
+        def progress(elapsed_s: float, statuses: dict[str, int]) -> None:
+            shown = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "none yet"
+            bar.update(task, completed=elapsed_s, description=f"sending (answers {shown})")
+
+        record, series, meta = replay_real(
+            trace, body, cfg, label=w.label, console=err, progress=progress
+        )
     meta.update(accounting=meta.get("accounting", args.accounting), alpha=args.alpha)
     return [record], [series], {}, meta
 

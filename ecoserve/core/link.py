@@ -71,7 +71,10 @@ class LinkEstimator:
     an EWMA of the seconds they took, not an EWMA of per-transfer rates, because small
     transfers are dominated by latency jitter and their rates are noise; the ratio weights
     each transfer by its size. A transfer that includes a round trip has the current RTT
-    estimate taken off first; if nothing is left, it says nothing about bandwidth.
+    estimate taken off first; if nothing is left, it says nothing about bandwidth. Nor does a
+    transfer shorter than ``min_wire_s`` on the wire, as measured or as the current estimate
+    would send it: a few hundred bytes on a fast link take microseconds, lost in the round
+    trip's jitter, and their "rate" would read a 100 Mbit/s link as 1 Mbit/s.
     """
 
     def __init__(
@@ -80,12 +83,16 @@ class LinkEstimator:
         *,
         alpha: float = 0.2,
         rtt_alpha: float = 0.125,
+        min_wire_s: float = 0.0,
     ) -> None:
         for label, value in (("alpha", alpha), ("rtt_alpha", rtt_alpha)):
             if not 0 < value <= 1:
                 raise ValueError(f"{label} must be in (0, 1], got {value}")
+        if not min_wire_s >= 0:
+            raise ValueError(f"min_wire_s must be >= 0, got {min_wire_s}")
         self.prior = prior
         self.alpha = alpha
+        self.min_wire_s = min_wire_s
         self.rtt_alpha = rtt_alpha
         self._rtt: float | None = None
         self._bits: float | None = None
@@ -103,13 +110,19 @@ class LinkEstimator:
         else:
             self._rtt += self.rtt_alpha * (seconds - self._rtt)
 
-    def observe_transfer(self, nbytes: float, seconds: float, *, includes_rtt: bool = True) -> None:
-        """``nbytes`` took ``seconds`` to send (with one round trip inside when ``includes_rtt``)."""
+    def observe_transfer(self, nbytes: float, seconds: float, *, includes_rtt: bool = True) -> bool:
+        """``nbytes`` took ``seconds`` to send (with one round trip inside when ``includes_rtt``).
+
+        True when the sample counted: its time on the wire was at least ``min_wire_s``.
+        """
         if not nbytes >= 0 or not seconds >= 0:
             raise ValueError(f"transfer needs bytes >= 0 and seconds >= 0, got {nbytes}, {seconds}")
-        on_wire = seconds - (self.rtt_s if includes_rtt else 0.0)
-        if nbytes == 0 or on_wire <= 0:
-            return
+        on_wire = self.wire_time(seconds, includes_rtt=includes_rtt)
+        if nbytes == 0 or on_wire <= 0 or on_wire < self.min_wire_s:
+            return False
+        known = self.bandwidth_bps
+        if known and 8.0 * nbytes / known < self.min_wire_s:
+            return False  # too small to tell this link's rate from its jitter
         self.transfers += 1
         bits = 8.0 * nbytes
         if self._bits is None or self._seconds is None:
@@ -117,6 +130,11 @@ class LinkEstimator:
         else:
             self._bits += self.alpha * (bits - self._bits)
             self._seconds += self.alpha * (on_wire - self._seconds)
+        return True
+
+    def wire_time(self, seconds: float, *, includes_rtt: bool = True) -> float:
+        """The share of a transfer's ``seconds`` spent sending: less the RTT estimate."""
+        return seconds - (self.rtt_s if includes_rtt else 0.0)
 
     @property
     def rtt_s(self) -> float:

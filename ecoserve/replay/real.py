@@ -17,6 +17,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,20 @@ async def _status(client: Any, windows: int) -> dict[str, Any]:
         return {}
 
 
-async def replay_async(trace: Trace, body: RequestBody, cfg: RealReplayConfig) -> ClientResult:
-    """Send the trace's requests at their times; collect latencies and the daemon's windows."""
+#: Seconds between two calls of a real replay's ``progress``.
+PROGRESS_EVERY_S = 1.0
+
+Progress = Callable[[float, dict[str, int]], None]
+
+
+async def replay_async(
+    trace: Trace, body: RequestBody, cfg: RealReplayConfig, progress: Progress | None = None
+) -> ClientResult:
+    """Send the trace's requests at their times; collect latencies and the daemon's windows.
+
+    ``progress`` is told the seconds of trace sent so far and the answers counted, about once
+    a second: a real replay lasts as long as its trace.
+    """
     import logging
 
     import httpx
@@ -112,8 +125,12 @@ async def replay_async(trace: Trace, body: RequestBody, cfg: RealReplayConfig) -
         t0 = loop.time() + 0.05
         tasks = []
         wall0 = time.perf_counter()
+        told = -math.inf
         for i, a in enumerate(arrivals.tolist()):
             due = t0 + a
+            if progress is not None and a - told >= PROGRESS_EVERY_S:
+                told = a
+                progress(a, dict(statuses))
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -124,6 +141,8 @@ async def replay_async(trace: Trace, body: RequestBody, cfg: RealReplayConfig) -
             tasks.append(asyncio.create_task(one(i, due)))
         if tasks:
             await asyncio.gather(*tasks)
+        if progress is not None:
+            progress(trace.duration, dict(statuses))
         wall = time.perf_counter() - wall0
         after = await _status(client, 256)
     windows = [w for w in after.get("windows", []) if int(w.get("index", -1)) >= closed_before]
@@ -137,9 +156,10 @@ def replay_real(
     cfg: RealReplayConfig,
     label: str | None = None,
     console: Any = None,
+    progress: Progress | None = None,
 ) -> tuple[RunRecord, WindowSeries, dict[str, Any]]:
     """Run the replay and summarise it as a record like the simulator's."""
-    result = asyncio.run(replay_async(trace, body, cfg))
+    result = asyncio.run(replay_async(trace, body, cfg, progress))
     tuning = [w for w in result.windows if w.get("phase") == "tuning"]
     costs = np.array([float(w["cost"]) for w in tuning])
     served_w = sum(int(w["requests"]) for w in result.windows)
@@ -182,6 +202,7 @@ def replay_real(
         "trace": trace.describe(),
         "statuses": result.statuses,
         "daemon_windows": len(result.windows),
+        "tuning_windows": len(tuning),
         "accounting": accounting,
         "title": f"real replay against {cfg.url}",
     }

@@ -287,11 +287,28 @@ TABLE_COLUMNS = (
 )
 
 
-def table_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
+#: The default table's columns: the headline figures, within 100 characters; the rest are in
+#: ``--wide``, ``--json`` and the CSVs.
+NARROW_COLUMNS = tuple(
+    c
+    for c in TABLE_COLUMNS
+    if c[0]
+    in (
+        "workload", "tuner", "run_cost", "ratio_run_static_oracle", "energy_per_request_j",
+        "latency_p95_s", "mean_cost", "windows_to_converge",
+    )
+)  # fmt: skip
+
+Column = tuple[str, str, int | None]
+
+
+def table_rows(
+    summary: Sequence[dict[str, Any]], columns: Sequence[Column] = TABLE_COLUMNS
+) -> list[list[str]]:
     rows = []
     for row in summary:
         cells = []
-        for key, _, digits in TABLE_COLUMNS:
+        for key, _, digits in columns:
             v = row.get(key)
             if digits is not None and digits < 0 and isinstance(v, float) and math.isfinite(v):
                 cells.append(f"{v * 1e3:.1f}")
@@ -305,14 +322,16 @@ def table_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def render_table(summary: Sequence[dict[str, Any]], title: str = "") -> Any:
-    """A rich Table of the per-(workload, tuner) means."""
+def render_table(
+    summary: Sequence[dict[str, Any]], title: str = "", columns: Sequence[Column] = NARROW_COLUMNS
+) -> Any:
+    """A rich Table of the per-(workload, tuner) means (the headline columns by default)."""
     from rich.table import Table
 
     table = Table(title=title or None)
-    for _, header, digits in TABLE_COLUMNS:
+    for _, header, digits in columns:
         table.add_column(header, justify="left" if digits is None else "right")
-    for cells in table_rows(summary):
+    for cells in table_rows(summary, columns):
         table.add_row(*cells)
     return table
 

@@ -24,16 +24,27 @@ log = logging.getLogger("ecoserve.runtime")
 
 
 def saved_baseline(settings: EngineSettings) -> Baseline | None:
-    """The baseline file's figures, or None when there is none yet (or it is unreadable)."""
-    if not settings.baseline_path:
+    """The baseline file's figures, or None when there is none yet, it is unreadable, or it
+    was measured under other energy accounting (its figures would not compare: the state
+    file refuses the same mismatch)."""
+    path = settings.baseline_path
+    if not path:
         return None
-    if not os.path.exists(settings.baseline_path):
+    if not os.path.exists(path):
         return None  # none yet: measure one and save it
     try:
-        return load_baseline(settings.baseline_path)
+        baseline = load_baseline(path)
     except ValueError as exc:
         log.warning("%s; measuring a new baseline, which will replace the file", exc)
         return None
+    if baseline.accounting != settings.accounting:
+        log.warning(
+            "baseline file %s was measured under %r accounting, not %r; measuring a new "
+            "baseline, which will replace the file",
+            path, baseline.accounting, settings.accounting,
+        )  # fmt: skip
+        return None
+    return baseline
 
 
 def build_runtime(

@@ -18,9 +18,16 @@ def save_baseline(baseline: Baseline, path: str | Path) -> None:
     write_json_durably(path, asdict(baseline))
 
 
+#: Largest baseline file read: it holds three numbers.
+MAX_BASELINE_BYTES = 64 * 1024
+
+
 def load_baseline(path: str | Path) -> Baseline:
     """The baseline saved at ``path``; ValueError says what is wrong and how to fix it."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_BASELINE_BYTES:
+            raise ValueError(f"{size} bytes, over the {MAX_BASELINE_BYTES} a baseline needs")
         data = json.loads(Path(path).read_text())
         return Baseline(
             float(data["energy_per_request_j"]),

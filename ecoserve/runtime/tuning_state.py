@@ -3,7 +3,9 @@
 The file is JSON, written durably (temporary file, fsync, rename) after every window and at
 exit. It holds the tuner's ``state_dict``, the baseline (E0, L0), pinned knobs and the
 window count, tagged with the model, device and accounting they were measured for: a
-file from another model or device is ignored with a warning rather than trusted. A newly
+file from another model or device is ignored with a warning rather than trusted. So is one
+past :data:`MAX_STATE_BYTES` or holding a list past :data:`MAX_ENTRIES`: no tuner keeps that
+much, and parsing it held the start for many seconds and hundreds of megabytes. A newly
 measured baseline also goes to the baseline file, when one is configured.
 """
 
@@ -23,6 +25,24 @@ from ecoserve.runtime.state_files import save_baseline
 log = logging.getLogger("ecoserve.runtime.tuning_state")
 
 FORMAT = 1
+#: Largest state file resumed; a tuner's state over the largest search space is far smaller.
+MAX_STATE_BYTES = 8 * 1024 * 1024
+#: Most entries in any one list of the state (a tuner's history of measured configurations).
+MAX_ENTRIES = 100_000
+
+
+def _longest_list(value: Any) -> int:
+    """Entries in the longest list anywhere in ``value`` (parsed JSON)."""
+    longest = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            longest = max(longest, len(item))
+            stack.extend(x for x in item if isinstance(x, (list, dict)))
+        elif isinstance(item, dict):
+            stack.extend(x for x in item.values() if isinstance(x, (list, dict)))
+    return longest
 
 
 def snapshot(engine: Engine[Any], model: str, device: str) -> dict[str, Any]:
@@ -43,11 +63,26 @@ def resume(engine: Engine[Any], path: str | Path, model: str, device: str) -> li
     warning: the daemon then measures afresh instead of refusing to start.
     """
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_STATE_BYTES:
+            log.warning(
+                "state file %s is %d bytes, over the %d a tuner's state needs; not resumed, "
+                "starting fresh (it is replaced after the first window)",
+                path, size, MAX_STATE_BYTES,
+            )  # fmt: skip
+            return []
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
         log.warning("state file %s unreadable (%s); starting fresh", path, exc)
+        return []
+    if (entries := _longest_list(data)) > MAX_ENTRIES:
+        log.warning(
+            "state file %s holds a list of %d entries, over the %d a tuner keeps; not "
+            "resumed, starting fresh",
+            path, entries, MAX_ENTRIES,
+        )  # fmt: skip
         return []
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         log.warning("state file %s has an unknown format; starting fresh", path)

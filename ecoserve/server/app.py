@@ -24,7 +24,7 @@ from ecoserve.server.hosts import HostCheck, allowed_hosts
 from ecoserve.server.oip_model import OipModel
 from ecoserve.server.openapi import openapi_document
 from ecoserve.server.responses import json_response
-from ecoserve.server.service import InferenceService
+from ecoserve.server.service import InferenceService, ServiceError
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tier_bridge import check_tier_settings, tier_routes
 
@@ -50,8 +50,8 @@ def create_app(
     check_tier_settings(settings, model)
     if settings.grpc_port is not None:
         check_grpc_available()
-    tier_router = tier_routes(settings, model)
     service = InferenceService(settings, model, device)
+    tier_router = tier_routes(settings, model, run=service.run_tier_job)
     oip = OipModel(service)
 
     @asynccontextmanager
@@ -110,6 +110,12 @@ def create_app(
              "error": "internal error"},
             500,
         )
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        # A refusal raised outside the inference handlers (a tier route): same JSON, headers.
+        key = "error" if is_v2(request) else "detail"
+        return json_response({key: exc.detail}, exc.status, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

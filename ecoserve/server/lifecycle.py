@@ -148,7 +148,12 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
         # annotation says int only.
         timeout_graceful_shutdown=max(5.0, settings.drain_timeout_s),  # type: ignore[arg-type]
         server_header=False,
-        http=bounded_protocol(connections, settings.idle_timeout_s),
+        http=bounded_protocol(
+            connections,
+            settings.idle_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            on_refuse=service.metrics.connection_refused,
+        ),
         timeout_keep_alive=max(1, int(settings.idle_timeout_s)),
     )
 
@@ -164,5 +169,17 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
             print(f"ecoserve: Open Inference Protocol over gRPC on {host}:{grpc_port}", flush=True)
 
     server = DrainingServer(config, service.drain, on_started=announce)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits this way when it cannot bind
+        if server.started:
+            raise
+    if not server.started:
+        print(
+            f"ecoserve serve: could not start on {settings.host}:{settings.port} (see the error "
+            "above); if the address is in use, another process (another ecoserve daemon?) "
+            "holds the port: stop it or pass --port",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0 if server.started else 1

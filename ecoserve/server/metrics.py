@@ -201,6 +201,16 @@ class ServerMetrics(RuntimeObserver):
         self.tuner_switches = Counter(
             "ecoserve_config_changes", "Configurations applied (tuner moves and pins)", registry=r
         )
+        self.connections_refused = Counter(
+            "ecoserve_connections_refused",
+            "Connections turned away at --max-connections: full = answered 503 with "
+            "Retry-After (every other connection busy), idle = a silent one closed for room",
+            ["reason"],
+            registry=r,
+        )
+        self.refused_connections = {"full": 0, "idle": 0}
+        for reason in self.refused_connections:
+            self.connections_refused.labels(reason)
         self._live: _LiveCollector | None = None
         self._configured_batch = 1
 
@@ -226,6 +236,11 @@ class ServerMetrics(RuntimeObserver):
         self.requests.labels(outcome).inc()
         if outcome == "ok" and seconds is not None:
             self.request_latency.observe(seconds)
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection turned away at the connection limit (called by the protocol)."""
+        self.connections_refused.labels(reason).inc()
+        self.refused_connections[reason] = self.refused_connections.get(reason, 0) + 1
 
     # -- RuntimeObserver ------------------------------------------------------------------
     def on_batch(self, stats: BatchStats) -> None:

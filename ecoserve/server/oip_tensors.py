@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecoserve.server.tensors import InputError, nested_to_array
+from ecoserve.server.tensors import InputError, check_float_range, nested_to_array
 
 #: Datatypes whose values are NumPy numbers, and their dtypes (little-endian on the wire).
 NUMPY_DATATYPES: dict[str, np.dtype[Any]] = {
@@ -75,6 +75,7 @@ def array_from_values(values: Any, datatype: str, shape: list[int], what: str) -
     if datatype == BF16:
         if flat.dtype.kind not in "biuf":
             raise InputError(f"{what} data ({flat.dtype}) does not fit datatype BF16")
+        check_float_range(flat, np.dtype(np.float32), f"{what} data")
         return flat.astype(np.float32).reshape(shape)
     target = NUMPY_DATATYPES[datatype]
     if datatype == "BOOL":
@@ -87,8 +88,15 @@ def array_from_values(values: Any, datatype: str, shape: list[int], what: str) -
                 f"{what} data values {int(flat.min())}..{int(flat.max())} do not fit datatype "
                 f"{datatype} ({info.min}..{info.max})"
             )
+    elif target.kind in "iu":
+        raise InputError(
+            f"{what} data holds non-integer values ({flat.dtype}), which do not fit datatype "
+            f"{datatype}"
+        )
     elif not np.can_cast(flat.dtype, target, casting="same_kind"):
         raise InputError(f"{what} data values ({flat.dtype}) do not fit datatype {datatype}")
+    else:
+        check_float_range(flat, target, f"{what} data")
     return flat.astype(target).reshape(shape)
 
 

@@ -31,7 +31,8 @@ FIELDS: dict[str, str] = {
     "restore_dir": "folder of the clocks' restore record (default $STATE_DIRECTORY, /var/lib/ecoserve or ~/.local/state/ecoserve)",
     "meter": "power meter: auto, or a meter name (see `ecoserve devices`)",
     "tuner": "tuner name: ecogd, grid, linear, dvfs, bayes, mab, mab-joint, fixed, random; "
-    "with --next-tier also neurosurgeon (split) or cascade (threshold)",
+    "with --next-tier also neurosurgeon (split) or cascade (threshold); a split tier "
+    "(--next-tier, --tier-mode split) defaults to neurosurgeon",
     "tuner_params": "tuner parameters as a JSON object, e.g. '{\"memory_limit\": 20}'",
     "seed": "random seed of the tuner",
     "min_batch": "smallest batch size the tuner may choose",
@@ -78,7 +79,7 @@ FIELDS: dict[str, str] = {
     "link_rtt_s": "round trip added to every emulated exchange, in seconds",
     "cascade_threshold": "cascade: answer here when the top softmax probability reaches this ('none': chosen online)",
     "serve_tier": "serve /v1/tier/* so other daemons can use this one as their next tier (sequential models; off unless asked)",
-    "tier_token": "bearer token /v1/tier/* require, and --next-tier requests send (prefer ECOSERVE_TIER_TOKEN)",
+    "tier_token": "bearer token /v1/tier/* require, and --next-tier requests send (prefer ECOSERVE_TIER_TOKEN; needed with --serve-tier beyond loopback)",
     "tier_slowdown": "emulate a slower device: this tier's own stages sleep to take this many times longer",
 }
 

@@ -179,6 +179,7 @@ async def status(request: Request, windows: int = 20) -> Response:
         "uptime_s": time.time() - service.started_at,
         "resumed": service.resumed,
         "settings": service.settings.public_dict(),
+        "connections_refused": dict(service.metrics.refused_connections),
     }
     if runtime is not None:
         engine = runtime.describe(max(0, windows))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +31,7 @@ from ecoserve.server.oip_stats import InferenceStatistics
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
 from ecoserve.server.tier_bridge import TierBridge
+from ecoserve.server.tier_jobs import TierJob, with_tier_jobs
 
 log = logging.getLogger("ecoserve.server")
 
@@ -98,6 +99,8 @@ class InferenceService:
                 "context_source": self.tier.context,
                 "error_source": self.tier.take_errors,
             }
+        if s.serve_tier:  # /v1/tier computations queue, time out and are metered here too
+            batch_fn = with_tier_jobs(batch_fn)
         device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.restore_dir)
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(device, s.watchdog_s))
@@ -252,6 +255,34 @@ class InferenceService:
                 raise ServiceError(
                     422, f"preprocessing rejected the input: {exc}", "invalid"
                 ) from None
+        results = await self._run(runtime, items, timeout_s)
+        if self.model.postprocess is not None:
+            try:
+                results = [self.model.postprocess(r) for r in results]
+            except Exception as exc:
+                raise ServiceError(500, f"postprocessing failed: {exc}", "error") from None
+        return results
+
+    async def run_tier_job(self, job: Callable[[], Any]) -> Any:
+        """A ``/v1/tier`` computation as one request of this daemon.
+
+        It is admitted by the runtime (503 when full or draining), bounded by the request
+        timeout, batched with the rest and measured in the batch's energy.
+        """
+        runtime = self.runtime
+        if runtime is None or self.draining or not runtime.accepting:
+            raise ServiceError(
+                503, "shutting down; not accepting requests", "unavailable", self._retry()
+            )
+        (result,) = await self._run(runtime, [TierJob(job)], None)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def _run(
+        self, runtime: Runtime, items: Sequence[Any], timeout_s: float | None
+    ) -> list[Any]:
+        """Submit every item, wait within the deadline; one result per item."""
         futures: list[asyncio.Future[Any]] = []
         try:
             for item in items:
@@ -295,10 +326,4 @@ class InferenceService:
                 f"the model failed on this request's batch: {type(exc).__name__}: {exc}",
                 "error",
             ) from None
-        results = [out] if len(futures) == 1 else list(out)
-        if self.model.postprocess is not None:
-            try:
-                results = [self.model.postprocess(r) for r in results]
-            except Exception as exc:
-                raise ServiceError(500, f"postprocessing failed: {exc}", "error") from None
-        return results
+        return [out] if len(futures) == 1 else list(out)

@@ -15,13 +15,14 @@ import sys
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ecoserve.core.assembly import EngineSettings
 from ecoserve.core.batch_timer import TIMER_KINDS
 from ecoserve.server.deprecated import upgrade_keys, warn
+from ecoserve.server.hosts import is_loopback
 from ecoserve.server.options import ENV_PREFIX, RENAMED
 
 if sys.version_info >= (3, 11):
@@ -34,6 +35,8 @@ else:  # pragma: no cover
 class ServeSettings(EngineSettings):
     """Engine settings plus what the HTTP daemon needs (model, socket, limits, control)."""
 
+    #: Empty: the tuner for this daemon's role, resolved at load (see ``default_tuner``).
+    tuner: str = ""
     model: str = "builtin:cnn"
     model_name: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -90,7 +93,20 @@ class ServeSettings(EngineSettings):
             self.tier_token = None
         if self.next_tier == "":
             self.next_tier = None
+        if not self.tuner:
+            self.tuner = self.default_tuner()
         self._check_tiers()
+
+    def default_tuner(self) -> str:
+        """Neurosurgeon for a split tier, EcoGD otherwise.
+
+        EcoGD gets stuck on the split knob (its cost has a valley at each end), so a split
+        tier left to it never splits; Neurosurgeon plans the split from the stage profiles
+        and the measured link.
+        """
+        if self.next_tier is not None and self.tier_mode == "split":
+            return "neurosurgeon"
+        return "ecogd"
 
     def _check_tiers(self) -> None:
         """Reject tier settings at load time, so a typo fails before the model loads."""
@@ -110,6 +126,13 @@ class ServeSettings(EngineSettings):
             raise ValueError(f"cascade_threshold must be within 0..1, got {self.cascade_threshold}")
         if not self.tier_slowdown >= 1:
             raise ValueError(f"tier_slowdown must be >= 1, got {self.tier_slowdown}")
+        if self.serve_tier and self.tier_token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"--serve-tier on --host {self.host} would let anyone who can reach it run "
+                "the model: set a tier token with ECOSERVE_TIER_TOKEN=<secret> (or "
+                "--tier-token, or tier_token in the --config file), and give the sending "
+                "tier the same one; or bind to 127.0.0.1"
+            )
 
     @property
     def served_name(self) -> str:
@@ -260,4 +283,4 @@ def load_settings(
         merged.update(read_toml(config_path))
     merged.update(read_env(env))
     merged.update({k: v for k, v in given.items() if k in known})
-    return replace(ServeSettings(), **merged)
+    return ServeSettings(**merged)  # the tuner default follows the merged role

@@ -25,6 +25,7 @@ import torch
 
 NPY_MEDIA_TYPES = ("application/octet-stream", "application/x-npy")
 
+
 class InputError(ValueError):
     """The request's input cannot be served; the message says why (answered with 422)."""
 
@@ -58,6 +59,8 @@ class TensorSpec:
             )
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InputError(f"{what} contains NaN or infinity")
+        if self.np_dtype.kind == "f":
+            check_float_range(arr, self.np_dtype, what)
         if arr.dtype.kind in "iu" and self.np_dtype.kind in "iu":
             info = np.iinfo(self.np_dtype)
             if arr.size and (arr.min() < info.min or arr.max() > info.max):
@@ -78,6 +81,23 @@ class TensorSpec:
         raise InputError(
             f"{what} has shape {list(arr.shape)}; expected one item of shape {list(self.shape)} "
             f"or a batch of shape [n, {', '.join(map(str, self.shape))}]"
+        )
+
+
+def check_float_range(arr: np.ndarray, target: np.dtype[Any], what: str) -> None:
+    """Refuse finite values the cast to ``target`` would turn into infinities.
+
+    Finiteness is checked on the values as sent; without this, a float64 1e39 became a
+    float32 infinity after the check, and every output came back ``null``.
+    """
+    if not arr.size or arr.dtype.kind not in "iuf" or np.can_cast(arr.dtype, target, "safe"):
+        return
+    largest = float(np.finfo(target).max)
+    peak = float(np.max(np.abs(arr.astype(np.float64, copy=False))))
+    if peak > largest:
+        raise InputError(
+            f"{what} has values of magnitude up to {peak:.3g}, beyond the largest {target} "
+            f"({largest:.3g}); they would become infinities"
         )
 
 
@@ -114,9 +134,30 @@ def nested_to_array(value: Any, what: str) -> np.ndarray:
             if "inhomogeneous" in msg or "sequence" in msg:
                 msg = "nested lists have different lengths (ragged)"
             raise InputError(f"{what} is not a rectangular list of numbers: {msg}") from None
+    if arr.dtype.kind in "fO":
+        arr = _exact_integers(value, arr, what)
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{what} must hold only numbers (found {_kind_name(arr)})")
     return arr
+
+
+def _exact_integers(value: Any, arr: np.ndarray, what: str) -> np.ndarray:
+    """Integers past int64 as themselves, not floats: NumPy turns ``[2**64 - 1, 5]`` into
+    float64 (rounded) and ``[2**70]`` into objects; an unsigned 64-bit value is kept exact."""
+    if arr.dtype.kind == "f" and not (arr.size and float(np.max(np.abs(arr))) >= 2.0**63):
+        return arr  # floats, or integers numpy already holds exactly
+    leaves = np.asarray(value, dtype=object).reshape(-1)
+    if not leaves.size or not all(type(x) is int for x in leaves):
+        return arr
+    low, high = min(leaves), max(leaves)
+    for dtype in (np.int64, np.uint64):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.asarray(value, dtype=dtype)
+    raise InputError(
+        f"{what} holds integers {low}..{high}, which no 64-bit integer type holds "
+        f"(int64 {np.iinfo(np.int64).min}..{np.iinfo(np.int64).max}, uint64 0..2**64-1)"
+    )
 
 
 def _kind_name(arr: np.ndarray) -> str:

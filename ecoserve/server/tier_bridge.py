@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import torch
@@ -84,8 +85,16 @@ def check_tier_settings(settings: ServeSettings, model: LoadedModel) -> None:
         )
 
 
-def tier_routes(settings: ServeSettings, model: LoadedModel) -> APIRouter | None:
-    """``/v1/tier/*`` for this daemon's model, or None (not wanted, or not sequential)."""
+def tier_routes(
+    settings: ServeSettings,
+    model: LoadedModel,
+    run: Callable[[Callable[[], torch.Tensor]], Awaitable[torch.Tensor]] | None = None,
+) -> APIRouter | None:
+    """``/v1/tier/*`` for this daemon's model, or None (not wanted, or not sequential).
+
+    ``run`` is the daemon's way to run a computation as one of its requests (its queue,
+    deadline and energy accounting); without it, at most ``max_queue`` run at once.
+    """
     stages = sequential_of(model)
     if not settings.serve_tier or stages is None or model.input_shape is None:
         return None
@@ -96,8 +105,9 @@ def tier_routes(settings: ServeSettings, model: LoadedModel) -> APIRouter | None
         input_shape=model.input_shape,
         profile=profile,
         max_body_bytes=settings.max_body_bytes,
-        max_pending=settings.max_queue,
+        max_pending=None if run is not None else settings.max_queue,
         token=settings.tier_token,
+        run=run,
     )
 
 

@@ -3,7 +3,11 @@
 :class:`NextTierClient` sends a split tensor (``send(k, payload)``) or cascaded rows
 (``forward(payload)``) to the next tier's ``/v1/tier/*`` routes (``tier_routes``), and reports
 every exchange's network time to a ``LinkEstimator``: the estimate that reaches the engine
-and its tuners. An optional ``EmulatedLink`` sleeps each payload's transfer time on the
+and its tuners. Only transfers long enough to mean something count for bandwidth
+(:data:`MIN_SAMPLE_S` on the wire): a 256-byte request on a 100 Mbit/s link takes 20 us,
+lost in a millisecond of HTTP jitter, and once read such a link as 1.3 Mbit/s. The bandwidth
+probe therefore starts by growing 4x at a time while the rate it reads still rises with its
+size, then keeps its transfer near :data:`PROBE_TARGET_S` (shrinking on a slow link). An optional ``EmulatedLink`` sleeps each payload's transfer time on the
 schedule (time 0 = when the client was made), so tests and demos can slow a loopback link.
 """
 
@@ -22,6 +26,16 @@ from ecoserve.core.tiers import StageProfile
 from ecoserve.models.tensor_codec import CONTENT_TYPE
 from ecoserve.server.tier_routes import COMPUTE_HEADER, DEFAULT_PROBE_BYTES, PREFIX
 from twins.link import EmulatedLink
+
+#: Time on the wire a transfer needs to count as a bandwidth sample (well above the jitter
+#: of an HTTP exchange on a busy box).
+MIN_SAMPLE_S = 0.005
+#: Time on the wire a probe is sized for: it grows 4x while shorter, halves past 8x this.
+PROBE_TARGET_S = 0.02
+#: A probe 4x larger reading a rate this much higher means the smaller read jitter.
+RATE_RISE = 1.3
+#: Largest probe (the next tier's body limit is 8 MiB by default).
+MAX_PROBE_BYTES = 4 * 1024 * 1024
 
 
 class TierError(RuntimeError):
@@ -67,10 +81,17 @@ class NextTierClient:
         self._auth = {"authorization": f"Bearer {token}"} if token else {}
         self._http = http
         self._owned = http is None
-        self.estimator = estimator if estimator is not None else LinkEstimator(alpha=0.5)
+        self.estimator = (
+            estimator
+            if estimator is not None
+            else LinkEstimator(alpha=0.5, min_wire_s=MIN_SAMPLE_S)
+        )
         self.emulation = emulation
         self.timeout_s = timeout_s
+        #: Size of the next bandwidth probe, adapted to the link (``probe_bytes`` at least).
         self.probe_bytes = probe_bytes
+        self.min_probe_bytes = probe_bytes
+        self.max_probe_bytes = max(probe_bytes, MAX_PROBE_BYTES)
         self.clock = clock
         self.sleep = sleep
         self.origin = clock()
@@ -80,6 +101,7 @@ class NextTierClient:
         self.bytes_up = 0
         self.bytes_down = 0
         self.last_ok: float | None = None
+        self._calibrated = False
         #: 8 x bytes / whole exchange time of the latest transfer: a lower bound on the
         #: bandwidth, used while the estimator has none (on a fast link a probe's transfer
         #: time is lost in the round trip's jitter, and "unknown" must not read as "down").
@@ -115,7 +137,7 @@ class NextTierClient:
         return None if bw is None else Link(bandwidth_bps=bw, rtt_s=self.estimator.rtt_s)
 
     def _observed(self, nbytes: int, elapsed: float, on_wire: float) -> None:
-        self.estimator.observe_transfer(nbytes, on_wire, includes_rtt=True)
+        self.estimator.observe_transfer(nbytes, on_wire, includes_rtt=True)  # if long enough
         if elapsed > 0:
             self.bandwidth_floor = 8.0 * nbytes / elapsed
         self.last_ok = self.clock()
@@ -198,19 +220,75 @@ class NextTierClient:
         return rtt
 
     async def probe(self, nbytes: int | None = None) -> float:
-        """Send ``nbytes`` (default ``probe_bytes``) to be dropped: a bandwidth sample.
+        """Send ``nbytes`` to be dropped: a bandwidth sample; returns the measured seconds.
 
-        Returns the measured seconds. The reply is a few bytes of JSON, counted too.
+        Without ``nbytes`` the probe is sized to the link: the first time by
+        :meth:`_calibrate`, then adapted after each probe (:attr:`probe_bytes`). The
+        reply's bytes count too.
         """
-        size = self.probe_bytes if nbytes is None else int(nbytes)
-        payload = bytes(size)
-        t0 = self.clock()
-        await self._emulate_up(size)
-        resp = await self._request("POST", f"{PREFIX}/probe", payload)
+        if nbytes is not None:
+            return (await self._probe_once(int(nbytes)))[0]
+        if not self._calibrated:
+            return await self._calibrate()
+        elapsed, size, _ = await self._probe_once(self.probe_bytes)
+        self._resize_probe(size, self.estimator.wire_time(elapsed))
+        return elapsed
+
+    async def _calibrate(self) -> float:
+        """Grow the probe 4x while the rate it measures still rises with its size.
+
+        A rate that rises with the size was the round trip's jitter, not the link; once 4x
+        the bytes read about the same rate over at least :data:`PROBE_TARGET_S` (or the
+        transfer takes long), that size is the link's, and only its sample goes to the
+        estimator.
+        """
+        size, last_rate = self.probe_bytes, None
+        while True:
+            elapsed, sent, both = await self._probe_once(size, record=False)
+            wire = self.estimator.wire_time(elapsed)
+            rate = 8.0 * both / wire if wire > 0 else None
+            rising = rate is None or last_rate is None or rate > RATE_RISE * last_rate
+            settled = not rising and wire >= PROBE_TARGET_S
+            if settled or wire > 8 * PROBE_TARGET_S or sent >= self.max_probe_bytes:
+                break
+            last_rate, size = rate, min(self.max_probe_bytes, sent * 4)
+        self._observed(both, elapsed, elapsed)
+        self.probe_bytes = sent
+        self._calibrated = True
+        return elapsed
+
+    async def _probe_once(self, size: int, record: bool = True) -> tuple[float, int, int]:
+        """One probe: (seconds, bytes sent, bytes both ways); recorded unless ``record`` is
+        False. Past the next tier's body limit (413), probes are halved from then on."""
+        while True:
+            payload = bytes(size)
+            t0 = self.clock()
+            await self._emulate_up(size)
+            try:
+                resp = await self._request("POST", f"{PREFIX}/probe", payload)
+                break
+            except TierError as exc:
+                if exc.status != 413 or size <= self.min_probe_bytes:
+                    raise
+                self.errors -= 1
+                self.max_probe_bytes = max(self.min_probe_bytes, size // 2)
+                self.probe_bytes = min(self.probe_bytes, self.max_probe_bytes)
+                size = self.max_probe_bytes
         await self._emulate_down(len(resp.content))
         elapsed = self.clock() - t0
-        self._observed(size + len(resp.content), elapsed, elapsed)
-        return elapsed
+        both = size + len(resp.content)
+        if record:
+            self._observed(both, elapsed, elapsed)
+        else:
+            self.last_ok = self.clock()
+        return elapsed, size, both
+
+    def _resize_probe(self, size: int, wire_s: float) -> None:
+        """Grow the probe while its transfer is too short to mean much; shrink if too long."""
+        if wire_s < PROBE_TARGET_S:
+            self.probe_bytes = min(self.max_probe_bytes, max(self.probe_bytes, size * 4))
+        elif wire_s > 8 * PROBE_TARGET_S:
+            self.probe_bytes = max(self.min_probe_bytes, size // 2)
 
     async def profile(self) -> StageProfile | None:
         """The next tier's stage profile, or None if it serves none."""

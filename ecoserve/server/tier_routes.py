@@ -12,9 +12,10 @@
   tier's ``StageProfile``, so the sender plans with measured times) and, when a node is
   given, ``GET /v1/tier/status``.
 
-Every compute answer carries ``X-Ecoserve-Compute-S``, the seconds the model ran, so the
-sender can take them off the exchange time and feed only the network's share to its link
-estimator. Bad bodies, cut points and shapes are 422 with a message saying which. The sending
+Every compute answer carries ``X-Ecoserve-Compute-S``, the seconds the answer took on this
+tier (queue wait included, when a daemon's runtime runs it), so the sender can take them
+off the exchange time and feed only the network's share to its link estimator. In a daemon
+the computations go through its runtime (``run``): queue bound, deadline, energy. Bad bodies, cut points and shapes are 422 with a message saying which. The sending
 side is ``ecoserve.server.tier_client``.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -158,6 +159,7 @@ def tier_router(
     max_batch: int = 1024,
     max_pending: int | None = None,
     token: str | None = None,
+    run: Callable[[Callable[[], torch.Tensor]], Awaitable[torch.Tensor]] | None = None,
 ) -> APIRouter:
     """Routes of this tier as the *next* tier of another: split tails, cascade, ping, probe.
 
@@ -166,7 +168,9 @@ def tier_router(
     (per row, e.g. ``(1, 8, 8)``) lets every cut's shape be checked before the model runs;
     without it a tensor the model rejects is still a 422, with the model's message.
     ``profile`` is served at ``/profile``; ``node`` (this tier's own ``TierNode``, when
-    it also sends onward) at ``/status``.
+    it also sends onward) at ``/status``. ``run`` (a daemon's runtime) runs each
+    computation as one of its requests, admitted, timed and metered by it; without it,
+    computations run in a thread, at most ``max_pending`` at once.
     """
     stages.eval()
     if big_model is not None:
@@ -180,11 +184,17 @@ def tier_router(
         if token is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
             raise HTTPException(401, "this tier needs Authorization: Bearer <tier token>")
 
     async def compute(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
         nonlocal pending
+        if run is not None:
+            t0 = time.perf_counter()
+            out = await run(fn)
+            return out, time.perf_counter() - t0
         if max_pending is not None and pending >= max_pending:
             raise HTTPException(
                 503, f"{pending} tier computations in progress; retry", {"Retry-After": "1"}
