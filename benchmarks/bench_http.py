@@ -304,7 +304,10 @@ def main() -> int:
     port = free_port()
     raw = build_request(port, body, ctype)
     cap = run(
-        "plain-cnn-capacity", plain_cmd("builtin:cnn", port, t), port, "/healthz",
+        "plain-cnn-capacity",
+        plain_cmd("builtin:cnn", port, t),
+        port,
+        "/healthz",
         closed_loop("plain-cnn-capacity", port, raw, c, d, w),
     ).rps
     rate = args.overload * cap
@@ -317,7 +320,10 @@ def main() -> int:
         ready = "/healthz" if label.startswith("plain") else "/readyz"
         conns = args.max_connections
         run(
-            f"{label}@{rate:.0f}rps", make(port), port, ready,
+            f"{label}@{rate:.0f}rps",
+            make(port),
+            port,
+            ready,
             open_loop(f"{label}@{rate:.0f}rps", port, raw, rate, d, w, conns),
         )
     if args.out:

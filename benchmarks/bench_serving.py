@@ -54,7 +54,11 @@ def passes(result: Result, rate: float, p99_ms: float) -> bool:
 
 
 def sustained_rate(
-    label: str, run_at: Callable[[float], Result], start: float, step: float, p99_ms: float,
+    label: str,
+    run_at: Callable[[float], Result],
+    start: float,
+    step: float,
+    p99_ms: float,
     max_steps: int,
 ) -> tuple[float, list[dict[str, object]]]:
     """The highest passing rate found by growing, then one bisection; every run's row."""

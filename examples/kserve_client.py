@@ -1,8 +1,8 @@
 """KServe's Python clients (the ``kserve`` package) against ``ecoserve serve``: REST and gRPC.
 
-    ecoserve serve --model builtin:cnn --grpc-port 8001
-    pip install kserve
-    python examples/kserve_client.py --http http://127.0.0.1:8000 --grpc 127.0.0.1:8001
+ecoserve serve --model builtin:cnn --grpc-port 8001
+pip install kserve
+python examples/kserve_client.py --http http://127.0.0.1:8000 --grpc 127.0.0.1:8001
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Triton's Python clients against ``ecoserve serve``: HTTP (binary tensors) and gRPC.
 
-    ecoserve serve --model builtin:cnn --grpc-port 8001
-    pip install 'tritonclient[http,grpc]'
-    python examples/triton_client.py --http 127.0.0.1:8000 --grpc 127.0.0.1:8001
+ecoserve serve --model builtin:cnn --grpc-port 8001
+pip install 'tritonclient[http,grpc]'
+python examples/triton_client.py --http 127.0.0.1:8000 --grpc 127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def main() -> None:
     out = grpc.infer(args.model, [tensor], model_version="1").as_numpy("output")
     print("gRPC:", out.shape, out[0][:3])
     stats = http.get_inference_statistics(args.model)["model_stats"][0]
-    print("served so far:", stats["inference_count"], "items in", stats["execution_count"], "batches")
+    print(
+        "served so far:", stats["inference_count"], "items in", stats["execution_count"], "batches"
+    )
 
 
 if __name__ == "__main__":

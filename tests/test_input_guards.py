@@ -27,8 +27,11 @@ def v2(url: str, datatype: str, data: list[int]) -> httpx.Response:
 
 @pytest.mark.parametrize(
     ("datatype", "data", "shown"),
-    [("INT8", [300, 1, 2, 3], "-128..127"), ("INT16", [70000, 0, 0, 0], "-32768..32767"),
-     ("UINT8", [-1, 0, 0, 0], "0..255")],
+    [
+        ("INT8", [300, 1, 2, 3], "-128..127"),
+        ("INT16", [70000, 0, 0, 0], "-32768..32767"),
+        ("UINT8", [-1, 0, 0, 0], "0..255"),
+    ],
 )
 def test_integers_outside_the_datatype_are_refused_not_wrapped(url, datatype, data, shown) -> None:
     resp = v2(url, datatype, data)

@@ -100,8 +100,16 @@ def test_bf16_over_http_binary_and_json(served, http_client) -> None:
     out = http_client.infer(MODEL, [http_input("BF16", x, True)]).as_numpy("output")
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     # The Triton client sends BF16 only as bytes; JSON values are the protocol's other form.
-    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "BF16",
-                        "data": x.astype(np.float32).reshape(-1).tolist()}]}
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": "BF16",
+                "data": x.astype(np.float32).reshape(-1).tolist(),
+            }
+        ]
+    }
     r = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     np.testing.assert_allclose(
@@ -231,19 +239,28 @@ def test_protocol_errors_are_json_with_an_error_key(served) -> None:
     assert httpx.get(base + "/no/such/path").json() == {"error": "Not Found"}
     error = httpx.get(base + "/models/nope/ready").json()["error"]
     assert error.startswith("Request for unknown model: 'nope'")
-    r = httpx.post(base + f"/models/{MODEL}/infer", json={"inputs": [
-        {"name": "input", "shape": [1], "datatype": "BYTES", "data": ["cat"]}]})
+    r = httpx.post(
+        base + f"/models/{MODEL}/infer",
+        json={"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["cat"]}]},
+    )
     assert r.status_code == 400 and "BYTES" in r.json()["error"]
-    r = httpx.post(base + f"/models/{MODEL}/infer", content=b'{"inputs": []}xxxx',
-                   headers={"Inference-Header-Content-Length": "14"})
+    r = httpx.post(
+        base + f"/models/{MODEL}/infer",
+        content=b'{"inputs": []}xxxx',
+        headers={"Inference-Header-Content-Length": "14"},
+    )
     assert r.status_code == 400 and "non-empty" in r.json()["error"]
     header = b'{"inputs":[{"name":"input","shape":[1,3,32,32],"datatype":"FP32","parameters":{"binary_data_size":99}}]}'
-    r = httpx.post(base + f"/models/{MODEL}/infer", content=header + b"\0" * 99,
-                   headers={"Inference-Header-Content-Length": str(len(header))})
+    r = httpx.post(
+        base + f"/models/{MODEL}/infer",
+        content=header + b"\0" * 99,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert r.status_code == 400 and "needs 12288" in r.json()["error"]
     bomb = zlib.compress(b"0" * (9 * 1024 * 1024))  # inflates past --max-body-bytes (8 MiB)
-    r = httpx.post(base + f"/models/{MODEL}/infer", content=bomb,
-                   headers={"Content-Encoding": "deflate"})
+    r = httpx.post(
+        base + f"/models/{MODEL}/infer", content=bomb, headers={"Content-Encoding": "deflate"}
+    )
     assert r.status_code == 413 and "decompressed" in r.json()["error"]
     r = httpx.post(
         base + f"/models/{MODEL}/infer", content=b"xx", headers={"Content-Encoding": "br"}
@@ -268,9 +285,17 @@ def test_parameters_pass_through_and_timeout(served, http_client) -> None:
         MODEL, [http_input("FP32", x, False)], parameters={"trace_tag": "abc", "n": 3}
     )
     assert result.get_response()["parameters"] == {"trace_tag": "abc", "n": 3}
-    body = {"parameters": {"timeout": -5},
-            "inputs": [{"name": "input", "shape": [1, *ITEM], "datatype": "FP32",
-                        "data": x.reshape(-1).tolist()}]}
+    body = {
+        "parameters": {"timeout": -5},
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, *ITEM],
+                "datatype": "FP32",
+                "data": x.reshape(-1).tolist(),
+            }
+        ],
+    }
     r = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body)
     assert r.status_code == 400 and "timeout" in r.json()["error"]
 

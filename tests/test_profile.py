@@ -281,8 +281,13 @@ def test_watchdog_firing_mid_measurement_invalidates_the_row(tmp_path):
         with guarded(device, watchdog_timeout_s=0.05) as guard:
             with pytest.raises(DeviceError, match="watchdog handed the clocks back"):
                 profiler.measure(
-                    device, lambda x: time.sleep(0.2), [0], setting,
-                    warmup=0, repeats=1, guard=guard,
+                    device,
+                    lambda x: time.sleep(0.2),
+                    [0],
+                    setting,
+                    warmup=0,
+                    repeats=1,
+                    guard=guard,
                 )
             assert guard.fired_count >= 1
             # It handed the clocks back while the process was still running.

@@ -69,7 +69,11 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_is_served():
         return batch
 
     s = ServeSettings(
-        model="stuck", request_timeout_s=0.3, baseline_at_start=False, min_batch=1, max_batch=1,
+        model="stuck",
+        request_timeout_s=0.3,
+        baseline_at_start=False,
+        min_batch=1,
+        max_batch=1,
         **FAST,
     )
     with TestClient(create_app(s, model=_model(stuck)), base_url=LOCAL) as c:
@@ -103,7 +107,9 @@ def test_baseline_file_makes_the_daemon_ready_at_once(tmp_path):
         while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.02)
     assert json.loads(path.read_text())["latency_s"] > 0
-    s2 = ServeSettings(model="builtin:noop", baseline_path=str(path), baseline_at_start=False, **FAST)
+    s2 = ServeSettings(
+        model="builtin:noop", baseline_path=str(path), baseline_at_start=False, **FAST
+    )
     with TestClient(create_app(s2), base_url=LOCAL) as c:
         assert c.get("/readyz").status_code == 200
 
@@ -112,7 +118,8 @@ numbers = st.one_of(
     st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.booleans(), st.none(), st.text()
 )
 json_values = st.recursive(
-    numbers, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=3),
+    numbers,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=20,
 )
 bodies = st.one_of(

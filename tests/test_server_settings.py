@@ -31,7 +31,11 @@ def test_every_setting_is_a_flag_and_documented():
 def test_defaults_are_the_documented_ones():
     s = load_settings(_parse(), environ={})
     assert (s.model, s.device, s.tuner, s.host, s.port) == (
-        "builtin:cnn", "virtual:xavier-nx", "ecogd", "127.0.0.1", 8000,
+        "builtin:cnn",
+        "virtual:xavier-nx",
+        "ecogd",
+        "127.0.0.1",
+        8000,
     )
 
 

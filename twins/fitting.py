@@ -553,7 +553,10 @@ def main(argv: Sequence[str] | None = None, default_data: Path | None = None) ->
     """The ``fit_twin`` command: fit, print the tables, write (or ``--check``) the outputs."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
-        "--data", type=Path, default=default_data, required=default_data is None,
+        "--data",
+        type=Path,
+        default=default_data,
+        required=default_data is None,
         help="the shared data folder",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="where to write the outputs")

@@ -170,6 +170,4 @@ class BatchPolicy(Generic[T]):
         count = min(n, len(self._queue))
         taken = [self._queue.popleft() for _ in range(count)]
         self._released = max(0, self._released - count)
-        return Dispatch(
-            [item for _, item in taken], [a for a, _ in taken], self.name, self.config
-        )
+        return Dispatch([item for _, item in taken], [a for a, _ in taken], self.name, self.config)

@@ -357,7 +357,11 @@ class Controller:
                 pinned = {}
             for name, index in pinned.items():
                 knob = self.space.knobs[self.space.axis(name)] if self.space.has(name) else None
-                if knob is None or not isinstance(index, int) or not knob.floor <= index <= knob.top:
+                if (
+                    knob is None
+                    or not isinstance(index, int)
+                    or not knob.floor <= index <= knob.top
+                ):
                     problems.append(f"pin {name}={index!r} does not fit the space; not pinned")
                     continue
                 self.pinned[name] = index

@@ -310,4 +310,3 @@ class CascadePolicy:
             tuple(local),
             tuple(explored),
         )
-

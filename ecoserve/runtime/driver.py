@@ -363,7 +363,8 @@ class Runtime:
                 self._warned.add(warning)
                 log.warning("%s", warning)
         newly = {
-            k: why for k, why in self.device.actuator.frozen().items()
+            k: why
+            for k, why in self.device.actuator.frozen().items()
             if k not in self.engine.frozen and self.engine.tunes(k)
         }
         if newly:

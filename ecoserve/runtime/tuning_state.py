@@ -90,7 +90,11 @@ def resume(engine: Engine[Any], path: str | Path, model: str, device: str) -> li
     if data.get("model") != model or data.get("device") != device:
         log.warning(
             "state file %s was saved for model %s on %s, not %s on %s; starting fresh",
-            path, data.get("model"), data.get("device"), model, device,
+            path,
+            data.get("model"),
+            data.get("device"),
+            model,
+            device,
         )
         return []
     try:

@@ -106,8 +106,10 @@ def create_app(
     async def internal_error(request: Request, exc: Exception) -> Response:
         # Logged by the server as ever; the client gets JSON like every other error.
         return json_response(
-            {"detail": f"internal error ({type(exc).__name__}); see the daemon's log",
-             "error": "internal error"},
+            {
+                "detail": f"internal error ({type(exc).__name__}); see the daemon's log",
+                "error": "internal error",
+            },
             500,
         )
 

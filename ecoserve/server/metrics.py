@@ -150,7 +150,9 @@ class ServerMetrics(RuntimeObserver):
             "ecoserve_completed", "Items the model answered successfully", registry=r
         )
         self.rejections = Counter(
-            "ecoserve_rejections", "Requests refused by the runtime, by reason", ["reason"],
+            "ecoserve_rejections",
+            "Requests refused by the runtime, by reason",
+            ["reason"],
             registry=r,
         )
         for reason in ("queue_full", "stopping"):

@@ -40,8 +40,17 @@ BACKENDS = {"pytorch_libtorch": "pytorch", "onnxruntime_onnx": "onnxruntime"}
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 #: Request parameters the protocol reserves; the rest are echoed back in the response.
 RESERVED_PARAMETERS = frozenset(
-    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
-     "binary_data_output", "binary_data", "binary_data_size", "headers"}
+    {
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "priority",
+        "timeout",
+        "binary_data_output",
+        "binary_data",
+        "binary_data_size",
+        "headers",
+    }
 )
 
 
@@ -189,12 +198,18 @@ class OipModel:
             "versions": [VERSION],
             "platform": self.platform,
             "inputs": [
-                {"name": self.input_name, "datatype": sig.input_datatype,
-                 "shape": sig.shape_with_batch(sig.input_shape)}
+                {
+                    "name": self.input_name,
+                    "datatype": sig.input_datatype,
+                    "shape": sig.shape_with_batch(sig.input_shape),
+                }
             ],
             "outputs": [
-                {"name": self.output_name, "datatype": sig.output_datatype,
-                 "shape": sig.shape_with_batch(sig.output_shape)}
+                {
+                    "name": self.output_name,
+                    "datatype": sig.output_datatype,
+                    "shape": sig.shape_with_batch(sig.output_shape),
+                }
             ],
         }
 
@@ -209,20 +224,29 @@ class OipModel:
             "backend": BACKENDS.get(self.platform, "python"),
             "max_batch_size": s.max_batch,
             "input": [
-                {"name": self.input_name, "data_type": TRITON_CONFIG_TYPES[sig.input_datatype],
-                 "dims": list(sig.input_shape) if sig.input_shape is not None else [-1]}
+                {
+                    "name": self.input_name,
+                    "data_type": TRITON_CONFIG_TYPES[sig.input_datatype],
+                    "dims": list(sig.input_shape) if sig.input_shape is not None else [-1],
+                }
             ],
             "output": [
-                {"name": self.output_name, "data_type": TRITON_CONFIG_TYPES[sig.output_datatype],
-                 "dims": list(sig.output_shape) if sig.output_shape is not None else [-1]}
+                {
+                    "name": self.output_name,
+                    "data_type": TRITON_CONFIG_TYPES[sig.output_datatype],
+                    "dims": list(sig.output_shape) if sig.output_shape is not None else [-1],
+                }
             ],
             "dynamic_batching": {
                 "max_queue_delay_microseconds": int(round(s.max_wait_s * 1e6)),
                 "default_queue_policy": {"max_queue_size": s.max_queue},
             },
             "instance_group": [
-                {"name": f"{self.name}_0", "count": 1,
-                 "kind": "KIND_GPU" if device in ("sysfs", "nvml") else "KIND_CPU"}
+                {
+                    "name": f"{self.name}_0",
+                    "count": 1,
+                    "kind": "KIND_GPU" if device in ("sysfs", "nvml") else "KIND_CPU",
+                }
             ],
             "version_policy": {"latest": {"num_versions": 1}},
             "parameters": {

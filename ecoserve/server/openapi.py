@@ -36,8 +36,12 @@ def _fix_validation_errors(document: dict[str, Any]) -> None:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault(
         "ErrorResponse",
-        {"title": "ErrorResponse", "type": "object", "required": ["detail"],
-         "properties": {"detail": {"type": "string", "title": "Detail"}}},
+        {
+            "title": "ErrorResponse",
+            "type": "object",
+            "required": ["detail"],
+            "properties": {"detail": {"type": "string", "title": "Detail"}},
+        },
     )
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
@@ -83,7 +87,11 @@ def infer_example(oip: OipModel) -> dict[str, Any] | None:
     zero = False if oip.signature.input_datatype == "BOOL" else 0
     return {
         "inputs": [
-            {"name": oip.input_name, "shape": [1, *shape],
-             "datatype": oip.signature.input_datatype, "data": [zero] * count}
+            {
+                "name": oip.input_name,
+                "shape": [1, *shape],
+                "datatype": oip.signature.input_datatype,
+                "data": [zero] * count,
+            }
         ]
     }

@@ -385,13 +385,21 @@ def _model_routes(prefix: str, versioned: bool) -> None:
         if endpoint is _model_ready:
             responses |= _not_ready(V2ModelReady)
         router.add_api_route(
-            prefix + tail, endpoint, methods=[method], summary=summary + where,
-            response_model=model, responses=responses,
+            prefix + tail,
+            endpoint,
+            methods=[method],
+            summary=summary + where,
+            response_model=model,
+            responses=responses,
             operation_id=f"v2_{endpoint.__name__.strip('_')}{'_versioned' if versioned else ''}",
         )
     router.add_api_route(
-        prefix + "/infer", _infer, methods=["POST"], summary="Inference" + where,
-        response_model=V2InferResponse, responses=_errors(400, 404, 413, 500, 503, 504),
+        prefix + "/infer",
+        _infer,
+        methods=["POST"],
+        summary="Inference" + where,
+        response_model=V2InferResponse,
+        responses=_errors(400, 404, 413, 500, 503, 504),
         openapi_extra=_INFER_OPENAPI,
         operation_id=f"v2_infer{'_versioned' if versioned else ''}",
     )
