@@ -18,7 +18,7 @@ from torch import nn
 from ecoserve.models.loader import LoadedModel
 from ecoserve.server import ServeSettings, create_app
 
-FAST = dict(window_requests=16, warmup_requests=4, warmup_at_start=False)
+FAST = dict(window_requests=16, warmup_requests=4, baseline_at_start=False)
 LOCAL = "http://127.0.0.1"
 
 

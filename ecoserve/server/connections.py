@@ -88,11 +88,15 @@ def bounded_protocol(
     retry_after_s: int = 1,
     on_refuse: Callable[[str], None] | None = None,
     grace_s: float = 1.0,
+    lingering: int = 32,
 ) -> type[H11Protocol]:
     """An ``H11Protocol`` subclass with these limits (uvicorn takes a class for ``http``).
 
     ``on_refuse`` is called with ``"full"`` for each connection answered 503 because every
-    other one was busy, and ``"idle"`` for each silent one closed to make room.
+    other one was busy, and ``"idle"`` for each silent one closed to make room. At most
+    ``lingering`` refused connections wait for their request and linger after the answer;
+    past that (a flood of silent sockets) the 503 is written and the socket closed at once,
+    so refusals cannot use up the file descriptors the served connections need.
     """
     if max_connections < 1:
         raise ValueError(f"max_connections must be >= 1, got {max_connections}")
@@ -169,20 +173,28 @@ def bounded_protocol(
             count(reason)
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
-            if reason == "idle" or self.transport.is_closing():
+            waiting = sum(
+                1 for c in self.connections if isinstance(c, BoundedH11Protocol) and c._refused
+            )
+            if waiting > lingering:
+                self._answer(linger=False)
+            elif reason == "idle" or self.transport.is_closing():
                 self._answer()
             else:
                 self._idle_timer = self.loop.call_later(grace_s, self._answer)
 
-        def _answer(self) -> None:
+        def _answer(self, linger: bool = True) -> None:
             if self._answered or self.transport.is_closing():
                 return
             self._answered = True
             self.transport.write(answer)
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
+            if not linger:
+                self.transport.close()  # flushes the answer, then frees the descriptor
+                return
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
             self._idle_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
         def _evict_idlest(self) -> bool:
