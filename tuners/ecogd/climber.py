@@ -192,8 +192,9 @@ class Climber(Tuner):
     def _expired(self, config: Config) -> None:
         """``config``'s measurement expired."""
 
-    def _cleared(self) -> None:
-        """Every measurement was dropped."""
+    def _cleared(self, old_rate: float | None, new_rate: float | None) -> None:
+        """Every measurement was dropped, the load having moved from ``old_rate`` to
+        ``new_rate`` (None: not known)."""
 
     # -- decisions ------------------------------------------------------------------------
     def _known_cost(self, neighbour: Config, centre: Config) -> float | None:
@@ -343,15 +344,16 @@ class Climber(Tuner):
             rate - ref
         ) > self.rate_change_threshold * abs(ref):
             # The load moved: old costs describe another workload, so start the neighbourhood over.
-            self._clear()
+            self._clear(ref, rate)
             self._centre_rate = rate
 
-    def _clear(self) -> None:
-        """Drop every measurement and what the climb had built on them."""
+    def _clear(self, old_rate: float | None = None, new_rate: float | None = None) -> None:
+        """Drop every measurement and what the climb had built on them (the load moved from
+        ``old_rate`` to ``new_rate``, when known)."""
         self._history.clear()
         self._loops, self._news = 0, False
         self._step, self._last_dir = 1, None
-        self._cleared()
+        self._cleared(old_rate, new_rate)
 
     # -- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
