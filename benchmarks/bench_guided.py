@@ -15,7 +15,9 @@ Variant sets (``--variants``):
 - ``strategies``: each strategy of ``tuners/ecogd/`` alone and left out: the climber alone
   (``ecogd-original``), the climber plus one strategy, every strategy but one, and all of
   them (the default).
-- ``probes``: the default, the default without periodic probes, the original climber.
+- ``probes``: the default, its probes unguided (every far size swept, every try forgotten
+  at a change of load: EcoGD before probes were guided), no periodic probes, the original
+  climber.
 - a comma-separated list of variant labels from the sets above.
 
     python benchmarks/bench_guided.py [--boards xavier-nx,orin] [--workloads 'a|b']
@@ -103,6 +105,7 @@ VARIANT_SETS: dict[str, tuple[Variant, ...]] = {
     "strategies": _strategies(),
     "probes": (
         Variant(DEFAULT, "ecogd"),
+        Variant("unguided probes", "ecogd", (("guided_probes", False),)),
         Variant("all - probes", "ecogd", STRATEGY_OFF["probes"]),
         Variant("original", "ecogd-original"),
     ),

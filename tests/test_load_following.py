@@ -86,9 +86,9 @@ def drive(tuner: EcoGD, rates: list[float]) -> list[tuple[float, Config]]:
 
 def test_a_level_seen_before_is_met_at_once() -> None:
     tuner = EcoGD(two_level_space(), seed=0)
-    told = drive(tuner, [8.0] * 120 + [24.0] * 120)
-    centre = tuner.centre  # where the return's alarm finds it
-    told += drive(tuner, [8.0] * 12)
+    told = drive(tuner, [8.0] * 120 + [24.0] * 120 + [8.0])
+    centre = tuner.centre  # where the return's alarm (on its first window) found it
+    told += drive(tuner, [8.0] * 11)
     assert tuner.describe()["load_changes"] == 2
     # first visit: the climber reaches each level's optimum by searching
     assert sum(c == OPTIMA[8.0] for _, c in told[80:120]) >= 20
