@@ -444,3 +444,22 @@ def test_after_a_load_change_probes_skip_the_sizes_the_curve_calls_clear_losers(
         dear[guided] = sum(loss > 0.2 for _, losses in runs for loss in losses)
     assert counts[True] < counts[False]
     assert dear[True] <= dear[False] / 3
+
+
+def test_on_a_rugged_batch_axis_guided_probes_are_the_unguided_ones() -> None:
+    """Bursts of 10: the curve's residuals call the axis rugged, it rules nothing out, and
+    every probe is taken as before."""
+    space = space_of(25, 15, 16)
+    freq_bowl = bowl((12, 10, 0), (25, 15, 16))
+    for seed in range(2):
+        runs = []
+        for guided in (True, False):
+            rng = random.Random(seed)
+
+            def cost(c: Config, rng: random.Random = rng) -> float:
+                return BURSTY_BY_BATCH[c[2]] * freq_bowl((c[0], c[1], 0)) * rng.gauss(1.0, 0.01)
+
+            tuner = EcoGD(space, seed=seed, guided_probes=guided)
+            runs.append([step(tuner, cost) for _ in range(300)])
+            assert tuner.describe()["probes"] > 10 and tuner.describe()["probes_skipped"] == 0
+        assert runs[0] == runs[1]

@@ -255,11 +255,13 @@ class Probes:
         rng: random.Random,
         unsafe: Callable[[Config], bool],
     ) -> Config | None:
-        """The centre with another batch size, when a probe is due. Guided, when the models
-        rule out every size left, none is taken and the next look is ``every`` windows on."""
+        """The centre with another batch size, when a probe is due. When the curve ruled out
+        sizes and nothing is left, none is taken and the next look is ``every`` windows on
+        (where it rules nothing out, as on a rugged curve, the probes run as unguided)."""
         if not self.every or window - self.last < self.every:
             return None
         axis = self.batch.axis
+        ruled = False
         for _ in range(2):
             while self.queue:
                 index = self.queue.pop()
@@ -271,13 +273,14 @@ class Probes:
                     continue  # (±1 are axis neighbours, measured anyway)
                 if self.ruled_out(index, window):
                     self.skipped += 1
+                    ruled = True
                     continue
                 self.last, self.pending = window, probe
                 self.count += 1
                 return probe
             self.queue = list(self.batch.indices())
             rng.shuffle(self.queue)
-        if self.guided:
+        if ruled:
             self.last = window
         return None
 
