@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from ecoserve.core.knobs import Config, SearchSpace
@@ -64,24 +64,32 @@ class BatchProfile:
         self.rugged = float(rugged)
         # batch index -> (value on the profile's scale, window measured, windows it lives)
         self.points: dict[int, tuple[float, int, int]] = {}
+        # the last fit and the points it was fitted to (a probe's look asks it per size)
+        self._fitted: tuple[dict[int, tuple[float, int, int]], CurveFit | None] | None = None
 
     def reset(self) -> None:
-        self.points.clear()
+        self.points = {}
 
     def fresh(self, window: int) -> dict[int, float]:
         """The values still alive in ``window`` (the stale ones are dropped)."""
-        for index in [i for i, (_, w, life) in self.points.items() if window - w >= life]:
-            del self.points[index]
+        stale = [i for i, (_, w, life) in self.points.items() if window - w >= life]
+        if stale:
+            self.points = {i: p for i, p in self.points.items() if i not in stale}
         return {i: v for i, (v, _, _) in self.points.items()}
 
     def fit(self, window: int) -> CurveFit | None:
         """The curve through the fresh values when it may rule sizes out: enough of them and
         residuals within ``rugged``; else None."""
         values = self.fresh(window)
-        if len(values) < MIN_POINTS:
-            return None
-        fit = fit_curve({self.batch.sizes[i]: v for i, v in values.items()})
-        return fit if fit is not None and fit.relative_rms <= self.rugged else None
+        if self._fitted is not None and self._fitted[0] == self.points:
+            return self._fitted[1]
+        fit = None
+        if len(values) >= MIN_POINTS:
+            fit = fit_curve({self.batch.sizes[i]: v for i, v in values.items()})
+            if fit is not None and fit.relative_rms > self.rugged:
+                fit = None
+        self._fitted = (dict(self.points), fit)
+        return fit
 
     def observe(
         self, index: int, cost: float, anchor: int, anchor_cost: float, window: int, life: int
@@ -100,7 +108,7 @@ class BatchProfile:
             fit = self.fit(window) if self._within(anchor, values) else None
             predicted = None if fit is None else fit.predict(self.batch.sizes[anchor])
             if predicted is None or predicted <= 0:
-                self.points.clear()
+                self.points = {}
                 predicted = anchor_cost
             scale = predicted / anchor_cost
             self.points[anchor] = (predicted, window, life)
@@ -127,15 +135,24 @@ class BatchProfile:
         """``index``'s loss to the cheapest size (relative) by the curve, when the curve calls
         it a clear loser: predicted above the cheapest value by more than ``margin`` plus
         twice the fit's residual; else None (the curve cannot rule it out)."""
+        return self.losses(window).get(index)
+
+    def losses(self, window: int) -> dict[int, float]:
+        """Every batch index the curve calls a clear loser, with its predicted loss."""
         fit = self.fit(window)
         values = self.fresh(window)
-        if fit is None or not self._within(index, values):
-            return None
+        if fit is None or not values:
+            return {}
         best = min(values.values())
-        predicted = fit.predict(self.batch.sizes[index])
-        if best <= 0 or predicted < best * (1.0 + self.margin + 2.0 * fit.relative_rms):
-            return None
-        return predicted / best - 1.0
+        if best <= 0:
+            return {}
+        band = best * (1.0 + self.margin + 2.0 * fit.relative_rms)
+        losers = {}
+        for index in self.batch.indices():
+            predicted = fit.predict(self.batch.sizes[index])
+            if predicted >= band and self._within(index, values):
+                losers[index] = predicted / best - 1.0
+        return losers
 
     def shift(self, ratio: float, window: int) -> bool:
         """The load changed; ``ratio`` is the old arrival rate over the new. Every value moves
@@ -143,7 +160,7 @@ class BatchProfile:
         curve to take ``c2`` from."""
         fit = self.fit(window)
         if fit is None or not (ratio > 0 and math.isfinite(ratio)):
-            self.points.clear()
+            self.points = {}
             return False
         c2 = max(fit.c2, 0.0)
         moved = {}
@@ -232,6 +249,10 @@ class Probes:
         """True when the cost curve calls batch index ``index`` a clear loser (guided only)."""
         return self.guided and self.profile.loss(index, window) is not None
 
+    def _ruled(self, window: int) -> Container[int]:
+        """The batch indices the cost curve calls clear losers now (none unguided)."""
+        return self.profile.losses(window) if self.guided else ()
+
     def load_changed(self, old_rate: float | None, new_rate: float | None, window: int) -> None:
         """The load moved from ``old_rate`` to ``new_rate`` (None: unknown). Unguided, or
         without a smooth curve or both rates, every try is forgotten; else the profile is
@@ -241,7 +262,8 @@ class Probes:
         if not (self.guided and self.profile.shift(ratio, window)):
             self.clear()
             return
-        self.tried = {i: t for i, t in self.tried.items() if self.ruled_out(i, window)}
+        losers = self._ruled(window)
+        self.tried = {i: t for i, t in self.tried.items() if i in losers}
 
     def take(self) -> Config | None:
         """The pending probe, for one decision to weigh; it is weighed once."""
@@ -262,6 +284,7 @@ class Probes:
             return None
         axis = self.batch.axis
         ruled = False
+        losers: Container[int] | None = None  # asked once per look, when first needed
         for _ in range(2):
             while self.queue:
                 index = self.queue.pop()
@@ -271,7 +294,9 @@ class Probes:
                 probe = self.batch.at(centre, index)
                 if abs(index - centre[axis]) <= 1 or unsafe(probe):
                     continue  # (±1 are axis neighbours, measured anyway)
-                if self.ruled_out(index, window):
+                if losers is None:
+                    losers = self._ruled(window)
+                if index in losers:
                     self.skipped += 1
                     ruled = True
                     continue
