@@ -27,6 +27,9 @@ from ecoserve.core.tuner import Tuner, finite_cost
 #: A measurement: (cost, window it was measured in, windows it stays fresh).
 Measurement = tuple[float, int, int]
 
+#: Draws of a jump that may land on configurations ``_unsafe`` rules out before it stays.
+MAX_UNSAFE_DRAWS = 32
+
 
 def memory_of(space: SearchSpace, memory_limit: int, scale: float = 1.0) -> int:
     """Windows a measurement lives: ``memory_limit``, raised to ``2 * dims + 1`` (else the
@@ -293,7 +296,8 @@ class Climber(Tuner):
         self._centre_rate = self._last_rate
 
     def _off_axis_neighbour(self, centre: Config) -> Config | None:
-        """A uniformly random Moore neighbour that is not an axis neighbour.
+        """A uniformly random Moore neighbour that is not an axis neighbour, and not one
+        ``_unsafe`` rules out (None when the draws find no safe one).
 
         Rejection sampling over the ±1 box avoids listing its ``3**dims`` cells. With fewer
         than two movable knobs there is none, and a ±2 step on one knob stands in.
@@ -303,15 +307,20 @@ class Climber(Tuner):
             for k, i in zip(self.space.knobs, centre, strict=True)
         ]
         if sum(len(o) > 1 for o in options) >= 2:
-            while True:
+            unsafe_draws = 0
+            while unsafe_draws < MAX_UNSAFE_DRAWS:
                 candidate = tuple(self.rng.choice(o) for o in options)
-                if sum(c != i for c, i in zip(candidate, centre, strict=True)) >= 2:
+                if sum(c != i for c, i in zip(candidate, centre, strict=True)) < 2:
+                    continue
+                if not self._unsafe(candidate):
                     return candidate
+                unsafe_draws += 1
+            return None
         far = [
             c
             for axis in range(self.space.dims)
             for d in (-2, 2)
-            if (c := self.space.step(centre, axis, d)) is not None
+            if (c := self.space.step(centre, axis, d)) is not None and not self._unsafe(c)
         ]
         return self.rng.choice(far) if far else None
 
