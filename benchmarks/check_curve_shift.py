@@ -41,12 +41,12 @@ def main() -> None:
     ]
     sizes = table.batch_size[rows].astype(float)
     rng = np.random.default_rng(0)
-    curves: dict[float, np.ndarray] = {}
+    curves: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for rate in sorted({r for p in pairs for r in p}):
         arrivals = np.cumsum(rng.exponential(1.0 / rate, 20000))
         est = estimate_windows(table, arrivals, max_wait=PAPER_MAX_WAIT_S)
         energy, latency = est.energy_per_request_j[rows].mean(1), est.latency_s[rows].mean(1)
-        curves[rate] = (energy, latency)  # type: ignore[assignment]
+        curves[rate] = (energy, latency)
     e0, l0 = curves[pairs[0][0]][0][-1], curves[pairs[0][0]][1][-1]
 
     def cost(rate: float) -> np.ndarray:
