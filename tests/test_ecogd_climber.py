@@ -33,3 +33,21 @@ def test_the_original_is_the_climber_with_every_strategy_off() -> None:
         climber.tell(config, bowl(config), metrics)
     keys = ("centre", "history", "window", "loops", "moves", "jumps", "rng")
     assert {k: original.state_dict()[k] for k in keys} == {k: climber.state_dict()[k] for k in keys}
+
+
+class Guarded(Climber):
+    """A climber whose ``_unsafe`` rules out every configuration below GPU index 4."""
+
+    def _unsafe(self, config: Config) -> bool:
+        return config[1] < 4
+
+
+def test_a_jump_never_lands_where_the_guard_rules_out_and_stays_when_nothing_is_safe() -> None:
+    climber = Guarded(SPACE, seed=1)
+    for _ in range(200):
+        target = climber._off_axis_neighbour((3, 4, 3))
+        assert target is not None and target[1] >= 4
+    # at GPU index 0 every off-axis neighbour has GPU index at most 1: no jump
+    assert climber._off_axis_neighbour((3, 0, 3)) is None
+    climber._jump((3, 0, 3))
+    assert climber.centre == (3, 0, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 
@@ -403,3 +404,62 @@ def test_step_time_is_small() -> None:
     for _ in range(2000):
         step(tuner, cost)
     assert (time.perf_counter() - start) / 2000 < 500e-6  # generous: shared CI machines
+
+
+def probes_on_a_stepping_load(guided: bool, seed: int) -> tuple[int, list[float]]:
+    """Probes taken on a load stepping between 8 and 24 req/s every 60 windows (a smooth
+    curve over batch size whose fill-wait term goes as one over the rate), and what each
+    probe lost to the level's best size."""
+    space = space_of(25, 15, 16)
+    rng = random.Random(seed)
+
+    def cost(c: Config, rate: float) -> float:
+        b = c[2] + 1
+        clocks = 1.0 + 0.01 * ((c[0] - 20) ** 2 + (c[1] - 10) ** 2) / 100
+        return (0.4 + 0.3 / b + 0.4 * b / rate) * clocks * rng.gauss(1.0, 0.01)
+
+    tuner = EcoGD(space, seed=seed, guided_probes=guided)
+    losses = []
+    for window in range(400):
+        rate = 8.0 if (window // 60) % 2 == 0 else 24.0
+        config = tuner.ask()
+        value = cost(config, rate)
+        if tuner.phase() == "probe":
+            best = min(0.4 + 0.3 / b + 0.4 * b / rate for b in range(1, 17))
+            losses.append(value / best - 1.0)
+        metrics = {"arrival_rate": rate * rng.gauss(1.0, 0.03), "arrivals": rate * 30}
+        tuner.tell(config, value, metrics)
+    assert tuner.describe()["load_changes"] == 6
+    return tuner.describe()["probes"], losses
+
+
+def test_after_a_load_change_probes_skip_the_sizes_the_curve_calls_clear_losers() -> None:
+    """Unguided, every change of load starts a full sweep of probes again, most of them at
+    sizes the curve already calls clear losers; guided, the curve moved to the new rate keeps
+    them out, and what is probed lies near the best."""
+    counts, dear = {}, {}
+    for guided in (True, False):
+        runs = [probes_on_a_stepping_load(guided, seed) for seed in range(3)]
+        counts[guided] = sum(n for n, _ in runs)
+        dear[guided] = sum(loss > 0.2 for _, losses in runs for loss in losses)
+    assert counts[True] < counts[False]
+    assert dear[True] <= dear[False] / 3
+
+
+def test_on_a_rugged_batch_axis_guided_probes_are_the_unguided_ones() -> None:
+    """Bursts of 10: the curve's residuals call the axis rugged, it rules nothing out, and
+    every probe is taken as before."""
+    space = space_of(25, 15, 16)
+    freq_bowl = bowl((12, 10, 0), (25, 15, 16))
+    for seed in range(2):
+        runs = []
+        for guided in (True, False):
+            rng = random.Random(seed)
+
+            def cost(c: Config, rng: random.Random = rng) -> float:
+                return BURSTY_BY_BATCH[c[2]] * freq_bowl((c[0], c[1], 0)) * rng.gauss(1.0, 0.01)
+
+            tuner = EcoGD(space, seed=seed, guided_probes=guided)
+            runs.append([step(tuner, cost) for _ in range(300)])
+            assert tuner.describe()["probes"] > 10 and tuner.describe()["probes_skipped"] == 0
+        assert runs[0] == runs[1]

@@ -27,6 +27,9 @@ from ecoserve.core.tuner import Tuner, finite_cost
 #: A measurement: (cost, window it was measured in, windows it stays fresh).
 Measurement = tuple[float, int, int]
 
+#: Draws of a jump that may land on configurations ``_unsafe`` rules out before it stays.
+MAX_UNSAFE_DRAWS = 32
+
 
 def memory_of(space: SearchSpace, memory_limit: int, scale: float = 1.0) -> int:
     """Windows a measurement lives: ``memory_limit``, raised to ``2 * dims + 1`` (else the
@@ -192,8 +195,9 @@ class Climber(Tuner):
     def _expired(self, config: Config) -> None:
         """``config``'s measurement expired."""
 
-    def _cleared(self) -> None:
-        """Every measurement was dropped."""
+    def _cleared(self, old_rate: float | None, new_rate: float | None) -> None:
+        """Every measurement was dropped, the load having moved from ``old_rate`` to
+        ``new_rate`` (None: not known)."""
 
     # -- decisions ------------------------------------------------------------------------
     def _known_cost(self, neighbour: Config, centre: Config) -> float | None:
@@ -292,7 +296,8 @@ class Climber(Tuner):
         self._centre_rate = self._last_rate
 
     def _off_axis_neighbour(self, centre: Config) -> Config | None:
-        """A uniformly random Moore neighbour that is not an axis neighbour.
+        """A uniformly random Moore neighbour that is not an axis neighbour, and not one
+        ``_unsafe`` rules out (None when the draws find no safe one).
 
         Rejection sampling over the ±1 box avoids listing its ``3**dims`` cells. With fewer
         than two movable knobs there is none, and a ±2 step on one knob stands in.
@@ -302,15 +307,20 @@ class Climber(Tuner):
             for k, i in zip(self.space.knobs, centre, strict=True)
         ]
         if sum(len(o) > 1 for o in options) >= 2:
-            while True:
+            unsafe_draws = 0
+            while unsafe_draws < MAX_UNSAFE_DRAWS:
                 candidate = tuple(self.rng.choice(o) for o in options)
-                if sum(c != i for c, i in zip(candidate, centre, strict=True)) >= 2:
+                if sum(c != i for c, i in zip(candidate, centre, strict=True)) < 2:
+                    continue
+                if not self._unsafe(candidate):
                     return candidate
+                unsafe_draws += 1
+            return None
         far = [
             c
             for axis in range(self.space.dims)
             for d in (-2, 2)
-            if (c := self.space.step(centre, axis, d)) is not None
+            if (c := self.space.step(centre, axis, d)) is not None and not self._unsafe(c)
         ]
         return self.rng.choice(far) if far else None
 
@@ -343,15 +353,16 @@ class Climber(Tuner):
             rate - ref
         ) > self.rate_change_threshold * abs(ref):
             # The load moved: old costs describe another workload, so start the neighbourhood over.
-            self._clear()
+            self._clear(ref, rate)
             self._centre_rate = rate
 
-    def _clear(self) -> None:
-        """Drop every measurement and what the climb had built on them."""
+    def _clear(self, old_rate: float | None = None, new_rate: float | None = None) -> None:
+        """Drop every measurement and what the climb had built on them (the load moved from
+        ``old_rate`` to ``new_rate``, when known)."""
         self._history.clear()
         self._loops, self._news = 0, False
         self._step, self._last_dir = 1, None
-        self._cleared()
+        self._cleared(old_rate, new_rate)
 
     # -- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -26,7 +26,10 @@ class EcoGD(Climber):
     The climber's options: ``memory_limit``, ``max_loops``, ``rate_change_threshold``,
     ``adaptive_step``, ``max_step``, ``step_growth`` (see ``climber.Climber``).
     ``probe_every``: windows between batch-size probes once settled (``probes``); ``None``
-    or 0 turns probes off, as does a space without a batch-size knob.
+    or 0 turns probes off, as does a space without a batch-size knob. ``guided_probes``:
+    take a probe only where the models cannot rule it out (the cost curve over batch size,
+    with ``guide_margin``; the capacity guard), and keep what the curve knows, rescaled,
+    across a change of load (``probes``).
     ``loser_memory``: the longest life of a losing measurement, in memories (1 = off);
     ``inherit_margin``: the smallest relative loss of a batch neighbour that is inherited
     across frequency moves (``None`` = always measure); ``inherit_reach``: how many steps
@@ -86,6 +89,7 @@ class EcoGD(Climber):
         guide_margin: float = 0.05,
         capacity_guard: bool = True,
         guard_headroom: float = 1.0,
+        guided_probes: bool = True,
     ) -> None:
         scale = steady_memory if follow_load else 1.0
         batch = self._batch = BatchAxis.of(space)
@@ -147,6 +151,7 @@ class EcoGD(Climber):
         self.guide_margin = float(guide_margin)
         self.capacity_guard = bool(capacity_guard)
         self.guard_headroom = float(guard_headroom)
+        self.guided_probes = bool(guided_probes)
         memory = self._memory
         if self.follow_load:
             self._load = LoadFollowing(
@@ -165,7 +170,9 @@ class EcoGD(Climber):
                     batch, self.opening_scan, self.guided_scan, self.guide_margin
                 )
             if self.probe_every or self._scan is not None:  # scans count as probes
-                self._probes = Probes(batch, self.probe_every)
+                self._probes = Probes(
+                    batch, self.probe_every, self.guided_probes, self.guide_margin
+                )
             if self.capacity_guard:
                 self._guard = CapacityGuard(space, batch, self.guard_headroom)
         self.reset()
@@ -233,9 +240,11 @@ class EcoGD(Climber):
             arrivals = metrics.get("arrivals", metrics.get("requests", 0.0))
             self._follow(rate, float(arrivals), config, cost)
         scanned = self._scan is not None and self._scan.record(config, cost, self._centre)
-        if not scanned and self._probes is not None:
+        if self._probes is not None:
             here = self._centre_cost()
-            self._probes.measured(config, cost, here, self._window, self._losses.life)
+            if not scanned:
+                self._probes.measured(config, cost, here, self._window, self._losses.life)
+            self._probes.observe(config, cost, self._centre, here, self._window, self._losses.life)
 
     def _measured(self, config: Config, cost: float) -> None:
         self._losses.record(config, cost, self._centre, self._centre_cost())
@@ -243,10 +252,11 @@ class EcoGD(Climber):
     def _expired(self, config: Config) -> None:
         self._losses.drop(config)
 
-    def _cleared(self) -> None:
+    def _cleared(self, old_rate: float | None, new_rate: float | None) -> None:
         self._losses.clear()
         if self._probes is not None:
-            self._probes.clear()
+            # clear losers stay known, moved to the new rate (guided; else forgotten)
+            self._probes.load_changed(old_rate, new_rate, self._window)
 
     # -- following the load -----------------------------------------------------------------
     def _follow(self, rate: float, arrivals: float, config: Config, cost: float) -> None:
@@ -265,16 +275,17 @@ class EcoGD(Climber):
         if change is None:
             return
         settled = load.settle(*change, config, cost, self._centre, self._window)
-        self._forget()
+        self._forget(change[1], load.level_rate)
         self._history.update(settled.known)
         if settled.centre is not None:
             self._set_centre(settled.centre)
         if settled.research and scan is not None:
             scan.start(settled.research)
 
-    def _forget(self) -> None:
-        """Drop every measurement (they describe a load that is gone) and any scan or probe."""
-        self._clear()
+    def _forget(self, old_rate: float | None, new_rate: float | None) -> None:
+        """Drop every measurement (they describe a load that is gone) and any scan or pending
+        probe; what the probes know of clear losers is moved to the new rate."""
+        self._clear(old_rate, new_rate)
         if self._probes is not None:
             self._probes.forget()
         if self._scan is not None:
@@ -292,6 +303,8 @@ class EcoGD(Climber):
                 probe=None,
                 probes=0,
                 probed=[],
+                profile=[],
+                probes_skipped=0,
             )
         scan = {"scan": None, "scan_order": None} if self._scan is None else self._scan.state_dict()
         state["scan"] = scan["scan"]
@@ -328,6 +341,7 @@ class EcoGD(Climber):
             "moves": self._moves,
             "jumps": self._jumps,
             "probes": 0 if self._probes is None else self._probes.count,
+            "probes_skipped": 0 if self._probes is None else self._probes.skipped,
             "scanning": scan is not None and scan.running,
             "load_changes": 0 if load is None else load.changes,
             "load_levels": 0 if load is None else len(load.levels),
