@@ -46,7 +46,8 @@ def test_the_seeds_halve_the_log_distance_from_the_largest_to_the_smallest_twice
 
 def test_a_smooth_curve_is_scanned_in_a_few_windows_and_its_minimum_found() -> None:
     measured = scan(curve)
-    assert sorted(measured) == [2, 3, 4, 5, 6, 16]  # seeds, then within 5% of the best
+    # the seeds, batch 1 (measured, never predicted), then the sizes within 5% of the best
+    assert sorted(measured) == [1, 2, 3, 4, 5, 6, 16]
     assert min(measured, key=curve) == 4
 
 
@@ -73,7 +74,24 @@ def test_noise_within_the_rugged_limit_keeps_the_scan_guided() -> None:
 
 def test_predictions_cover_every_unmeasured_size_once_fitted() -> None:
     measured = {15: curve(16), 3: curve(4), 1: curve(2)}
+    assert next_size(measured, INDICES, SIZES, 0.05) == (0, {})  # batch 1 is measured
+    measured[0] = curve(1)
     index, predicted = next_size(measured, INDICES, SIZES, 0.05)
     assert index is not None and index not in measured
     assert set(predicted) == set(INDICES) - set(measured)
     assert predicted[9] == pytest.approx(curve(10))
+
+
+def test_batch_1_is_measured_though_the_curve_through_larger_sizes_calls_it_a_loser() -> None:
+    """A light load under a short timer: every size from 2 up waits out the timer and they
+    cost alike (a little noise tilts the fit upwards to the small end), while batch 1 waits
+    for nothing and costs a third less. The fit through 16, 4 and 2 would rule batch 1 out."""
+    waits = {16.0: 1.03, 4.0: 1.04, 2.0: 1.07}
+
+    def timer_bound(b: float) -> float:
+        return 0.66 if b == 1 else waits.get(b, 1.04)
+
+    tilted = fit_curve(waits)
+    assert tilted is not None and tilted.predict(1.0) > 1.03 * 1.05  # a "clear loser"
+    measured = scan(timer_bound)
+    assert 1 in measured and min(measured, key=timer_bound) == 1

@@ -97,8 +97,9 @@ def test_the_guided_opening_scan_skips_the_sizes_the_curve_calls_clear_losers() 
     *scan, first_climb = asked  # the ask that ends the scan already climbs
     sizes = [c[2] + 1 for c in scan]
     assert sizes[:3] == [16, 4, 2]  # the largest, then halving the log-distance to 1 twice
-    # then the sizes predicted within the 5% margin, and nothing else: 6 windows, not 16
-    assert sorted(sizes) == [2, 3, 4, 5, 6, 16]
+    # then batch 1 (measured, never predicted) and the sizes predicted within the 5% margin,
+    # and nothing else: 7 windows, not 16
+    assert sorted(sizes) == [1, 2, 3, 4, 5, 6, 16]
     assert tuner.centre == (24, 14, 3)  # batch 4, the curve's minimum
     assert first_climb in space.neighbours(tuner.centre)
 
@@ -406,10 +407,10 @@ def test_step_time_is_small() -> None:
     assert (time.perf_counter() - start) / 2000 < 500e-6  # generous: shared CI machines
 
 
-def probes_on_a_stepping_load(guided: bool, seed: int) -> tuple[int, list[float]]:
+def probes_on_a_stepping_load(guided: bool, seed: int) -> tuple[int, list[tuple[int, float]]]:
     """Probes taken on a load stepping between 8 and 24 req/s every 60 windows (a smooth
-    curve over batch size whose fill-wait term goes as one over the rate), and what each
-    probe lost to the level's best size."""
+    curve over batch size whose fill-wait term goes as one over the rate), and each probe's
+    batch size and what it lost to the level's best size."""
     space = space_of(25, 15, 16)
     rng = random.Random(seed)
 
@@ -426,7 +427,7 @@ def probes_on_a_stepping_load(guided: bool, seed: int) -> tuple[int, list[float]
         value = cost(config, rate)
         if tuner.phase() == "probe":
             best = min(0.4 + 0.3 / b + 0.4 * b / rate for b in range(1, 17))
-            losses.append(value / best - 1.0)
+            losses.append((config[2] + 1, value / best - 1.0))
         metrics = {"arrival_rate": rate * rng.gauss(1.0, 0.03), "arrivals": rate * 30}
         tuner.tell(config, value, metrics)
     assert tuner.describe()["load_changes"] == 6
@@ -436,14 +437,18 @@ def probes_on_a_stepping_load(guided: bool, seed: int) -> tuple[int, list[float]
 def test_after_a_load_change_probes_skip_the_sizes_the_curve_calls_clear_losers() -> None:
     """Unguided, every change of load starts a full sweep of probes again, most of them at
     sizes the curve already calls clear losers; guided, the curve moved to the new rate keeps
-    them out, and what is probed lies near the best."""
-    counts, dear = {}, {}
+    them out, and what is probed lies near the best. Batch 1 is outside the curve (see
+    ``batch_curve.fills``): it is still probed."""
+    counts, dear, ones = {}, {}, {}
     for guided in (True, False):
         runs = [probes_on_a_stepping_load(guided, seed) for seed in range(3)]
         counts[guided] = sum(n for n, _ in runs)
-        dear[guided] = sum(loss > 0.2 for _, losses in runs for loss in losses)
+        probes = [probe for _, taken in runs for probe in taken]
+        dear[guided] = sum(loss > 0.2 for size, loss in probes if size > 1)
+        ones[guided] = sum(size == 1 for size, _ in probes)
     assert counts[True] < counts[False]
     assert dear[True] <= dear[False] / 3
+    assert ones[True] > 0
 
 
 def test_on_a_rugged_batch_axis_guided_probes_are_the_unguided_ones() -> None:

@@ -95,6 +95,19 @@ def fit_curve(points: Mapping[float, float]) -> CurveFit | None:
     return CurveFit(fit.c0, fit.c1, fit.c2, rms / best if best > 0 else math.inf)
 
 
+def fills(size: float) -> bool:
+    """True for the sizes the curve describes: batches that may wait for others to fill them.
+
+    Batch 1 waits for nothing. When the timer runs out before any larger batch fills (a light
+    load under a short timer), every larger size waits the whole timer and they cost alike,
+    while batch 1 costs a third less: a step the curve's terms cannot express. An exact fit
+    through three such sizes could call batch 1 a clear loser when it is the best size, and
+    batch 1 in the fit would call a smooth curve rugged. So batch 1 is measured, never
+    predicted, and never fitted.
+    """
+    return size > 1
+
+
 def seed_sizes(indices: Sequence[int], sizes: Sequence[float]) -> list[int]:
     """The first indices a guided scan measures: the largest, then halving the log-distance
     to the smallest twice (sizes 16, 4 and 2 of 1..16).
@@ -131,15 +144,20 @@ def next_size(
     unmeasured index. While seeding, when no fit exists or when the fit's residual is above
     ``rugged`` (the curve's shape does not hold: a valley the terms cannot express), every
     size left is measured in turn, largest first, and the predictions are empty.
+
+    Batch 1 is measured once the seeds are, and left out of the fit (see ``fills``).
     """
     for index in seed_sizes(indices, sizes):
         if index not in measured:
             return index, {}
     size_of = dict(zip(indices, sizes, strict=True))
-    fit = fit_curve({size_of[i]: c for i, c in measured.items() if i in size_of})
     left = [i for i in indices if i not in measured]
     if not left:
         return None, {}
+    alone = [i for i in left if not fills(size_of[i])]
+    if alone:  # measured, never predicted (see ``fills``)
+        return alone[-1], {}
+    fit = fit_curve({size_of[i]: c for i, c in measured.items() if fills(size_of.get(i, 0.0))})
     if fit is None or fit.relative_rms > rugged:
         return left[-1], {}
     predicted = {i: fit.predict(size_of[i]) for i in left}

@@ -32,7 +32,7 @@ from typing import Any
 
 from ecoserve.core.knobs import Config, SearchSpace
 from ecoserve.core.tuner import finite_cost
-from tuners.batch_curve import RUGGED_RMS, CurveFit, fit_curve
+from tuners.batch_curve import RUGGED_RMS, CurveFit, fills, fit_curve
 from tuners.ecogd.batch import BatchAxis
 
 #: Windows a result stays fresh, from its relative loss to the centre.
@@ -84,8 +84,10 @@ class BatchProfile:
         if self._fitted is not None and self._fitted[0] == self.points:
             return self._fitted[1]
         fit = None
-        if len(values) >= MIN_POINTS:
-            fit = fit_curve({self.batch.sizes[i]: v for i, v in values.items()})
+        sizes = self.batch.sizes
+        filling = {sizes[i]: v for i, v in values.items() if fills(sizes[i])}
+        if len(filling) >= MIN_POINTS:
+            fit = fit_curve(filling)
             if fit is not None and fit.relative_rms > self.rugged:
                 fit = None
         self._fitted = (dict(self.points), fit)
@@ -121,14 +123,17 @@ class BatchProfile:
         return life - (window - w)
 
     def _within(self, index: int, values: Mapping[int, float]) -> bool:
-        """True when the curve may speak for ``index``: the sizes measured span at least a
-        factor ``MIN_SPAN`` (the ``1 / b`` and ``b`` terms both show), or ``index`` lies
-        among them or one step beyond; a curve through a few neighbouring sizes says little
-        of a far one."""
+        """True when the curve may speak for ``index``: never for batch 1 (see
+        ``batch_curve.fills``); for the rest, when the sizes measured span at least a factor
+        ``MIN_SPAN`` (the ``1 / b`` and ``b`` terms both show), or ``index`` lies among them
+        or one step beyond; a curve through a few neighbouring sizes says little of a far
+        one."""
         if not values:
             return False
-        lo, hi = min(values), max(values)
         sizes = self.batch.sizes
+        if not fills(sizes[index]):  # batch 1 is measured, never predicted
+            return False
+        lo, hi = min(values), max(values)
         return sizes[hi] >= MIN_SPAN * sizes[lo] or lo - 1 <= index <= hi + 1
 
     def loss(self, index: int, window: int) -> float | None:
