@@ -8,8 +8,10 @@ run seed ``s`` seeds the tuner and the twin's noise.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
@@ -193,7 +195,7 @@ def run_plan(
             series.append(ser)
             tick(f"{w.label} {t} seed {s}")
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with _interruptible_pool(workers) as pool:
             futures = [pool.submit(_oracle_task, plan, w) for w in missing]
             for fut in as_completed(futures):
                 label, o = fut.result()
@@ -226,6 +228,31 @@ def run_plan(
                 records.insert(at, row)
     fill_ratio_dvfs(records)
     return ReplayResult(records, series, oracles)
+
+
+def _ignore_sigint() -> None:
+    """A worker leaves Ctrl-C to its parent, which ends it (no traceback from each worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _interruptible_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool that Ctrl-C ends at once.
+
+    On leaving by an exception (KeyboardInterrupt included) the queued tasks are cancelled
+    and the workers terminated: a plain ``with`` would wait for the running tasks, and an
+    oracle over a long trace runs for minutes.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+    try:
+        yield pool
+    except BaseException:
+        # The executor offers no terminate before Python 3.14; its worker table is the way.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def default_workers() -> int:
