@@ -105,11 +105,18 @@ def sweep(p: Probes, start: int = 2, windows: int = 30) -> set[int]:
 def test_a_smooth_curve_rules_out_its_clear_losers_and_only_those() -> None:
     # sizes 1, 2, 4, 5 and 8 measured (indices 0, 1, 3, 4, 7); the centre is batch 5
     p = profiled({i: smooth(i + 1) for i in (0, 1, 3, 4, 7)})
-    assert all(p.ruled_out(i, 2) for i in (6, 7))  # batch 7 and 8 lose 15% and more
+    # batch 1 measured 15% and more above the best, batch 7 and 8 predicted so
+    assert all(p.ruled_out(i, 2) for i in (0, 6, 7))
     assert not p.ruled_out(1, 2) and not p.ruled_out(2, 2)  # the best, within the margin
-    assert not p.ruled_out(0, 2)  # batch 1 is outside the curve: measured, never predicted
-    assert sweep(p) == {0, 1, 2}  # of the far sizes 0, 1, 2, 6, 7 all but the curve's losers
+    assert sweep(p) == {1, 2}  # of the far sizes 0, 1, 2, 6, 7 only those the curve keeps
     assert p.skipped > 0
+
+
+def test_batch_1_is_ruled_out_by_its_own_measurement_never_by_the_curve() -> None:
+    # sizes 2, 4, 5 and 8 measured; the curve predicts batch 1 far above the best
+    p = profiled({i: smooth(i + 1) for i in (1, 3, 4, 7)})
+    assert p.ruled_out(6, 2) and not p.ruled_out(0, 2)
+    assert 0 in sweep(p)
 
 
 def test_a_rugged_curve_rules_nothing_out() -> None:

@@ -143,7 +143,8 @@ class BatchProfile:
         return self.losses(window).get(index)
 
     def losses(self, window: int) -> dict[int, float]:
-        """Every batch index the curve calls a clear loser, with its predicted loss."""
+        """Every batch index the curve calls a clear loser, with its predicted loss; batch 1
+        is one only by its own measurement (kept, and moved with the load, like the rest)."""
         fit = self.fit(window)
         values = self.fresh(window)
         if fit is None or not values:
@@ -154,6 +155,11 @@ class BatchProfile:
         band = best * (1.0 + self.margin + 2.0 * fit.relative_rms)
         losers = {}
         for index in self.batch.indices():
+            if not fills(self.batch.sizes[index]):  # batch 1: by its own measurement alone
+                measured = values.get(index)
+                if measured is not None and measured >= band:
+                    losers[index] = measured / best - 1.0
+                continue
             predicted = fit.predict(self.batch.sizes[index])
             if predicted >= band and self._within(index, values):
                 losers[index] = predicted / best - 1.0
