@@ -350,3 +350,48 @@ def test_both_drivers_carry_out_the_same_answers_in_the_same_order() -> None:
     assert len(windows) >= 10 and len({w[2] for w in windows}) >= 3  # the tuner moved
     assert sim_rejected == runtime_rejected > 0  # the burst overran the queue in both
     assert in_runtime == in_sim
+
+
+def test_a_batch_whose_bookkeeping_raises_is_still_reported_to_the_engine() -> None:
+    """An error source that raises once: the loop survives it and the engine is not left
+    waiting for a batch that finished (every later request is still served)."""
+    twin = LineTwin()
+    actuator, meter = RememberingActuator(twin), SummingMeter()
+    loop = VirtualTimeLoop()
+    calls = {"n": 0}
+
+    def errors() -> float:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("cascade bookkeeping failed")
+        return 0.0
+
+    async def board(batch: list[int]) -> list[int]:
+        await asyncio.sleep(twin.batch_time(len(batch), actuator.values))
+        return batch
+
+    runtime = Runtime(
+        board,
+        Device("line", actuator, meter),
+        build_engine(twin.knobs(), SETTINGS),
+        clock=loop.time,
+        run_inline=True,
+        error_source=errors,
+    )
+
+    async def main() -> list[int]:
+        await runtime.start()
+        first = await runtime.submit(1)
+        later = []
+        for i in range(2, 30):
+            await asyncio.sleep(0.05)
+            later.append(await runtime.submit(i))
+        await runtime.stop(drain=True)
+        return [first, *later]
+
+    try:  # bounded in virtual time: an engine left waiting would spin the loop for ever
+        answers = loop.run_until_complete(asyncio.wait_for(main(), timeout=60.0))
+    finally:
+        loop.close()
+    assert answers == list(range(1, 30))
+    assert runtime.loop_errors == 1 and calls["n"] >= 29

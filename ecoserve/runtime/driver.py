@@ -300,6 +300,24 @@ class Runtime:
             log.warning("batch of %d failed: %s", len(requests), error)
         self.counters.batches += 1
         energy = max(0.0, energy_after - energy_before)
+        errors = 0.0
+        try:
+            if self.error_source is not None:
+                errors = self.error_source()
+        finally:  # the engine hears of every batch it dispatched, or it would wait for it
+            self.engine.batch_done(
+                BatchOutcome(
+                    config=batch.config,
+                    latencies=latencies,
+                    energy_j=energy if ok else 0.0,
+                    end=end,
+                    meter_j=energy_after,
+                    failed=0 if ok else len(requests),
+                    errors=errors,
+                    busy_s=end - started,
+                ),
+                self._context,
+            )
         self.observer.on_batch(
             BatchStats(
                 size=len(requests),
@@ -310,17 +328,6 @@ class Runtime:
                 ok=ok,
             )
         )
-        outcome = BatchOutcome(
-            config=batch.config,
-            latencies=latencies,
-            energy_j=energy if ok else 0.0,
-            end=end,
-            meter_j=energy_after,
-            failed=0 if ok else len(requests),
-            errors=self.error_source() if self.error_source is not None else 0.0,
-            busy_s=end - started,
-        )
-        self.engine.batch_done(outcome, self._context)
 
     def _on_window(self, report: WindowReport) -> None:
         self.observer.on_window(report)
