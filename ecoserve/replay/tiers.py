@@ -15,6 +15,7 @@ forward-everything, priced on the schedule's first link), so their costs compare
 from __future__ import annotations
 
 import platform
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -320,10 +321,12 @@ def tier_replay_report(
     rows = compare_tiers(trace, link, setup, tuners=tuners, oracle=oracle, seed=seed)
     dev = setup.planner.device
     s = TIER_SETTINGS
-    header = (
+    trace_line = (
         f"Trace {trace.name} for {trace.duration:g} s ({len(trace)} requests, "
         f"{trace.mean_rate:.1f}/s); link {link_spec}, RTT {1e3 * link.rtt_s:g} ms; "
-        f"{'true link' if oracle else 'estimated link (probes every 1 s)'}.\n"
+        f"{'true link' if oracle else 'estimated link (probes every 1 s)'}."
+    )
+    setup_line = (
         f"Digits large, {dev.n_stages} stages, {1e3 * dev.total_s:.2f} ms on the device "
         f"({device_slowdown:g}x slower than this {platform.machine()} CPU), "
         f"next tier {server_speedup:g}x faster; small model {1e3 * cascade.small_s:.2f} ms "
@@ -332,6 +335,8 @@ def tier_replay_report(
         f"{power.idle_w:g} W (assumed). Engine: one request per batch, windows of "
         f"{s.window_requests} requests or {s.window_seconds:g} s, closed early when the link "
         f"estimate moves; cascade costs carry an error weight of {ERROR_WEIGHT:g}; the "
-        "chooser keeps an accuracy floor of 0.97.\n"
+        "chooser keeps an accuracy floor of 0.97."
     )
-    return header + "\n" + format_table(rows, link)
+    # the prose wrapped to a terminal's width; the table stays one row a line
+    header = "\n".join(textwrap.fill(line, 100) for line in (trace_line, setup_line))
+    return header + "\n\n" + format_table(rows, link)
