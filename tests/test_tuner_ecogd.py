@@ -97,9 +97,8 @@ def test_the_guided_opening_scan_skips_the_sizes_the_curve_calls_clear_losers() 
     *scan, first_climb = asked  # the ask that ends the scan already climbs
     sizes = [c[2] + 1 for c in scan]
     assert sizes[:3] == [16, 4, 2]  # the largest, then halving the log-distance to 1 twice
-    # then batch 1 (measured, never predicted) and the sizes predicted within the 5% margin,
-    # and nothing else: 7 windows, not 16
-    assert sorted(sizes) == [1, 2, 3, 4, 5, 6, 16]
+    # then the sizes predicted within the 5% margin, and nothing else: 6 windows, not 16
+    assert sorted(sizes) == [2, 3, 4, 5, 6, 16]
     assert tuner.centre == (24, 14, 3)  # batch 4, the curve's minimum
     assert first_climb in space.neighbours(tuner.centre)
 
@@ -437,18 +436,14 @@ def probes_on_a_stepping_load(guided: bool, seed: int) -> tuple[int, list[tuple[
 def test_after_a_load_change_probes_skip_the_sizes_the_curve_calls_clear_losers() -> None:
     """Unguided, every change of load starts a full sweep of probes again, most of them at
     sizes the curve already calls clear losers; guided, the curve moved to the new rate keeps
-    them out, and what is probed lies near the best. Batch 1 is outside the curve (see
-    ``batch_curve.fills``): it is still probed."""
-    counts, dear, ones = {}, {}, {}
+    them out, and what is probed lies near the best."""
+    counts, dear = {}, {}
     for guided in (True, False):
         runs = [probes_on_a_stepping_load(guided, seed) for seed in range(3)]
         counts[guided] = sum(n for n, _ in runs)
-        probes = [probe for _, taken in runs for probe in taken]
-        dear[guided] = sum(loss > 0.2 for size, loss in probes if size > 1)
-        ones[guided] = sum(size == 1 for size, _ in probes)
+        dear[guided] = sum(loss > 0.2 for _, taken in runs for _, loss in taken)
     assert counts[True] < counts[False]
     assert dear[True] <= dear[False] / 3
-    assert ones[True] > 0
 
 
 def test_on_a_rugged_batch_axis_guided_probes_are_the_unguided_ones() -> None:

@@ -102,10 +102,16 @@ def fills(size: float) -> bool:
     load under a short timer), every larger size waits the whole timer and they cost alike,
     while batch 1 costs a third less: a step the curve's terms cannot express. An exact fit
     through three such sizes could call batch 1 a clear loser when it is the best size, and
-    batch 1 in the fit would call a smooth curve rugged. So batch 1 is measured, never
-    predicted, and never fitted.
+    batch 1 in the fit would call a smooth curve rugged. So batch 1 is never fitted, and it is
+    measured rather than predicted when the sizes measured cost alike (within ``FLAT``): the
+    sign that the timer, not the size, sets their wait. Where they differ (a long buffer),
+    the curve predicts batch 1 like any other size.
     """
     return size > 1
+
+
+#: Sizes whose costs differ by no more than this (relative) are taken to be timer-bound.
+FLAT = 0.10
 
 
 def seed_sizes(indices: Sequence[int], sizes: Sequence[float]) -> list[int]:
@@ -145,7 +151,8 @@ def next_size(
     ``rugged`` (the curve's shape does not hold: a valley the terms cannot express), every
     size left is measured in turn, largest first, and the predictions are empty.
 
-    Batch 1 is measured once the seeds are, and left out of the fit (see ``fills``).
+    Batch 1 is left out of the fit, and measured once the seeds are when the sizes measured
+    cost within ``FLAT`` of each other (see ``fills``); otherwise the curve predicts it.
     """
     for index in seed_sizes(indices, sizes):
         if index not in measured:
@@ -154,10 +161,11 @@ def next_size(
     left = [i for i in indices if i not in measured]
     if not left:
         return None, {}
+    filling = {size_of[i]: c for i, c in measured.items() if fills(size_of.get(i, 0.0))}
     alone = [i for i in left if not fills(size_of[i])]
-    if alone:  # measured, never predicted (see ``fills``)
-        return alone[-1], {}
-    fit = fit_curve({size_of[i]: c for i, c in measured.items() if fills(size_of.get(i, 0.0))})
+    if alone and filling and max(filling.values()) <= min(filling.values()) * (1.0 + FLAT):
+        return alone[-1], {}  # timer-bound sizes: batch 1 may be a step below (see ``fills``)
+    fit = fit_curve(filling)
     if fit is None or fit.relative_rms > rugged:
         return left[-1], {}
     predicted = {i: fit.predict(size_of[i]) for i in left}

@@ -123,16 +123,13 @@ class BatchProfile:
         return life - (window - w)
 
     def _within(self, index: int, values: Mapping[int, float]) -> bool:
-        """True when the curve may speak for ``index``: never for batch 1 (see
-        ``batch_curve.fills``); for the rest, when the sizes measured span at least a factor
-        ``MIN_SPAN`` (the ``1 / b`` and ``b`` terms both show), or ``index`` lies among them
-        or one step beyond; a curve through a few neighbouring sizes says little of a far
-        one."""
+        """True when the curve may speak for ``index``: the sizes measured span at least a
+        factor ``MIN_SPAN`` (the ``1 / b`` and ``b`` terms both show), or ``index`` lies
+        among them or one step beyond; a curve through a few neighbouring sizes says little
+        of a far one."""
         if not values:
             return False
         sizes = self.batch.sizes
-        if not fills(sizes[index]):  # batch 1 is measured, never predicted
-            return False
         lo, hi = min(values), max(values)
         return sizes[hi] >= MIN_SPAN * sizes[lo] or lo - 1 <= index <= hi + 1
 
@@ -143,8 +140,9 @@ class BatchProfile:
         return self.losses(window).get(index)
 
     def losses(self, window: int) -> dict[int, float]:
-        """Every batch index the curve calls a clear loser, with its predicted loss; batch 1
-        is one only by its own measurement (kept, and moved with the load, like the rest)."""
+        """Every batch index the curve calls a clear loser, with its predicted loss; batch 1,
+        once measured, is one by its own measurement (kept, and moved with the load, like the
+        rest), not by the curve (see ``batch_curve.fills``)."""
         fit = self.fit(window)
         values = self.fresh(window)
         if fit is None or not values:
@@ -155,9 +153,9 @@ class BatchProfile:
         band = best * (1.0 + self.margin + 2.0 * fit.relative_rms)
         losers = {}
         for index in self.batch.indices():
-            if not fills(self.batch.sizes[index]):  # batch 1: by its own measurement alone
-                measured = values.get(index)
-                if measured is not None and measured >= band:
+            measured = values.get(index)
+            if measured is not None and not fills(self.batch.sizes[index]):
+                if measured >= band:  # batch 1, measured: by its measurement, not the curve
                     losers[index] = measured / best - 1.0
                 continue
             predicted = fit.predict(self.batch.sizes[index])
