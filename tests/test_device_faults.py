@@ -31,7 +31,7 @@ from devices.discovery import open_sysfs_actuator
 from devices.restore_record import IncompleteRestoreError, RestoreRecord, recover
 from devices.sysfs import SysfsRoot
 from devices.testing import FakeKernel, xavier_nx_tree
-from ecoserve.server.file_budget import RESERVE, connection_budget
+from ecoserve.server.file_budget import MIN_LINGERING, RESERVE, connection_budget, lingering_budget
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_FILES = ("scaling_governor", "scaling_min_freq", "scaling_max_freq")
@@ -254,6 +254,9 @@ def test_max_connections_is_kept_under_the_open_file_limit() -> None:
     assert allowed == 256 - RESERVE and why is not None and "LimitNOFILE" in why
     with pytest.raises(ValueError, match="no room"):
         connection_budget(512, RESERVE + 2)
+    # refusals linger in what the served connections leave, and never fewer than the floor
+    assert lingering_budget(16, 1024) == 1024 - RESERVE - 16
+    assert lingering_budget(256 - RESERVE, 256) == MIN_LINGERING
 
 
 def test_a_daemon_under_ulimit_256_survives_1000_idle_connections(tmp_path: Path) -> None:

@@ -6,6 +6,11 @@ allowed up to the limit itself take them all in a flood of idle clients, and the
 clock fails with EMFILE. So ``max_connections`` is clamped to the limit less ``RESERVE``
 (said once, with how to raise the limit), and a limit too small to leave room for even a
 few connections is refused at start.
+
+Connections turned away at the limit hold a descriptor too, for the second or so they wait
+for their request and linger after the 503 (closing at once, with the request unread, makes
+the kernel send a reset that loses the answer). They may use whatever the limit leaves
+beyond the served connections, so a flood is answered, not reset, while it fits.
 """
 
 from __future__ import annotations
@@ -31,3 +36,12 @@ def connection_budget(max_connections: int, open_files: int) -> tuple[int, str |
         f"{open_files} ({RESERVE} kept for clocks, sensors and state files): serving at most "
         f"{room} connections; raise the limit (ulimit -n, LimitNOFILE= in the unit) for more"
     )
+
+
+#: Refused connections allowed to linger however tight the limit (a small, bounded cost).
+MIN_LINGERING = 32
+
+
+def lingering_budget(connections: int, open_files: int) -> int:
+    """How many refused connections may wait for their request and linger after the 503."""
+    return max(MIN_LINGERING, open_files - RESERVE - connections)

@@ -27,7 +27,7 @@ from ecoserve.server.connections import (
     quiet_accept_errors,
     raise_open_file_limit,
 )
-from ecoserve.server.file_budget import connection_budget
+from ecoserve.server.file_budget import connection_budget, lingering_budget
 from ecoserve.server.service import InferenceService
 from ecoserve.server.settings import ServeSettings
 
@@ -131,7 +131,8 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
     the open-file limit leaves no room for connections."""
     service: InferenceService = app.state.service
     try:
-        connections, clamped = connection_budget(settings.max_connections, raise_open_file_limit())
+        open_files = raise_open_file_limit()
+        connections, clamped = connection_budget(settings.max_connections, open_files)
     except ValueError as exc:
         print(f"ecoserve serve: {exc}", file=sys.stderr)
         return 2
@@ -153,6 +154,7 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
             settings.idle_timeout_s,
             retry_after_s=settings.retry_after_s,
             on_refuse=service.metrics.connection_refused,
+            lingering=lingering_budget(connections, open_files),
         ),
         timeout_keep_alive=max(1, int(settings.idle_timeout_s)),
     )
