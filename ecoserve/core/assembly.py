@@ -9,14 +9,14 @@ driver and handed in.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
 from ecoserve.core.controller import Controller
 from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
-from ecoserve.core.engine import Engine
-from ecoserve.core.knobs import Knob, SearchSpace, batch_knob
+from ecoserve.core.engine import Engine, QueueSpec
+from ecoserve.core.knobs import BATCH, Knob, SearchSpace, batch_knob
 from ecoserve.core.tuner import Tuner
 from tuners.registry import make_tuner
 
@@ -56,9 +56,31 @@ class EngineSettings:
         return [f.name for f in fields(cls)]
 
 
-def build_space(knobs: Sequence[Knob], settings: EngineSettings) -> SearchSpace:
-    """The given frequency knobs plus the batch size (always tunable)."""
-    return SearchSpace(tuple(knobs) + (batch_knob(settings.max_batch, settings.min_batch),))
+@dataclass(frozen=True)
+class ModelQueue:
+    """One model's queue on a board that serves several: its name and largest batch."""
+
+    name: str
+    max_batch: int
+
+    @property
+    def batch_knob(self) -> str:
+        """The name of the knob that sets this queue's batch size."""
+        return f"{BATCH}:{self.name}"
+
+
+def build_space(
+    knobs: Sequence[Knob], settings: EngineSettings, queues: Sequence[ModelQueue] = ()
+) -> SearchSpace:
+    """The given frequency knobs plus the batch size (always tunable): one batch-size knob,
+    or one per model's queue."""
+    if not queues:
+        return SearchSpace(tuple(knobs) + (batch_knob(settings.max_batch, settings.min_batch),))
+    sizes = []
+    for q in queues:
+        low = min(settings.min_batch, q.max_batch)
+        sizes.append(replace(batch_knob(q.max_batch, low), name=q.batch_knob))
+    return SearchSpace(tuple(knobs) + tuple(sizes))
 
 
 def build_controller(
@@ -89,13 +111,17 @@ def build_engine(
     baseline: Baseline | None = None,
     *,
     tick_s: float = 0.5,
+    queues: Sequence[ModelQueue] = (),
 ) -> Engine[Any]:
-    """The whole sans-IO engine for these knobs: space, tuner, controller and queue.
+    """The whole sans-IO engine for these knobs: space, tuner, controller and queue(s).
 
     ``tick_s``: the longest the engine lets an idle loop wait before it looks at timed
-    windows again.
+    windows again. ``queues``: one per model of a board that serves several (none: one
+    model on the default queue).
     """
-    controller = build_controller(build_space(knobs, settings), settings, baseline)
+    space = build_space(knobs, settings, queues)
+    controller = build_controller(space, settings, baseline)
+    specs = [QueueSpec(q.name, q.batch_knob) for q in queues] or [QueueSpec()]
 
     def tuner_on(space: SearchSpace) -> Tuner:
         return make_tuner(settings.tuner, space, seed=settings.seed, **settings.tuner_params)
@@ -106,5 +132,6 @@ def build_engine(
         max_queue=settings.max_queue,
         tuner_factory=tuner_on,
         timer_kind=settings.batch_timer,
+        queues=specs,
         tick_s=tick_s,
     )

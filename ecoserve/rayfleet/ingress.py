@@ -39,6 +39,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import Gauge
 from starlette.responses import Response
 
+from ecoserve.core.engine import DEFAULT_QUEUE
 from ecoserve.core.fleet import (
     ASLEEP,
     BoardSpec,
@@ -53,9 +54,10 @@ from ecoserve.rayfleet.config import BoardSettings, FleetSettings
 from ecoserve.server import routes_v1, routes_v2
 from ecoserve.server.app import add_routes
 from ecoserve.server.metrics import ServerMetrics
-from ecoserve.server.oip_model import OipModel
+from ecoserve.server.oip_catalogue import OipCatalogue
 from ecoserve.server.oip_stats import InferenceStatistics
 from ecoserve.server.responses import json_response
+from ecoserve.server.served import ServedModel
 from ecoserve.server.service import ServiceError
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
@@ -117,6 +119,10 @@ class FleetService:
         self.model = model  # only to describe the output in the protocol's metadata
         self.statistics = InferenceStatistics()
         self.name = serve.served_name
+        #: The one model the fleet serves, as the protocol's front ends look it up.
+        self.default = ServedModel(
+            self.name, DEFAULT_QUEUE, model, spec, serve.max_batch, self.statistics
+        )
         self.clients = dict(clients)
         self.boards: dict[str, BoardSettings] = {b.name: b for b in fleet.boards}
         self.metrics = ServerMetrics(max_batch=serve.max_batch)
@@ -175,8 +181,12 @@ class FleetService:
             s.get("ready") for n, s in self.board_stats.items() if n in self.router.weights
         )
 
-    async def infer(self, items: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
+    async def infer(
+        self, items: Sequence[Any], timeout_s: float | None = None, model: str | None = None
+    ) -> list[Any]:
         """One request on one board; a board that fails hands it to the next.
+
+        ``model`` is the name the front end looked up; the fleet serves one model.
 
         ``timeout_s`` is the client's own deadline (the protocol's ``timeout`` parameter).
         """
@@ -484,7 +494,8 @@ def fleet_app(service: FleetService) -> FastAPI:
     """The daemon's HTTP API over the fleet: its own routes, the fleet's ``/v1/status``."""
     app = FastAPI(title="ecoserve fleet", description="ecoserve's HTTP API over a fleet of boards")
     app.state.service = service
-    app.state.oip = OipModel(service)  # type: ignore[arg-type]
+    app.state.catalogue = OipCatalogue(service)  # type: ignore[arg-type]
+    app.state.tenants = None
 
     @app.get("/v1/status", summary="The fleet: policy, and each board's state and tuning")
     async def status(request: Request) -> Response:

@@ -2,21 +2,22 @@
 
 The decorator and the HTTP daemon both build their runtime here from one settings object,
 so they tune the same way; the engine itself comes from ``ecoserve.core.assembly``, as the
-simulator's does.
+simulator's does. ``queues`` gives a board serving several models one queue each.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from devices.base import Actuator, Device
 from devices.safety import Guard
-from ecoserve.core.assembly import EngineSettings, build_engine
+from ecoserve.core.assembly import EngineSettings, ModelQueue, build_engine
 from ecoserve.core.cost import Baseline
 from ecoserve.runtime.device_spec import open_device
-from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeObserver
+from ecoserve.runtime.driver import BatchFunctions, Runtime, RuntimeObserver
 from ecoserve.runtime.state_files import load_baseline
 from ecoserve.runtime.tuning_state import TuningState
 
@@ -48,7 +49,7 @@ def saved_baseline(settings: EngineSettings) -> Baseline | None:
 
 
 def build_runtime(
-    fn: BatchFunction,
+    fn: BatchFunctions,
     settings: EngineSettings,
     device: Device | None = None,
     observer: RuntimeObserver | None = None,
@@ -56,6 +57,7 @@ def build_runtime(
     extra_actuator: Actuator | None = None,
     guard: Guard | None = None,
     state: TuningState | None = None,
+    queues: Sequence[ModelQueue] | None = None,
     **hooks: Any,
 ) -> Runtime:
     """A runtime over ``device`` (opened from the settings when None), wired for its life.
@@ -73,7 +75,7 @@ def build_runtime(
     if extra_actuator is not None:
         knobs += extra_actuator.knobs()
     try:
-        engine = build_engine(knobs, settings, saved_baseline(settings))
+        engine = build_engine(knobs, settings, saved_baseline(settings), queues=queues or ())
     except Exception:
         device.close()
         raise

@@ -45,6 +45,8 @@ from ecoserve.runtime.tuning_state import TuningState
 log = logging.getLogger("ecoserve.runtime.driver")
 
 BatchFunction = Callable[[Any], Any]
+#: One batch function, or one per engine queue (a board serving several models).
+BatchFunctions = BatchFunction | Mapping[str, BatchFunction]
 
 
 class RuntimeStoppedError(RuntimeError):
@@ -66,6 +68,8 @@ class BatchStats:
     run_s: float
     energy_j: float
     ok: bool
+    #: The engine queue (the model) the batch came from.
+    queue: str = DEFAULT_QUEUE
 
 
 class RuntimeObserver:
@@ -94,7 +98,7 @@ class RuntimeCounters:
 class Runtime:
     def __init__(
         self,
-        fn: BatchFunction,
+        fn: BatchFunctions,
         device: Device,
         engine: Engine[_Request],
         observer: RuntimeObserver | None = None,
@@ -106,8 +110,9 @@ class Runtime:
         context_source: Callable[[], Mapping[str, float]] | None = None,
         error_source: Callable[[], float] | None = None,
     ) -> None:
-        self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
+        # Each engine queue's batch function, and whether it is ``async def``.
+        fns = dict(fn) if isinstance(fn, Mapping) else {DEFAULT_QUEUE: fn}
+        self._fns = {q: (f, inspect.iscoroutinefunction(f)) for q, f in fns.items()}
         self.device = device
         self.engine = engine
         self.observer = observer or RuntimeObserver()
@@ -186,11 +191,11 @@ class Runtime:
         return self._in_flight
 
     # -- requests -------------------------------------------------------------------------
-    def submit_nowait(self, item: Any) -> asyncio.Future[Any]:
-        """Queue one item; the returned future resolves to that item's own result."""
+    def submit_nowait(self, item: Any, queue: str = DEFAULT_QUEUE) -> asyncio.Future[Any]:
+        """Queue one item on ``queue`` (its model's); the future resolves to the item's result."""
         loop = asyncio.get_running_loop()
         req = _Request(item=item, future=loop.create_future(), arrival=self.clock())
-        verdict = self.engine.arrive(req, req.arrival)
+        verdict = self.engine.arrive(req, req.arrival, queue)
         if verdict is Admission.CLOSED:
             self._reject("stopping")
             raise RuntimeStoppedError("not accepting requests (stopping or not started)")
@@ -201,8 +206,8 @@ class Runtime:
         self._wake.set()
         return req.future
 
-    async def submit(self, item: Any) -> Any:
-        return await self.submit_nowait(item)
+    async def submit(self, item: Any, queue: str = DEFAULT_QUEUE) -> Any:
+        return await self.submit_nowait(item, queue)
 
     def _reject(self, reason: str) -> None:
         self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
@@ -261,16 +266,17 @@ class Runtime:
         energy_before = self._energy()
         error: BaseException | None = None
         results: list[Any] = []
+        fn, is_async = self._fns[batch.queue]
         try:
             inputs = collate([r.item for r in requests])
             self.device.begin_batch(len(requests))
             t0 = time.perf_counter()
-            if self.is_async:
-                output = await self.fn(inputs)
+            if is_async:
+                output = await fn(inputs)
             elif self.run_inline:
-                output = self.fn(inputs)
+                output = fn(inputs)
             else:
-                output = await loop.run_in_executor(self._executor, self.fn, inputs)
+                output = await loop.run_in_executor(self._executor, fn, inputs)
             measured = time.perf_counter() - t0
             extra = self.device.end_batch(len(requests), measured)
             if extra > 0:
@@ -326,6 +332,7 @@ class Runtime:
                 run_s=end - started,
                 energy_j=energy,
                 ok=ok,
+                queue=batch.queue,
             )
         )
 
@@ -507,7 +514,7 @@ class Runtime:
             "loop_alive": self.alive,
             "loop_errors": self.loop_errors,
             "queue_depth": self.queue_depth,
-            "batch_timer": engine.batch_timers()[DEFAULT_QUEUE],
+            **self._timers(),
             "counters": {
                 "accepted": counters.accepted,
                 "completed": counters.completed,
@@ -516,6 +523,13 @@ class Runtime:
                 "batches": counters.batches,
             },
         }
+
+    def _timers(self) -> dict[str, Any]:
+        """One queue's timer as ``batch_timer``; several as ``batch_timers`` by queue."""
+        timers = self.engine.batch_timers()
+        if set(timers) == {DEFAULT_QUEUE}:
+            return {"batch_timer": timers[DEFAULT_QUEUE]}
+        return {"batch_timers": timers}
 
     def save_state(self) -> None:
         """Write the tuner state (and a newly measured baseline), where configured."""

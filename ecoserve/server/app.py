@@ -21,7 +21,7 @@ from devices.base import Device
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.hosts import HostCheck, allowed_hosts
-from ecoserve.server.oip_model import OipModel
+from ecoserve.server.oip_catalogue import OipCatalogue
 from ecoserve.server.openapi import openapi_document
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService, ServiceError
@@ -52,14 +52,16 @@ def create_app(
         check_grpc_available()
     service = InferenceService(settings, model, device)
     tier_router = tier_routes(settings, model, run=service.run_tier_job)
-    oip = OipModel(service)
+    catalogue = OipCatalogue(service)
+    oip = catalogue.first()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         grpc_server = None
         # The output's shape, learnt from one example item before the runtime (and its
         # baseline at start) uses the model, so the model is never called from two threads at once.
-        oip.signature  # noqa: B018
+        for served in catalogue.models.values():
+            served.signature  # noqa: B018
         await service.start()
         try:
             # Everything loaded so far (torch, the model, the app) lives as long as the
@@ -71,7 +73,7 @@ def create_app(
                 from ecoserve.server.grpc_oip import start_grpc
 
                 grpc_server, app.state.grpc_port = await start_grpc(
-                    oip, settings.host, settings.grpc_port
+                    catalogue, settings.host, settings.grpc_port, app.state.tenants
                 )
             yield
         finally:
@@ -92,7 +94,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.state.oip = oip
+    app.state.catalogue = catalogue
+    app.state.tenants = None
     app.state.grpc_port = None
     for router in (routes_v1.router, admin.router, routes_v2.router, tier_router):
         if router is not None:

@@ -7,8 +7,9 @@ batching, tuner, statistics and metrics. Inputs come as raw bytes (``raw_input_c
 or typed contents; outputs are answered as raw bytes, as Triton does.
 
 Only the inference, health, metadata, configuration, statistics and repository methods
-are served; the rest (streaming, shared memory, tracing) answer UNIMPLEMENTED. Repository
-load and unload are refused with the reason and status HTTP gives (INVALID_ARGUMENT).
+are served; the rest (streaming, shared memory, tracing) answer UNIMPLEMENTED. Models are
+looked up in the same ``OipCatalogue`` as over HTTP, with the tenant named by the call's
+``authorization`` metadata (``Bearer <token>``), so a tenant sees the same models either way.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from ecoserve.server.oip_catalogue import Authenticator, OipCatalogue, Visible, visibility
 from ecoserve.server.oip_model import (
     EXTENSIONS,
-    VERSION,
     OipInput,
     OipModel,
     OipRequest,
@@ -44,8 +45,10 @@ log = logging.getLogger("ecoserve.server")
 #: HTTP status of a ServiceError -> the gRPC status code clients expect for it.
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -118,28 +121,39 @@ def request_of(message: service_pb2.ModelInferRequest) -> OipRequest:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The protocol's RPCs over one ``OipModel``."""
+    """The protocol's RPCs over the daemon's ``OipCatalogue``."""
 
-    def __init__(self, model: OipModel) -> None:
-        self.model = model
+    def __init__(self, catalogue: OipCatalogue, tenants: Authenticator | None = None) -> None:
+        self.catalogue = catalogue
+        self.tenants = tenants
 
     async def _fail(self, context: grpc.aio.ServicerContext, err: ServiceError) -> Any:
         code = STATUS_CODES.get(err.status, grpc.StatusCode.UNKNOWN)
         await context.abort(code, err.detail)
 
+    def _caller(self, context: Any) -> Visible:
+        """The models the call's ``authorization`` metadata lets it use (401 as ServiceError)."""
+        if self.tenants is None:
+            return None
+        metadata = dict(context.invocation_metadata() or ())
+        return visibility(self.tenants, metadata.get("authorization"))
+
+    def _model(self, context: Any, name: str, version: str | None) -> OipModel:
+        return self.catalogue.get(name, version, self._caller(context))
+
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return service_pb2.ServerReadyResponse(ready=self.model.ready)
+        return service_pb2.ServerReadyResponse(ready=self.catalogue.ready)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         # A readiness probe gets an answer, not an error: another model or version is not ready.
         try:
-            self.model.check(request.name, request.version)
+            model = self._model(context, request.name, request.version)
         except ServiceError:
             return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=self.model.ready)
+        return service_pb2.ModelReadyResponse(ready=model.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         from importlib.metadata import version
@@ -150,54 +164,63 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
-            self.model.check(request.name, request.version)
+            model = self._model(context, request.name, request.version)
         except ServiceError as err:
             return await self._fail(context, err)
-        return json_format.ParseDict(self.model.metadata(), service_pb2.ModelMetadataResponse())
+        return json_format.ParseDict(model.metadata(), service_pb2.ModelMetadataResponse())
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         try:
-            self.model.check(request.name, request.version)
+            model = self._model(context, request.name, request.version)
         except ServiceError as err:
             return await self._fail(context, err)
-        config = json_format.ParseDict(self.model.config(), model_config_pb2.ModelConfig())
+        config = json_format.ParseDict(model.config(), model_config_pb2.ModelConfig())
         return service_pb2.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        if request.name:
-            try:
-                self.model.check(request.name, request.version)
-            except ServiceError as err:
-                return await self._fail(context, err)
-        return json_format.ParseDict(
-            self.model.model_statistics(), service_pb2.ModelStatisticsResponse()
-        )
+        try:
+            if request.name:
+                model = self._model(context, request.name, request.version)
+                stats = model.model_statistics(request.version)
+            else:
+                stats = self.catalogue.model_statistics(self._caller(context))
+        except ServiceError as err:
+            return await self._fail(context, err)
+        return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        return json_format.ParseDict(
-            {"models": self.model.repository_index()}, service_pb2.RepositoryIndexResponse()
-        )
+        try:
+            index = self.catalogue.repository_index(self._caller(context))
+        except ServiceError as err:
+            return await self._fail(context, err)
+        return json_format.ParseDict({"models": index}, service_pb2.RepositoryIndexResponse())
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        err = self.model.refuse_repository_change("load", request.model_name)
-        return await self._fail(context, err)
+        try:
+            await self.catalogue.load(request.model_name, self._caller(context))
+        except ServiceError as err:
+            return await self._fail(context, err)
+        return service_pb2.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        err = self.model.refuse_repository_change("unload", request.model_name)
-        return await self._fail(context, err)
+        try:
+            await self.catalogue.unload(request.model_name, self._caller(context))
+        except ServiceError as err:
+            return await self._fail(context, err)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
-        service = self.model.service
+        service = self.catalogue.service
         try:
-            self.model.check(request.model_name, request.model_version)
+            model = self._model(context, request.model_name, request.model_version)
             oip_request = request_of(request)
-            result = await self.model.infer(oip_request)
+            result = await model.infer(oip_request)
         except ServiceError as err:
             service.metrics.request_done(err.outcome)
             return await self._fail(context, err)
         response = service_pb2.ModelInferResponse(
-            model_name=result.model_name, model_version=VERSION, id=result.id or ""
+            model_name=result.model_name, model_version=result.model_version, id=result.id or ""
         )
         for key, value in result.parameters.items():
             set_parameter(response.parameters, key, value)
@@ -211,18 +234,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def start_grpc(model: OipModel, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+async def start_grpc(
+    catalogue: OipCatalogue, host: str, port: int, tenants: Authenticator | None = None
+) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on the running loop; the port it bound (``port`` 0 picks one)."""
     # gRPC itself refuses a message over the limit with RESOURCE_EXHAUSTED (--max-body-bytes,
     # plus room for the message's own framing), before any of it reaches the engine.
-    limit = model.service.settings.max_body_bytes
+    limit = catalogue.service.settings.max_body_bytes
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit + 1024),
             ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(model), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(catalogue, tenants), server
+    )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

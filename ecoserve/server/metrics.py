@@ -29,7 +29,10 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 #: Outcomes of ``POST /v1/infer`` and ``/v2/.../infer`` requests.
-OUTCOMES = ("ok", "invalid", "too_large", "rejected", "timeout", "error", "unavailable")
+OUTCOMES = (
+    "ok", "invalid", "too_large", "rejected", "timeout", "error", "unavailable",
+    "unauthorized", "throttled",
+)  # fmt: skip
 
 
 #: Knob name -> (metric name, help) of the gauge that shows its applied value, in its unit.

@@ -24,6 +24,7 @@ from ecoserve.server.oip_tensors import (
     datatype_of,
     output_array,
 )
+from ecoserve.server.served import ServedModel
 from ecoserve.server.service import InferenceService, ServiceError
 from ecoserve.server.tensors import InputError, to_numpy
 
@@ -67,16 +68,16 @@ class Signature:
         return [-1] if item is None else [-1, *item]
 
 
-def probe_signature(service: InferenceService) -> Signature:
+def probe_signature(served: ServedModel) -> Signature:
     """Run one example item through the model (not the engine) to learn its output.
 
     Models whose input shape is unknown (a preprocess entry point, a callable without
     ``input_shape``) report ``[-1]`` shapes, as the protocol allows.
     """
-    spec = service.spec
+    spec = served.spec
     in_type = datatype_of(np.empty(0, spec.np_dtype))
     out_type, out_shape = "FP32", None
-    model = service.model
+    model = served.model
     if model is None:
         log.warning("no local model to learn the output from: metadata says FP32, shape [-1]")
     elif spec.shape is not None:
@@ -124,6 +125,7 @@ class OipResult:
     outputs: list[OipOutput]
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    model_version: str = VERSION
 
 
 def _dims(*dims: int) -> str:
@@ -140,62 +142,59 @@ def bad_request(detail: str) -> ServiceError:
 
 
 class OipModel:
-    """The one model this daemon serves, under its name and version ``1``."""
+    """One served model as the protocol sees it: its name, versions, tensors and figures."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, served: ServedModel | None = None) -> None:
         self.service = service
-        self.statistics: InferenceStatistics = service.statistics
+        self.served = served or service.default
+        self.statistics: InferenceStatistics = self.served.statistics
         self._signature: Signature | None = None
 
     @property
     def name(self) -> str:
-        return self.service.name
+        return self.served.name
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return self.served.versions
 
     @property
     def input_name(self) -> str:
-        return getattr(self.service.model, "input_name", INPUT_NAME)
+        return getattr(self.served.model, "input_name", INPUT_NAME)
 
     @property
     def output_name(self) -> str:
-        return getattr(self.service.model, "output_name", OUTPUT_NAME)
+        return getattr(self.served.model, "output_name", OUTPUT_NAME)
 
     @property
     def platform(self) -> str:
-        return getattr(self.service.model, "platform", PLATFORM)
+        return getattr(self.served.model, "platform", PLATFORM)
 
     @property
     def signature(self) -> Signature:
         if self._signature is None:
-            self._signature = probe_signature(self.service)
+            self._signature = probe_signature(self.served)
         return self._signature
 
-    def check(self, name: str, version: str | None = None) -> None:
-        """404 for a name or version the repository index does not list, in Triton's words.
-
-        Only the served name counts: the ``--model`` spec (``builtin:cnn``) is not a model
-        name, and answering to it would serve a name no client can discover.
-        """
-        if name != self.name:
+    def check_version(self, version: str | None) -> None:
+        """404 for a version the repository index does not list, in Triton's words."""
+        if version not in (None, "", *self.versions):
+            served = ", ".join(self.versions)
             raise not_found(
-                f"Request for unknown model: {name!r} is not found "
-                f"(this daemon serves {self.name!r})"
-            )
-        if version not in (None, "", VERSION):
-            raise not_found(
-                f"Request for unknown model: {name!r} version {version} is not found "
-                f"(it serves version {VERSION})"
+                f"Request for unknown model: {self.name!r} version {version} is not found "
+                f"(it serves version {served})"
             )
 
     @property
     def ready(self) -> bool:
-        return self.service.ready
+        return self.service.ready and self.served.loaded
 
     # -- descriptions ---------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         sig = self.signature
         return {
             "name": self.name,
-            "versions": [VERSION],
+            "versions": list(self.versions),
             "platform": self.platform,
             "inputs": [
                 {
@@ -214,7 +213,12 @@ class OipModel:
         }
 
     def config(self) -> dict[str, Any]:
-        """Triton's model configuration: batching dimension first, dims without it."""
+        """Triton's model configuration: batching dimension first, dims without it.
+
+        A repository's model answers with its own ``config.pbtxt``, as Triton does.
+        """
+        if self.served.triton_config is not None:
+            return dict(self.served.triton_config)
         sig = self.signature
         s = self.service.settings
         device = s.device.split(":", 1)[0]
@@ -222,7 +226,7 @@ class OipModel:
             "name": self.name,
             "platform": self.platform,
             "backend": BACKENDS.get(self.platform, "python"),
-            "max_batch_size": s.max_batch,
+            "max_batch_size": self.served.max_batch,
             "input": [
                 {
                     "name": self.input_name,
@@ -256,14 +260,21 @@ class OipModel:
         }
 
     def repository_index(self) -> list[dict[str, str]]:
+        """One entry per served version, with its state (and why, when not ready)."""
         state = "READY" if self.ready else "UNAVAILABLE"
-        entry = {"name": self.name, "version": VERSION, "state": state}
-        if not self.ready:
-            entry["reason"] = "starting or draining"
-        return [entry]
+        entries = []
+        for version in self.versions:
+            entry = {"name": self.name, "version": version, "state": state}
+            if not self.served.loaded:
+                entry["reason"] = self.served.reason or "unloaded"
+            elif not self.ready:
+                entry["reason"] = "starting or draining"
+            entries.append(entry)
+        return entries
 
-    def model_statistics(self) -> dict[str, Any]:
-        return {"model_stats": [self.statistics.model_stats(self.name, VERSION)]}
+    def model_statistics(self, version: str | None = None) -> dict[str, Any]:
+        versions = self.versions if version in (None, "") else (str(version),)
+        return {"model_stats": [self.statistics.model_stats(self.name, v) for v in versions]}
 
     # -- inference ------------------------------------------------------------------------
     def _items(self, request: OipRequest) -> list[torch.Tensor]:
@@ -282,7 +293,7 @@ class OipModel:
         arr = tensor.array
         self._check_batch(tensor.name, arr.shape)
         what = f"input {tensor.name!r}"
-        spec = self.service.spec
+        spec = self.served.spec
         try:
             return [spec.check_array(arr[i], f"{what} item {i}") for i in range(arr.shape[0])]
         except InputError as exc:
@@ -291,7 +302,7 @@ class OipModel:
     @property
     def max_batch_size(self) -> int:
         """The ``max_batch_size`` the model configuration advertises (``--max-batch``)."""
-        return int(self.service.settings.max_batch)
+        return int(self.served.max_batch)
 
     def _check_batch(self, input_name: str, shape: tuple[int, ...]) -> None:
         """Triton's batch rules, in its order and words: the first dimension is the batch.
@@ -308,7 +319,7 @@ class OipModel:
         limit = self.max_batch_size
         if shape[0] > limit:
             raise bad_request(f"inference request batch-size must be <= {limit} for {self.name!r}")
-        item = self.service.spec.shape
+        item = self.served.spec.shape
         if item is not None and tuple(shape[1:]) != item:
             raise bad_request(
                 f"unexpected shape for input {input_name!r} for model {self.name!r}. "
@@ -317,17 +328,6 @@ class OipModel:
             )
         if shape[0] == 0:
             raise bad_request(f"input {input_name!r} holds zero items")
-
-    def refuse_repository_change(self, action: str, name: str) -> ServiceError:
-        """Load and unload, over HTTP and gRPC alike: the daemon serves one model for life."""
-        if action == "load":
-            reason = (
-                f"cannot load {name!r}: ecoserve serves the one model given at start "
-                "(restart with --model to change it)"
-            )
-        else:
-            reason = f"cannot unload {name!r}: stop the daemon to stop serving its model"
-        return bad_request(reason)
 
     def _check_parameters(self, parameters: dict[str, Any]) -> float | None:
         """Refuse what a stateless model cannot honour; the request's own timeout, if any."""
@@ -364,7 +364,7 @@ class OipModel:
             )
         timeout_s = self._check_parameters(request.parameters)
         items = self._items(request)
-        results = await self.service.infer(items, timeout_s=timeout_s)
+        results = await self.service.infer(items, timeout_s=timeout_s, model=self.name)
         try:
             arrays = [
                 output_array(r) if isinstance(r, torch.Tensor) else to_numpy(r) for r in results
@@ -380,4 +380,4 @@ class OipModel:
             )
         echoed = {k: v for k, v in request.parameters.items() if k not in RESERVED_PARAMETERS}
         output = OipOutput(self.output_name, datatype, list(out.shape), out)
-        return OipResult(self.name, [output], request.id, echoed)
+        return OipResult(self.name, [output], request.id, echoed, self.versions[-1])

@@ -53,6 +53,8 @@ class InferenceStatistics(RuntimeObserver):
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
+    #: Count only this engine queue's batches (one model of several); None: every batch.
+    engine_queue: str | None = None
 
     # -- the front ends -------------------------------------------------------------------
     def request_done(self, ok: bool, seconds: float) -> None:
@@ -60,7 +62,7 @@ class InferenceStatistics(RuntimeObserver):
 
     # -- RuntimeObserver ------------------------------------------------------------------
     def on_batch(self, stats: BatchStats) -> None:
-        if not stats.ok:
+        if not stats.ok or (self.engine_queue is not None and stats.queue != self.engine_queue):
             return
         self.execution_count += 1
         self.inference_count += stats.size

@@ -24,9 +24,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from ecoserve.server.oip_catalogue import Authenticator, OipCatalogue, Visible, visibility
 from ecoserve.server.oip_model import (
     EXTENSIONS,
-    VERSION,
     OipInput,
     OipModel,
     OipRequest,
@@ -64,6 +64,9 @@ HEADER_LENGTH = "inference-header-content-length"
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
+        401: "no tenant's token in Authorization: Bearer <token> (with --tenants)",
+        429: "the tenant is past its share of a saturated board or its rate limit (see "
+        "Retry-After)",
         400: "malformed request: bad JSON, names, shapes (the batch dimension first, at most "
         "max_batch_size), datatypes or parameters (the message says which)",
         404: "no such model or version",
@@ -75,9 +78,16 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": V2Error, "description": text[code]} for code in codes}
 
 
-def oip_of(request: Request) -> OipModel:
-    oip: OipModel = request.app.state.oip
-    return oip
+def catalogue_of(request: Request) -> OipCatalogue:
+    catalogue: OipCatalogue = request.app.state.catalogue
+    return catalogue
+
+
+def caller_of(request: Request) -> Visible:
+    """Which models the caller may use: all without ``--tenants``, else its tenant's (401
+    as a ServiceError when the token is missing or wrong)."""
+    tenants: Authenticator | None = request.app.state.tenants
+    return visibility(tenants, request.headers.get("authorization"))
 
 
 def error_body(err: ServiceError) -> Response:
@@ -104,7 +114,7 @@ def _not_ready(model: Any) -> dict[int | str, dict[str, Any]]:
     responses=_not_ready(V2Ready),
 )  # fmt: skip
 async def ready(request: Request) -> Response:
-    ok = oip_of(request).ready
+    ok = catalogue_of(request).ready
     return json_response({"ready": ok}, 200 if ok else NOT_READY)
 
 
@@ -121,13 +131,14 @@ async def server_metadata() -> dict[str, Any]:
     response_model=dict[str, Any],
 )
 async def all_statistics(request: Request) -> Response:
-    return json_response(oip_of(request).model_statistics())
+    try:
+        return json_response(catalogue_of(request).model_statistics(caller_of(request)))
+    except ServiceError as err:
+        return error_body(err)
 
 
 def _checked(request: Request, name: str, version: str | None) -> OipModel:
-    model = oip_of(request)
-    model.check(name, version)
-    return model
+    return catalogue_of(request).get(name, version, caller_of(request))
 
 
 async def _metadata(request: Request, name: str, version: str | None = None) -> Response:
@@ -155,7 +166,7 @@ async def _config(request: Request, name: str, version: str | None = None) -> Re
 
 async def _statistics(request: Request, name: str, version: str | None = None) -> Response:
     try:
-        return json_response(_checked(request, name, version).model_statistics())
+        return json_response(_checked(request, name, version).model_statistics(version))
     except ServiceError as err:
         return error_body(err)
 
@@ -303,7 +314,10 @@ def encode_result(result: OipResult, binary_outputs: dict[str, bool]) -> tuple[b
         else:
             tensor["data"] = array_to_values(out.array)
         outputs.append(tensor)
-    header: dict[str, Any] = {"model_name": result.model_name, "model_version": VERSION}
+    header: dict[str, Any] = {
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+    }
     if result.id is not None:
         header["id"] = result.id
     if result.parameters:
@@ -317,10 +331,9 @@ def encode_result(result: OipResult, binary_outputs: dict[str, bool]) -> tuple[b
 
 async def _infer(request: Request, name: str, version: str | None = None) -> Response:
     started = time.perf_counter()
-    model = oip_of(request)
-    service = model.service
+    service = catalogue_of(request).service
     try:
-        model.check(name, version)
+        model = _checked(request, name, version)
         limit = service.settings.max_body_bytes
         body = await read_limited(request, limit)
         body = decompressed(body, request.headers.get("content-encoding"), limit)
@@ -361,15 +374,15 @@ def _model_routes(prefix: str, versioned: bool) -> None:
     """Register one model's routes under ``prefix`` (with or without ``/versions/{version}``)."""
     where = " (one version)" if versioned else ""
     routes: list[tuple[str, str, Any, str, Any, tuple[int, ...]]] = [
-        ("GET", "", _metadata, "Model metadata", V2ModelMetadata, (404,)),
-        ("GET", "/ready", _model_ready, "Model readiness", V2ModelReady, (404,)),
+        ("GET", "", _metadata, "Model metadata", V2ModelMetadata, (401, 404)),
+        ("GET", "/ready", _model_ready, "Model readiness", V2ModelReady, (401, 404)),
         (
             "GET",
             "/config",
             _config,
             "Model configuration (Triton extension)",
             dict[str, Any],
-            (404,),
+            (401, 404),
         ),
         (
             "GET",
@@ -377,7 +390,7 @@ def _model_routes(prefix: str, versioned: bool) -> None:
             _statistics,
             "Model statistics (Triton extension)",
             dict[str, Any],
-            (404,),
+            (401, 404),
         ),
     ]
     for method, tail, endpoint, summary, model, codes in routes:
@@ -399,7 +412,7 @@ def _model_routes(prefix: str, versioned: bool) -> None:
         methods=["POST"],
         summary="Inference" + where,
         response_model=V2InferResponse,
-        responses=_errors(400, 404, 413, 500, 503, 504),
+        responses=_errors(400, 401, 404, 413, 429, 500, 503, 504),
         openapi_extra=_INFER_OPENAPI,
         operation_id=f"v2_infer{'_versioned' if versioned else ''}",
     )
@@ -413,24 +426,36 @@ _model_routes("/models/{name}", versioned=False)
     "/repository/index",
     summary="Models in the repository (Triton extension)",
     response_model=list[V2RepositoryEntry],
+    responses=_errors(401),
 )
 async def repository_index(request: Request) -> Response:
-    return json_response(oip_of(request).repository_index())
+    try:
+        return json_response(catalogue_of(request).repository_index(caller_of(request)))
+    except ServiceError as err:
+        return error_body(err)
 
 
 @router.post(
     "/repository/models/{name}/load",
-    summary="Load a model (not available: the daemon serves the model it started with)",
-    responses=_errors(400),
+    summary="Load a model of the repository (a daemon of one --model refuses)",
+    responses=_errors(400, 401, 404, 503),
 )
 async def load(request: Request, name: str) -> Response:
-    return error_body(oip_of(request).refuse_repository_change("load", name))
+    try:
+        await catalogue_of(request).load(name, caller_of(request))
+    except ServiceError as err:
+        return error_body(err)
+    return json_response({})
 
 
 @router.post(
     "/repository/models/{name}/unload",
-    summary="Unload a model (not available: the daemon serves the model it started with)",
-    responses=_errors(400),
+    summary="Unload a model of the repository (a daemon of one --model refuses)",
+    responses=_errors(400, 401, 404),
 )
 async def unload(request: Request, name: str) -> Response:
-    return error_body(oip_of(request).refuse_repository_change("unload", name))
+    try:
+        await catalogue_of(request).unload(name, caller_of(request))
+    except ServiceError as err:
+        return error_body(err)
+    return json_response({})

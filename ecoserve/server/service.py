@@ -1,6 +1,7 @@
-"""The inference service behind the HTTP routes: one runtime, one model, their lifecycle.
+"""The inference service behind the HTTP routes: one runtime, its models, their lifecycle.
 
-Routes only parse and format; this object submits items to the runtime, applies the
+Routes only parse and format; this object submits items to the runtime (on the queue of
+the model asked for), applies the
 per-request deadline, turns engine failures into ``ServiceError`` with the HTTP status a
 client should see, warms the runtime up so the baseline exists without traffic, and
 drains it on shutdown.
@@ -12,22 +13,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from devices.base import Device
 from devices.safety import guarded
+from ecoserve.core.assembly import ModelQueue
 from ecoserve.core.batching import QueueFullError
+from ecoserve.core.engine import DEFAULT_QUEUE
 from ecoserve.core.knobs import THRESHOLD
 from ecoserve.models.loader import LoadedModel
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.device_spec import open_device
-from ecoserve.runtime.driver import Runtime, RuntimeStoppedError
+from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeStoppedError
 from ecoserve.runtime.tuning_state import TuningState
 from ecoserve.server.metrics import ServerMetrics
 from ecoserve.server.observers import Observers
 from ecoserve.server.oip_stats import InferenceStatistics
+from ecoserve.server.served import ServedModel
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
 from ecoserve.server.tier_bridge import TierBridge
@@ -54,18 +58,48 @@ class ServiceError(Exception):
 
 
 class InferenceService:
+    """One runtime serving one model (``--model``) or a repository's models, each on its queue.
+
+    ``served`` and ``batch_fns`` (one per model's queue) come together, for a repository;
+    without them the service serves ``model`` on the engine's default queue.
+    """
+
     def __init__(
-        self, settings: ServeSettings, model: LoadedModel, device: Device | None = None
+        self,
+        settings: ServeSettings,
+        model: LoadedModel,
+        device: Device | None = None,
+        served: Sequence[ServedModel] = (),
+        batch_fns: Mapping[str, BatchFunction] | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
-        self.name = settings.served_name
-        self.spec = TensorSpec(
-            None if model.preprocess else (settings.input_shape or model.input_shape),
-            model.input_dtype,
-        )
-        self.metrics = ServerMetrics(max_batch=settings.max_batch)
-        self.statistics = InferenceStatistics()
+        if served:
+            if batch_fns is None or {m.queue for m in served} != set(batch_fns):
+                raise ValueError("each served model needs its queue's batch function")
+            self.models = {m.name: m for m in served}
+        else:
+            spec = TensorSpec(
+                None if model.preprocess else (settings.input_shape or model.input_shape),
+                model.input_dtype,
+            )
+            only = ServedModel(
+                settings.served_name,
+                DEFAULT_QUEUE,
+                model,
+                spec,
+                settings.max_batch,
+                InferenceStatistics(),
+            )
+            self.models = {only.name: only}
+        self._batch_fns = batch_fns
+        first = next(iter(self.models.values()))
+        #: The first (for ``--model``, the only) model: the one ``/v1/infer`` serves by default.
+        self.default = first
+        self.name = first.name
+        self.spec = first.spec
+        self.metrics = ServerMetrics(max_batch=max(m.max_batch for m in self.models.values()))
+        self.statistics = first.statistics
         self.runtime: Runtime | None = None
         self.tier: TierBridge | None = None
         self.draining = False
@@ -85,7 +119,8 @@ class InferenceService:
         serving loop it belongs to.
         """
         s = self.settings
-        observers = Observers([self.metrics, self.statistics])
+        stats = [m.statistics for m in self.models.values()]
+        observers = Observers([self.metrics, *stats])
         batch_fn = self.model.batch_fn
         tier_hooks: dict[str, Any] = {}
         engine_settings = s
@@ -104,9 +139,15 @@ class InferenceService:
         device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.restore_dir)
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(device, s.watchdog_s))
+        fns: BatchFunction | Mapping[str, BatchFunction] = batch_fn
+        queues = None
+        if self._batch_fns is not None:
+            fns = self._batch_fns
+            queues = [ModelQueue(m.queue, m.max_batch) for m in self.models.values()]
         runtime = build_runtime(
-            batch_fn,
+            fns,
             engine_settings,
+            queues=queues,
             device=device,
             observer=observers,
             guard=guard,
@@ -186,8 +227,8 @@ class InferenceService:
         is ready before real traffic comes (``baseline_at_start``)."""
         runtime = self.runtime
         assert runtime is not None
-        try:
-            item = self.model.example_item()
+        try:  # one example item per model, sent to each model's queue in turn
+            examples = [(m.queue, self._example(m)) for m in self.models.values()]
         except ValueError as exc:
             log.warning("no baseline at start (%s); the baseline is measured on real traffic", exc)
             return
@@ -204,11 +245,12 @@ class InferenceService:
                 return
             n = max(1, min(runtime.batch_size, s.max_queue - runtime.queue_depth))
             futures = []
-            for _ in range(n):
-                try:
-                    futures.append(runtime.submit_nowait(item.clone()))
-                except (QueueFullError, RuntimeStoppedError):
-                    break
+            for queue, item in examples:
+                for _ in range(n):
+                    try:
+                        futures.append(runtime.submit_nowait(item.clone(), queue))
+                    except (QueueFullError, RuntimeStoppedError):
+                        break
             sent += len(futures)
             if not futures:
                 await asyncio.sleep(0.05)
@@ -227,15 +269,44 @@ class InferenceService:
             # the first real windows before the tuner takes over.
             await runtime.remeasure_baseline()
 
+    @staticmethod
+    def _example(served: ServedModel) -> Any:
+        if served.model is None:
+            raise ValueError(f"model {served.name!r} runs elsewhere")
+        return served.model.example_item()
+
     # -- requests -------------------------------------------------------------------------
     def _retry(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}
 
-    async def infer(self, items: Sequence[Any], timeout_s: float | None = None) -> list[Any]:
+    def served(self, name: str | None = None) -> ServedModel:
+        """The model called ``name`` (None: the default one); 404 when there is none."""
+        if name is None:
+            return self.default
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models))
+            raise ServiceError(
+                404, f"no model named {name!r}; this daemon serves {known}", "invalid"
+            ) from None
+
+    async def infer(
+        self, items: Sequence[Any], timeout_s: float | None = None, model: str | None = None
+    ) -> list[Any]:
         """Run each item through the engine (batched with others); one result per item.
 
-        ``timeout_s`` is the client's own deadline; the daemon's request timeout still bounds it.
+        ``model`` names the served model (None: the default one). ``timeout_s`` is the
+        client's own deadline; the daemon's request timeout still bounds it.
         """
+        served = self.served(model)
+        if not served.loaded:
+            raise ServiceError(
+                400,
+                f"model {served.name!r} is not loaded ({served.reason or 'unloaded'}); load it "
+                f"with POST /v2/repository/models/{served.name}/load",
+                "unavailable",
+            )
         runtime = self.runtime
         if runtime is None or self.draining or not runtime.accepting:
             raise ServiceError(
@@ -248,17 +319,18 @@ class InferenceService:
                 "(the queue bound) fit",
                 "too_large",
             )
-        if self.model.preprocess is not None:
+        loaded = served.model
+        if loaded is not None and loaded.preprocess is not None:
             try:
-                items = [self.model.preprocess(x) for x in items]
+                items = [loaded.preprocess(x) for x in items]
             except Exception as exc:
                 raise ServiceError(
                     422, f"preprocessing rejected the input: {exc}", "invalid"
                 ) from None
-        results = await self._run(runtime, items, timeout_s)
-        if self.model.postprocess is not None:
+        results = await self._run(runtime, items, timeout_s, served.queue)
+        if loaded is not None and loaded.postprocess is not None:
             try:
-                results = [self.model.postprocess(r) for r in results]
+                results = [loaded.postprocess(r) for r in results]
             except Exception as exc:
                 raise ServiceError(500, f"postprocessing failed: {exc}", "error") from None
         return results
@@ -280,13 +352,17 @@ class InferenceService:
         return result
 
     async def _run(
-        self, runtime: Runtime, items: Sequence[Any], timeout_s: float | None
+        self,
+        runtime: Runtime,
+        items: Sequence[Any],
+        timeout_s: float | None,
+        queue: str = DEFAULT_QUEUE,
     ) -> list[Any]:
-        """Submit every item, wait within the deadline; one result per item."""
+        """Submit every item to ``queue``, wait within the deadline; one result per item."""
         futures: list[asyncio.Future[Any]] = []
         try:
             for item in items:
-                futures.append(runtime.submit_nowait(item))
+                futures.append(runtime.submit_nowait(item, queue))
         except QueueFullError:
             for f in futures:
                 f.cancel()
