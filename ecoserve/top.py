@@ -176,6 +176,7 @@ def render(screen: Screen, now: float | None = None, width: int = WIDTH) -> Grou
         style="yellow" if shown else "",
     )
     lines.append(queue)
+    lines += _model_rows(s, width)
     frozen = s.get("frozen") or {}
     if frozen:
         text = ", ".join(f"{k} ({v})" if isinstance(v, str) else str(k) for k, v in frozen.items())
@@ -207,6 +208,26 @@ def render(screen: Screen, now: float | None = None, width: int = WIDTH) -> Grou
         )
     lines.append(Text("q quit · refreshes every second · data from /v1/status", style="dim"))
     return _fit(lines)
+
+
+def _model_rows(status: Mapping[str, Any], width: int) -> list[Text]:
+    """One row per model of a board that serves several: its batch size, traffic and state."""
+    models = status.get("models") or {}
+    if len(models) < 2:
+        return []
+    last = (status.get("windows") or [{}])[-1].get("models") or {}
+    rows = [Text(f"{'model':<20}{'batch':>6}{'requests':>10}{'p99 ms':>9}  state", style="dim")]
+    for name, m in sorted(models.items()):
+        p99 = (last.get(name) or {}).get("latency_p99_s")
+        shown = "—" if p99 is None else f"{1e3 * float(p99):.1f}"
+        state = "loaded" if m.get("loaded", True) else f"unloaded ({m.get('reason', '')})"
+        if m.get("loads", 0) > 1:
+            state += f", {m['loads']} loads {float(m.get('load_s_total', 0)):.2f} s"
+        row = Text(f"{name[:19]:<20}{m.get('batch_size', '?'):>6}{m.get('requests', 0):>10}")
+        row.append(f"{shown:>9}  ")
+        row.append(state[: max(0, width - 47)], style="" if m.get("loaded", True) else "yellow")
+        rows.append(row)
+    return rows
 
 
 def _fit(lines: list[Text]) -> Group:

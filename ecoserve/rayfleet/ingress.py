@@ -58,7 +58,7 @@ from ecoserve.server.oip_catalogue import OipCatalogue
 from ecoserve.server.oip_stats import InferenceStatistics
 from ecoserve.server.responses import json_response
 from ecoserve.server.served import ServedModel
-from ecoserve.server.service import ServiceError
+from ecoserve.server.service import ServiceError, find_served
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
 
@@ -123,6 +123,7 @@ class FleetService:
         self.default = ServedModel(
             self.name, DEFAULT_QUEUE, model, spec, serve.max_batch, self.statistics
         )
+        self.models = {self.name: self.default}
         self.clients = dict(clients)
         self.boards: dict[str, BoardSettings] = {b.name: b for b in fleet.boards}
         self.metrics = ServerMetrics(max_batch=serve.max_batch)
@@ -180,6 +181,9 @@ class FleetService:
         return not self.draining and any(
             s.get("ready") for n, s in self.board_stats.items() if n in self.router.weights
         )
+
+    def served(self, name: str | None = None) -> ServedModel:
+        return find_served(self.models, self.default, name)
 
     async def infer(
         self, items: Sequence[Any], timeout_s: float | None = None, model: str | None = None

@@ -212,12 +212,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
         service = self.catalogue.service
+        known: str | None = None  # labels the per-model series only with a served name
         try:
             model = self._model(context, request.model_name, request.model_version)
+            known = model.name
             oip_request = request_of(request)
             result = await model.infer(oip_request)
         except ServiceError as err:
-            service.metrics.request_done(err.outcome)
+            service.metrics.request_done(err.outcome, model=known)
             return await self._fail(context, err)
         response = service_pb2.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=result.id or ""
@@ -230,7 +232,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 continue
             response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
             response.raw_output_contents.append(array_to_bytes(out.array, out.datatype))
-        service.metrics.request_done("ok", time.perf_counter() - started)
+        service.metrics.request_done("ok", time.perf_counter() - started, model=known)
         return response
 
 

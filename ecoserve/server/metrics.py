@@ -216,8 +216,65 @@ class ServerMetrics(RuntimeObserver):
         self.refused_connections = {"full": 0, "idle": 0}
         for reason in self.refused_connections:
             self.connections_refused.labels(reason)
+        self.model_requests = Counter(
+            "ecoserve_model_requests",
+            "Inference requests by model and outcome",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_request_latency = Histogram(
+            "ecoserve_model_request_duration_seconds",
+            "Time from receiving a successful inference request to its response, by model",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_batch_energy = Counter(
+            "ecoserve_model_batch_energy_joules",
+            "Energy measured while each model's batches ran",
+            ["model"],
+            registry=r,
+        )
+        self.model_batch_size = Gauge(
+            "ecoserve_model_config_batch_size_items",
+            "Batch size in force for each model's queue",
+            ["model"],
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "ecoserve_model_loads",
+            "Times each model was loaded (at start, on demand after an eviction, or asked)",
+            ["model"],
+            registry=r,
+        )
+        self.model_load_seconds = Counter(
+            "ecoserve_model_load_seconds",
+            "Time spent loading each model (a swap-in is counted in its request's latency)",
+            ["model"],
+            registry=r,
+        )
+        self.model_resident_bytes = Gauge(
+            "ecoserve_model_resident_bytes",
+            "Memory each model holds while loaded (measured at load; 0 when unloaded)",
+            ["model"],
+            registry=r,
+        )
+        self.tenant_requests = Counter(
+            "ecoserve_tenant_requests",
+            "Inference requests by tenant and outcome (throttled: past its share or rate)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        #: Engine queue -> the model it serves, for the per-model series (one model: empty).
+        self.queue_models: dict[str, str] = {}
+        self._batch_knobs: dict[str, str] = {}
         self._live: _LiveCollector | None = None
         self._configured_batch = 1
+
+    def name_queues(self, queue_models: dict[str, str], batch_knobs: dict[str, str]) -> None:
+        """Label batches and batch-size knobs with their model (a board of several models)."""
+        self.queue_models = dict(queue_models)
+        self._batch_knobs = dict(batch_knobs)
 
     def bind(
         self,
@@ -237,10 +294,32 @@ class ServerMetrics(RuntimeObserver):
         return generate_latest(self.registry)
 
     # -- request outcomes (called by the handlers) ----------------------------------------
-    def request_done(self, outcome: str, seconds: float | None = None) -> None:
+    def request_done(
+        self,
+        outcome: str,
+        seconds: float | None = None,
+        model: str | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """One request's outcome; with ``model`` (and ``tenant``) also in their series."""
         self.requests.labels(outcome).inc()
-        if outcome == "ok" and seconds is not None:
-            self.request_latency.observe(seconds)
+        timed = seconds if outcome == "ok" else None
+        if timed is not None:
+            self.request_latency.observe(timed)
+        if model is not None:
+            self.model_requests.labels(model, outcome).inc()
+            if timed is not None:
+                self.model_request_latency.labels(model).observe(timed)
+        if tenant is not None:
+            self.tenant_requests.labels(tenant, outcome).inc()
+
+    def model_loaded(self, model: str, seconds: float, resident_bytes: int) -> None:
+        self.model_loads.labels(model).inc()
+        self.model_load_seconds.labels(model).inc(seconds)
+        self.model_resident_bytes.labels(model).set(resident_bytes)
+
+    def model_unloaded(self, model: str) -> None:
+        self.model_resident_bytes.labels(model).set(0)
 
     def connection_refused(self, reason: str) -> None:
         """A connection turned away at the connection limit (called by the protocol)."""
@@ -258,6 +337,9 @@ class ServerMetrics(RuntimeObserver):
         if stats.ok:
             self.batch_energy.inc(stats.energy_j)
             self.completed.inc(len(stats.latencies_s))
+            model = self.queue_models.get(stats.queue)
+            if model is not None:
+                self.model_batch_energy.labels(model).inc(stats.energy_j)
 
     def on_window(self, report: WindowReport) -> None:
         self.windows.labels(report.phase, report.phase).inc()
@@ -278,7 +360,9 @@ class ServerMetrics(RuntimeObserver):
         self.tuner_switches.inc()
         self._configured_batch = int(values.get("batch_size", self._configured_batch))
         for name, value in values.items():
-            if name in self.knobs:
+            if name in self._batch_knobs:
+                self.model_batch_size.labels(self._batch_knobs[name]).set(value)
+            elif name in self.knobs:
                 self.knobs[name].set(value)
             elif name.endswith("_hz"):
                 self.clock.labels(name).set(value)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ecoserve.server.metrics import CONTENT_TYPE
+from ecoserve.server.oip_catalogue import visibility
 from ecoserve.server.responses import (
     accepts,
     error_response,
@@ -18,6 +19,7 @@ from ecoserve.server.responses import (
     read_limited,
 )
 from ecoserve.server.schemas import ErrorResponse, InferRequest, InferResponse
+from ecoserve.server.served import ServedModel
 from ecoserve.server.service import InferenceService, ServiceError
 from ecoserve.server.tensors import (
     NPY_MEDIA_TYPES,
@@ -34,7 +36,10 @@ router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
+        401: "no tenant's token in Authorization: Bearer <token> (with --tenants)",
+        404: "?model= names no model this caller may use",
         413: "body larger than --max-body-bytes, or more items than the queue holds",
+        429: "the tenant is past its share of a saturated board or its rate limit",
         422: "malformed JSON, wrong shape or dtype (the message says which)",
         500: "the model failed on this request's batch",
         503: "queue full or shutting down (see Retry-After)",
@@ -61,18 +66,36 @@ def service_of(request: Request) -> InferenceService:
     return service
 
 
-async def decode_v1(request: Request, service: InferenceService) -> tuple[list[Any], bool, Any]:
+def served_of(request: Request, service: InferenceService) -> ServedModel:
+    """The model ``?model=`` names (the only one when the daemon serves one), if the caller
+    may use it: 401 without a tenant's token (with ``--tenants``), 404 for a name it may not
+    see, 422 when several models are served and none is named."""
+    visible = visibility(request.app.state.tenants, request.headers.get("authorization"))
+    name = request.query_params.get("model")
+    if name is None and len(service.models) > 1:
+        names = ", ".join(n for n in sorted(service.models) if visible is None or visible(n))
+        raise ServiceError(422, f"name the model with ?model=NAME (one of: {names})", "invalid")
+    served = service.served(name)
+    if visible is not None and not visible(served.name):
+        raise ServiceError(404, f"no model named {served.name!r} for this tenant", "invalid")
+    return served
+
+
+async def decode_v1(
+    request: Request, service: InferenceService, served: ServedModel | None = None
+) -> tuple[list[Any], bool, Any]:
     """Items from a v1 body; also whether to answer with a list, and the client's id."""
+    spec = (served or service.default).spec
     body = await read_limited(request, service.settings.max_body_bytes)
     kind = media_type(request)
     try:
         if kind in NPY_MEDIA_TYPES:
             arr = load_npy(body)
-            items = service.spec.split_items(arr)
-            batched = service.spec.shape is not None and tuple(arr.shape) != service.spec.shape
+            items = spec.split_items(arr)
+            batched = spec.shape is not None and tuple(arr.shape) != spec.shape
             return items, batched, None
         payload = parse_json(body)  # JSON whatever the label: curl -d sends a form type
-        items, many = json_items(payload, service.spec)
+        items, many = json_items(payload, spec)
         request_id = payload.get("id")
         return items, many, request_id if isinstance(request_id, str) else None
     except InputError as exc:
@@ -93,30 +116,33 @@ async def infer(request: Request) -> Response:
     """
     service = service_of(request)
     started = time.perf_counter()
+    known: str | None = None  # labels the per-model series only with a served model's name
     try:
-        items, many, request_id = await decode_v1(request, service)
-        results = await service.infer(items)
+        served = served_of(request, service)
+        known = served.name
+        items, many, request_id = await decode_v1(request, service, served)
+        results = await service.infer(items, model=served.name)
     except ServiceError as err:
-        service.metrics.request_done(err.outcome)
+        service.metrics.request_done(err.outcome, model=known)
         return error_response(err)
     latency = time.perf_counter() - started
-    headers = {"X-Ecoserve-Model": service.name, "X-Ecoserve-Latency-S": f"{latency:.6f}"}
+    headers = {"X-Ecoserve-Model": served.name, "X-Ecoserve-Latency-S": f"{latency:.6f}"}
     if accepts(request, *NPY_MEDIA_TYPES):
         try:
             body = to_npy(results if many else results[0])
         except (TypeError, ValueError) as exc:
-            service.metrics.request_done("error")
+            service.metrics.request_done("error", model=known)
             return json_response({"detail": f"output cannot be sent as .npy: {exc}"}, 406)
-        service.metrics.request_done("ok", latency)
+        service.metrics.request_done("ok", latency, model=known)
         return Response(body, media_type="application/octet-stream", headers=headers)
-    data: dict[str, Any] = {"model": service.name, "latency_s": latency}
+    data: dict[str, Any] = {"model": served.name, "latency_s": latency}
     if many:
         data["outputs"] = [to_jsonable(r) for r in results]
     else:
         data["output"] = to_jsonable(results[0])
     if request_id is not None:
         data["id"] = request_id
-    service.metrics.request_done("ok", latency)
+    service.metrics.request_done("ok", latency, model=known)
     return json_response(data, headers=headers)
 
 
@@ -180,6 +206,7 @@ async def status(request: Request, windows: int = 20) -> Response:
         "resumed": service.resumed,
         "settings": service.settings.public_dict(),
         "connections_refused": dict(service.metrics.refused_connections),
+        "models": service.models_status(),
     }
     if runtime is not None:
         engine = runtime.describe(max(0, windows))

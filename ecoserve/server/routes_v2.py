@@ -332,8 +332,10 @@ def encode_result(result: OipResult, binary_outputs: dict[str, bool]) -> tuple[b
 async def _infer(request: Request, name: str, version: str | None = None) -> Response:
     started = time.perf_counter()
     service = catalogue_of(request).service
+    known: str | None = None  # labels the per-model series only with a served model's name
     try:
         model = _checked(request, name, version)
+        known = model.name
         limit = service.settings.max_body_bytes
         body = await read_limited(request, limit)
         body = decompressed(body, request.headers.get("content-encoding"), limit)
@@ -343,9 +345,9 @@ async def _infer(request: Request, name: str, version: str | None = None) -> Res
             result.outputs = [o for o in result.outputs if o.name in oip_request.outputs]
         content, header_length = encode_result(result, binary_outputs)
     except ServiceError as err:
-        service.metrics.request_done(err.outcome)
+        service.metrics.request_done(err.outcome, model=known)
         return error_body(err)
-    service.metrics.request_done("ok", time.perf_counter() - started)
+    service.metrics.request_done("ok", time.perf_counter() - started, model=known)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

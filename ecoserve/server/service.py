@@ -57,6 +57,21 @@ class ServiceError(Exception):
         return (type(self), (self.status, self.detail, self.outcome, self.headers))
 
 
+def find_served(
+    models: Mapping[str, ServedModel], default: ServedModel, name: str | None
+) -> ServedModel:
+    """The model called ``name`` (None: ``default``); 404 naming the served ones otherwise."""
+    if name is None:
+        return default
+    try:
+        return models[name]
+    except KeyError:
+        known = ", ".join(sorted(models))
+        raise ServiceError(
+            404, f"no model named {name!r}; this daemon serves {known}", "invalid"
+        ) from None
+
+
 class InferenceService:
     """One runtime serving one model (``--model``) or a repository's models, each on its queue.
 
@@ -269,6 +284,30 @@ class InferenceService:
             # the first real windows before the tuner takes over.
             await runtime.remeasure_baseline()
 
+    def models_status(self) -> dict[str, dict[str, Any]]:
+        """Each served model's figures for ``/v1/status`` (and ``ecoserve top``)."""
+        runtime = self.runtime
+        out: dict[str, dict[str, Any]] = {}
+        for name, m in self.models.items():
+            stats = m.statistics
+            entry: dict[str, Any] = {
+                "queue": m.queue,
+                "loaded": m.loaded,
+                "versions": list(m.versions),
+                "max_batch": m.max_batch,
+                "requests": stats.success.count + stats.fail.count,
+                "items": stats.inference_count,
+                "batches": stats.execution_count,
+                "loads": len(m.load_times_s),
+                "load_s_total": sum(m.load_times_s),
+            }
+            if m.reason is not None:
+                entry["reason"] = m.reason
+            if runtime is not None:
+                entry["batch_size"] = runtime.engine.batch_size(m.queue)
+            out[name] = entry
+        return out
+
     @staticmethod
     def _example(served: ServedModel) -> Any:
         if served.model is None:
@@ -281,15 +320,7 @@ class InferenceService:
 
     def served(self, name: str | None = None) -> ServedModel:
         """The model called ``name`` (None: the default one); 404 when there is none."""
-        if name is None:
-            return self.default
-        try:
-            return self.models[name]
-        except KeyError:
-            known = ", ".join(sorted(self.models))
-            raise ServiceError(
-                404, f"no model named {name!r}; this daemon serves {known}", "invalid"
-            ) from None
+        return find_served(self.models, self.default, name)
 
     async def infer(
         self, items: Sequence[Any], timeout_s: float | None = None, model: str | None = None

@@ -43,6 +43,9 @@ class ServeSettings(EngineSettings):
     preprocess: str | None = None
     postprocess: str | None = None
     onnx_providers: str | None = None
+    model_repository: str | None = None
+    tenants: str | None = None
+    memory_budget: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None
