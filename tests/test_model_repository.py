@@ -385,7 +385,7 @@ def test_fields_ecoserve_does_not_honour_are_refused_by_name(
         (("TYPE_FP32 dims: [ 4 ]", "TYPE_STRING dims: [ 4 ]"), "input[0].data_type",
          "TYPE_STRING is not served; use one of TYPE_BOOL"),
         (("TYPE_FP32 dims: [ 3 ]", "TYPE_UINT16 dims: [ 3 ]"), "output[0].data_type", "TYPE_UINT16"),
-        (("data_type: TYPE_FP32 dims: [ 4 ]", "dims: [ 4 ]"), "input[0].data_type", "TYPE_INVALID"),
+        (("data_type: TYPE_FP32 dims: [ 4 ]", "dims: [ 4 ]"), "input[0].data_type", "is not set"),
         (("dims: [ 4 ]", "dims: [ -1 ]"), "input[0].dims", "variable (-1)"),
         (("dims: [ 4 ]", "dims: [ 4 ] reshape { shape: [ 2, 2 ] }"), "input[0].reshape",
          "export the model"),
@@ -417,7 +417,7 @@ def test_files_that_do_not_fit_are_refused_at_scan(tmp_path: Path, files: dict[s
     refused(tmp_path, "lin", "version", "has no version directory")
     shutil.rmtree(tmp_path / "lin")
     add_model(tmp_path, "lin", TS, versions=(1, 2))
-    refused(tmp_path, "lin", "version", "version 2 has no model.pt")
+    refused(tmp_path, "lin", "2/model.pt", "version 2 has no model.pt")
     shutil.rmtree(tmp_path / "lin")
     add_model(tmp_path, "lin", TS, file=files["corrupt"])
     refused(tmp_path, "lin", "1/model.pt", "not a loadable TorchScript archive")

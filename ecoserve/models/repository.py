@@ -24,7 +24,7 @@ one item of exactly ``dims`` and the bound is 1), one ``input`` and one ``output
 of count 1: ``KIND_CPU`` runs an ONNX model on the CPU provider only, ``KIND_GPU`` needs a GPU
 execution provider enabled (TorchScript and Python models run on the CPU, so they refuse it),
 ``KIND_AUTO`` uses the providers given. Any other field set is refused by name
-(``repository_config``), so a config is never served differently from how Triton reads it.
+(``repository_rules``), so a config is never served differently from how Triton reads it.
 
 ``scan_repository`` reads every model and, with ``verify``, loads each chosen version and runs
 one zero item through it, so a corrupt file, dims or data types that do not match the file, or
@@ -47,12 +47,8 @@ from ecoserve.models.loader import (
     load_torchscript,
     module_batch_fn,
 )
-from ecoserve.models.repository_config import (
-    ModelConfig,
-    RepositoryError,
-    TensorConfig,
-    load_config,
-)
+from ecoserve.models.repository_config import ModelConfig, RepositoryError, TensorConfig
+from ecoserve.models.repository_rules import load_config
 
 __all__ = [
     "ModelConfig",
@@ -123,6 +119,9 @@ def scan_repository(
                         load_version(config, version, onnx_providers)
             except RepositoryError as exc:
                 problems.append(exc)
+                continue
+            except OSError as exc:  # a folder or file that cannot be read
+                problems.append(RepositoryError(f"model {name!r}: {exc}", name, "path"))
                 continue
             configs.append(config)
     if len(problems) == 1:
