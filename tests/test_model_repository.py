@@ -23,6 +23,8 @@ from ecoserve.models.repository import (
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")  # torch.onnx.export writes through it
 pytest.importorskip("tritonclient.grpc")
+# torch 2.x deprecates TorchScript, which is what Triton's pytorch backend serves.
+pytestmark = pytest.mark.filterwarnings("ignore:.torch.jit.* is deprecated:DeprecationWarning")
 
 
 def linear() -> nn.Module:
