@@ -54,7 +54,8 @@ class LoadedModel:
         return torch.rand(self.input_shape, generator=gen).to(self.input_dtype)
 
 
-def _module_batch_fn(module: nn.Module) -> Callable[[Any], Any]:
+def module_batch_fn(module: nn.Module) -> Callable[[Any], Any]:
+    """A batch function over ``module`` in eval and inference mode; lists are stacked first."""
     module.eval()
 
     def run(batch: Any) -> Any:
@@ -101,6 +102,37 @@ def resolve_entry_point(spec: str) -> Any:
     return obj
 
 
+def load_torchscript(path: Path) -> nn.Module:
+    """A TorchScript archive on the CPU; ValueError naming the file when it cannot be loaded."""
+    if not path.is_file():
+        raise ValueError(f"TorchScript file {path} not found")
+    try:
+        module: nn.Module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises several types for a bad archive
+        raise ValueError(f"{path} is not a loadable TorchScript archive: {exc}") from exc
+    return module
+
+
+def load_entry_point(spec: str) -> tuple[nn.Module | None, Callable[[Any], Any]]:
+    """``module:callable`` as (module, batch function): a module class is instantiated, a
+    callable marked ``__ecoserve_factory__`` is called first, any other callable is the batch
+    function itself (module None)."""
+    obj = resolve_entry_point(spec)
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        obj = obj()
+    elif (
+        callable(obj)
+        and not isinstance(obj, nn.Module)
+        and getattr(obj, "__ecoserve_factory__", False)
+    ):
+        obj = obj()
+    if isinstance(obj, nn.Module):
+        return obj, module_batch_fn(obj)
+    if callable(obj):
+        return None, obj
+    raise ValueError(f"entry point {spec!r} is neither an nn.Module nor a callable")
+
+
 def load_model(
     spec: str,
     input_shape: tuple[int, ...] | None = None,
@@ -116,37 +148,16 @@ def load_model(
     if spec.startswith("builtin:"):
         module, builtin_shape = _builtin(spec.split(":", 1)[1])
         shape = shape or builtin_shape
-        fn = _module_batch_fn(module)
+        fn = module_batch_fn(module)
     elif spec.startswith("torchscript:") or spec.endswith((".pt", ".ts")):
-        path = Path(spec.split(":", 1)[1] if spec.startswith("torchscript:") else spec)
-        if not path.is_file():
-            raise ValueError(f"TorchScript file {path} not found")
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # torch raises several types for a bad archive
-            raise ValueError(f"{path} is not a loadable TorchScript archive: {exc}") from exc
+        module = load_torchscript(
+            Path(spec.split(":", 1)[1] if spec.startswith("torchscript:") else spec)
+        )
         shape = shape or getattr(module, "input_shape", None)
-        fn = _module_batch_fn(module)
+        fn = module_batch_fn(module)
     elif ":" in spec:
-        obj = resolve_entry_point(spec)
-        if isinstance(obj, type) and issubclass(obj, nn.Module):
-            obj = obj()
-        elif (
-            callable(obj)
-            and not isinstance(obj, nn.Module)
-            and getattr(obj, "__ecoserve_factory__", False)
-        ):
-            obj = obj()
-        if isinstance(obj, nn.Module):
-            module = obj
-            fn = _module_batch_fn(module)
-            shape = shape or getattr(module, "input_shape", None)
-        elif callable(obj):
-            module = None
-            fn = obj
-            shape = shape or getattr(obj, "input_shape", None)
-        else:
-            raise ValueError(f"entry point {spec!r} is neither an nn.Module nor a callable")
+        module, fn = load_entry_point(spec)
+        shape = shape or getattr(module if module is not None else fn, "input_shape", None)
     else:
         raise ValueError(
             f"model spec {spec!r} not understood; use builtin:NAME, torchscript:PATH, a .pt file, "

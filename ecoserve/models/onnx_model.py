@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OnnxModel:
-    """A loaded session and the contract read from its graph (item shapes exclude the batch)."""
+    """A loaded session and the contract read from its graph (item shapes exclude the batch,
+    unless it was loaded ``batched=False``)."""
 
     batch_fn: Callable[[Any], torch.Tensor]
     input_name: str
@@ -117,9 +118,16 @@ def _item_dims(path: Path, name: str, dims: Sequence[Any]) -> tuple[int | None, 
 
 
 def load_onnx(
-    path: str | Path, providers: str | Sequence[str] | None = None, threads: int | None = None
+    path: str | Path,
+    providers: str | Sequence[str] | None = None,
+    threads: int | None = None,
+    batched: bool = True,
 ) -> OnnxModel:
-    """Open ``path`` in ONNX Runtime on ``providers``; ValueError says what is wrong and the fix."""
+    """Open ``path`` in ONNX Runtime on ``providers``; ValueError says what is wrong and the fix.
+
+    ``batched=False`` is for a graph that takes one item as it is (Triton's
+    ``max_batch_size: 0``): its dims are all item dims and none needs to be dynamic.
+    """
     ort = _import_onnxruntime()
     path = Path(path)
     if not path.is_file():
@@ -166,7 +174,11 @@ def load_onnx(
         batch_fn=run,
         input_name=input_name,
         output_name=output_name,
-        input_dims=_item_dims(path, input_name, node.shape),
+        input_dims=(
+            _item_dims(path, input_name, node.shape)
+            if batched
+            else tuple(int(d) if isinstance(d, int) and d > 0 else None for d in node.shape)
+        ),
         input_dtype=ONNX_DTYPES[node.type],
         providers=tuple(session.get_providers()),
     )
