@@ -67,7 +67,9 @@ def module_batch_fn(module: nn.Module) -> Callable[[Any], Any]:
     return run
 
 
-def _builtin(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+def builtin_module(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """A built-in model (``cnn``, ``transformer``, ``noop``, ``digits-small``/``-large``) and
+    the shape of one input item."""
     if name == "cnn":
         m: nn.Module = SmallCNN()
     elif name == "transformer":
@@ -146,7 +148,7 @@ def load_model(
     if spec.startswith("onnx:") or spec.endswith(".onnx"):
         return _onnx(spec, input_shape, preprocess, postprocess, onnx_providers)
     if spec.startswith("builtin:"):
-        module, builtin_shape = _builtin(spec.split(":", 1)[1])
+        module, builtin_shape = builtin_module(spec.split(":", 1)[1])
         shape = shape or builtin_shape
         fn = module_batch_fn(module)
     elif spec.startswith("torchscript:") or spec.endswith((".pt", ".ts")):

@@ -22,6 +22,8 @@ from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.hosts import HostCheck, allowed_hosts
 from ecoserve.server.oip_catalogue import OipCatalogue
+from ecoserve.server.oip_model import OipModel
+from ecoserve.server.repository_serving import RepositoryModels, open_repository
 from ecoserve.server.openapi import openapi_document
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService, ServiceError
@@ -39,7 +41,10 @@ def create_app(
     Raises ValueError when the tier settings do not fit the model (the message names the fix).
     """
     settings = settings or ServeSettings()
-    if model is None:
+    repository: RepositoryModels | None = None
+    if settings.model_repository is not None:
+        repository = open_repository(settings)
+    if model is None and repository is None:
         model = load_model(
             settings.model,
             settings.input_shape,
@@ -47,12 +52,28 @@ def create_app(
             settings.postprocess,
             settings.onnx_providers,
         )
-    check_tier_settings(settings, model)
+    if model is not None:
+        check_tier_settings(settings, model)
     if settings.grpc_port is not None:
         check_grpc_available()
-    service = InferenceService(settings, model, device)
-    tier_router = tier_routes(settings, model, run=service.run_tier_job)
-    catalogue = OipCatalogue(service)
+    if repository is None:
+        assert model is not None
+        service = InferenceService(settings, model, device)
+        catalogue = OipCatalogue(service)
+        tier_router = tier_routes(settings, model, run=service.run_tier_job)
+    else:
+        service = InferenceService(
+            settings,
+            None,
+            device,
+            served=list(repository.served.values()),
+            batch_fns=repository.batch_functions(),
+            repository=repository,
+        )
+        catalogue = OipCatalogue(
+            service, [OipModel(service, m) for m in service.models.values()], repository
+        )
+        tier_router = None
     oip = catalogue.first()
 
     @asynccontextmanager

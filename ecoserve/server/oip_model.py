@@ -160,21 +160,49 @@ class OipModel:
 
     @property
     def input_name(self) -> str:
+        config = self.served.repository
+        if config is not None:
+            return config.input.name
         return getattr(self.served.model, "input_name", INPUT_NAME)
 
     @property
     def output_name(self) -> str:
+        config = self.served.repository
+        if config is not None:
+            return config.output.name
         return getattr(self.served.model, "output_name", OUTPUT_NAME)
 
     @property
     def platform(self) -> str:
+        config = self.served.repository
+        if config is not None:
+            return config.platform
         return getattr(self.served.model, "platform", PLATFORM)
 
     @property
     def signature(self) -> Signature:
+        """The tensors: as a repository model's configuration declares them (checked against
+        its file at start), else learnt by running one example item."""
         if self._signature is None:
-            self._signature = probe_signature(self.served)
+            config = self.served.repository
+            if config is not None:
+                out = config.output.dims
+                self._signature = Signature(
+                    config.input.datatype,
+                    config.input.dims,
+                    config.output.datatype,
+                    None if any(d < 0 for d in out) else out,
+                )
+            else:
+                self._signature = probe_signature(self.served)
         return self._signature
+
+    @property
+    def batched(self) -> bool:
+        """False for a repository model with ``max_batch_size: 0``: a request is one item of
+        exactly its dims, with no batch dimension (Triton's rule)."""
+        config = self.served.repository
+        return config is None or config.max_batch_size > 0
 
     def check_version(self, version: str | None) -> None:
         """404 for a version the repository index does not list, in Triton's words."""
@@ -200,17 +228,23 @@ class OipModel:
                 {
                     "name": self.input_name,
                     "datatype": sig.input_datatype,
-                    "shape": sig.shape_with_batch(sig.input_shape),
+                    "shape": self._shape(sig.input_shape),
                 }
             ],
             "outputs": [
                 {
                     "name": self.output_name,
                     "datatype": sig.output_datatype,
-                    "shape": sig.shape_with_batch(sig.output_shape),
+                    "shape": self._shape(sig.output_shape),
                 }
             ],
         }
+
+    def _shape(self, item: tuple[int, ...] | None) -> list[int]:
+        """A tensor's shape in metadata: the batch dimension first, where the model batches."""
+        if not self.batched and item is not None:
+            return list(item)
+        return self.signature.shape_with_batch(item)
 
     def config(self) -> dict[str, Any]:
         """Triton's model configuration: batching dimension first, dims without it.
@@ -291,9 +325,20 @@ class OipModel:
                 f"{self.signature.shape_with_batch(self.signature.input_shape)})"
             )
         arr = tensor.array
-        self._check_batch(tensor.name, arr.shape)
         what = f"input {tensor.name!r}"
         spec = self.served.spec
+        if not self.batched:
+            if tuple(arr.shape) != spec.shape:
+                raise bad_request(
+                    f"unexpected shape for input {tensor.name!r} for model {self.name!r}. "
+                    f"Expected {_dims(*(spec.shape or ()))}, got {_dims(*arr.shape)} (the model "
+                    "does not batch: max_batch_size 0)"
+                )
+            try:
+                return [spec.check_array(arr, what)]
+            except InputError as exc:
+                raise bad_request(str(exc)) from None
+        self._check_batch(tensor.name, arr.shape)
         try:
             return [spec.check_array(arr[i], f"{what} item {i}") for i in range(arr.shape[0])]
         except InputError as exc:
@@ -369,7 +414,7 @@ class OipModel:
             arrays = [
                 output_array(r) if isinstance(r, torch.Tensor) else to_numpy(r) for r in results
             ]
-            out = np.stack(arrays)
+            out = np.stack(arrays) if self.batched else arrays[0]
         except (TypeError, ValueError) as exc:
             raise ServiceError(500, f"output is not a tensor: {exc}", "error") from None
         first = results[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ecoserve.models.loader import LoadedModel
+from ecoserve.models.repository import ModelConfig
 from ecoserve.server.oip_stats import InferenceStatistics
 from ecoserve.server.tensors import TensorSpec
 
@@ -36,10 +37,14 @@ class ServedModel:
     versions: tuple[str, ...] = ("1",)
     #: Triton's configuration of the model, as given in its ``config.pbtxt`` (None: made up).
     triton_config: dict[str, Any] | None = None
+    #: Its configuration in the model repository (None: a ``--model`` daemon's model).
+    repository: ModelConfig | None = None
     #: False once unloaded through the repository API; requests are refused until a load.
     loaded: bool = True
     #: Why the model is not available, when it is not.
     reason: str | None = None
+    #: Requests accepted for it and not yet answered (an unload lets them finish first).
+    pending: int = 0
     #: How long loading it took, in seconds, each time (the first at start).
     load_times_s: list[float] = field(default_factory=list)
 

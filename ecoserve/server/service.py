@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devices.base import Device
 from devices.safety import guarded
@@ -24,6 +24,7 @@ from ecoserve.core.batching import QueueFullError
 from ecoserve.core.engine import DEFAULT_QUEUE
 from ecoserve.core.knobs import THRESHOLD
 from ecoserve.models.loader import LoadedModel
+from ecoserve.models.residency import MemoryBudgetError
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeStoppedError
@@ -36,6 +37,9 @@ from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
 from ecoserve.server.tier_bridge import TierBridge
 from ecoserve.server.tier_jobs import TierJob, with_tier_jobs
+
+if TYPE_CHECKING:
+    from ecoserve.server.repository_serving import RepositoryModels
 
 log = logging.getLogger("ecoserve.server")
 
@@ -82,18 +86,23 @@ class InferenceService:
     def __init__(
         self,
         settings: ServeSettings,
-        model: LoadedModel,
+        model: LoadedModel | None,
         device: Device | None = None,
         served: Sequence[ServedModel] = (),
         batch_fns: Mapping[str, BatchFunction] | None = None,
+        repository: RepositoryModels | None = None,
     ) -> None:
         self.settings = settings
+        #: The ``--model`` (None for a repository, whose models the residency holds).
         self.model = model
+        self.repository = repository
         if served:
             if batch_fns is None or {m.queue for m in served} != set(batch_fns):
                 raise ValueError("each served model needs its queue's batch function")
             self.models = {m.name: m for m in served}
         else:
+            if model is None:
+                raise ValueError("a service needs a model, or served models and their functions")
             spec = TensorSpec(
                 None if model.preprocess else (settings.input_shape or model.input_shape),
                 model.input_dtype,
@@ -136,12 +145,22 @@ class InferenceService:
         s = self.settings
         stats = [m.statistics for m in self.models.values()]
         observers = Observers([self.metrics, *stats])
-        batch_fn = self.model.batch_fn
+        fns: BatchFunction | Mapping[str, BatchFunction]
+        queues = None
         tier_hooks: dict[str, Any] = {}
         engine_settings = s
-        if s.next_tier is not None:
-            self.tier = await TierBridge.start(s, self.model)
-            batch_fn = self.tier.run_batch
+        if self._batch_fns is not None:  # a repository: one queue per model
+            fns = self._batch_fns
+            queues = [ModelQueue(m.queue, m.max_batch) for m in self.models.values()]
+            self.metrics.name_queues(
+                {m.queue: m.name for m in self.models.values()},
+                {q.batch_knob: q.name for q in queues},
+            )
+            if self.repository is not None:
+                self.repository.bind_metrics(self.metrics)
+        else:
+            fns = await self._local_batch_fn()
+        if self.tier is not None:
             params = {**s.tuner_params, **self.tier.tuner_params(s.tuner)}
             engine_settings = replace(s, tuner_params=params)
             tier_hooks = {
@@ -149,16 +168,9 @@ class InferenceService:
                 "context_source": self.tier.context,
                 "error_source": self.tier.take_errors,
             }
-        if s.serve_tier:  # /v1/tier computations queue, time out and are metered here too
-            batch_fn = with_tier_jobs(batch_fn)
         device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.restore_dir)
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(device, s.watchdog_s))
-        fns: BatchFunction | Mapping[str, BatchFunction] = batch_fn
-        queues = None
-        if self._batch_fns is not None:
-            fns = self._batch_fns
-            queues = [ModelQueue(m.queue, m.max_batch) for m in self.models.values()]
         runtime = build_runtime(
             fns,
             engine_settings,
@@ -184,6 +196,19 @@ class InferenceService:
             self._baseline_task = asyncio.create_task(
                 self._measure_baseline_at_start(), name="ecoserve-baseline-at-start"
             )
+
+    async def _local_batch_fn(self) -> BatchFunction:
+        """The ``--model``'s batch function: through the next tier's node where there is one
+        (made here, on the serving loop its client belongs to), with ``/v1/tier`` jobs."""
+        s = self.settings
+        assert self.model is not None
+        batch_fn = self.model.batch_fn
+        if s.next_tier is not None:
+            self.tier = await TierBridge.start(s, self.model)
+            batch_fn = self.tier.run_batch
+        if s.serve_tier:  # /v1/tier computations queue, time out and are metered here too
+            batch_fn = with_tier_jobs(batch_fn)
+        return batch_fn
 
     @property
     def resumed(self) -> list[str]:
@@ -358,7 +383,11 @@ class InferenceService:
                 raise ServiceError(
                     422, f"preprocessing rejected the input: {exc}", "invalid"
                 ) from None
-        results = await self._run(runtime, items, timeout_s, served.queue)
+        served.pending += len(items)
+        try:
+            results = await self._run(runtime, items, timeout_s, served.queue)
+        finally:
+            served.pending -= len(items)
         if loaded is not None and loaded.postprocess is not None:
             try:
                 results = [loaded.postprocess(r) for r in results]
@@ -427,6 +456,8 @@ class InferenceService:
             raise ServiceError(
                 503, "shutting down; request was not run", "unavailable", self._retry()
             ) from None
+        except MemoryBudgetError as exc:  # its model could not be brought in beside the busy
+            raise ServiceError(503, f"{exc}; retry later", "rejected", self._retry()) from None
         except Exception as exc:
             raise ServiceError(
                 500,

@@ -99,6 +99,33 @@ class ServeSettings(EngineSettings):
         if not self.tuner:
             self.tuner = self.default_tuner()
         self._check_tiers()
+        self._check_repository()
+
+    def _check_repository(self) -> None:
+        """A repository's models come with their own contracts: no per-model flags, no tiers."""
+        if self.model_repository is None:
+            if self.memory_budget is not None:
+                raise ValueError(
+                    "memory_budget applies to a model repository: add --model-repository"
+                )
+            return
+        clashing = [
+            flag
+            for flag, value in (
+                ("--input-shape", self.input_shape),
+                ("--preprocess", self.preprocess),
+                ("--postprocess", self.postprocess),
+                ("--model-name", self.model_name),
+                ("--next-tier", self.next_tier),
+                ("--serve-tier", self.serve_tier or None),
+            )
+            if value is not None
+        ]
+        if clashing:
+            raise ValueError(
+                f"{', '.join(clashing)} cannot be used with --model-repository: each model's "
+                "config.pbtxt gives its name, inputs and outputs, and tiers split one model"
+            )
 
     def default_tuner(self) -> str:
         """Neurosurgeon for a split tier, EcoGD otherwise.
