@@ -17,12 +17,14 @@ from torch import nn
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.models.residency import (
     RESERVE_MIN,
+    Footprint,
     MemoryBudgetError,
     ModelInUseError,
     ModelTooLargeError,
     Residency,
     TorchMover,
     UnknownModelError,
+    board_residency,
     default_budget,
     default_mover,
     measure_resident,
@@ -67,9 +69,11 @@ class Board:
         return Fake(name, self.sizes[name])
 
     @staticmethod
-    def measure(action: Callable[[], Fake]) -> tuple[Fake, int]:
+    def measure(action: Callable[[], Fake]) -> tuple[Fake, Footprint]:
         model = action()
-        return model, model.size
+        if model.place == "device":  # a move: CUDA's start-up lands in the RSS, not the model
+            return model, Footprint(host=512 * MiB, device=model.size)
+        return model, Footprint(host=model.size)
 
     def collect(self) -> None:
         self.collects += 1
@@ -146,6 +150,9 @@ def test_a_swap_in_reports_its_load_time_and_a_resident_call_none() -> None:
     res.release("a")
     assert res.try_acquire("a") is not None
     res.release("a")
+    assert res.loaded()["a"].last_used == board.now
+    board.now += 7.0
+    assert res.describe()["models"][0]["idle_s"] == 7.0
 
 
 def test_a_model_running_a_batch_is_never_evicted() -> None:
@@ -230,7 +237,11 @@ def test_host_tier_holds_evicted_models_and_moves_them_back_on_demand() -> None:
     res = board.residency(200 * MiB, host_budget=200 * MiB)
     for n in "abc":
         call(res, n)
-    assert {n: e.tier for n, e in res.loaded().items()} == {"a": "host", "b": "device", "c": "device"}
+    assert {n: e.tier for n, e in res.loaded().items()} == {
+        "a": "host",
+        "b": "device",
+        "c": "device",
+    }
     assert res.loaded()["a"].bytes == 100 * MiB
     swap = res.acquire("a")
     assert swap.source == "host" and swap.demoted == ("b",) and swap.evicted == ()
@@ -248,6 +259,17 @@ def test_host_tier_holds_evicted_models_and_moves_them_back_on_demand() -> None:
     status = res.describe()
     assert status["tiers"] == ["device", "host"]
     assert status["host_used_bytes"] == 200 * MiB == status["host_budget_bytes"]
+
+
+def test_a_model_too_big_for_the_host_tier_is_unloaded_without_displacing_others() -> None:
+    board = Board({"a": 100 * MiB, "b": 200 * MiB, "c": 100 * MiB, "d": 100 * MiB})
+    res = board.residency(300 * MiB, host_budget=150 * MiB)
+    for n in "abc":
+        call(res, n)
+    assert res.loaded()["a"].tier == "host"
+    swap = res.acquire("d")
+    assert (swap.evicted, swap.demoted) == (("b",), ())
+    assert res.loaded()["a"].tier == "host"
 
 
 def test_a_model_the_mover_cannot_move_is_unloaded_not_held() -> None:
@@ -413,14 +435,14 @@ def test_a_real_module_measures_at_least_its_parameters() -> None:
     model, size = measure_resident(load)
     weights = parameter_bytes(model)
     assert weights == (1024 * 1024 + 1024 + 1024 * 10 + 10) * 4
-    assert size >= weights
+    assert size.host >= weights and size.device == parameter_bytes(model, "device") == 0
 
 
 def test_a_module_built_before_the_measurement_still_counts_its_parameters() -> None:
     module = nn.Linear(2048, 1024)  # already resident: its load adds nothing to the RSS
     model = replace(load_model("builtin:noop"), module=module, input_shape=None)
     _, size = measure_resident(lambda: model)
-    assert size >= parameter_bytes(module) == (2048 * 1024 + 1024) * 4
+    assert size.host >= parameter_bytes(module) == (2048 * 1024 + 1024) * 4
 
 
 def test_the_first_batch_s_workspace_is_in_the_measured_size() -> None:
@@ -434,7 +456,7 @@ def test_the_first_batch_s_workspace_is_in_the_measured_size() -> None:
     model = LoadedModel("runtime", None, batch_fn, input_shape=(4,))
     _, size = measure_resident(lambda: model)
     assert parameter_bytes(model) == 0
-    assert size >= 60 * MiB
+    assert size.host >= 60 * MiB
 
 
 def test_a_real_residency_serves_builtin_models_by_measured_size() -> None:
@@ -461,5 +483,46 @@ def test_torch_mover_wraps_the_batch_function_and_restores_it() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the board without CUDA")
-def test_no_host_tier_without_cuda() -> None:
+def test_without_cuda_there_is_one_tier_in_a_default_budget_of_ram() -> None:
     assert default_mover() is None
+    res = board_residency(load_model)
+    assert res.budget_bytes == default_budget() and res.describe()["tiers"] == ["device"]
+    assert board_residency(load_model, 3 * GiB).budget_bytes == 3 * GiB
+
+
+def _linear(name: str) -> LoadedModel:
+    """A model of 16 MiB of fp32 weights."""
+    module = nn.Linear(2048, 2048)
+
+    def run(batch: list[torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(torch.stack(batch))
+
+    return LoadedModel(name, module, run, input_shape=(2048,))
+
+
+@pytest.mark.skipif(default_mover() is None, reason="needs a discrete CUDA GPU")
+def test_on_a_discrete_gpu_evicted_models_wait_in_host_memory() -> None:
+    warm = torch.ones(64, 64, device="cuda")
+    (warm @ warm).sum().item()  # CUDA's context and cuBLAS's workspace: no model's memory
+    res: Residency[LoadedModel] = Residency(
+        40 * MiB, _linear, mover=TorchMover("cuda"), host_budget_bytes=GiB
+    )
+    for name in "abc":
+        res.register(name)
+    for name in "ab":
+        with res.use(name):
+            pass
+    on_gpu = torch.cuda.memory_allocated()
+    with res.use("c") as swap:
+        assert swap.demoted == ("a",)
+    assert torch.cuda.memory_allocated() <= on_gpu + 1 * MiB  # a's 16 MiB made room for c
+    entries = res.loaded()
+    assert entries["a"].tier == "host" and entries["a"].host_bytes is not None
+    assert 16 * MiB <= entries["b"].bytes < 24 * MiB  # the device side only, not CUDA's RSS
+    with res.use("a") as swap:
+        assert swap.source == "host" and swap.model.module is not None
+        assert next(swap.model.module.parameters()).is_cuda
+        out = swap.model.batch_fn([swap.model.example_item()])
+        assert out.device.type == "cpu" and out.shape == (1, 2048)
+    assert res.loaded()["a"].swaps_in == 1 and res.loaded()["a"].loads == 1

@@ -7,12 +7,15 @@ loaded, measured, never its file size:
 
 - **Measured at load** (``measure_resident``): growth of the process's resident set (psutil RSS)
   over the load and one example batch, plus, where CUDA is initialised, growth of
-  ``torch.cuda.memory_allocated``; never less than the bytes of the parameters and buffers of
-  the model's ``nn.Module``. Each later load or move is measured again and the largest figure is
-  kept: freed memory the allocator reuses makes a reload look smaller than the model is. The
-  figure is an estimate: other threads allocating during a load add to it (loads are
-  serialised, batches of other models are not), and the first model loaded also carries the
-  framework's one-time start-up memory.
+  ``torch.cuda.memory_allocated``; each side never less than the bytes of the parameters and
+  buffers the model's ``nn.Module`` holds there. Each later load or move is measured again and
+  the largest figure is kept: freed memory the allocator reuses makes a reload look smaller
+  than the model is. The figure is an estimate: other threads allocating during a load add to
+  it (loads are serialised, batches of other models are not); the first model loaded also
+  carries the framework's one-time start-up memory; memory other runtimes allocate on the GPU
+  (ONNX Runtime's or TensorRT's arenas) is not in ``memory_allocated``; and where a unified-
+  memory driver maps GPU allocations into the process, they may be counted twice (errs towards
+  fewer models resident, never more).
 - **Tiers.** ``device`` holds the models ready to run (with no accelerator, that is host RAM).
   Given a ``Mover`` (a discrete CUDA device: ``default_mover``), a model evicted from the device
   is held in the ``host`` tier, under its own budget, and moved back on demand, which is faster
@@ -59,8 +62,22 @@ M = TypeVar("M")
 T = TypeVar("T")
 
 Tier = Literal["device", "host", "absent"]
-#: Runs a load or a move and returns its result with the bytes it made resident.
-Measure = Callable[[Callable[[], M]], tuple[M, int]]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes a load or a move made resident: in host memory, and on the CUDA device."""
+
+    host: int
+    device: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.host + self.device
+
+
+#: Runs a load or a move and returns its result with what it made resident.
+Measure = Callable[[Callable[[], M]], tuple[M, Footprint]]
 
 MiB = 1 << 20
 #: Memory kept back from the default budget: the OS, the daemon and its framework need it.
@@ -145,12 +162,15 @@ def default_budget(total: int | None = None) -> int:
     return total - reserve
 
 
-def parameter_bytes(model: Any) -> int:
-    """Bytes of the parameters and buffers of ``model`` (an ``nn.Module`` or has ``.module``)."""
+def parameter_bytes(model: Any, where: Literal["host", "device"] | None = None) -> int:
+    """Bytes of the parameters and buffers of ``model`` (an ``nn.Module`` or has ``.module``):
+    all of them, or those in host memory (on the CPU) or on an accelerator."""
     module = model if isinstance(model, nn.Module) else getattr(model, "module", None)
     if not isinstance(module, nn.Module):
         return 0
     tensors = [*module.parameters(), *module.buffers()]
+    if where is not None:
+        tensors = [t for t in tensors if (t.device.type == "cpu") == (where == "host")]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -176,16 +196,17 @@ def _first_batch(model: Any) -> None:
         log.warning("measuring %s without a first batch: it failed (%s)", model, exc)
 
 
-def measure_resident(action: Callable[[], T]) -> tuple[T, int]:
-    """Run ``action`` (a load or a move) and one example batch; the bytes they made resident."""
+def measure_resident(action: Callable[[], T]) -> tuple[T, Footprint]:
+    """Run ``action`` (a load or a move) and one example batch; what they made resident, each
+    side no less than the parameters and buffers the model holds there."""
     process = psutil.Process()
     rss_before = process.memory_info().rss
     cuda_before = _cuda_allocated()
     model = action()
     _first_batch(model)
-    grown = max(0, process.memory_info().rss - rss_before)
-    grown += max(0, _cuda_allocated() - cuda_before)
-    return model, max(grown, parameter_bytes(model))
+    host = max(0, process.memory_info().rss - rss_before, parameter_bytes(model, "host"))
+    device = max(0, _cuda_allocated() - cuda_before, parameter_bytes(model, "device"))
+    return model, Footprint(host, device)
 
 
 def release_memory() -> None:
@@ -692,14 +713,19 @@ class Residency(Generic[M]):
         t0 = self._clock()
         mover = self._mover
         host_bytes: int | None = None
+        # With a mover the tiers are separate memories: a move counts its device side only
+        # (the host side of the first move holds CUDA's own start-up, no model's).
         if held is not None:
             assert mover is not None
-            model, size = self._measure(lambda: mover.to_device(held))
+            model, moved = self._measure(lambda: mover.to_device(held))
+            size = moved.device
         else:
-            model, size = self._measure(lambda: self._loader(name))
+            model, loaded = self._measure(lambda: self._loader(name))
+            size = loaded.total
             if mover is not None and mover.can_move(model):
-                host_bytes, loaded = size, model
-                model, size = self._measure(lambda: mover.to_device(loaded))
+                host_bytes, on_host = loaded.total, model
+                model, moved = self._measure(lambda: mover.to_device(on_host))
+                size = moved.device
         return model, _Figures(host_bytes, size, self._clock() - t0, held is not None)
 
     def _account(self, record: _Record[M], figures: _Figures) -> None:
