@@ -19,8 +19,10 @@ loaded, measured, never its file size:
 - **Tiers.** ``device`` holds the models ready to run (with no accelerator, that is host RAM).
   Given a ``Mover`` (a discrete CUDA device: ``default_mover``), a model evicted from the device
   is held in the ``host`` tier, under its own budget, and moved back on demand, which is faster
-  than loading it again; past the host budget it is unloaded. On unified memory (Jetson) both
-  tiers are the same DRAM, so there is no host tier there.
+  than loading it again; past the host budget it is unloaded. A model is then loaded into host
+  memory (its host figure) and moved (its device figure: GPU memory only, since the first move's
+  RSS growth is CUDA's start-up). On unified memory (Jetson) both tiers are the same DRAM, so
+  there is no host tier there.
 - **Budget.** Only the measured figures count against it, not the live RSS (freed memory the
   allocator keeps is not given back to the board). A model's first load, before its size is
   known, makes room for its ``size_hint`` only; if it turns out too big, more idle models are
