@@ -69,7 +69,9 @@ def write_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation; the legacy exporter's notes
         if fmt == "pytorch":
-            torch.jit.save(torch.jit.trace(module, example), str(path))
+            with torch.no_grad():  # traced as it serves (a transformer's inference fast path)
+                traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, str(path))
         else:
             torch.onnx.export(
                 module, (example,), str(path), input_names=["input"], output_names=["output"],

@@ -437,7 +437,8 @@ class Runtime:
 
     @property
     def batch_size(self) -> int:
-        return self.engine.batch_size()
+        """The batch size in force (with several models, the largest of their queues')."""
+        return max(self.engine.batch_size(q) for q in self._fns)
 
     def energy_joules(self) -> float:
         """The device meter's cumulative reading (the last one, if the meter has failed)."""

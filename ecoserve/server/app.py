@@ -23,8 +23,8 @@ from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.hosts import HostCheck, allowed_hosts
 from ecoserve.server.oip_catalogue import OipCatalogue
 from ecoserve.server.oip_model import OipModel
-from ecoserve.server.repository_serving import RepositoryModels, open_repository
 from ecoserve.server.openapi import openapi_document
+from ecoserve.server.repository_serving import RepositoryModels, open_repository
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService, ServiceError
 from ecoserve.server.settings import ServeSettings

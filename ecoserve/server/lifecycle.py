@@ -98,13 +98,18 @@ def curl_example(settings: ServeSettings, service: InferenceService, host: str, 
     """A command line that sends one request to this daemon."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/v1/infer"
-    shape = service.spec.shape
+    if len(service.models) > 1:  # a repository: name the model (the smallest input shown)
+        served = min(service.models.values(), key=lambda m: _numel(m.spec.shape or (1 << 30,)))
+        url = f"'{url}?model={served.name}'"
+    else:
+        served = service.default
+    shape = served.spec.shape
     if shape is not None and len(shape) > 0 and _numel(shape) <= 32:
         zeros = _nested_zeros(shape)
         return f"curl -s {url} -H 'Content-Type: application/json' -d '{{\"input\": {zeros}}}'"
     if shape is None:
         return f"curl -s {url} -H 'Content-Type: application/json' -d '{{\"input\": [0.0]}}'"
-    dtype = service.spec.np_dtype.name
+    dtype = served.spec.np_dtype.name
     return (
         f"{sys.executable} -c 'import sys, numpy as np; np.save(sys.stdout.buffer, "
         f"np.zeros({tuple(shape)}, np.{dtype}))' | curl -s {url} "
@@ -160,8 +165,11 @@ def serve(app: FastAPI, settings: ServeSettings) -> int:
     )
 
     def announce(host: str, port: int) -> None:
+        what = service.name
+        if len(service.models) > 1:
+            what = f"{len(service.models)} models ({', '.join(service.models)})"
         print(
-            f"ecoserve: serving {service.name} on http://{host}:{port} "
+            f"ecoserve: serving {what} on http://{host}:{port} "
             f"(device {settings.device}, tuner {settings.tuner}); docs at /docs",
             flush=True,
         )

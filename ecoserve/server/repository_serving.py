@@ -34,7 +34,7 @@ from ecoserve.models.residency import (
     Residency,
     ResidencyError,
     Swap,
-    default_budget,
+    board_residency,
     format_bytes,
     parse_memory,
 )
@@ -69,14 +69,15 @@ class RepositoryModels:
     def __init__(
         self,
         configs: Sequence[ModelConfig],
-        residency_budget: int,
+        budget_bytes: int | None = None,
         onnx_providers: str | None = None,
-        make_residency: Callable[..., Residency[LoadedModel]] = Residency,
     ) -> None:
         self.configs = {c.name: c for c in configs}
         self.versions = {c.name: one_version(c) for c in configs}
         self.onnx_providers = onnx_providers
-        self.residency: Residency[LoadedModel] = make_residency(residency_budget, self._load)
+        #: Where the models live: the accelerator's memory (and host RAM behind it, on a
+        #: discrete GPU), under ``budget_bytes`` or the board's memory less a reserve.
+        self.residency: Residency[LoadedModel] = board_residency(self._load, budget_bytes)
         self.metrics: ServerMetrics | None = None
         self.served: dict[str, ServedModel] = {}
         for c in configs:
@@ -202,11 +203,7 @@ def open_repository(settings: Any) -> RepositoryModels:
     RepositoryError (a ValueError) names the model, the field and the fix; a budget that
     cannot be read is a ValueError too.
     """
-    budget = (
-        parse_memory(settings.memory_budget)
-        if settings.memory_budget is not None
-        else default_budget()
-    )
+    budget = None if settings.memory_budget is None else parse_memory(settings.memory_budget)
     configs = scan_repository(settings.model_repository, onnx_providers=settings.onnx_providers)
     models = RepositoryModels(configs, budget, settings.onnx_providers)
     models.load_all()
@@ -215,6 +212,6 @@ def open_repository(settings: Any) -> RepositoryModels:
         settings.model_repository,
         len(configs),
         ", ".join(models.served),
-        format_bytes(budget),
+        format_bytes(models.residency.budget_bytes),
     )
     return models

@@ -208,6 +208,9 @@ async def status(request: Request, windows: int = 20) -> Response:
         "connections_refused": dict(service.metrics.refused_connections),
         "models": service.models_status(),
     }
+    repository = getattr(service, "repository", None)
+    if repository is not None:
+        data["memory"] = repository.describe()
     if runtime is not None:
         engine = runtime.describe(max(0, windows))
         tier = None if service.tier is None else service.tier.status()

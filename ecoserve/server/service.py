@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from devices.base import Device
 from devices.safety import guarded
 from ecoserve.core.assembly import ModelQueue
@@ -59,6 +61,12 @@ class ServiceError(Exception):
     def __reduce__(self) -> tuple[type[ServiceError], tuple[int, str, str, dict[str, str]]]:
         # Picklable whole, so a fleet board's refusal reaches the ingress as itself.
         return (type(self), (self.status, self.detail, self.outcome, self.headers))
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background task that raised says so in the log (the baseline is left to traffic)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %r", task.get_name(), task.exception())
 
 
 def find_served(
@@ -196,6 +204,7 @@ class InferenceService:
             self._baseline_task = asyncio.create_task(
                 self._measure_baseline_at_start(), name="ecoserve-baseline-at-start"
             )
+            self._baseline_task.add_done_callback(_log_failure)
 
     async def _local_batch_fn(self) -> BatchFunction:
         """The ``--model``'s batch function: through the next tier's node where there is one
@@ -283,9 +292,10 @@ class InferenceService:
                     "baseline at start gave up after %d items; baseline left to real traffic", sent
                 )
                 return
-            n = max(1, min(runtime.batch_size, s.max_queue - runtime.queue_depth))
             futures = []
             for queue, item in examples:
+                size = runtime.engine.batch_size(queue)
+                n = max(1, min(size, s.max_queue - runtime.queue_depth))
                 for _ in range(n):
                     try:
                         futures.append(runtime.submit_nowait(item.clone(), queue))
@@ -335,9 +345,14 @@ class InferenceService:
 
     @staticmethod
     def _example(served: ServedModel) -> Any:
-        if served.model is None:
-            raise ValueError(f"model {served.name!r} runs elsewhere")
-        return served.model.example_item()
+        """One item to measure the baseline with: the model's own example, or zeros of the
+        shape a repository model declares."""
+        if served.model is not None:
+            return served.model.example_item()
+        shape = served.spec.shape
+        if shape is None:
+            raise ValueError(f"model {served.name!r} declares no input shape")
+        return torch.zeros(shape, dtype=served.spec.dtype)
 
     # -- requests -------------------------------------------------------------------------
     def _retry(self) -> dict[str, str]:

@@ -1,0 +1,134 @@
+"""A model repository served by one daemon: Triton's own clients list, call, unload and load
+its models over HTTP and gRPC; each model has its queue, batch size and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+tgrpc = pytest.importorskip("tritonclient.grpc")
+thttp = pytest.importorskip("tritonclient.http")
+pytest.importorskip("onnxruntime")
+from test_server_fixtures import FAST, daemon  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from ecoserve.models.repository_export import write_model  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:.torch.jit.* is deprecated:DeprecationWarning")
+
+MODELS = {"a_cnn": ((3, 32, 32), 10), "b_digits": ((1, 8, 8), 10)}
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repository")
+    write_model(root, "a_cnn", "cnn", "pytorch", max_batch_size=8)
+    write_model(root, "b_digits", "digits-small", "onnxruntime", max_batch_size=16)
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(repository: Path):
+    with daemon("--model-repository", str(repository), "--grpc-port", "0", *FAST) as d:
+        yield d
+
+
+def _infer_http(client, name: str, n: int = 2):
+    shape, _ = MODELS[name]
+    data = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+    inp = thttp.InferInput(
+        "INPUT__0" if name == "a_cnn" else "input", [n, *shape], "FP32"
+    )
+    inp.set_data_from_numpy(data)
+    return client.infer(name, [inp])
+
+
+def test_tritons_http_client_lists_calls_unloads_and_loads_each_model(served) -> None:
+    client = thttp.InferenceServerClient(served.url.removeprefix("http://"))
+    try:
+        index = client.get_model_repository_index()
+        assert [(m["name"], m["state"]) for m in index] == [
+            ("a_cnn", "READY"),
+            ("b_digits", "READY"),
+        ]
+        for name, (_, classes) in MODELS.items():
+            result = _infer_http(client, name, n=3)
+            assert result.get_response()["model_name"] == name
+            assert result.as_numpy("OUTPUT__0" if name == "a_cnn" else "output").shape == (
+                3,
+                classes,
+            )
+            config = client.get_model_config(name)
+            assert config["name"] == name and config["max_batch_size"] in (8, 16)
+        client.unload_model("b_digits")
+        assert not client.is_model_ready("b_digits")
+        with pytest.raises(InferenceServerException, match="not loaded"):
+            _infer_http(client, "b_digits")
+        assert _infer_http(client, "a_cnn").as_numpy("OUTPUT__0").shape == (2, 10)  # unaffected
+        client.load_model("b_digits")
+        assert client.is_model_ready("b_digits")
+        assert _infer_http(client, "b_digits").as_numpy("output").shape == (2, 10)
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            client.get_model_metadata("nope")
+        too_many = np.zeros((9, 3, 32, 32), np.float32)
+        inp = thttp.InferInput("INPUT__0", list(too_many.shape), "FP32")
+        inp.set_data_from_numpy(too_many)
+        with pytest.raises(InferenceServerException, match="batch-size must be <= 8"):
+            client.infer("a_cnn", [inp])
+    finally:
+        client.close()
+
+
+def test_tritons_grpc_client_does_the_same(served) -> None:
+    client = tgrpc.InferenceServerClient(served.grpc_address)
+    try:
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert sorted(m["name"] for m in index) == ["a_cnn", "b_digits"]
+        data = np.zeros((2, 1, 8, 8), np.float32)
+        inp = tgrpc.InferInput("input", list(data.shape), "FP32")
+        inp.set_data_from_numpy(data)
+        assert client.infer("b_digits", [inp]).as_numpy("output").shape == (2, 10)
+        client.unload_model("b_digits")
+        assert not client.is_model_ready("b_digits")
+        client.load_model("b_digits")
+        assert client.infer("b_digits", [inp]).as_numpy("output").shape == (2, 10)
+    finally:
+        client.close()
+
+
+def test_each_model_has_its_queue_batch_size_and_series(served) -> None:
+    body = {"input": np.zeros((1, 8, 8)).tolist()}
+    r = httpx.post(served.url + "/v1/infer?model=b_digits", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["model"] == "b_digits"
+    r = httpx.post(served.url + "/v1/infer", json=body, timeout=30)
+    assert r.status_code == 422 and "?model=" in r.json()["detail"]
+    status = httpx.get(served.url + "/v1/status", timeout=30).json()
+    assert set(status["models"]) == {"a_cnn", "b_digits"}
+    assert status["models"]["b_digits"]["max_batch"] == 16
+    assert {"batch_size:a_cnn", "batch_size:b_digits"} <= set(status["config"])
+    assert status["memory"]["budget_bytes"] > 0
+    metrics = httpx.get(served.url + "/metrics", timeout=30).text
+    assert 'ecoserve_model_requests_total{model="b_digits",outcome="ok"}' in metrics
+    assert 'ecoserve_model_loads_total{model="b_digits"}' in metrics
+
+
+def test_a_repository_the_daemon_cannot_serve_is_refused_at_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    write_model(tmp_path, "two", "digits-small", "onnxruntime", version=1)
+    write_model(tmp_path, "two", "digits-small", "onnxruntime", version=2)
+    config = tmp_path / "two" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy: { all: {} }\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecoserve", "serve", "--model-repository", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "'two'" in proc.stderr and "one version of each model" in proc.stderr
+    assert "Traceback" not in proc.stderr
