@@ -147,15 +147,16 @@ class Tenants:
         return f"Tenants({[t.name for t in self._tenants]!r})"
 
     def policy(
-        self, capacity: int, *, reserve: float = DEFAULT_RESERVE, window_s: float = DEFAULT_WINDOW_S
+        self,
+        capacity: int,
+        throughput: float,
+        *,
+        reserve: float = DEFAULT_RESERVE,
+        window_s: float = DEFAULT_WINDOW_S,
     ) -> FairShare:
         """A fresh admission policy over these tenants (see :mod:`ecoserve.core.fair_share`)."""
-        return FairShare(
-            {t.name: t.limits for t in self._tenants},
-            capacity,
-            reserve=reserve,
-            window_s=window_s,
-        )
+        limits = {t.name: t.limits for t in self._tenants}
+        return FairShare(limits, capacity, throughput, reserve=reserve, window_s=window_s)
 
 
 def load_tenants(path: str | Path, served: Collection[str]) -> Tenants:
