@@ -223,7 +223,9 @@ def _tenant(
         )
     for key in entry:
         if key not in _KEYS:
-            close = difflib.get_close_matches(key, _KEYS, n=1)
+            close = [k for k in _KEYS if k.startswith(key)] or difflib.get_close_matches(
+                key, _KEYS, n=1
+            )
             hint = f"; did you mean {close[0]!r}?" if close else ""
             errors.append(f"unknown key {key!r} (known: {', '.join(sorted(_KEYS))}){hint}")
     token = entry.get("token")
