@@ -199,6 +199,7 @@ def both(tmp_path: Path) -> Tenants:
         (f"Bearer {ALICE} {ALICE}", None),
         (f"Bearer {ALICE.upper()}", None),
         ("Bearer not-anyones-token-at-all", None),
+        ("Bearer \ud800-not-text-\u00e9", None),
     ],
 )
 def test_authenticate(both: Tenants, header: str | None, who: str | None) -> None:

@@ -54,7 +54,8 @@ class TenantsError(ValueError):
 
 
 def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # surrogatepass: a header decoded with stray surrogates still hashes (and matches nothing)
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(frozen=True)
