@@ -313,3 +313,44 @@ def test_ecogd_batch_strategies_take_one_models_knob_and_stand_by_with_several()
         tuner.tell(config, float(cost), {"arrival_rate": 10.0})
     assert tuner.centre == (1, 1, 1, 1)
     assert {c[3] for c in seen} >= {1, 2, 3}
+
+
+def test_ecogd_scans_each_models_batch_size_in_turn_before_it_climbs() -> None:
+    clocks = (Knob(CPU, (1.0, 2.0, 3.0)), Knob(GPU, (1.0, 2.0)))
+    space = SearchSpace(
+        clocks + (batch_knob(8, name="batch_size:a"), batch_knob(4, name="batch_size:b"))
+    )
+    best = (1, 1, 2, 1)
+
+    def cost(config: Config) -> float:
+        return 1.0 + sum(0.05 * (i - b) ** 2 for i, b in zip(config, best, strict=True))
+
+    tuner = EcoGD(space, seed=0)
+    asked = []
+    while True:
+        config = tuner.ask()
+        if tuner.phase() != "scan":
+            break
+        asked.append(config)
+        if len(asked) == 3:  # a restart in the middle of the scans picks up where it was
+            again = EcoGD(space, seed=0)
+            again.load_state_dict(tuner.state_dict())
+            assert again.ask() == config and again.phase() == "scan"
+        tuner.tell(config, cost(config), {"arrival_rate": 10.0})
+    assert len(asked) == len(set(asked))  # no size measured twice
+    a_scan = [c for c in asked if c[3] == 3]
+    b_scan = [c for c in asked if c[3] != 3]
+    assert asked == a_scan + b_scan  # model a's sizes first, at the clocks in force
+    assert all(c[:2] == (2, 1) for c in asked)
+    assert len({c[2] for c in a_scan}) >= 3 and all(c[2] == 2 for c in b_scan)
+    assert tuner.centre == (2, 1, 2, 1)  # each model's cheapest size; the climb follows
+    assert config == (1, 1, 2, 1) and tuner.phase() == "climb"
+
+
+def test_the_slo_cost_works_element_wise_for_the_oracles() -> None:
+    model = CostModel(slo_latency_s=0.1)
+    costs = model.cost(np.array([0.5, 0.5]), np.array([0.05, 0.05]), Baseline(1.0, 1.0))
+    assert costs == pytest.approx([0.5, 0.5])
+    tails = np.array([0.05, 0.2])
+    over = model.cost(np.array([0.5, 0.5]), tails, Baseline(1.0, 1.0), tails)
+    assert over == pytest.approx([0.5, 0.5 + 10.0])

@@ -30,6 +30,17 @@ class BatchAxis:
         shift = max(0.0, 1.0 - float(min(knob.values)))
         return cls(axis, knob.floor, knob.top, tuple(float(v) + shift for v in knob.values))
 
+    @classmethod
+    def every(cls, space: SearchSpace) -> list[BatchAxis]:
+        """Every batch-size knob of the space (one per model on a shared board)."""
+        out = []
+        for axis, knob in enumerate(space.knobs):
+            if is_batch_knob(knob.name):
+                shift = max(0.0, 1.0 - float(min(knob.values)))
+                sizes = tuple(float(v) + shift for v in knob.values)
+                out.append(cls(axis, knob.floor, knob.top, sizes))
+        return out
+
     def indices(self) -> range:
         """The indices the tuner may choose, smallest first."""
         return range(self.floor, self.top + 1)
