@@ -93,6 +93,18 @@ def _cost_model(settings: EngineSettings, slo_latency_s: float | None) -> CostMo
     )
 
 
+def queue_cost_models(
+    settings: EngineSettings, queues: Sequence[QueueSpec]
+) -> dict[str, CostModel]:
+    """Each model's cost model: the settings', with the queue's latency target if it has one."""
+    return {
+        q.name: _cost_model(
+            settings, settings.slo_latency_s if q.slo_latency_s is None else q.slo_latency_s
+        )
+        for q in queues
+    }
+
+
 def build_controller(
     space: SearchSpace,
     settings: EngineSettings,
@@ -112,13 +124,7 @@ def build_controller(
     if queues is not None:
         joint = {
             "queues": [q.name for q in queues],
-            "queue_costs": {
-                q.name: _cost_model(
-                    settings,
-                    settings.slo_latency_s if q.slo_latency_s is None else q.slo_latency_s,
-                )
-                for q in queues
-            },
+            "queue_costs": queue_cost_models(settings, queues),
             "baselines": baselines,
         }
     elif baselines:

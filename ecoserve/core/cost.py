@@ -114,7 +114,8 @@ class CostModel:
         e = energy_per_request_j / baseline.energy_per_request_j
         if self.slo_latency_s is not None:
             tail = latency_percentile_s if latency_percentile_s is not None else latency_mean_s
-            excess = max(0.0, tail / self.slo_latency_s - 1.0)
+            over = tail / self.slo_latency_s - 1.0
+            excess = np.maximum(0.0, over) if isinstance(over, np.ndarray) else max(0.0, over)
             cost = e + self.slo_penalty * excess
         else:
             cost = self.alpha * e + (1.0 - self.alpha) * latency_mean_s / baseline.latency_s
