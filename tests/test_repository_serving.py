@@ -39,9 +39,7 @@ def served(repository: Path):
 def _infer_http(client, name: str, n: int = 2):
     shape, _ = MODELS[name]
     data = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
-    inp = thttp.InferInput(
-        "INPUT__0" if name == "a_cnn" else "input", [n, *shape], "FP32"
-    )
+    inp = thttp.InferInput("INPUT__0" if name == "a_cnn" else "input", [n, *shape], "FP32")
     inp.set_data_from_numpy(data)
     return client.infer(name, [inp])
 

@@ -11,6 +11,17 @@ are dropped (caches, clocks and queues settle), then a window collects
 slow arrival rate still tunes). The very first window runs every knob at its maximum and
 becomes the cost's baseline (E0, L0) unless a baseline was given (the last of
 ``baseline_windows`` such windows, so start-up transients do not set it).
+
+Several models on one board (``queues``: one request queue per model, one set of clocks):
+each finished batch is one queue's, so its energy and latencies are that model's. A window
+then also keeps each model's figures, and its cost is the joint cost of ``ecoserve.core.cost``:
+each model's cost on its own baseline (E0_i, L0_i, measured in the same all-maximum windows,
+each queue at its largest batch) and cost model (its latency target in SLO mode), weighted by
+the requests it served. Under ``total`` accounting the energy between batches (idle) is split
+among the models by their share of the window's requests. A model with no traffic in the
+baseline windows has no baseline until one is measured again (``remeasure_baseline``); until
+then it is left out of the cost, and with no model measured the cost falls back to the
+whole board's (every request pooled, on the pooled baseline).
 """
 
 from __future__ import annotations
@@ -21,10 +32,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ecoserve.core.cost import MIN_ENERGY_J, MIN_LATENCY_S, Baseline, CostModel, EnergyAccounting
+from ecoserve.core.cost import (
+    MIN_ENERGY_J,
+    MIN_LATENCY_S,
+    Baseline,
+    CostModel,
+    EnergyAccounting,
+    joint_cost,
+)
 from ecoserve.core.knobs import BATCH, Config, SearchSpace
 from ecoserve.core.link import moved
 from ecoserve.core.tuner import Tuner
+
+#: The name of the queue of an engine that serves one model.
+DEFAULT_QUEUE = "default"
 
 
 @dataclass(frozen=True)
@@ -41,10 +62,34 @@ class BatchOutcome:
     errors: float = 0.0
     #: Seconds the batch ran (dispatch to completion); 0 when the driver does not time it.
     busy_s: float = 0.0
+    #: The queue (model) the batch came from (``Dispatch.queue``).
+    queue: str = DEFAULT_QUEUE
 
     @property
     def served(self) -> int:
         return len(self.latencies)
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """One model's part of a window on a shared board (only models that served requests).
+
+    ``energy_j`` is its batches' joules, plus its request share of the idle joules under
+    ``total`` accounting. ``cost`` is on the model's own baseline (1.0 while the baseline is
+    measured); None while the model has no baseline.
+    """
+
+    requests: int
+    failed: int
+    arrival_rate: float
+    energy_j: float
+    energy_per_request_j: float
+    latency_mean_s: float
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_p99_s: float
+    cost: float | None
+    error_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +113,9 @@ class WindowReport:
     accounting: str
     next_config: Config
     error_rate: float = 0.0
+    #: Each model's figures, by queue name, when the controller scores several queues
+    #: (empty for a controller of one anonymous queue).
+    per_model: dict[str, ModelFigures] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,6 +134,28 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def _baseline_of(data: Any, accounting: str) -> Baseline:
+    """A saved baseline (an object of figures); raises on anything else."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    return Baseline(
+        float(data["energy_per_request_j"]),
+        float(data["latency_s"]),
+        str(data.get("accounting", accounting)),
+    )
+
+
+@dataclass
+class _Part:
+    """One queue's share of a window."""
+
+    latencies: list[float] = field(default_factory=list)
+    active_energy_j: float = 0.0
+    failed: int = 0
+    arrivals: int = 0
+    errors: float = 0.0
+
+
 @dataclass
 class _Window:
     opened_at: float
@@ -98,9 +168,21 @@ class _Window:
     busy_s: float = 0.0
     batches: int = 0
     context: dict[str, float] = field(default_factory=dict)
+    #: Per queue, when the controller scores several (else empty).
+    parts: dict[str, _Part] = field(default_factory=dict)
 
 
 class Controller:
+    """Windows, costs and the next configuration (see the module notes).
+
+    ``queues``: the names of the queues (models) whose costs are scored jointly; None (the
+    default) scores every request as one model's, as a one-model daemon does.
+    ``queue_costs``: a cost model per queue (its SLO target); missing ones use
+    ``cost_model``. ``baselines``: each queue's known baseline; given for every queue, the
+    baseline windows are skipped (``baseline`` alone does not skip them when scoring
+    several queues: it says nothing of each model).
+    """
+
     def __init__(
         self,
         space: SearchSpace,
@@ -114,6 +196,10 @@ class Controller:
         history: int = 256,
         baseline_windows: int = 2,
         context_tolerance: float | None = 0.5,
+        *,
+        queues: Sequence[str] | None = None,
+        queue_costs: Mapping[str, CostModel] | None = None,
+        baselines: Mapping[str, Baseline] | None = None,
     ) -> None:
         if window_requests is None and window_seconds is None:
             raise ValueError("a window needs window_requests, window_seconds, or both")
@@ -124,11 +210,21 @@ class Controller:
         self.space = space
         self.tuner = tuner
         self.cost_model = cost_model or CostModel()
+        self.accounting = EnergyAccounting(accounting)
+        self.queues: tuple[str, ...] | None = None
+        #: Each queue's cost model and baseline (scoring several queues only).
+        self.queue_costs: dict[str, CostModel] = {}
+        self.baselines: dict[str, Baseline] = {}
+        # the baselines the current baseline windows measured, queue by queue
+        self._measured: dict[str, Baseline] = {}
+        if queues is not None:
+            baseline = self._joint_setup(queues, queue_costs or {}, baselines or {}, baseline)
+        elif queue_costs or baselines:
+            raise ValueError("queue_costs and baselines need the queues they are for (queues=)")
         self.baseline = baseline
         self.window_requests = window_requests
         self.warmup_requests = warmup_requests
         self.window_seconds = window_seconds
-        self.accounting = EnergyAccounting(accounting)
         if baseline_windows < 1:
             raise ValueError(f"baseline_windows must be >= 1, got {baseline_windows}")
         self.baseline_windows = baseline_windows
@@ -147,6 +243,42 @@ class Controller:
         self._warmup_left = warmup_requests
         self._window: _Window | None = None
         self._started = False
+
+    def _joint_setup(
+        self,
+        queues: Sequence[str],
+        queue_costs: Mapping[str, CostModel],
+        baselines: Mapping[str, Baseline],
+        baseline: Baseline | None,
+    ) -> Baseline | None:
+        """Check and keep what scoring several queues needs; returns the pooled baseline."""
+        names = tuple(queues)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"queues must be distinct names, at least one; got {list(names)}")
+        for what, given in (("queue_costs", queue_costs), ("baselines", baselines)):
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                raise ValueError(f"{what} for unknown queues {unknown}; queues: {list(names)}")
+        for name, b in baselines.items():
+            if b.accounting != self.accounting.value:
+                raise ValueError(
+                    f"baseline of queue {name!r} was measured under {b.accounting!r} "
+                    f"accounting, not {self.accounting.value!r}"
+                )
+        self.queues = names
+        self.queue_costs = {q: queue_costs.get(q, self.cost_model) for q in names}
+        if set(baselines) != set(names):
+            return None  # measure every queue's at maximum
+        self.baselines = dict(baselines)
+        if baseline is not None:
+            return baseline
+        # the pooled figure only reports readiness (each queue is scored on its own)
+        n = len(names)
+        return Baseline(
+            sum(b.energy_per_request_j for b in baselines.values()) / n,
+            sum(b.latency_s for b in baselines.values()) / n,
+            self.accounting.value,
+        )
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -180,10 +312,13 @@ class Controller:
         self._switch(self._with_pins(first), now, meter_j)
         return self._config
 
-    def on_arrival(self, now: float) -> None:
-        """A request arrived (used for the window's arrival rate)."""
-        if self._window is not None:
-            self._window.arrivals += 1
+    def on_arrival(self, now: float, queue: str = DEFAULT_QUEUE) -> None:
+        """A request arrived for ``queue`` (used for the window's arrival rates)."""
+        w = self._window
+        if w is not None:
+            w.arrivals += 1
+            if self.queues is not None:
+                self._part(w, queue).arrivals += 1
 
     def on_batch(self, outcome: BatchOutcome) -> WindowReport | None:
         """Account one finished batch; returns a report when it closes a window."""
@@ -206,7 +341,25 @@ class Controller:
         w.errors += outcome.errors
         w.busy_s += outcome.busy_s
         w.batches += 1
+        if self.queues is not None:
+            part = self._part(w, outcome.queue)
+            part.latencies.extend(outcome.latencies)
+            part.active_energy_j += outcome.energy_j
+            part.failed += outcome.failed
+            part.errors += outcome.errors
         return self._maybe_close(outcome.end, outcome.meter_j)
+
+    def _part(self, window: _Window, queue: str) -> _Part:
+        """``queue``'s part of ``window``; a queue the controller does not score is an error."""
+        part = window.parts.get(queue)
+        if part is None:
+            assert self.queues is not None
+            if queue not in self.queues:
+                raise ValueError(
+                    f"no queue named {queue!r} is scored; queues: {', '.join(self.queues)}"
+                )
+            part = window.parts[queue] = _Part()
+        return part
 
     def observe_context(
         self, values: Mapping[str, float], now: float, meter_j: float
@@ -250,6 +403,7 @@ class Controller:
         """
         self._remeasuring = True
         self._baseline_windows_left = self.baseline_windows
+        self._measured = {}
         self._switch(self._with_pins(self.space.maximum()), now, meter_j)
 
     # -- run-time control -----------------------------------------------------------------
@@ -300,6 +454,11 @@ class Controller:
             "tuner": self.tuner.name,
             "tuner_state": self.tuner.state_dict(),
             "baseline": asdict(self.baseline) if self.baseline is not None else None,
+            **(
+                {}
+                if self.queues is None
+                else {"baselines": {q: asdict(b) for q, b in self.baselines.items()}}
+            ),
             "config": list(self._config),
             "values": self.values(),
             "pinned": dict(self.pinned),
@@ -323,13 +482,10 @@ class Controller:
             )
         elif base is not None:
             try:
-                if not isinstance(base, Mapping):
-                    raise TypeError(f"expected an object, got {type(base).__name__}")
-                self.baseline = Baseline(
-                    float(base["energy_per_request_j"]),
-                    float(base["latency_s"]),
-                    str(base.get("accounting", self.accounting.value)),
-                )
+                pooled = _baseline_of(base, self.accounting.value)
+                if self.queues is not None:
+                    self.baselines = self._queue_baselines(state.get("baselines"))
+                self.baseline = pooled
                 restored.append("baseline")
             except (KeyError, TypeError, ValueError) as exc:
                 problems.append(f"bad baseline ({exc}); measuring a new one")
@@ -366,6 +522,16 @@ class Controller:
                     continue
                 self.pinned[name] = index
         return restored, problems
+
+    def _queue_baselines(self, saved: Any) -> dict[str, Baseline]:
+        """Every queue's saved baseline; raises (naming the queue) unless all are there."""
+        assert self.queues is not None
+        if not isinstance(saved, Mapping):
+            raise TypeError(f"per-model baselines: expected an object, got {type(saved).__name__}")
+        missing = [q for q in self.queues if q not in saved]
+        if missing:
+            raise ValueError(f"no saved baseline for models {missing}")
+        return {q: _baseline_of(saved[q], self.accounting.value) for q in self.queues}
 
     # -- internals ------------------------------------------------------------------------
     def _with_pins(self, config: Config) -> Config:
@@ -415,22 +581,52 @@ class Controller:
         phase = self.phase
         p = self.cost_model.slo_percentile
         measuring = phase == "baseline"
+        parts = self._parts(w, total_j, n) if self.queues is not None else []
+        model_costs: dict[str, float | None] = {}
         if measuring:
             # Start-up transients (cold caches, the first backlog) inflate the first
             # windows, so the baseline is the last of ``baseline_windows`` at maximum.
             self._baseline_windows_left -= 1
             cost = 1.0
+            for name, n_i, e_i, lat_i, _ in parts:
+                model_costs[name] = 1.0
+                self._measured[name] = Baseline(
+                    max(e_i / n_i, MIN_ENERGY_J),
+                    max(sum(lat_i) / n_i, MIN_LATENCY_S),
+                    self.accounting.value,
+                )
             if self._baseline_windows_left <= 0:
                 self.baseline = Baseline(
                     max(e_req, MIN_ENERGY_J), max(l_mean, MIN_LATENCY_S), self.accounting.value
                 )
+                self.baselines.update(self._measured)
+                self._measured = {}
                 self._remeasuring = False
                 measuring = False
         else:
             assert self.baseline is not None
-            cost = self.cost_model.cost(
-                e_req, l_mean, self.baseline, percentile(lat, p), error_rate=w.errors / n
-            )
+            for name, n_i, e_i, lat_i, part in parts:
+                own = self.baselines.get(name)
+                model = self.queue_costs[name]
+                model_costs[name] = (
+                    None
+                    if own is None
+                    else model.cost(
+                        e_i / n_i,
+                        sum(lat_i) / n_i,
+                        own,
+                        percentile(lat_i, model.slo_percentile),
+                        error_rate=part.errors / n_i,
+                    )
+                )
+            scored = [(n_i, model_costs[name]) for name, n_i, *_ in parts]
+            known = [(n_i, c) for n_i, c in scored if c is not None]
+            if known:
+                cost = joint_cost(known)
+            else:  # one model's queue, or no model measured yet: every request pooled
+                cost = self.cost_model.cost(
+                    e_req, l_mean, self.baseline, percentile(lat, p), error_rate=w.errors / n
+                )
         rate = w.arrivals / duration
         metrics = {
             **self.context,
@@ -473,6 +669,47 @@ class Controller:
             accounting=self.accounting.value,
             next_config=self._config,
             error_rate=w.errors / n,
+            per_model={
+                name: ModelFigures(
+                    requests=n_i,
+                    failed=part.failed,
+                    arrival_rate=part.arrivals / duration,
+                    energy_j=e_i,
+                    energy_per_request_j=e_i / n_i,
+                    latency_mean_s=sum(lat_i) / n_i,
+                    latency_p50_s=percentile(lat_i, 50),
+                    latency_p95_s=percentile(lat_i, 95),
+                    latency_p99_s=percentile(lat_i, 99),
+                    cost=model_costs[name],
+                    error_rate=part.errors / n_i,
+                )
+                for name, n_i, e_i, lat_i, part in parts
+            },
         )
         self.reports.append(report)
         return report
+
+    def _parts(
+        self, w: _Window, total_j: float, n: int
+    ) -> list[tuple[str, int, float, list[float], _Part]]:
+        """Each queue that served requests: (name, requests, joules, sorted latencies, part).
+
+        A batch's joules are its queue's; under ``total`` accounting the window's other
+        joules (idle, between batches) are split by request share. One queue alone is given
+        the window's energy as it is, so its figures are the pooled ones exactly.
+        """
+        assert self.queues is not None
+        parts = w.parts
+        served = [(q, parts[q]) for q in self.queues if q in parts and parts[q].latencies]
+        active = self.accounting is EnergyAccounting.ACTIVE
+        if len(served) == 1 and len(served[0][1].latencies) == n:
+            q, part = served[0]
+            energy = part.active_energy_j if active else total_j
+            return [(q, n, energy, sorted(part.latencies), part)]
+        idle_j = max(0.0, total_j - w.active_energy_j)
+        out = []
+        for q, part in served:
+            n_i = len(part.latencies)
+            energy = part.active_energy_j if active else part.active_energy_j + idle_j * n_i / n
+            out.append((q, n_i, energy, sorted(part.latencies), part))
+        return out

@@ -12,11 +12,19 @@ relative violation, so the tuners still see one scalar to minimise.
 Optional accuracy term, for knobs that trade answers for energy (the cascade threshold):
 ``+ error_weight * error_rate``, where ``error_rate`` is the share of answers estimated
 wrong. With the default weight 0 the cost is the paper's.
+
+Several models on one board (one queue each, one set of clocks): the window's joint cost is
+``sum_i (n_i / N) * cost_i``, each model's cost on its own baseline (its own E0, L0 measured
+at all-maximum) and with its own cost model (its own latency target in SLO mode), weighted
+by the requests it served. Normalising each model by itself keeps a heavy model's joules
+from drowning a light one's latency; weighting by requests makes the joint cost the mean
+cost per request. A model that served nothing in a window drops out of it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import overload
@@ -106,10 +114,29 @@ class CostModel:
         e = energy_per_request_j / baseline.energy_per_request_j
         if self.slo_latency_s is not None:
             tail = latency_percentile_s if latency_percentile_s is not None else latency_mean_s
-            excess = max(0.0, tail / self.slo_latency_s - 1.0)
+            over = tail / self.slo_latency_s - 1.0
+            excess = np.maximum(0.0, over) if isinstance(over, np.ndarray) else max(0.0, over)
             cost = e + self.slo_penalty * excess
         else:
             cost = self.alpha * e + (1.0 - self.alpha) * latency_mean_s / baseline.latency_s
         if self.error_weight:
             cost = cost + self.error_weight * error_rate
         return cost
+
+
+def joint_cost(parts: Iterable[tuple[int, float]]) -> float:
+    """The request-weighted mean of each model's cost: ``sum_i (n_i / N) * cost_i``.
+
+    ``parts`` holds ``(requests, cost)`` per model; models with no requests drop out (so
+    one model's joint cost is exactly its own). NaN when no model served anything.
+    """
+    served = []
+    for requests, cost in parts:
+        if requests < 0:
+            raise ValueError(f"a model's request count must be >= 0, got {requests}")
+        if requests:
+            served.append((requests, cost))
+    total = sum(n for n, _ in served)
+    if not total:
+        return math.nan
+    return sum((n / total) * cost for n, cost in served)

@@ -28,7 +28,8 @@ meanwhile). Run-time control (``pin``, ``unpin``, ``set_tuner``, ``freeze``, ``h
 The engine holds one request queue per served model, each with its own batch-size knob and
 batching timer, and one controller (one tuner) for the device's clock knobs they share. A
 batch is one queue's: among the queues whose batch is due, the one whose oldest request
-arrived first goes. Background work would take the slot :meth:`Engine.next` now answers with
+arrived first goes. A controller that scores its queues jointly (``Controller(queues=...)``)
+must score exactly the engine's queues, each batch knob in its space. Background work would take the slot :meth:`Engine.next` now answers with
 ``WaitUntil``: time in which no queue has a batch due.
 """
 
@@ -43,15 +44,12 @@ from typing import Any, Generic, TypeVar
 
 from ecoserve.core.batch_timer import BatchTimer
 from ecoserve.core.batching import BatchPolicy, Dispatch, WaitUntil
-from ecoserve.core.controller import BatchOutcome, Controller, WindowReport
+from ecoserve.core.controller import DEFAULT_QUEUE, BatchOutcome, Controller, WindowReport
 from ecoserve.core.cost import Baseline
-from ecoserve.core.knobs import BATCH, SearchSpace
+from ecoserve.core.knobs import BATCH, SearchSpace, model_batch_knob
 from ecoserve.core.tuner import Tuner
 
 T = TypeVar("T")
-
-#: The name of the queue of an engine that serves one model.
-DEFAULT_QUEUE = "default"
 
 
 @dataclass(frozen=True)
@@ -84,10 +82,42 @@ class Admission(Enum):
 
 @dataclass(frozen=True)
 class QueueSpec:
-    """One request queue: its name and the knob that sets its batch size."""
+    """One request queue: its name and the knob that sets its batch size.
+
+    For a model on a shared board (``build_engine(queues=...)``) also its batch-size bounds
+    and its latency target in SLO mode; None takes the engine settings' own.
+    """
 
     name: str = DEFAULT_QUEUE
     batch_knob: str = BATCH
+    max_batch: int | None = None
+    min_batch: int | None = None
+    slo_latency_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.batch_knob:
+            raise ValueError(f"a queue needs a name and a batch knob name, got {self}")
+        lo, hi = self.min_batch, self.max_batch
+        if (lo is not None and lo < 1) or (hi is not None and hi < max(1, lo or 1)):
+            raise ValueError(
+                f"queue {self.name!r}: batch sizes need 1 <= min_batch ({lo}) <= max_batch ({hi})"
+            )
+        if self.slo_latency_s is not None and not self.slo_latency_s > 0:
+            raise ValueError(
+                f"queue {self.name!r}: slo_latency_s must be > 0 seconds, got {self.slo_latency_s}"
+            )
+
+    @classmethod
+    def for_model(
+        cls,
+        model: str,
+        *,
+        max_batch: int | None = None,
+        min_batch: int | None = None,
+        slo_latency_s: float | None = None,
+    ) -> QueueSpec:
+        """Model ``model``'s queue, tuned by its own knob ``batch_size:<model>``."""
+        return cls(model, model_batch_knob(model), max_batch, min_batch, slo_latency_s)
 
 
 Answer = Dispatch[T] | WindowClosed | ApplyConfig | WaitUntil | Drained
@@ -135,6 +165,19 @@ class Engine(Generic[T]):
             raise ValueError(f"queue names must differ, got {names}")
         if not tick_s > 0:
             raise ValueError(f"tick_s must be > 0 seconds, got {tick_s}")
+        scored = controller.queues
+        if scored is not None:
+            if set(scored) != set(names):
+                raise ValueError(
+                    f"the controller scores queues {sorted(scored)}, the engine has "
+                    f"{sorted(names)}: build both from the same queue specs"
+                )
+            absent = [q.batch_knob for q in queues if not controller.space.has(q.batch_knob)]
+            if absent:
+                raise ValueError(
+                    f"batch knobs {absent} are not in the search space "
+                    f"({controller.space.describe()})"
+                )
         self._controller = controller
         #: Builds the same kind of tuner on a smaller space, when a knob is frozen.
         self._tuner_factory = tuner_factory
@@ -180,7 +223,7 @@ class Engine(Generic[T]):
         if not q.policy.offer(item, now):
             return Admission.QUEUE_FULL
         q.arrived += 1
-        self._controller.on_arrival(now)
+        self._controller.on_arrival(now, q.spec.name)
         return Admission.ACCEPTED
 
     def discard(self, gone: Callable[[T], bool]) -> list[T]:
@@ -338,6 +381,16 @@ class Engine(Generic[T]):
     @property
     def baseline(self) -> Baseline | None:
         return self._controller.baseline
+
+    @property
+    def baselines(self) -> Mapping[str, Baseline]:
+        """Each model's baseline by queue, when the queues are scored jointly (else empty)."""
+        return self._controller.baselines
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """The engine's queues, in the order they were given."""
+        return tuple(self._queues)
 
     @property
     def tuner(self) -> Tuner:

@@ -169,11 +169,21 @@ class SearchSpace:
         return " x ".join(f"{k.name}[{k.size}]" for k in self.knobs)
 
 
-def batch_knob(max_batch: int = 16, min_batch: int = 1) -> Knob:
+def batch_knob(max_batch: int = 16, min_batch: int = 1, name: str = BATCH) -> Knob:
     """Batch sizes ``min_batch..max_batch`` (the paper tunes 1..16)."""
     if min_batch < 1 or max_batch < min_batch:
-        raise ValueError(f"batch sizes need 1 <= min ({min_batch}) <= max ({max_batch})")
-    return Knob(BATCH, tuple(range(min_batch, max_batch + 1)))
+        raise ValueError(f"{name}: batch sizes need 1 <= min ({min_batch}) <= max ({max_batch})")
+    return Knob(name, tuple(range(min_batch, max_batch + 1)))
+
+
+def model_batch_knob(model: str) -> str:
+    """The name of a served model's own batch-size knob (one per queue on a shared board)."""
+    return f"{BATCH}:{model}"
+
+
+def is_batch_knob(name: str) -> bool:
+    """True for ``batch_size`` and for a model's own ``batch_size:<model>``."""
+    return name == BATCH or name.startswith(BATCH + ":")
 
 
 def split_knob(n_stages: int) -> Knob:

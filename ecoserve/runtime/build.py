@@ -14,8 +14,9 @@ from typing import Any
 
 from devices.base import Actuator, Device
 from devices.safety import Guard
-from ecoserve.core.assembly import EngineSettings, ModelQueue, build_engine
+from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.core.cost import Baseline
+from ecoserve.core.engine import QueueSpec
 from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import BatchFunctions, Runtime, RuntimeObserver
 from ecoserve.runtime.state_files import load_baseline
@@ -57,7 +58,7 @@ def build_runtime(
     extra_actuator: Actuator | None = None,
     guard: Guard | None = None,
     state: TuningState | None = None,
-    queues: Sequence[ModelQueue] | None = None,
+    queues: Sequence[QueueSpec] | None = None,
     **hooks: Any,
 ) -> Runtime:
     """A runtime over ``device`` (opened from the settings when None), wired for its life.
@@ -75,7 +76,7 @@ def build_runtime(
     if extra_actuator is not None:
         knobs += extra_actuator.knobs()
     try:
-        engine = build_engine(knobs, settings, saved_baseline(settings), queues=queues or ())
+        engine = build_engine(knobs, settings, saved_baseline(settings), queues=queues)
     except Exception:
         device.close()
         raise

@@ -321,6 +321,7 @@ class Runtime:
                     failed=0 if ok else len(requests),
                     errors=errors,
                     busy_s=end - started,
+                    queue=batch.queue,
                 ),
                 self._context,
             )

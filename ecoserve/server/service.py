@@ -21,9 +21,8 @@ import torch
 
 from devices.base import Device
 from devices.safety import guarded
-from ecoserve.core.assembly import ModelQueue
 from ecoserve.core.batching import QueueFullError
-from ecoserve.core.engine import DEFAULT_QUEUE
+from ecoserve.core.engine import DEFAULT_QUEUE, QueueSpec
 from ecoserve.core.knobs import THRESHOLD
 from ecoserve.models.loader import LoadedModel
 from ecoserve.models.residency import MemoryBudgetError
@@ -159,7 +158,9 @@ class InferenceService:
         engine_settings = s
         if self._batch_fns is not None:  # a repository: one queue per model
             fns = self._batch_fns
-            queues = [ModelQueue(m.queue, m.max_batch) for m in self.models.values()]
+            queues = [
+                QueueSpec.for_model(m.queue, max_batch=m.max_batch) for m in self.models.values()
+            ]
             self.metrics.name_queues(
                 {m.queue: m.name for m in self.models.values()},
                 {q.batch_knob: q.name for q in queues},

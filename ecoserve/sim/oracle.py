@@ -45,6 +45,7 @@ from ecoserve.core.cost import Baseline, CostModel
 from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
 from ecoserve.sim.driver import simulate
 from twins.base import DeviceTwin
+from twins.scaled import ScaledTwin
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,14 @@ class ConfigTable:
 
 
 def config_table(twin: DeviceTwin, space: SearchSpace) -> ConfigTable:
-    """Time and energy tables over the whole space (vectorised for fitted twins)."""
+    """Time and energy tables over the whole space (vectorised for fitted twins, and for
+    another model on a fitted twin's board)."""
+    if isinstance(twin, ScaledTwin):
+        base = config_table(twin.base, space)
+        f = twin.factor
+        return ConfigTable(
+            base.configs, base.batch_size, base.time_s * f, base.energy_j * f, base.idle_w
+        )
     configs = np.array(list(space.all_configs()), dtype=np.int64)
     values = [
         np.asarray(k.values, dtype=np.float64)[configs[:, a]] for a, k in enumerate(space.knobs)
@@ -152,7 +160,7 @@ def estimate_windows(
             keys[key] = len(unique)
             unique.append(rel)
         which[k] = keys[key]
-    lat_u, en_u, busy_u = _lockstep(table, unique, max_wait)
+    lat_u, en_u, busy_u = lockstep(table, unique, max_wait)
     lat = lat_u[:, which]
     en = en_u[:, which]
     n = np.array([len(s) for s in segs], dtype=np.float64)
@@ -162,7 +170,7 @@ def estimate_windows(
     return WindowEstimates(n, en / n, lat / n)
 
 
-def _lockstep(
+def lockstep(
     table: ConfigTable, segments: Sequence[np.ndarray], max_wait: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Summed latency, energy and busy time per (configuration, segment)."""

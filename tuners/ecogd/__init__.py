@@ -5,6 +5,8 @@ knob, additive CPU–GPU diagonal estimates, expiry of old measurements, a rando
 ``max_loops`` stays. Each addition is a small object it consults, in a module of its own:
 
 - ``scan``: batch sizes measured once before climbing, guided by a fitted cost curve;
+- ``axis_scans``: with one batch-size knob per model (a shared board), each model's scan
+  in turn; the other batch strategies work on one batch knob and stand by then;
 - ``probes``: a settled centre now and then tries a far batch size (a rugged landscape);
 - ``losses``: clear losers live longer, and batch neighbours' losses are inherited;
 - ``load_following``: a change-point test on the arrival rate, a memory of load levels;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ecoserve.core.knobs import BATCH, Config, SearchSpace
+from ecoserve.core.knobs import Config, SearchSpace, is_batch_knob
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,27 @@ class BatchAxis:
 
     @classmethod
     def of(cls, space: SearchSpace) -> BatchAxis | None:
-        """The space's batch-size knob; None when it has none (the strategies then stand by)."""
-        if not space.has(BATCH):
+        """The space's one batch-size knob (``batch_size``, or one model's own
+        ``batch_size:<model>``); None when it has none or several (models sharing a board):
+        the strategies then stand by."""
+        names = [k.name for k in space.knobs if is_batch_knob(k.name)]
+        if len(names) != 1:
             return None
-        axis = space.axis(BATCH)
+        axis = space.axis(names[0])
         knob = space.knobs[axis]
         shift = max(0.0, 1.0 - float(min(knob.values)))
         return cls(axis, knob.floor, knob.top, tuple(float(v) + shift for v in knob.values))
+
+    @classmethod
+    def every(cls, space: SearchSpace) -> list[BatchAxis]:
+        """Every batch-size knob of the space (one per model on a shared board)."""
+        out = []
+        for axis, knob in enumerate(space.knobs):
+            if is_batch_knob(knob.name):
+                shift = max(0.0, 1.0 - float(min(knob.values)))
+                sizes = tuple(float(v) + shift for v in knob.values)
+                out.append(cls(axis, knob.floor, knob.top, sizes))
+        return out
 
     def indices(self) -> range:
         """The indices the tuner may choose, smallest first."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ecoserve.core.knobs import BATCH, CPU, GPU, Config, SearchSpace
+from ecoserve.core.knobs import CPU, GPU, Config, SearchSpace
 from tuners.batch_time import BatchTimeModel
 from tuners.ecogd.batch import BatchAxis
 
@@ -25,7 +25,9 @@ class CapacityGuard:
         self.headroom = float(headroom)
         self._top = space.maximum()
         # which knobs of a configuration without its batch size are clocks (faster when higher)
-        self._monotone = tuple(k.name in (CPU, GPU) for k in space.knobs if k.name != BATCH)
+        self._monotone = tuple(
+            k.name in (CPU, GPU) for a, k in enumerate(space.knobs) if a != batch.axis
+        )
         self.reset()
 
     def reset(self) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ecoserve.core.knobs import Config, SearchSpace
+from tuners.ecogd.axis_scans import AxisScans
 from tuners.ecogd.batch import BatchAxis
 from tuners.ecogd.capacity import CapacityGuard
 from tuners.ecogd.climber import Climber, memory_of
@@ -34,7 +35,9 @@ class EcoGD(Climber):
     ``inherit_margin``: the smallest relative loss of a batch neighbour that is inherited
     across frequency moves (``None`` = always measure); ``inherit_reach``: how many steps
     away, on every other knob, the measurement it is inherited from may lie (``losses``).
-    ``opening_scan``: measure batch sizes once before climbing; ``guided_scan``: only those
+    ``opening_scan``: measure batch sizes once before climbing (with one batch-size knob per
+    model, each model's in turn: ``axis_scans``; the other batch strategies then stand by);
+    ``guided_scan``: only those
     a fitted cost curve does not call clear losers; ``guide_margin``: how far (relative)
     above the best measured cost a size's predicted cost must lie, beyond the fit's own
     residual, to be skipped (``scan``).
@@ -61,6 +64,7 @@ class EcoGD(Climber):
     _scan: BatchScan | None = None
     _load: LoadFollowing | None = None
     _guard: CapacityGuard | None = None
+    _axis_scans: AxisScans | None = None
 
     def __init__(
         self,
@@ -175,12 +179,15 @@ class EcoGD(Climber):
                 )
             if self.capacity_guard:
                 self._guard = CapacityGuard(space, batch, self.guard_headroom)
+        elif self.opening_scan and len(axes := BatchAxis.every(space)) > 1:
+            self._axis_scans = AxisScans(axes, self.guided_scan, self.guide_margin)
         self.reset()
 
     def reset(self) -> None:
         super().reset()
         self._probe_mark = 0  # without probes: the window ``since_probe`` counts from
-        for strategy in (self._losses, self._probes, self._scan, self._load, self._guard):
+        strategies = (self._losses, self._probes, self._scan, self._load, self._guard)
+        for strategy in (*strategies, self._axis_scans):
             if strategy is not None:
                 strategy.reset()
 
@@ -191,12 +198,26 @@ class EcoGD(Climber):
             return self._centre
         scan = self._scan
         if scan is None or not scan.running:
-            return None
+            return self._axis_scan()
         step = scan.ask(self._centre, self._unsafe)
         if isinstance(step, ScanEnd):
             self._end_scan(step)
             return None
         return step
+
+    def _axis_scan(self) -> Config | None:
+        """Several models' batch sizes: the next of their opening scans, in turn."""
+        scans = self._axis_scans
+        if scans is None or not scans.running:
+            return None
+        step, centre = scans.ask(self._centre)
+        if centre != self._centre:
+            self._set_centre(centre)
+        return step
+
+    @property
+    def _axis_scanning(self) -> bool:
+        return self._axis_scans is not None and self._axis_scans.running
 
     def _end_scan(self, end: ScanEnd) -> None:
         """Climb from the cheapest size; every size's result counts as a probe."""
@@ -239,6 +260,8 @@ class EcoGD(Climber):
         if self._load is not None and rate is not None:
             arrivals = metrics.get("arrivals", metrics.get("requests", 0.0))
             self._follow(rate, float(arrivals), config, cost)
+        if self._axis_scans is not None:
+            self._axis_scans.record(config, cost, self._centre)
         scanned = self._scan is not None and self._scan.record(config, cost, self._centre)
         if self._probes is not None:
             here = self._centre_cost()
@@ -267,8 +290,8 @@ class EcoGD(Climber):
         change = load.observe(
             rate,
             arrivals,
-            opening=scan is not None and scan.opening,
-            scanning=scan is not None and scan.running,
+            opening=(scan is not None and scan.opening) or self._axis_scanning,
+            scanning=(scan is not None and scan.running) or self._axis_scanning,
             centre=self._centre,
             history=self._history,
         )
@@ -314,6 +337,8 @@ class EcoGD(Climber):
             state.update(self._load.state_dict())
         else:
             state.update(load=None, level_rate=None, refine=False, before=[], levels=[], changes=0)
+        if self._axis_scans is not None:  # several batch knobs only
+            state.update(self._axis_scans.state_dict())
         return state
 
     def _load_climb(self, state: Mapping[str, Any]) -> None:
@@ -328,6 +353,8 @@ class EcoGD(Climber):
             self._scan.load_state_dict(state)
         if self._load is not None:
             self._load.load_state_dict(state, self.space)
+        if self._axis_scans is not None:
+            self._axis_scans.load_state_dict(state)
 
     def describe(self) -> dict[str, Any]:
         load, scan, guard = self._load, self._scan, self._guard
@@ -342,7 +369,7 @@ class EcoGD(Climber):
             "jumps": self._jumps,
             "probes": 0 if self._probes is None else self._probes.count,
             "probes_skipped": 0 if self._probes is None else self._probes.skipped,
-            "scanning": scan is not None and scan.running,
+            "scanning": (scan is not None and scan.running) or self._axis_scanning,
             "load_changes": 0 if load is None else load.changes,
             "load_levels": 0 if load is None else len(load.levels),
             "level_rate": None if load is None else load.level_rate,
@@ -358,6 +385,8 @@ class EcoGD(Climber):
         stayed best at the last decision) or ``climb``."""
         if self._scan is not None and self._scan.running:
             return "scan" if self._scan.opening else "research"
+        if self._axis_scanning:
+            return "scan"
         if self._probes is not None and self._probes.pending is not None:
             return "probe"
         return super().phase()
