@@ -130,3 +130,92 @@ def test_a_repository_the_daemon_cannot_serve_is_refused_at_start(tmp_path: Path
     assert proc.returncode != 0
     assert "'two'" in proc.stderr and "one version of each model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
+
+
+@pytest.fixture(scope="module")
+def shared(repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    tenants = tmp_path_factory.mktemp("tenants") / "tenants.toml"
+    tenants.write_text(
+        f'[tenants.alice]\ntoken = "{ALICE}"\nmodels = ["a_cnn"]\n\n'
+        f'[tenants.bob]\ntoken = "{BOB}"\nmodels = ["b_digits"]\nshare = 2.0\nrate_limit = 500\n'
+    )
+    args = ("--model-repository", str(repository), "--tenants", str(tenants))
+    with daemon(*args, "--grpc-port", "0", *FAST) as d:
+        yield d
+
+
+def test_a_tenant_sees_calls_loads_and_unloads_only_its_own_models(shared) -> None:
+    url = shared.url.removeprefix("http://")
+    anonymous = thttp.InferenceServerClient(url)
+    with pytest.raises(InferenceServerException, match="token"):
+        anonymous.get_model_repository_index()
+    anonymous.close()
+    wrong = {"Authorization": "Bearer not-a-tenant-token-at-all"}
+    r = httpx.post(shared.url + "/v2/repository/index", headers=wrong, timeout=30)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert "not-a-tenant" not in shared.output  # tokens are never logged
+
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    client = thttp.InferenceServerClient(url)
+    try:
+        index = client.get_model_repository_index(headers=alice)
+        assert [m["name"] for m in index] == ["a_cnn"]
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            client.get_model_metadata("b_digits", headers=alice)  # as if absent
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            client.unload_model("b_digits", headers=alice)
+        data = np.zeros((1, 3, 32, 32), np.float32)
+        inp = thttp.InferInput("INPUT__0", list(data.shape), "FP32")
+        inp.set_data_from_numpy(data)
+        assert client.infer("a_cnn", [inp], headers=alice).as_numpy("OUTPUT__0").shape == (1, 10)
+        client.unload_model("a_cnn", headers=alice)
+        client.load_model("a_cnn", headers=alice)
+        assert client.is_model_ready("a_cnn", headers=alice)
+    finally:
+        client.close()
+
+    grpc_client = tgrpc.InferenceServerClient(shared.grpc_address)
+    bob = {"authorization": f"Bearer {BOB}"}
+    try:
+        models = grpc_client.get_model_repository_index(headers=bob, as_json=True)["models"]
+        assert [m["name"] for m in models] == ["b_digits"]
+        data = np.zeros((2, 1, 8, 8), np.float32)
+        inp = tgrpc.InferInput("input", list(data.shape), "FP32")
+        inp.set_data_from_numpy(data)
+        assert grpc_client.infer("b_digits", [inp], headers=bob).as_numpy("output").shape == (2, 10)
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            grpc_client.get_model_metadata("a_cnn", headers=bob)
+        with pytest.raises(InferenceServerException, match="token"):
+            grpc_client.get_model_repository_index()
+    finally:
+        grpc_client.close()
+
+    body = {"input": np.zeros((1, 8, 8)).tolist()}
+    bob_http = {"Authorization": f"Bearer {BOB}"}
+    r = httpx.post(shared.url + "/v1/infer", json=body, headers=bob_http, timeout=30)
+    assert r.status_code == 422 and "b_digits" in r.json()["detail"] and "a_cnn" not in r.text
+    r = httpx.post(shared.url + "/v1/infer?model=b_digits", json=body, headers=bob_http, timeout=30)
+    assert r.status_code == 200
+    assert httpx.post(shared.url + "/v1/infer?model=b_digits", json=body).status_code == 401
+    metrics = httpx.get(shared.url + "/metrics", timeout=30).text
+    assert 'ecoserve_tenant_requests_total{outcome="ok",tenant="bob"}' in metrics
+    status = httpx.get(shared.url + "/v1/status", timeout=30).json()
+    assert set(status["tenants"]["refused"]) == {"alice", "bob"}
+
+
+def test_a_tenants_file_naming_a_model_not_served_is_refused(repository: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(f'[tenants.carol]\ntoken = "{ALICE}"\nmodels = ["z_missing"]\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecoserve", "serve", "--model-repository", str(repository),
+         "--tenants", str(tenants)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "z_missing" in proc.stderr and "carol" in proc.stderr
+    assert ALICE not in proc.stderr and "Traceback" not in proc.stderr

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from devices.base import Device
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
+from ecoserve.server.admission import TenantAdmission
 from ecoserve.server.hosts import HostCheck, allowed_hosts
 from ecoserve.server.oip_catalogue import OipCatalogue
 from ecoserve.server.oip_model import OipModel
@@ -28,6 +29,7 @@ from ecoserve.server.repository_serving import RepositoryModels, open_repository
 from ecoserve.server.responses import json_response
 from ecoserve.server.service import InferenceService, ServiceError
 from ecoserve.server.settings import ServeSettings
+from ecoserve.server.tenants import load_tenants
 from ecoserve.server.tier_bridge import check_tier_settings, tier_routes
 
 
@@ -75,6 +77,10 @@ def create_app(
         )
         tier_router = None
     oip = catalogue.first()
+    tenants = None
+    if settings.tenants is not None:
+        tenants = load_tenants(settings.tenants, list(service.models))
+        service.admission = TenantAdmission(tenants)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,7 +122,7 @@ def create_app(
     )
     app.state.service = service
     app.state.catalogue = catalogue
-    app.state.tenants = None
+    app.state.tenants = tenants
     app.state.grpc_port = None
     for router in (routes_v1.router, admin.router, routes_v2.router, tier_router):
         if router is not None:

@@ -213,13 +213,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         service = self.catalogue.service
         known: str | None = None  # labels the per-model series only with a served name
+        tenant: str | None = None
         try:
-            model = self._model(context, request.model_name, request.model_version)
+            caller = self._caller(context)
+            tenant = None if caller is None else caller.name
+            model = self.catalogue.get(request.model_name, request.model_version, caller)
             known = model.name
             oip_request = request_of(request)
-            result = await model.infer(oip_request)
+            result = await model.infer(oip_request, tenant)
         except ServiceError as err:
-            service.metrics.request_done(err.outcome, model=known)
+            service.metrics.request_done(err.outcome, model=known, tenant=tenant)
             return await self._fail(context, err)
         response = service_pb2.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=result.id or ""
@@ -232,7 +235,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 continue
             response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
             response.raw_output_contents.append(array_to_bytes(out.array, out.datatype))
-        service.metrics.request_done("ok", time.perf_counter() - started, model=known)
+        service.metrics.request_done(
+            "ok", time.perf_counter() - started, model=known, tenant=tenant
+        )
         return response
 
 

@@ -9,20 +9,24 @@ unload go to the repository's ``ModelControl`` where there is one; a daemon of o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ecoserve.server.oip_model import OipModel, bad_request, not_found
 from ecoserve.server.service import InferenceService, ServiceError
 
-#: Whether the caller may use the model of this name (None: every model, no tenants).
-Visible = Callable[[str], bool] | None
-
 
 class Caller(Protocol):
     """Whoever a request's credentials name (a tenant)."""
 
+    @property
+    def name(self) -> str: ...
+
     def may_use(self, model: str) -> bool: ...
+
+
+#: Who is asking: a tenant, or None where the daemon has no tenants (every model visible).
+Visible = Caller | None
 
 
 class Authenticator(Protocol):
@@ -42,13 +46,13 @@ def unauthorized() -> ServiceError:
 
 
 def visibility(auth: Authenticator | None, authorization: str | None) -> Visible:
-    """What a request may see: everything without tenants, else its tenant's models."""
+    """Who a request is: None without tenants (it sees everything), else its tenant."""
     if auth is None:
         return None
     caller = auth.authenticate(authorization)
     if caller is None:
         raise unauthorized()
-    return caller.may_use
+    return caller
 
 
 class ModelControl(Protocol):
@@ -82,7 +86,7 @@ class OipCatalogue:
         return self.models[self.service.default.name]
 
     def _visible(self, visible: Visible) -> list[OipModel]:
-        return [m for n, m in sorted(self.models.items()) if visible is None or visible(n)]
+        return [m for n, m in sorted(self.models.items()) if visible is None or visible.may_use(n)]
 
     def get(self, name: str, version: str | None = None, visible: Visible = None) -> OipModel:
         """The model called ``name``; 404 in Triton's words when absent or not the caller's.
@@ -91,7 +95,7 @@ class OipCatalogue:
         name, and answering to it would serve a name no client can discover.
         """
         model = self.models.get(name)
-        if model is None or (visible is not None and not visible(name)):
+        if model is None or (visible is not None and not visible.may_use(name)):
             names = ", ".join(repr(m.name) for m in self._visible(visible)) or "none you may use"
             raise not_found(
                 f"Request for unknown model: {name!r} is not found (this daemon serves {names})"

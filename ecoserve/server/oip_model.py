@@ -389,18 +389,19 @@ class OipModel:
             )
         return float(timeout) / 1e6
 
-    async def infer(self, request: OipRequest) -> OipResult:
-        """Validate, run each item through the engine, and shape the outputs asked for."""
+    async def infer(self, request: OipRequest, tenant: str | None = None) -> OipResult:
+        """Validate, run each item through the engine, and shape the outputs asked for;
+        ``tenant`` (with ``--tenants``) is admitted by its share of the board."""
         started = time.perf_counter()
         ok = False
         try:
-            result = await self._infer(request)
+            result = await self._infer(request, tenant)
             ok = True
             return result
         finally:
             self.statistics.request_done(ok, time.perf_counter() - started)
 
-    async def _infer(self, request: OipRequest) -> OipResult:
+    async def _infer(self, request: OipRequest, tenant: str | None) -> OipResult:
         unknown = [n for n in request.outputs or () if n != self.output_name]
         if unknown:
             raise bad_request(
@@ -409,7 +410,9 @@ class OipModel:
             )
         timeout_s = self._check_parameters(request.parameters)
         items = self._items(request)
-        results = await self.service.infer(items, timeout_s=timeout_s, model=self.name)
+        results = await self.service.infer(
+            items, timeout_s=timeout_s, model=self.name, tenant=tenant
+        )
         try:
             arrays = [
                 output_array(r) if isinstance(r, torch.Tensor) else to_numpy(r) for r in results

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ecoserve.server.metrics import CONTENT_TYPE
-from ecoserve.server.oip_catalogue import visibility
+from ecoserve.server.oip_catalogue import Visible, visibility
 from ecoserve.server.responses import (
     accepts,
     error_response,
@@ -66,19 +66,21 @@ def service_of(request: Request) -> InferenceService:
     return service
 
 
-def served_of(request: Request, service: InferenceService) -> ServedModel:
+def served_of(request: Request, service: InferenceService) -> tuple[ServedModel, Visible]:
     """The model ``?model=`` names (the only one when the daemon serves one), if the caller
     may use it: 401 without a tenant's token (with ``--tenants``), 404 for a name it may not
     see, 422 when several models are served and none is named."""
     visible = visibility(request.app.state.tenants, request.headers.get("authorization"))
     name = request.query_params.get("model")
     if name is None and len(service.models) > 1:
-        names = ", ".join(n for n in sorted(service.models) if visible is None or visible(n))
+        names = ", ".join(
+            n for n in sorted(service.models) if visible is None or visible.may_use(n)
+        )
         raise ServiceError(422, f"name the model with ?model=NAME (one of: {names})", "invalid")
     served = service.served(name)
-    if visible is not None and not visible(served.name):
+    if visible is not None and not visible.may_use(served.name):
         raise ServiceError(404, f"no model named {served.name!r} for this tenant", "invalid")
-    return served
+    return served, visible
 
 
 async def decode_v1(
@@ -117,13 +119,15 @@ async def infer(request: Request) -> Response:
     service = service_of(request)
     started = time.perf_counter()
     known: str | None = None  # labels the per-model series only with a served model's name
+    tenant: str | None = None
     try:
-        served = served_of(request, service)
+        served, caller = served_of(request, service)
         known = served.name
+        tenant = None if caller is None else caller.name
         items, many, request_id = await decode_v1(request, service, served)
-        results = await service.infer(items, model=served.name)
+        results = await service.infer(items, model=served.name, tenant=tenant)
     except ServiceError as err:
-        service.metrics.request_done(err.outcome, model=known)
+        service.metrics.request_done(err.outcome, model=known, tenant=tenant)
         return error_response(err)
     latency = time.perf_counter() - started
     headers = {"X-Ecoserve-Model": served.name, "X-Ecoserve-Latency-S": f"{latency:.6f}"}
@@ -131,9 +135,9 @@ async def infer(request: Request) -> Response:
         try:
             body = to_npy(results if many else results[0])
         except (TypeError, ValueError) as exc:
-            service.metrics.request_done("error", model=known)
+            service.metrics.request_done("error", model=known, tenant=tenant)
             return json_response({"detail": f"output cannot be sent as .npy: {exc}"}, 406)
-        service.metrics.request_done("ok", latency, model=known)
+        service.metrics.request_done("ok", latency, model=known, tenant=tenant)
         return Response(body, media_type="application/octet-stream", headers=headers)
     data: dict[str, Any] = {"model": served.name, "latency_s": latency}
     if many:
@@ -142,7 +146,7 @@ async def infer(request: Request) -> Response:
         data["output"] = to_jsonable(results[0])
     if request_id is not None:
         data["id"] = request_id
-    service.metrics.request_done("ok", latency, model=known)
+    service.metrics.request_done("ok", latency, model=known, tenant=tenant)
     return json_response(data, headers=headers)
 
 
@@ -211,6 +215,9 @@ async def status(request: Request, windows: int = 20) -> Response:
     repository = getattr(service, "repository", None)
     if repository is not None:
         data["memory"] = repository.describe()
+    admission = getattr(service, "admission", None)
+    if admission is not None:
+        data["tenants"] = admission.describe()
     if runtime is not None:
         engine = runtime.describe(max(0, windows))
         tier = None if service.tier is None else service.tier.status()

@@ -333,21 +333,24 @@ async def _infer(request: Request, name: str, version: str | None = None) -> Res
     started = time.perf_counter()
     service = catalogue_of(request).service
     known: str | None = None  # labels the per-model series only with a served model's name
+    tenant: str | None = None
     try:
-        model = _checked(request, name, version)
+        caller = caller_of(request)
+        tenant = None if caller is None else caller.name
+        model = catalogue_of(request).get(name, version, caller)
         known = model.name
         limit = service.settings.max_body_bytes
         body = await read_limited(request, limit)
         body = decompressed(body, request.headers.get("content-encoding"), limit)
         oip_request, binary_outputs = parse_request(body, request.headers.get(HEADER_LENGTH))
-        result = await model.infer(oip_request)
+        result = await model.infer(oip_request, tenant)
         if oip_request.outputs is not None:
             result.outputs = [o for o in result.outputs if o.name in oip_request.outputs]
         content, header_length = encode_result(result, binary_outputs)
     except ServiceError as err:
-        service.metrics.request_done(err.outcome, model=known)
+        service.metrics.request_done(err.outcome, model=known, tenant=tenant)
         return error_body(err)
-    service.metrics.request_done("ok", time.perf_counter() - started, model=known)
+    service.metrics.request_done("ok", time.perf_counter() - started, model=known, tenant=tenant)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

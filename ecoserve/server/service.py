@@ -28,7 +28,7 @@ from ecoserve.models.loader import LoadedModel
 from ecoserve.models.residency import MemoryBudgetError
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.device_spec import open_device
-from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeStoppedError
+from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeObserver, RuntimeStoppedError
 from ecoserve.runtime.tuning_state import TuningState
 from ecoserve.server.metrics import ServerMetrics
 from ecoserve.server.observers import Observers
@@ -40,6 +40,7 @@ from ecoserve.server.tier_bridge import TierBridge
 from ecoserve.server.tier_jobs import TierJob, with_tier_jobs
 
 if TYPE_CHECKING:
+    from ecoserve.server.admission import TenantAdmission
     from ecoserve.server.repository_serving import RepositoryModels
 
 log = logging.getLogger("ecoserve.server")
@@ -124,6 +125,8 @@ class InferenceService:
             )
             self.models = {only.name: only}
         self._batch_fns = batch_fns
+        #: Tenants' admission by share of the board (``--tenants``); set by the app.
+        self.admission: TenantAdmission | None = None
         first = next(iter(self.models.values()))
         #: The first (for ``--model``, the only) model: the one ``/v1/infer`` serves by default.
         self.default = first
@@ -150,7 +153,9 @@ class InferenceService:
         serving loop it belongs to.
         """
         s = self.settings
-        stats = [m.statistics for m in self.models.values()]
+        stats: list[RuntimeObserver] = [m.statistics for m in self.models.values()]
+        if self.admission is not None:
+            stats.append(self.admission)
         observers = Observers([self.metrics, *stats])
         fns: BatchFunction | Mapping[str, BatchFunction]
         queues = None
@@ -191,6 +196,8 @@ class InferenceService:
             **tier_hooks,
         )
         self.runtime = runtime
+        if self.admission is not None:
+            self.admission.batch_size = lambda: runtime.batch_size
         self.metrics.bind(
             lambda: runtime.queue_depth,
             runtime.energy_joules,
@@ -364,14 +371,39 @@ class InferenceService:
         return find_served(self.models, self.default, name)
 
     async def infer(
-        self, items: Sequence[Any], timeout_s: float | None = None, model: str | None = None
+        self,
+        items: Sequence[Any],
+        timeout_s: float | None = None,
+        model: str | None = None,
+        tenant: str | None = None,
     ) -> list[Any]:
         """Run each item through the engine (batched with others); one result per item.
 
         ``model`` names the served model (None: the default one). ``timeout_s`` is the
-        client's own deadline; the daemon's request timeout still bounds it.
+        client's own deadline; the daemon's request timeout still bounds it. A ``tenant``'s
+        request is first admitted by its share of the board (429 when past it).
         """
         served = self.served(model)
+        admission = self.admission
+        if admission is None or tenant is None:
+            return await self._infer(served, items, timeout_s)
+        decision = admission.admit(tenant)
+        if not decision.admitted:
+            why = "its rate limit" if decision.reason == "rate" else "its share of the board"
+            raise ServiceError(
+                429,
+                f"tenant {tenant!r} is past {why}; retry later",
+                "throttled",
+                {"Retry-After": decision.retry_after_header},
+            )
+        try:
+            return await self._infer(served, items, timeout_s)
+        finally:
+            admission.release(tenant)
+
+    async def _infer(
+        self, served: ServedModel, items: Sequence[Any], timeout_s: float | None
+    ) -> list[Any]:
         if not served.loaded:
             raise ServiceError(
                 400,
