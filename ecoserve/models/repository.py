@@ -293,8 +293,8 @@ def _check_output(config: ModelConfig, version: int, model: LoadedModel) -> None
     where = f"model {config.name!r} version {version}"
     dims_in = list(config.input.dims)
     item = torch.zeros(config.input.dims, dtype=model.input_dtype)
-    try:
-        out = model.batch_fn([item])
+    try:  # a batch of one, stacked as the runtime stacks same-shaped items
+        out = model.batch_fn(torch.stack([item]))
     except Exception as exc:  # a user model may raise anything on a wrong shape or dtype
         raise RepositoryError(
             f"{where}: input[0].dims: one zero item of dims {dims_in} ({config.input.datatype}) "
