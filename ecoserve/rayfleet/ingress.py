@@ -186,11 +186,16 @@ class FleetService:
         return find_served(self.models, self.default, name)
 
     async def infer(
-        self, items: Sequence[Any], timeout_s: float | None = None, model: str | None = None
+        self,
+        items: Sequence[Any],
+        timeout_s: float | None = None,
+        model: str | None = None,
+        tenant: str | None = None,
     ) -> list[Any]:
         """One request on one board; a board that fails hands it to the next.
 
-        ``model`` is the name the front end looked up; the fleet serves one model.
+        ``model`` is the name the front end looked up; the fleet serves one model, and has
+        no tenants (``tenant`` is always None).
 
         ``timeout_s`` is the client's own deadline (the protocol's ``timeout`` parameter).
         """
