@@ -3,8 +3,8 @@
 One ``ecoserve serve --model-repository --tenants`` daemon serves one model to two tenants of
 equal share. The model is a Python-backend entry point that takes ``BASE_S + PER_ITEM_S`` per
 item of a batch (a board of known speed; the device is ``none`` and the batch size is held at
-8, so the board's throughput ``X`` is fixed and measured first, closed loop). Then, open loop
-at fixed rates with the tenants' tokens:
+8, so the board's throughput is ``X = 8 / (BASE_S + 8 PER_ITEM_S)``; a closed-loop run of
+one tenant is reported beside it). Then, open loop at fixed rates with the tenants' tokens:
 
 - ``alone``: B at ``--b-share`` of its fair part of X (X/2), for ``--duration`` seconds;
 - ``burst``: B as before, and A at ``--burst`` times its fair part (5x by default).
@@ -91,7 +91,7 @@ def main() -> None:
     a, b = raw_request(port, TOKENS["a"]), raw_request(port, TOKENS["b"])
     with server(cmd, port, "/healthz", work / "daemon.log"):
         full = asyncio.run(closed_loop("saturated", port, b, 64, 8.0, 2.0))
-        x = full.rps
+        x = BATCH / (BASE_S + PER_ITEM_S * BATCH)  # the board's throughput by construction
         fair = x / 2
         b_rate, a_rate = args.b_share * fair, args.burst * fair
         alone = asyncio.run(open_loop("B alone", port, b, b_rate, args.duration, args.warmup, 64))
@@ -105,6 +105,7 @@ def main() -> None:
         b_burst, a_burst = asyncio.run(both())
     summary = {
         "throughput_rps": round(x, 1),
+        "closed_loop_one_tenant": full.row(),
         "b_rate_rps": round(b_rate, 1),
         "a_rate_rps": round(a_rate, 1),
         "b_p99_alone_ms": p99(alone),

@@ -55,9 +55,22 @@ def test_below_saturation_a_tenant_fills_the_board_up_to_its_burst_cap() -> None
     assert fs.admit("a", 0.1).admitted
 
 
-def test_a_tenant_past_its_share_is_held_to_the_pool_and_the_reserve_stays_free() -> None:
+def test_a_tenant_alone_past_its_share_may_fill_the_whole_capacity() -> None:
     fs = two(capacity=8, throughput=10.0)  # the board finishes 10 a second; pool 2
     admitted = [d.admitted for d in offer(fs, "a", 40.0, 0.0, 1.0)]
+    # nobody else is active: no one's latency to keep the reserve for
+    assert admitted[:8] == [True] * 8 and not any(admitted[8:])
+    assert fs.in_system("a") == 8
+
+
+def test_a_tenant_past_its_share_is_held_to_the_pool_and_the_reserve_stays_free() -> None:
+    fs = two(capacity=8, throughput=10.0)  # the board finishes 10 a second; pool 2
+    admitted = []
+    for i in range(40):  # a offers 40 a second for a second
+        if i % 10 == 0:  # while b is active all along, far within its share
+            assert fs.admit("b", i / 40.0).admitted
+            fs.release("b")
+        admitted.append(fs.admit("a", i / 40.0).admitted)
     known = admitted.index(False)  # a flood is known as one within a few requests
     assert 3 <= known <= 8 and not any(admitted[known:])
     assert fs.demand("a", 1.0) == pytest.approx(40.0, rel=0.15)
@@ -75,7 +88,7 @@ def test_a_tenant_past_its_share_is_held_to_the_pool_and_the_reserve_stays_free(
     assert fs.fair_rates(1.5)["a"] == pytest.approx(10.0 - fs.fair_rates(1.5)["b"])
 
 
-def test_tenants_past_their_share_split_the_pool_by_weight() -> None:
+def test_tenants_past_their_share_split_the_capacity_by_weight() -> None:
     fs = FairShare({"a": Limits(weight=3), "b": Limits(weight=1)}, 40, 10.0)  # pool 10
     for i in range(60):  # both flood, far past the 10 a second the board finishes
         for name in ("a", "b"):
@@ -83,9 +96,10 @@ def test_tenants_past_their_share_split_the_pool_by_weight() -> None:
             if fs.in_system(name):
                 fs.release(name)
     assert fs.in_system() == 0
-    a = sum(fs.admit("a", 2.0).admitted for _ in range(20))
-    b = sum(fs.admit("b", 2.0).admitted for _ in range(20))
-    assert (a, b) == (8, 3)  # 3:1 of the pool (7.5 and 2.5, each rounded up)
+    a = sum(fs.admit("a", 2.0).admitted for _ in range(40))
+    b = sum(fs.admit("b", 2.0).admitted for _ in range(40))
+    # both past their share, nobody within it to keep the reserve for: 3:1 of all of C
+    assert (a, b) == (30, 10)
 
 
 def test_a_within_share_tenant_is_not_refused_however_hard_the_other_pushes() -> None:

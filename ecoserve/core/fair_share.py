@@ -19,6 +19,9 @@ reserve (a quarter by default: 1.5 batches):
   still exceeds its fair rate.
 - *Held to the pool*: a tenant past its share is admitted only while it holds fewer than
   its weighted part (among the tenants past their share) of what the others leave of P.
+  Only while some active tenant is within its share, though: with none (a tenant alone,
+  or every tenant asking too much) there is no one's latency to protect, and each may hold
+  its weighted part of C, so a tenant alone can keep the board busy.
   Tenants that all ask too much thus share P by weight, which in one FIFO queue is their
   throughput (Little's law).
 - *Within its share*, a tenant is admitted while ``N < P`` or it holds fewer than its
@@ -343,10 +346,14 @@ class FairShare:
         """None when ``me`` may have one more request in the system, else the refusal."""
         active = [t for t in self._tenants.values() if t is me or self._active(t, now)]
         fair, past = self._fair(active, now)
-        if me.name in past:
+        if me.name in past and len(past) < len(active):
             # past its share: its weighted part of what the others leave of the pool
             room = self._pool - sum(t.held for t in active if t.name not in past)
             limit = room * me.weight / sum(t.weight for t in active if t.name in past)
+        elif me.name in past:
+            # every active tenant is past its share (one alone, say): nobody's latency to
+            # keep room for, so the whole capacity is shared by weight (work-conserving)
+            limit = self._capacity * me.weight / sum(t.weight for t in active)
         elif self._total < self._pool:
             return None
         else:
