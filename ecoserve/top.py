@@ -215,7 +215,7 @@ def _model_rows(status: Mapping[str, Any], width: int) -> list[Text]:
     models = status.get("models") or {}
     if len(models) < 2:
         return []
-    last = (status.get("windows") or [{}])[-1].get("models") or {}
+    last = (status.get("windows") or [{}])[-1].get("per_model") or {}
     rows = [Text(f"{'model':<20}{'batch':>6}{'requests':>10}{'p99 ms':>9}  state", style="dim")]
     for name, m in sorted(models.items()):
         p99 = (last.get(name) or {}).get("latency_p99_s")

@@ -99,6 +99,25 @@ def test_the_view_shows_frozen_knobs_and_a_fleet_when_the_status_has_them() -> N
     assert "frozen" not in text_of(Screen("http://x", status=STATUS))
 
 
+def test_the_view_has_a_row_per_model_on_a_shared_board() -> None:
+    windows = [*STATUS["windows"][:-1], {**STATUS["windows"][-1], "per_model": {
+        "a_cnn": {"latency_p99_s": 0.0314}, "b_digits": {"latency_p99_s": 0.0052},
+    }}]  # fmt: skip
+    models = {
+        "a_cnn": {"batch_size": 8, "requests": 120, "loaded": True, "loads": 1},
+        "b_digits": {
+            "batch_size": 3,
+            "requests": 7,
+            "loaded": False,
+            "reason": "unloaded by request",
+        },
+    }
+    out = text_of(Screen("http://x", status={**STATUS, "windows": windows, "models": models}))
+    assert re.search(r"a_cnn\s+8\s+120\s+31\.4\s+loaded", out)
+    assert re.search(r"b_digits\s+3\s+7\s+5\.2\s+unloaded \(unloaded by request\)", out)
+    assert "a_cnn" not in text_of(Screen("http://x", status=STATUS))  # one model: no table
+
+
 def test_sparkline() -> None:
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == "▁▂▃▄▅▆▇█"
     assert sparkline([1.0, 1.0], 8) == "▅▅"
