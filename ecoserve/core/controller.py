@@ -623,7 +623,7 @@ class Controller:
             known = [(n_i, c) for n_i, c in scored if c is not None]
             if known:
                 cost = joint_cost(known)
-            else:  # one model's queue, or no model measured yet: every request pooled
+            else:  # one anonymous queue, or no model has a baseline yet: all pooled
                 cost = self.cost_model.cost(
                     e_req, l_mean, self.baseline, percentile(lat, p), error_rate=w.errors / n
                 )
