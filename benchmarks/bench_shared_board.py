@@ -13,6 +13,9 @@ equal or better p99 for every model.
         [--slo cnn=0.25,...] [--device xavier-nx] [--workers 2] [--no-oracles] [--json FILE]
     python benchmarks/bench_shared_board.py --measure-models [--rounds 15]
 
+In SLO mode (``--slo``) no oracles are computed: their vectorised estimate keeps no latency
+distribution, so it cannot rank configurations by a percentile.
+
 ``--measure-models`` times the built-in models with torch (one thread, batch sizes 1..16) and
 prints each one's batch time relative to ``builtin:cnn``: the factors ``MODEL_COSTS`` holds.
 """
@@ -29,6 +32,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, replace
+from itertools import product
 from typing import Any
 
 from ecoserve.core.assembly import EngineSettings
@@ -41,6 +45,7 @@ from ecoserve.replay.shared_board import (
     run_shared_board,
 )
 from ecoserve.replay.suite import PAPER_MAX_WAIT_S
+from twins.base import DeviceTwin
 
 SIZES = (1, 2, 4, 8, 16)
 
@@ -81,6 +86,32 @@ def measure_models(rounds: int, calls: int = 40) -> dict[str, dict[str, Any]]:
             "factor": round(math.exp(sum(math.log(r) for r in ratios) / len(ratios)), 3),
         }
     return out
+
+
+def clock_worth(board: DeviceTwin, sizes: tuple[int, ...] = (1, 4, 16)) -> list[str]:
+    """What the clocks can save on this twin: per batch size, the joules of a batch at the
+    cheapest clocks over those at maximum (the batch's own, idle draw included, and above
+    idle: what the meter adds for it)."""
+    top = board.max_freqs()
+    names = [k.name for k in board.knobs()]
+    settings = [
+        dict(zip(names, v, strict=True)) for v in product(*(k.values for k in board.knobs()))
+    ]
+    idle = board.power(top, 0.0)
+    lines = []
+    for b in sizes:
+        whole = [board.power(f, 1.0, batch=b) * board.batch_time(b, f) for f in settings]
+        above = [
+            (board.power(f, 1.0, batch=b) - board.power(f, 0.0)) * board.batch_time(b, f)
+            for f in settings
+        ]
+        at_top = board.power(top, 1.0, batch=b) * board.batch_time(b, top)
+        above_top = (board.power(top, 1.0, batch=b) - idle) * board.batch_time(b, top)
+        lines.append(
+            f"batch {b}: cheapest clocks {min(whole) / at_top:.3f}x the joules at maximum "
+            f"({min(above) / above_top:.3f}x above idle)"
+        )
+    return lines
 
 
 def parse_slo(text: str | None) -> dict[str, float]:
@@ -146,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         duration=args.duration,
         seeds=seeds,
-        oracles=not args.no_oracles,
+        # in SLO mode the oracles' estimate has no percentile to rank by: left out
+        oracles=not (args.no_oracles or slo),
     )
     t0 = time.perf_counter()
 
@@ -167,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             + (f" from {m.start}" if m.start else "")
         )
     print(markdown(report))
+    print(f"\nWhat the clocks can save on the {args.device} twin (any model: one factor):")
+    for line in clock_worth(plan.board()):
+        print(f"  {line}")
     if args.json:
         doc = {
             "date": datetime.date.today().isoformat(),

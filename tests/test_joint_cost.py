@@ -354,3 +354,51 @@ def test_the_slo_cost_works_element_wise_for_the_oracles() -> None:
     tails = np.array([0.05, 0.2])
     over = model.cost(np.array([0.5, 0.5]), tails, Baseline(1.0, 1.0), tails)
     assert over == pytest.approx([0.5, 0.5 + 10.0])
+
+
+def test_a_models_scan_reads_its_own_cost_not_the_traffic_mix() -> None:
+    """The joint cost of a window follows its mix of models; the scan of model a's batch
+    size follows a's own cost (and measures again a window in which a served nothing)."""
+    space = SearchSpace(
+        (
+            Knob(CPU, (1.0, 2.0)),
+            batch_knob(8, name="batch_size:a"),
+            batch_knob(8, name="batch_size:b"),
+        )
+    )
+    tuner = EcoGD(space, seed=0)
+    told = []
+    while True:
+        config = tuner.ask()
+        if tuner.phase() != "scan" or config[2] != 7:
+            break
+        own = 1.0 + 0.1 * abs(config[1] - 2)  # a is cheapest at index 2 (batch 3)
+        # the mix: a window at a's best size happens to hold mostly b's costly requests
+        joint_here = 5.0 if config[1] == 2 else own
+        metrics = {"requests:a": 10.0, "requests:b": 10.0, "cost:a": own, "cost:b": 1.0}
+        if len(told) == 1:  # a served nothing in this window: no figure for it
+            metrics = {"requests:b": 10.0, "cost:b": 1.0}
+        told.append(config)
+        tuner.tell(config, joint_here, metrics)
+    assert tuner.centre[1] == 2  # a's own cheapest size, though its windows' joint cost was high
+    assert told[1] == told[2]  # the window without a's requests was measured again
+
+
+def test_the_tuner_is_told_each_models_own_cost_and_requests() -> None:
+    ctrl = joint(baselines={"a": Baseline(1.0, 0.1), "b": Baseline(0.2, 0.4)})
+    ctrl.start(0.0, 0.0)
+    batch(ctrl, "a", 2, 0.2, 1.0, 1.0, 1.0)
+    batch(ctrl, "b", 6, 0.2, 1.2, 2.0, 2.2)
+    seen: dict[str, float] = {}
+    tuner = ctrl.tuner
+    assert isinstance(tuner, Scripted)
+    original = tuner.tell
+
+    def spy(config: Config, cost: float, metrics: Mapping[str, float] | None = None) -> None:
+        seen.update(metrics or {})
+        original(config, cost, metrics)
+
+    tuner.tell = spy  # type: ignore[method-assign]
+    batch(ctrl, "a", 8, 0.2, 4.0, 3.0, 6.2)
+    assert seen["requests:a"] == 8.0 and "requests:b" not in seen
+    assert seen["cost:a"] == pytest.approx(0.5 * 0.5 + 0.5 * 2.0)

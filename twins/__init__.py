@@ -4,6 +4,7 @@
 - ``fitted``: twins fitted to measured Jetson data, loaded from ``twins/data/``.
 - ``fitting``: the fit itself (least squares over the measured points), behind
   ``scripts/fit_twin.py``.
+- ``scaled``: another model on a twin's board (its batch time scaled by a cost factor).
 - ``profile_table``: a twin read from a board's measured profile table (``ecoserve profile``).
 - ``governors``: models of the OS frequency governors (schedutil, nvhost_podgov), for knobs
   a tuner hands to the OS; the replay and the virtual device both run them.

@@ -623,7 +623,7 @@ class Controller:
             known = [(n_i, c) for n_i, c in scored if c is not None]
             if known:
                 cost = joint_cost(known)
-            else:  # one model's queue, or no model measured yet: every request pooled
+            else:  # one anonymous queue, or no model has a baseline yet: all pooled
                 cost = self.cost_model.cost(
                     e_req, l_mean, self.baseline, percentile(lat, p), error_rate=w.errors / n
                 )
@@ -642,6 +642,10 @@ class Controller:
             # synthetic warm-up, not the load
             "baseline": 1.0 if phase == "baseline" else 0.0,
         }
+        for name, n_i, *_ in parts:  # each model's own figures, for tuners that credit them
+            metrics[f"requests:{name}"] = float(n_i)
+            if (model_cost := model_costs[name]) is not None:
+                metrics[f"cost:{name}"] = model_cost
         done_config = self._config
         self.windows_closed += 1
         if measuring:

@@ -29,8 +29,9 @@ The engine holds one request queue per served model, each with its own batch-siz
 batching timer, and one controller (one tuner) for the device's clock knobs they share. A
 batch is one queue's: among the queues whose batch is due, the one whose oldest request
 arrived first goes. A controller that scores its queues jointly (``Controller(queues=...)``)
-must score exactly the engine's queues, each batch knob in its space. Background work would take the slot :meth:`Engine.next` now answers with
-``WaitUntil``: time in which no queue has a batch due.
+must score exactly the engine's queues, each batch knob in its space. Background work would
+take the slot :meth:`Engine.next` now answers with ``WaitUntil``: time in which no queue has
+a batch due.
 """
 
 from __future__ import annotations

@@ -48,7 +48,9 @@ class Tuner(ABC):
         ``latency_mean_s``: tuners that react to load changes read them; ``batches`` and
         ``busy_s`` (the window's batch count and the seconds they ran), for tuners that model
         batch time; ``baseline`` (1 for the window that set the cost's baseline, whose
-        traffic may be a synthetic warm-up).
+        traffic may be a synthetic warm-up). With several models on one board, also each
+        model's ``requests:<model>`` and, once it has a baseline, ``cost:<model>`` (its own
+        cost, of which ``cost`` is the request-weighted mean).
         """
 
     def reset(self) -> None:

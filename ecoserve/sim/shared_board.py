@@ -30,7 +30,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -77,7 +77,6 @@ class SharedBoardResult:
     clock_changes: int
     end_s: float
     wall_s: float
-    extra: dict[str, object] = field(default_factory=dict)
 
     def latencies(self, model: str) -> np.ndarray:
         """Seconds from arrival to completion of ``model``'s served requests."""

@@ -180,7 +180,8 @@ class EcoGD(Climber):
             if self.capacity_guard:
                 self._guard = CapacityGuard(space, batch, self.guard_headroom)
         elif self.opening_scan and len(axes := BatchAxis.every(space)) > 1:
-            self._axis_scans = AxisScans(axes, self.guided_scan, self.guide_margin)
+            models = [space.knobs[a.axis].name.partition(":")[2] for a in axes]
+            self._axis_scans = AxisScans(axes, models, self.guided_scan, self.guide_margin)
         self.reset()
 
     def reset(self) -> None:
@@ -261,7 +262,7 @@ class EcoGD(Climber):
             arrivals = metrics.get("arrivals", metrics.get("requests", 0.0))
             self._follow(rate, float(arrivals), config, cost)
         if self._axis_scans is not None:
-            self._axis_scans.record(config, cost, self._centre)
+            self._axis_scans.record(config, cost, self._centre, metrics)
         scanned = self._scan is not None and self._scan.record(config, cost, self._centre)
         if self._probes is not None:
             here = self._centre_cost()
