@@ -219,3 +219,28 @@ def test_a_tenants_file_naming_a_model_not_served_is_refused(repository: Path, t
     )  # fmt: skip
     assert proc.returncode != 0 and "z_missing" in proc.stderr and "carol" in proc.stderr
     assert ALICE not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_restart_resumes_each_models_baseline_from_the_state_file(
+    repository: Path, tmp_path: Path
+) -> None:
+    import json
+    import signal
+
+    from test_server_fixtures import Daemon
+
+    state = tmp_path / "state.json"
+    args = ("--model-repository", str(repository), "--state-file", str(state), *FAST)
+    with daemon(*args) as d:  # ready once the baseline at start measured every model
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0, d.output
+    saved = json.loads(state.read_text())
+    assert saved["model"] == f"repository:{repository.resolve()}"
+    d2 = Daemon(*args, "--no-baseline-at-start").start(ready=False)
+    try:
+        d2.wait_ready(15)  # ready at once: no baseline to measure again
+        status = httpx.get(d2.url + "/v1/status", timeout=30).json()
+        assert "baseline" in status["resumed"]
+        assert status["windows_closed"] == saved["windows_closed"]
+    finally:
+        d2.stop()

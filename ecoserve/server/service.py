@@ -192,7 +192,7 @@ class InferenceService:
             device=device,
             observer=observers,
             guard=guard,
-            state=TuningState(s.state_file, s.model, s.device, s.baseline_path),
+            state=TuningState(s.state_file, s.served_identity, s.device, s.baseline_path),
             **tier_hooks,
         )
         self.runtime = runtime

@@ -118,13 +118,15 @@ class ServeSettings(EngineSettings):
                 ("--model-name", self.model_name),
                 ("--next-tier", self.next_tier),
                 ("--serve-tier", self.serve_tier or None),
+                ("--baseline-path", self.baseline_path),
             )
             if value is not None
         ]
         if clashing:
             raise ValueError(
                 f"{', '.join(clashing)} cannot be used with --model-repository: each model's "
-                "config.pbtxt gives its name, inputs and outputs, and tiers split one model"
+                "config.pbtxt gives its name, inputs and outputs, tiers split one model, and "
+                "each model's baseline is kept in the --state-file"
             )
 
     def default_tuner(self) -> str:
@@ -163,6 +165,13 @@ class ServeSettings(EngineSettings):
                 "--tier-token, or tier_token in the --config file), and give the sending "
                 "tier the same one; or bind to 127.0.0.1"
             )
+
+    @property
+    def served_identity(self) -> str:
+        """What the tuner state was measured for: the ``--model`` spec, or the repository."""
+        if self.model_repository is not None:
+            return f"repository:{Path(self.model_repository).resolve()}"
+        return self.model
 
     @property
     def served_name(self) -> str:
