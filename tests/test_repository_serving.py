@@ -244,3 +244,30 @@ def test_a_restart_resumes_each_models_baseline_from_the_state_file(
         assert status["windows_closed"] == saved["windows_closed"]
     finally:
         d2.stop()
+
+
+def test_config_pbtxt_sets_each_models_queue(tmp_path: Path) -> None:
+    from ecoserve.core.assembly import EngineSettings, build_space
+    from ecoserve.models.repository import RepositoryError, scan_repository
+    from ecoserve.server.repository_serving import RepositoryModels
+    from ecoserve.server.service import queue_spec
+
+    folder = write_model(tmp_path, "d", "digits-small", "onnxruntime", max_batch_size=16)
+    config = folder / "config.pbtxt"
+    base = config.read_text()
+    config.write_text(
+        base + "dynamic_batching { preferred_batch_size: [ 4, 8 ] "
+        "max_queue_delay_microseconds: 2000 }\n"
+        'parameters { key: "ecoserve_slo_latency_ms" value { string_value: "120" } }\n'
+    )
+    models = RepositoryModels(scan_repository(tmp_path))
+    spec = queue_spec(models.served["d"])
+    assert (spec.max_batch, spec.batch_sizes, spec.max_wait_s) == (16, (4, 8), 0.002)
+    assert spec.slo_latency_s == pytest.approx(0.12)
+    knob = build_space([], EngineSettings(), [spec]).knobs[0]
+    assert (knob.name, knob.values) == ("batch_size:d", (4, 8, 16))
+    config.write_text(
+        base + 'parameters { key: "ecoserve_slo_latency_ms" value { string_value: "soon" } }\n'
+    )
+    with pytest.raises(RepositoryError, match="ecoserve_slo_latency_ms.*milliseconds"):
+        scan_repository(tmp_path)

@@ -69,19 +69,21 @@ def build_space(
         return SearchSpace(tuple(knobs) + (batch_knob(settings.max_batch, settings.min_batch),))
     if not queues:
         raise ValueError("queues: give at least one QueueSpec (or None for one model)")
-    batch = tuple(
-        batch_knob(
-            settings.max_batch if q.max_batch is None else q.max_batch,
-            settings.min_batch if q.min_batch is None else q.min_batch,
-            q.batch_knob,
-        )
-        for q in queues
-    )
+    batch = tuple(_queue_batch_knob(q, settings) for q in queues)
     names = [k.name for k in knobs] + [k.name for k in batch]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise ValueError(f"knob names {clash} are used twice: give each queue its own batch knob")
     return SearchSpace(tuple(knobs) + batch)
+
+
+def _queue_batch_knob(q: QueueSpec, settings: EngineSettings) -> Knob:
+    """A queue's batch sizes: its bounds, or its preferred sizes and its largest."""
+    top = settings.max_batch if q.max_batch is None else q.max_batch
+    if q.batch_sizes is not None:
+        return Knob(q.batch_knob, tuple(sorted({*q.batch_sizes, top})))
+    low = settings.min_batch if q.min_batch is None else q.min_batch
+    return batch_knob(top, min(low, top), q.batch_knob)
 
 
 def _cost_model(settings: EngineSettings, slo_latency_s: float | None) -> CostModel:

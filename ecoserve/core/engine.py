@@ -85,8 +85,10 @@ class Admission(Enum):
 class QueueSpec:
     """One request queue: its name and the knob that sets its batch size.
 
-    For a model on a shared board (``build_engine(queues=...)``) also its batch-size bounds
-    and its latency target in SLO mode; None takes the engine settings' own.
+    For a model on a shared board (``build_engine(queues=...)``) also its batch-size bounds,
+    its latency target in SLO mode, the longest its oldest request waits for a batch to fill,
+    and the batch sizes it prefers (a Triton ``dynamic_batching`` block: the knob then takes
+    those and ``max_batch`` only); None takes the engine settings' own.
     """
 
     name: str = DEFAULT_QUEUE
@@ -94,6 +96,8 @@ class QueueSpec:
     max_batch: int | None = None
     min_batch: int | None = None
     slo_latency_s: float | None = None
+    max_wait_s: float | None = None
+    batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.batch_knob:
@@ -107,6 +111,18 @@ class QueueSpec:
             raise ValueError(
                 f"queue {self.name!r}: slo_latency_s must be > 0 seconds, got {self.slo_latency_s}"
             )
+        if self.max_wait_s is not None and not self.max_wait_s >= 0:
+            raise ValueError(
+                f"queue {self.name!r}: max_wait_s must be >= 0 seconds, got {self.max_wait_s}"
+            )
+        if self.batch_sizes is not None and (
+            not self.batch_sizes
+            or min(self.batch_sizes) < 1
+            or (hi is not None and max(self.batch_sizes) > hi)
+        ):
+            raise ValueError(
+                f"queue {self.name!r}: batch_sizes {self.batch_sizes} must be 1..max_batch ({hi})"
+            )
 
     @classmethod
     def for_model(
@@ -116,9 +132,19 @@ class QueueSpec:
         max_batch: int | None = None,
         min_batch: int | None = None,
         slo_latency_s: float | None = None,
+        max_wait_s: float | None = None,
+        batch_sizes: tuple[int, ...] | None = None,
     ) -> QueueSpec:
         """Model ``model``'s queue, tuned by its own knob ``batch_size:<model>``."""
-        return cls(model, model_batch_knob(model), max_batch, min_batch, slo_latency_s)
+        return cls(
+            model,
+            model_batch_knob(model),
+            max_batch,
+            min_batch,
+            slo_latency_s,
+            max_wait_s,
+            batch_sizes,
+        )
 
 
 Answer = Dispatch[T] | WindowClosed | ApplyConfig | WaitUntil | Drained
@@ -187,7 +213,12 @@ class Engine(Generic[T]):
         #: Knobs taken out of the space after their hardware failed, with the reason.
         self.frozen: dict[str, str] = {}
         self._queues: dict[str, _Queue[T]] = {
-            q.name: _Queue(q, BatchTimer(timer_kind, max_wait), max_queue) for q in queues
+            q.name: _Queue(
+                q,
+                BatchTimer(timer_kind, max_wait if q.max_wait_s is None else q.max_wait_s),
+                max_queue,
+            )
+            for q in queues
         }
         # One queue is the common case; its hot path skips the choice between queues.
         self._only: _Queue[T] | None = (

@@ -83,6 +83,8 @@ class ModelConfig:
     instance_kind: str = "KIND_AUTO"
     model_filename: str | None = None
     entry_point: str | None = None
+    #: The latency target in SLO mode (parameter ``ecoserve_slo_latency_ms``), seconds.
+    slo_latency_s: float | None = None
     serialized: bytes = field(default=b"", repr=False)
 
     @property

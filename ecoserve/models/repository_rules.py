@@ -42,6 +42,8 @@ DATATYPES = {
 }
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
 ENTRY_POINT = "entry_point"
+#: A model's latency target in SLO mode, in milliseconds (ecoserve's own parameter).
+SLO_PARAMETER = "ecoserve_slo_latency_ms"
 
 #: The fields honoured, at each level of the message; anything else set is refused.
 TOP_FIELDS = frozenset(
@@ -123,6 +125,7 @@ def load_config(model_dir: Path) -> ModelConfig:
     delay, preferred = _batching(message, max_batch, refuse)
     kind = _instance_kind(message, backend, refuse)
     entry_point = _entry_point(message, backend, refuse)
+    slo_latency_s = _slo(message, refuse)
     filename = _model_filename(message, backend, refuse)
     versions = choose_versions(message.version_policy, available_versions(model_dir), refuse)
     for version in versions:
@@ -152,6 +155,7 @@ def load_config(model_dir: Path) -> ModelConfig:
         instance_kind=kind,
         model_filename=filename,
         entry_point=entry_point,
+        slo_latency_s=slo_latency_s,
         serialized=message.SerializeToString(),
     )
 
@@ -281,19 +285,39 @@ def _instance_kind(message: Any, backend: Backend, refuse: _Refuser) -> str:
     return str(kind)
 
 
+def _slo(message: Any, refuse: _Refuser) -> float | None:
+    """The model's latency target in SLO mode (``ecoserve_slo_latency_ms``), in seconds."""
+    param = message.parameters.get(SLO_PARAMETER)
+    if param is None:
+        return None
+    text = param.string_value
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise refuse.error(
+            f"parameters.{SLO_PARAMETER}",
+            f'is {text!r}; give the latency target in milliseconds, e.g. string_value: "100"',
+        )
+    return value / 1000.0
+
+
 def _entry_point(message: Any, backend: Backend, refuse: _Refuser) -> str | None:
-    params = dict(message.parameters)
+    params = {k: v for k, v in message.parameters.items() if k != SLO_PARAMETER}
     if backend != "python":
         if params:
             raise refuse.error(
                 "parameters",
-                f"{sorted(params)} are not supported for {backend} models; drop them",
+                f"{sorted(params)} are not supported for {backend} models (only "
+                f"{SLO_PARAMETER}); drop them",
             )
         return None
     others = sorted(set(params) - {ENTRY_POINT})
     if others:
         raise refuse.error(
-            "parameters", f"{others} are not supported; the python backend takes only entry_point"
+            "parameters",
+            f"{others} are not supported; the python backend takes entry_point and {SLO_PARAMETER}",
         )
     value = params[ENTRY_POINT].string_value if ENTRY_POINT in params else ""
     if ":" not in value:

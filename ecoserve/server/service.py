@@ -63,6 +63,21 @@ class ServiceError(Exception):
         return (type(self), (self.status, self.detail, self.outcome, self.headers))
 
 
+def queue_spec(served: ServedModel) -> QueueSpec:
+    """A repository model's queue: its batch bound, and what its ``config.pbtxt`` says of
+    batching (preferred sizes, the longest queue delay) and of its latency target."""
+    config = served.repository
+    if config is None:
+        return QueueSpec.for_model(served.queue, max_batch=served.max_batch)
+    return QueueSpec.for_model(
+        served.queue,
+        max_batch=served.max_batch,
+        slo_latency_s=config.slo_latency_s,
+        max_wait_s=config.max_queue_delay_s if config.dynamic_batching else None,
+        batch_sizes=config.preferred_batch_sizes or None,
+    )
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A background task that raised says so in the log (the baseline is left to traffic)."""
     if not task.cancelled() and task.exception() is not None:
@@ -163,9 +178,7 @@ class InferenceService:
         engine_settings = s
         if self._batch_fns is not None:  # a repository: one queue per model
             fns = self._batch_fns
-            queues = [
-                QueueSpec.for_model(m.queue, max_batch=m.max_batch) for m in self.models.values()
-            ]
+            queues = [queue_spec(m) for m in self.models.values()]
             self.metrics.name_queues(
                 {m.queue: m.name for m in self.models.values()},
                 {q.batch_knob: q.name for q in queues},
