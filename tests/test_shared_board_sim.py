@@ -17,7 +17,7 @@ from ecoserve.core.engine import QueueSpec
 from ecoserve.core.knobs import CPU, GPU, Knob
 from ecoserve.replay.shared_board import (
     SCENARIOS,
-    ServedModel,
+    BoardModel,
     SharedBoardPlan,
     markdown,
     run_shared_board,
@@ -209,7 +209,7 @@ def test_the_joint_oracles_bound_what_a_fixed_configuration_can_do() -> None:
 
 
 def test_a_served_model_starts_where_it_is_told_in_its_looped_trace() -> None:
-    model = ServedModel("m", 1.0, Workload("p", "fixed:1s", duration="10s"), start="4s")
+    model = BoardModel("m", 1.0, Workload("p", "fixed:1s", duration="10s"), start="4s")
     arrivals = model.arrivals("20s")
     assert len(arrivals) == 20 and arrivals[0] == pytest.approx(0.0)
     assert arrivals.max() < 20.0 and np.all(np.diff(arrivals) > 0)
@@ -217,8 +217,8 @@ def test_a_served_model_starts_where_it_is_told_in_its_looped_trace() -> None:
 
 def test_the_replay_scores_every_way_of_serving_the_models_on_one_scale() -> None:
     models = (
-        ServedModel("a", 1.0, Workload("a", "poisson:20", duration="2m")),
-        ServedModel("b", 0.5, Workload("b", "poisson:10", duration="2m"), start="30s"),
+        BoardModel("a", 1.0, Workload("a", "poisson:20", duration="2m")),
+        BoardModel("b", 0.5, Workload("b", "poisson:10", duration="2m"), start="30s"),
     )
     settings = EngineSettings(max_wait_s=0.05, window_requests=100, warmup_requests=20)
     plan = SharedBoardPlan(
@@ -239,3 +239,20 @@ def test_the_replay_scores_every_way_of_serving_the_models_on_one_scale() -> Non
     assert "| joint |" in text and "seed 0: joint/daemons energy" in text
     with pytest.raises(ValueError, match="distinct names"):
         SharedBoardPlan(models=(models[0], models[0]))
+
+
+def test_the_replay_command_runs_the_shared_board() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecoserve", "replay", "--shared-board", "--duration", "1m"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "| joint |" in proc.stdout and "| daemons |" in proc.stdout and "Oracles" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "ecoserve", "replay", "--shared-board", "--device", "virtual:nope"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "no twin 'nope'" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,13 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         help="link bandwidth schedule for --tiers, e.g. 10mbit or 20mbit@0s,0.2mbit@40s",
     )
     p.add_argument("--rtt", default="1ms", help="link round-trip time for --tiers")
+    p.add_argument(
+        "--shared-board",
+        action="store_true",
+        help="three models on one board twin, each on its own recorded trace: tuned jointly by "
+        "one engine, by three daemons contending for the clocks, and at maximum, with the "
+        "joint oracles (--duration per model, default 1h; --seeds runs)",
+    )
     fleet_replay.add_arguments(p)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="daemon URL (real mode)")
     p.add_argument("--input", type=Path, help="request body for real mode: .json or .npy")
@@ -228,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
     tuners = tuple(t.strip() for t in args.tuners.split(",") if t.strip())
     if args.tiers:
         return _run_tiers(args, err)
+    if args.shared_board:
+        return _run_shared_board(args, err)
     if args.fleet:
         return fleet_replay.run(args, err)
     plots = bool(args.out) and not args.no_plots
@@ -410,6 +420,30 @@ def _run_real(args: argparse.Namespace, workloads: tuple[Any, ...], err: Any) ->
         )
     meta.update(accounting=meta.get("accounting", args.accounting), alpha=args.alpha)
     return [record], [series], {}, meta
+
+
+def _run_shared_board(args: argparse.Namespace, err: Any) -> int:
+    """Several models on one board twin, replayed in virtual time (``replay.shared_board``)."""
+    from ecoserve.replay.shared_board import SharedBoardPlan, markdown, run_shared_board
+
+    try:
+        plan = SharedBoardPlan(
+            device=args.device,
+            duration=args.duration or "1h",
+            seeds=tuple(range(args.seed, args.seed + args.seeds)),
+        )
+        plan.board()  # an unknown board fails here, before any run
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        err.print(f"ecoserve replay --shared-board: {exc}", style="red", markup=False)
+        return 2
+    workers = args.workers or min(2, os.cpu_count() or 1)
+    report = run_shared_board(
+        plan,
+        workers=workers,
+        progress=lambda what, done, total: err.print(f"  [{done}/{total}] {what}", markup=False),
+    )
+    print(markdown(report))
+    return 0
 
 
 def _run_tiers(args: argparse.Namespace, err: Any) -> int:

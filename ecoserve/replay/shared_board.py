@@ -80,7 +80,7 @@ MODEL_COSTS: dict[str, ModelCost] = {
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class BoardModel:
     """One model on the board: its cost factor, its arrivals, its queue's bounds and target.
 
     ``start``: where in its (looped) trace the model's arrivals begin, so that two models
@@ -113,14 +113,14 @@ class ServedModel:
 #: paper suite's way): the CNN at 8 req/s on the steadier conversation trace, the transformer
 #: at 16 req/s on the bursty code trace, the digits CNN at 30 req/s on the conversation trace
 #: from its middle (its bursts fall elsewhere than the CNN's).
-DEFAULT_MODELS: tuple[ServedModel, ...] = (
-    ServedModel("cnn", MODEL_COSTS["cnn"].factor, Workload("conv@8", "azure-conv", rate=8.0)),
-    ServedModel(
+DEFAULT_MODELS: tuple[BoardModel, ...] = (
+    BoardModel("cnn", MODEL_COSTS["cnn"].factor, Workload("conv@8", "azure-conv", rate=8.0)),
+    BoardModel(
         "transformer",
         MODEL_COSTS["transformer"].factor,
         Workload("code@16", "azure-code", rate=16.0),
     ),
-    ServedModel(
+    BoardModel(
         "digits",
         MODEL_COSTS["digits-large"].factor,
         Workload("conv@30", "azure-conv", rate=30.0),
@@ -133,7 +133,7 @@ DEFAULT_MODELS: tuple[ServedModel, ...] = (
 class SharedBoardPlan:
     """What to replay: the models, the board, the engine settings, the seeds."""
 
-    models: tuple[ServedModel, ...] = DEFAULT_MODELS
+    models: tuple[BoardModel, ...] = DEFAULT_MODELS
     device: str = "xavier-nx"
     settings: EngineSettings = field(
         default_factory=lambda: EngineSettings(max_wait_s=PAPER_MAX_WAIT_S)
