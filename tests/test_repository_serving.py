@@ -271,3 +271,22 @@ def test_config_pbtxt_sets_each_models_queue(tmp_path: Path) -> None:
     )
     with pytest.raises(RepositoryError, match="ecoserve_slo_latency_ms.*milliseconds"):
         scan_repository(tmp_path)
+
+
+def test_a_model_larger_than_the_memory_budget_is_refused_at_start(repository: Path) -> None:
+    import subprocess
+    import sys
+
+    args = ["--model-repository", str(repository), "--memory-budget", "4KiB"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecoserve", "serve", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "'a_cnn'" in proc.stderr and "--memory-budget" in proc.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "ecoserve", "serve", "--model-repository", str(repository),
+         "--memory-budget", "3G"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "3GiB" in bad.stderr and "Traceback" not in bad.stderr
