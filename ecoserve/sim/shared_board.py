@@ -42,6 +42,7 @@ from ecoserve.core.engine import (
     Admission,
     ApplyConfig,
     Drained,
+    RunBackground,
     Engine,
     QueueSpec,
     WindowClosed,
@@ -259,6 +260,8 @@ class SharedBoard:
                     drained[t] = True
                     wake[t] = math.inf
                     return
+                elif isinstance(action, RunBackground):
+                    raise RuntimeError("the shared-board replay runs no background work")
                 else:  # WaitUntil
                     wake[t] = max(now, action.deadline)
                     return
