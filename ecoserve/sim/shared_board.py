@@ -42,9 +42,9 @@ from ecoserve.core.engine import (
     Admission,
     ApplyConfig,
     Drained,
-    RunBackground,
     Engine,
     QueueSpec,
+    RunBackground,
     WindowClosed,
 )
 from twins.base import DeviceTwin
