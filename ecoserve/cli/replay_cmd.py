@@ -151,6 +151,14 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
         "one engine, by three daemons contending for the clocks, and at maximum, with the "
         "joint oracles (--duration per model, default 1h; --seeds runs)",
     )
+    p.add_argument(
+        "--background",
+        metavar="SPEC",
+        help="harvest the troughs: replay each trace with this background job in the engine's "
+        "slot, beside serving alone, steps whenever the queue is empty, and a nice-19 model "
+        "(builtin:digits-finetune, or cost:FIXED_MS,PER_ITEM_MS[,LOAD_MS] at maximum clocks); "
+        "the serving tuner is the first of --tuners",
+    )
     fleet_replay.add_arguments(p)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="daemon URL (real mode)")
     p.add_argument("--input", type=Path, help="request body for real mode: .json or .npy")
@@ -240,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_shared_board(args, err)
     if args.fleet:
         return fleet_replay.run(args, err)
+    if args.background:
+        return _run_harvest(args, tuners, err)
     plots = bool(args.out) and not args.no_plots
     if plots and importlib.util.find_spec("matplotlib") is None:
         err.print(
@@ -469,4 +479,31 @@ def _run_tiers(args: argparse.Namespace, err: Any) -> int:
             trace, link, link_spec=args.link, setup=digits_setup(device_slowdown=100.0)
         )
     )
+    return 0
+
+
+def _run_harvest(args: argparse.Namespace, tuners: tuple[str, ...], err: Any) -> int:
+    """Each workload with the background job in the slot, beside the baselines (virtual time)."""
+    from dataclasses import replace
+
+    from ecoserve.replay.harvest import background_cost, harvest_replay, render
+    from twins.fitted import load_twin
+
+    try:
+        twin = load_twin(args.device, noise=args.noise)
+        cost = background_cost(args.background, twin)
+        settings = replace(_settings(args), tuner=tuners[0] if tuners else "ecogd", seed=args.seed)
+        reports = []
+        for w in _workloads(args):
+            trace = w.load(seed=0)
+            err.print(f"harvest replay: {w.label} ({len(trace)} requests), four runs")
+            reports.append(harvest_replay(trace.arrivals, twin, settings, cost, workload=w.label))
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        err.print(f"[red]ecoserve replay --background: {exc}[/red]")
+        return 2
+    if args.json:
+        payload = [{**vars(r), "rows": [row.as_dict() for row in r.rows]} for r in reports]
+        sys.stdout.write(json.dumps(payload, default=_jsonable) + "\n")
+    else:
+        print(render(reports))
     return 0

@@ -20,6 +20,7 @@ from typing import Any
 from ecoserve.core.controller import Controller
 from ecoserve.core.cost import Baseline, CostModel, EnergyAccounting
 from ecoserve.core.engine import Engine, QueueSpec
+from ecoserve.core.harvest import HarvestPolicy
 from ecoserve.core.knobs import Knob, SearchSpace, batch_knob
 from ecoserve.core.tuner import Tuner
 from tuners.registry import make_tuner
@@ -152,6 +153,7 @@ def build_engine(
     tick_s: float = 0.5,
     queues: Sequence[QueueSpec] | None = None,
     baselines: Mapping[str, Baseline] | None = None,
+    harvest: HarvestPolicy | None = None,
 ) -> Engine[Any]:
     """The whole sans-IO engine for these knobs: space, tuner, controller and queues.
 
@@ -159,7 +161,8 @@ def build_engine(
     windows again. ``queues``: one ``QueueSpec`` per model served on this board (e.g.
     ``QueueSpec.for_model("resnet", max_batch=8, slo_latency_s=0.1)``), tuned jointly; None
     serves one model on the ``batch_size`` knob exactly as before. ``baselines``: each
-    model's saved baseline, by queue name (all of them, or they are measured).
+    model's saved baseline, by queue name (all of them, or they are measured). ``harvest``:
+    the background slot's policy (None: no background work).
     """
     space = build_space(knobs, settings, queues)
     controller = build_controller(space, settings, baseline, queues=queues, baselines=baselines)
@@ -174,5 +177,6 @@ def build_engine(
         tuner_factory=tuner_on,
         timer_kind=settings.batch_timer,
         tick_s=tick_s,
+        harvest=harvest,
         **({} if queues is None else {"queues": tuple(queues)}),
     )

@@ -29,9 +29,16 @@ The engine holds one request queue per served model, each with its own batch-siz
 batching timer, and one controller (one tuner) for the device's clock knobs they share. A
 batch is one queue's: among the queues whose batch is due, the one whose oldest request
 arrived first goes. A controller that scores its queues jointly (``Controller(queues=...)``)
-must score exactly the engine's queues, each batch knob in its space. Background work would
-take the slot :meth:`Engine.next` now answers with ``WaitUntil``: time in which no queue has
-a batch due.
+must score exactly the engine's queues, each batch knob in its space.
+
+Background work (``harvest``, a :class:`~ecoserve.core.harvest.HarvestPolicy`) takes the slot
+:meth:`Engine.next` would otherwise answer with ``WaitUntil``, when the policy allows it:
+:class:`RunBackground` asks for one step, then :meth:`Engine.background_done`. Requests that
+arrive meanwhile queue; the next answer after a step is a batch if one is due (serving takes
+the board back at every step boundary). The slot's clocks go on the device as an
+:class:`ApplyConfig` marked ``background`` before its step, and the serving configuration goes
+back before the next batch; each switch between the two is counted. The step's joules are
+taken out of the meter readings the controller sees, so serving is tuned on serving's joules.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
@@ -47,6 +54,7 @@ from ecoserve.core.batch_timer import BatchTimer
 from ecoserve.core.batching import BatchPolicy, Dispatch, WaitUntil
 from ecoserve.core.controller import DEFAULT_QUEUE, BatchOutcome, Controller, WindowReport
 from ecoserve.core.cost import Baseline
+from ecoserve.core.harvest import HarvestPolicy, StepOutcome
 from ecoserve.core.knobs import BATCH, SearchSpace, model_batch_knob
 from ecoserve.core.tuner import Tuner
 
@@ -55,10 +63,28 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ApplyConfig:
-    """Put these values on the device; knobs in ``governed`` go to the OS governors."""
+    """Put these values on the device; knobs in ``governed`` go to the OS governors.
+
+    ``background``: the background slot's clocks, in force until serving's come back (not
+    the serving configuration: status pages should not show them as such).
+    """
 
     values: dict[str, float]
     governed: frozenset[str]
+    background: bool = False
+
+
+@dataclass(frozen=True)
+class RunBackground:
+    """Run one background step of ``micro_batch`` items, then call ``background_done``.
+
+    ``values``: the slot's knob values (loader workers, and its clocks, already applied);
+    ``expected_s``: the step's expected seconds.
+    """
+
+    micro_batch: int
+    values: dict[str, float]
+    expected_s: float
 
 
 @dataclass(frozen=True)
@@ -147,7 +173,7 @@ class QueueSpec:
         )
 
 
-Answer = Dispatch[T] | WindowClosed | ApplyConfig | WaitUntil | Drained
+Answer = Dispatch[T] | WindowClosed | ApplyConfig | WaitUntil | Drained | RunBackground
 
 #: Reads the driver's view of its environment (a link estimate) at a time.
 Context = Callable[[float], Mapping[str, float]]
@@ -184,6 +210,7 @@ class Engine(Generic[T]):
         timer_kind: str = "fixed",
         queues: Sequence[QueueSpec] = (QueueSpec(),),
         tick_s: float = 0.5,
+        harvest: HarvestPolicy | None = None,
     ) -> None:
         if not queues:
             raise ValueError("an engine needs at least one queue")
@@ -227,6 +254,12 @@ class Engine(Generic[T]):
         self._outbox: deque[WindowClosed | None] = deque()  # None: the config in force
         self._admitting = False
         self._running = False  # a batch dispatched whose batch_done has not come
+        #: The background slot's policy, or None: no background work.
+        self.harvest = harvest
+        self._stepping = False  # a step handed out whose background_done has not come
+        self._slot_clocks: dict[str, float] | None = None  # the slot's clocks, while in force
+        self._held: Dispatch[T] | RunBackground | None = None  # what follows a clock switch
+        self._background_j = 0.0  # the steps' joules, kept out of the controller's meter
         self._sync_queues()
 
     # -- what happened ----------------------------------------------------------------------
@@ -256,6 +289,8 @@ class Engine(Generic[T]):
             return Admission.QUEUE_FULL
         q.arrived += 1
         self._controller.on_arrival(now, q.spec.name)
+        if self.harvest is not None:
+            self.harvest.on_arrival(now)
         return Admission.ACCEPTED
 
     def discard(self, gone: Callable[[T], bool]) -> list[T]:
@@ -272,9 +307,19 @@ class Engine(Generic[T]):
         """
         self._running = False
         c = self._controller
+        if self._background_j:
+            outcome = replace(outcome, meter_j=outcome.meter_j - self._background_j)
         self._closed(c.on_batch(outcome))
         if context is not None:
             self._closed(c.observe_context(context(outcome.end), outcome.end, outcome.meter_j))
+
+    def background_done(self, outcome: StepOutcome) -> None:
+        """The background step last handed out finished (or failed), as the driver measured."""
+        if not self._stepping or self.harvest is None:
+            raise RuntimeError("background_done() without a background step running")
+        self._stepping = False
+        self._background_j += max(0.0, outcome.energy_j)
+        self.harvest.step_done(outcome)
 
     # -- what to do -------------------------------------------------------------------------
     def next(
@@ -300,12 +345,28 @@ class Engine(Generic[T]):
             return self._pop()
         if self._running:
             raise RuntimeError("a batch is running: call batch_done() before next()")
+        if self._stepping:
+            raise RuntimeError("a background step is running: call background_done() first")
+        held = self._held
+        if held is not None:  # its clocks were applied by the last answer
+            self._held = None
+            if isinstance(held, RunBackground):
+                self._stepping = True
+            else:
+                self._running = True
+            return held
+        meter_j -= self._background_j
         draining = not self._admitting
         action = self._poll(now, draining)
         if isinstance(action, Dispatch):
+            if self._slot_clocks is not None:  # serving's clocks go back first
+                self._held = action
+                return self._serving_clocks()
             self._running = True
             return action
         if action is None and (arrivals_over or draining):
+            if self._slot_clocks is not None:
+                return self._serving_clocks()
             return _DRAINED
         c = self._controller
         if context is not None:
@@ -314,10 +375,58 @@ class Engine(Generic[T]):
             self._closed(c.tick(now, meter_j))
         if self._outbox:
             return self._pop()
+        if self.harvest is not None and not draining:
+            step = self._background(now, action)
+            if step is not None:
+                return step
         wake = now + self.tick_s
         if action is not None and action.deadline < wake:
             return action
         return WaitUntil(wake)
+
+    def _background(self, now: float, waiting: WaitUntil | None) -> Answer[T] | None:
+        """A step the slot's policy allows now (its clocks first, when they differ)."""
+        harvest = self.harvest
+        assert harvest is not None
+        only = self._only
+        if only is not None:
+            policy = only.policy
+            missing, timer_s = policy.batch_size - len(policy), policy.max_wait
+        else:
+            queues = [q.policy for q in self._queues.values()]
+            missing = min(p.batch_size - len(p) for p in queues)
+            timer_s = min(p.max_wait for p in queues)
+        due_at = None if waiting is None else waiting.deadline
+        step = harvest.offer(now, due_at, max(1, missing), timer_s)
+        if step is None:
+            return None
+        run = RunBackground(step.micro_batch, step.values, step.expected_s)
+        if not harvest.settings.own_clocks:
+            self._stepping = True
+            return run
+        space = self._controller.space
+        clocks = {k: step.values[k] for k in harvest.clock_knobs if space.has(k)}
+        if not clocks or clocks == self._slot_clocks:
+            self._stepping = True
+            return run
+        if self._slot_clocks is None:
+            harvest.figures.clock_switches += 1
+        self._slot_clocks = clocks
+        self._held = run
+        return ApplyConfig(dict(clocks), frozenset(), background=True)
+
+    def _serving_clocks(self) -> ApplyConfig:
+        """Serving's configuration back on the device after background steps."""
+        self._leave_slot_clocks()
+        c = self._controller
+        return ApplyConfig(c.values(), c.governed_knobs())
+
+    def _leave_slot_clocks(self) -> None:
+        """Serving's clocks go back on the device: a switch, if the slot's were in force."""
+        if self._slot_clocks is not None:
+            assert self.harvest is not None
+            self.harvest.figures.clock_switches += 1
+            self._slot_clocks = None
 
     def _poll(self, now: float, draining: bool) -> Dispatch[T] | WaitUntil | None:
         """The batch due now, else the earliest deadline (None: every queue is empty)."""
@@ -352,11 +461,11 @@ class Engine(Generic[T]):
     # -- run-time control -------------------------------------------------------------------
     def pin(self, values: Mapping[str, float], now: float, meter_j: float) -> ApplyConfig:
         """Hold some knobs at given values (nearest available); the tuner moves the rest."""
-        self._controller.pin(values, now, meter_j)
+        self._controller.pin(values, now, meter_j - self._background_j)
         return self._apply_now()
 
     def unpin(self, now: float, meter_j: float) -> ApplyConfig:
-        self._controller.unpin(now, meter_j)
+        self._controller.unpin(now, meter_j - self._background_j)
         return self._apply_now()
 
     def hold(self, now: float, meter_j: float) -> ApplyConfig:
@@ -364,7 +473,7 @@ class Engine(Generic[T]):
         return self.pin(self._controller.values(), now, meter_j)
 
     def set_tuner(self, tuner: Tuner, now: float, meter_j: float) -> ApplyConfig:
-        self._controller.set_tuner(tuner, now, meter_j)
+        self._controller.set_tuner(tuner, now, meter_j - self._background_j)
         return self._apply_now()
 
     def make_tuner(self, build: Callable[[SearchSpace], Tuner]) -> Tuner:
@@ -381,12 +490,12 @@ class Engine(Generic[T]):
         c = self._controller
         if c.space.has(name) and self._tuner_factory is not None:
             space = SearchSpace(tuple(k for k in c.space.knobs if k.name != name))
-            c.drop_knob(name, self._tuner_factory(space), now, meter_j)
+            c.drop_knob(name, self._tuner_factory(space), now, meter_j - self._background_j)
         return self._apply_now()
 
     def remeasure_baseline(self, now: float, meter_j: float) -> ApplyConfig:
         """Measure E0/L0 again at maximum on the traffic that arrives from now on."""
-        self._controller.remeasure_baseline(now, meter_j)
+        self._controller.remeasure_baseline(now, meter_j - self._background_j)
         return self._apply_now()
 
     # -- what a face may read ---------------------------------------------------------------
@@ -502,12 +611,18 @@ class Engine(Generic[T]):
 
     def _apply_now(self) -> ApplyConfig:
         self._sync_queues()
+        self._leave_slot_clocks()  # its caller puts serving's configuration on the device
+        if isinstance(self._held, RunBackground):  # its clocks are gone: it does not run
+            self._held = None
+            assert self.harvest is not None
+            self.harvest.cancel()
         c = self._controller
         return ApplyConfig(c.values(), c.governed_knobs())
 
     def _pop(self) -> WindowClosed | ApplyConfig:
         closed = self._outbox.popleft()
         if closed is None:
+            self._leave_slot_clocks()
             c = self._controller
             return ApplyConfig(c.values(), c.governed_knobs())
         return closed

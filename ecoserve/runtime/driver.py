@@ -9,7 +9,9 @@ are written to the device's actuator. Everything a face (the decorator, the HTTP
 to the engine goes through this class's methods.
 
 One batch runs at a time: an edge box has one accelerator, and overlapping batches would
-blur the energy measured for each.
+blur the energy measured for each. Background steps (an engine with a harvest policy answers
+``RunBackground``) run the same way: the ``background`` step function in the worker thread,
+timed and metered like a batch, between batches and never beside one.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from ecoserve.core.engine import (
     ApplyConfig,
     Drained,
     Engine,
+    RunBackground,
     WindowClosed,
 )
+from ecoserve.core.harvest import StepOutcome
 from ecoserve.core.knobs import SearchSpace
 from ecoserve.core.tuner import Tuner
 from ecoserve.runtime.collate import collate, split
@@ -45,6 +49,9 @@ from ecoserve.runtime.tuning_state import TuningState
 log = logging.getLogger("ecoserve.runtime.driver")
 
 BatchFunction = Callable[[Any], Any]
+#: One background step: (micro-batch, the slot's knob values) -> items done (an int, an
+#: object with ``items`` and optionally ``done``, or None for ``micro_batch`` items).
+BackgroundStep = Callable[[int, Mapping[str, float]], Any]
 #: One batch function, or one per engine queue (a board serving several models).
 BatchFunctions = BatchFunction | Mapping[str, BatchFunction]
 
@@ -109,7 +116,13 @@ class Runtime:
         extra_actuator: Actuator | None = None,
         context_source: Callable[[], Mapping[str, float]] | None = None,
         error_source: Callable[[], float] | None = None,
+        background: BackgroundStep | None = None,
     ) -> None:
+        if (engine.harvest is None) != (background is None):
+            raise ValueError(
+                "a background step function and an engine with a background slot go together: "
+                "give both (build_engine(..., harvest=...)) or neither"
+            )
         # Each engine queue's batch function, and whether it is ``async def``.
         fns = dict(fn) if isinstance(fn, Mapping) else {DEFAULT_QUEUE: fn}
         self._fns = {q: (f, inspect.iscoroutinefunction(f)) for q, f in fns.items()}
@@ -134,6 +147,7 @@ class Runtime:
         # it estimates wrong (a cascade), told to the engine after every batch.
         self._context = None if context_source is None else (lambda now: context_source())
         self.error_source = error_source
+        self._background = background
         self.counters = RuntimeCounters()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecoserve-batch")
         self._wake = asyncio.Event()
@@ -246,6 +260,8 @@ class Runtime:
         action = self.engine.next(now, self._energy(), self._context)
         if isinstance(action, Dispatch):
             await self._run_batch(action)
+        elif isinstance(action, RunBackground):
+            await self._run_step(action)
         elif isinstance(action, WindowClosed):
             self._on_window(action.report)
         elif isinstance(action, ApplyConfig):
@@ -337,6 +353,38 @@ class Runtime:
             )
         )
 
+    async def _run_step(self, step: RunBackground) -> None:
+        """Run one background step in the worker thread; the engine hears how it went."""
+        fn = self._background
+        assert fn is not None
+        started, before = self.clock(), self._energy()
+        items, done, failed = step.micro_batch, False, False
+        try:
+            if self.run_inline:
+                result = fn(step.micro_batch, step.values)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, fn, step.micro_batch, step.values
+                )
+            if inspect.isawaitable(result):
+                result = await result
+            items, done = _step_items(result, step.micro_batch)
+        except Exception as exc:  # the job failed: serving goes on, the slot counts it
+            failed = True
+            self._fault("background", type(exc).__name__, f"background step failed: {exc!r}")
+        after, end = self._energy(), self.clock()
+        self.engine.background_done(
+            StepOutcome(
+                items=0 if failed else items,
+                energy_j=max(0.0, after - before),
+                busy_s=end - started,
+                end=end,
+                meter_j=after,
+                failed=failed,
+                done=done,
+            )
+        )
+
     def _on_window(self, report: WindowReport) -> None:
         self.observer.on_window(report)
         self.save_state()
@@ -391,7 +439,8 @@ class Runtime:
             return
         if applied:  # status and metrics show only values that reached the device
             self._retry = None
-            self.observer.on_config(values)
+            if not action.background:  # the slot's clocks are not serving's configuration
+                self.observer.on_config(values)
 
     def _fault(self, where: str, reason: str, message: str) -> None:
         """Report a device or engine fault: one log line per distinct message, a counter."""
@@ -545,3 +594,18 @@ class Runtime:
     def load_state_dict(self, state: dict[str, Any]) -> tuple[list[str], list[str]]:
         """Resume a saved state before ``start``; returns (what was restored, problems)."""
         return self.engine.load_state_dict(state)
+
+
+def _step_items(result: Any, micro_batch: int) -> tuple[int, bool]:
+    """(items done, job finished) from what a step function returned."""
+    if result is None:
+        return micro_batch, False
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result, False
+    items = getattr(result, "items", None)
+    if isinstance(items, int) and not isinstance(items, bool):
+        return items, bool(getattr(result, "done", False))
+    raise TypeError(
+        f"a background step returned {type(result).__name__}; return the items done (an int), "
+        "an object with an int 'items', or None"
+    )

@@ -12,6 +12,13 @@ follow the governor models of ``twins.governors``, as on the virtual device. A t
 (``twins.tiers``) adds a link: its batches send data on a bandwidth schedule, and its link
 estimate reaches the engine as context, as the daemon's next-tier client's does.
 
+Background steps (an engine with a harvest policy answers ``RunBackground``) run on the twin
+too: their seconds come from a step-cost function (``background``: micro-batch and the
+slot's values, the clocks in force among them), with the twin's noise; their watts are the
+twin's busy power at the clocks in force. Their joules go on the meter and are reported
+apart (``extra["background"]``), drawn from a random stream of their own so the serving
+batches' noise is the same with and without them.
+
 The hot loop keeps per-request work to a queue append and ``Engine.arrive``; request ids are
 trace indices, so a batch's completion times are one slice assignment.
 """
@@ -31,7 +38,15 @@ from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.core.batching import Dispatch
 from ecoserve.core.controller import BatchOutcome, WindowReport
 from ecoserve.core.cost import Baseline
-from ecoserve.core.engine import Admission, ApplyConfig, Drained, Engine, WindowClosed
+from ecoserve.core.engine import (
+    Admission,
+    ApplyConfig,
+    Drained,
+    Engine,
+    RunBackground,
+    WindowClosed,
+)
+from ecoserve.core.harvest import HarvestPolicy, StepOutcome
 from ecoserve.core.knobs import SearchSpace
 from twins.base import DeviceTwin
 from twins.governors import GovernedClocks, UtilisationGovernor
@@ -71,8 +86,17 @@ class SimResult:
         return self.end_s / self.wall_s if self.wall_s > 0 else math.inf
 
 
+#: A background step's expected seconds: (micro-batch, the slot's values with the clocks).
+StepCost = Callable[[int, Mapping[str, float]], float]
+
+
 class Simulator:
-    """Drives one engine over one trace in virtual time on a twin."""
+    """Drives one engine over one trace in virtual time on a twin.
+
+    ``background``: the step cost of the engine's background job (needed when the engine has
+    a harvest policy). ``clock_switch_s``: seconds the board stands idle for each switch
+    between serving's and the background slot's clocks (0: the twin models none).
+    """
 
     def __init__(
         self,
@@ -80,10 +104,22 @@ class Simulator:
         engine: Engine[int],
         *,
         noise_seed: int = 0,
+        background: StepCost | None = None,
+        clock_switch_s: float = 0.0,
     ) -> None:
+        if engine.harvest is not None and background is None:
+            raise ValueError(
+                "the engine has a background slot: give the simulator the job's step cost "
+                "(background=...)"
+            )
+        if not clock_switch_s >= 0:
+            raise ValueError(f"clock_switch_s must be >= 0 seconds, got {clock_switch_s}")
         self.twin = twin
         self.engine = engine
         self.rng = random.Random(noise_seed)
+        self.background = background
+        self.clock_switch_s = float(clock_switch_s)
+        self._step_rng = random.Random(noise_seed + 7919)
         #: The clocks the engine's configuration puts in force, governed knobs included.
         self.clocks = GovernedClocks(twin)
 
@@ -123,7 +159,10 @@ class Simulator:
         mark = now
         active = 0.0
         rejected = batches = 0
+        busy = 0.0  # seconds serving batches ran
         i = 0
+        switch_s = self.clock_switch_s
+        slot_clocks = False  # the background slot's clocks are in force
 
         # knob values in force: fixed ones, and the governed ones (looked up per batch)
         fixed: dict[str, float] = {}
@@ -132,9 +171,12 @@ class Simulator:
 
         def apply(action: ApplyConfig) -> None:
             """Carry out ``ApplyConfig`` on the twin: fixed clocks, or the governors' models."""
-            nonlocal fixed, governed, idle_w, meter, mark
+            nonlocal fixed, governed, idle_w, meter, mark, now, slot_clocks
             meter += idle_w * (now - mark)
             mark = now
+            if switch_s and action.background != slot_clocks:
+                now += switch_s  # the board idles while its clocks change
+            slot_clocks = action.background
             self.clocks.apply(action.values, action.governed)
             governed = self.clocks.governed
             fixed = self.clocks.freqs()
@@ -171,6 +213,7 @@ class Simulator:
                 mark = end
                 active += energy
                 batches += 1
+                busy += dur
                 admit(end)
                 first = items[0]
                 completions[first : first + k] = end
@@ -193,6 +236,11 @@ class Simulator:
                     on_window(action.report)
             elif isinstance(action, ApplyConfig):
                 apply(action)
+            elif isinstance(action, RunBackground):
+                end, meter = self._step(action, now, meter + idle_w * (now - mark))
+                mark = end
+                admit(end)
+                now = end
             elif isinstance(action, Drained):
                 break
             else:  # WaitUntil: the next arrival, or the engine's deadline
@@ -215,7 +263,29 @@ class Simulator:
             end_s=max(now, float(arr[-1]) if n else 0.0),
             wall_s=time.perf_counter() - wall0,
             space=engine.space,
+            extra=self._extra(busy),
         )
+
+    def _step(self, step: RunBackground, now: float, meter: float) -> tuple[float, float]:
+        """Run one background step from ``now`` (``meter``: joules up to ``now``); its end and
+        the meter then. The engine hears of it before this returns."""
+        cost, twin, rng = self.background, self.twin, self._step_rng
+        assert cost is not None
+        freqs = self.clocks.freqs()
+        seconds = cost(step.micro_batch, {**step.values, **freqs})
+        if twin.noise:
+            seconds *= max(0.05, 1.0 + twin.noise * rng.gauss(0.0, 1.0))
+        joules = twin.sample_power(freqs, 1.0, rng) * seconds
+        end, meter = now + seconds, meter + joules
+        self.engine.background_done(StepOutcome(step.micro_batch, joules, seconds, end, meter))
+        return end, meter
+
+    def _extra(self, busy: float) -> dict[str, Any]:
+        harvest = self.engine.harvest
+        extra: dict[str, Any] = {"serving_busy_s": busy}
+        if harvest is not None:
+            extra["background"] = harvest.figures.as_dict()
+        return extra
 
 
 def simulate(
@@ -227,6 +297,8 @@ def simulate(
     tick_s: float = 0.5,
     on_window: Callable[[WindowReport], None] | None = None,
     baseline: Baseline | None = None,
+    harvest: HarvestPolicy | None = None,
+    background: StepCost | None = None,
     **overrides: Any,
 ) -> SimResult:
     """Build the engine exactly as the daemon does, then replay ``arrivals``.
@@ -234,12 +306,14 @@ def simulate(
     ``overrides`` replace ``EngineSettings`` fields (``tuner="grid"``, ``seed=2``...).
     ``noise_seed`` seeds the twin's noise (default: the tuner seed). ``baseline`` fixes the
     cost's E0/L0 instead of measuring them at maximum first (rows of one comparison that
-    must share a scale).
+    must share a scale). ``harvest`` gives the engine a background slot whose job's step
+    cost is ``background``.
     """
     settings = replace(settings or EngineSettings(), **overrides)
     sim = Simulator(
         twin,
-        build_engine(twin.knobs(), settings, baseline, tick_s=tick_s),
+        build_engine(twin.knobs(), settings, baseline, tick_s=tick_s, harvest=harvest),
         noise_seed=settings.seed if noise_seed is None else noise_seed,
+        background=background,
     )
     return sim.run(arrivals, on_window=on_window)

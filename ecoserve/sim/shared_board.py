@@ -44,6 +44,7 @@ from ecoserve.core.engine import (
     Drained,
     Engine,
     QueueSpec,
+    RunBackground,
     WindowClosed,
 )
 from twins.base import DeviceTwin
@@ -259,6 +260,8 @@ class SharedBoard:
                     drained[t] = True
                     wake[t] = math.inf
                     return
+                elif isinstance(action, RunBackground):
+                    raise RuntimeError("the shared-board replay runs no background work")
                 else:  # WaitUntil
                     wake[t] = max(now, action.deadline)
                     return

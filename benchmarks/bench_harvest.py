@@ -1,0 +1,66 @@
+"""Harvesting the troughs on one board: the load suite with a background job in the slot.
+
+Each workload of ``--suite load`` (an hour each) is replayed on the twin four times: serving
+alone, the engine's background slot, steps whenever the queue is empty (no gap prediction),
+and a model of the job as a separate process at nice 19 (see ``ecoserve.replay.harvest``).
+Targets: capacity >= 0.70, serving p99 <= 1.1x and serving cost <= 1.02x of serving alone,
+and the slot's joules per item with its tuned clocks <= 0.8x at maximum clocks.
+
+    python benchmarks/bench_harvest.py [--delay-s 0.02] [--cut-s 3600] [--job SPEC]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ecoserve.core.assembly import EngineSettings
+from ecoserve.core.harvest import HarvestSettings
+from ecoserve.replay.harvest import background_cost, harvest_replay, render
+from ecoserve.replay.suite import LOAD_WORKLOADS, PAPER_MAX_WAIT_S
+from twins.fitted import load_twin
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="xavier-nx")
+    p.add_argument("--job", default="builtin:digits-finetune")
+    p.add_argument("--tuner", default="ecogd", help="the serving tuner")
+    p.add_argument("--delay-s", type=float, default=0.02, help="the slot's delay bound")
+    p.add_argument("--cut-s", type=float, default=None, help="replay only this much of each")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    twin = load_twin(args.device)
+    cost = background_cost(args.job, twin)
+    settings = replace(
+        EngineSettings(max_wait_s=PAPER_MAX_WAIT_S), tuner=args.tuner, seed=args.seed
+    )
+    slot = HarvestSettings(max_delay_s=args.delay_s)
+    reports = []
+    for w in LOAD_WORKLOADS:
+        trace = w.load(seed=0)
+        if args.cut_s is not None:
+            trace = trace.cut(args.cut_s)
+        t0 = time.perf_counter()
+        reports.append(
+            harvest_replay(trace.arrivals, twin, settings, cost, workload=w.label, harvest=slot)
+        )
+        print(f"{w.label}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(render(reports))
+    if args.out is not None:
+        rows = [
+            {**r.as_dict(), "tuned_vs_max_j": rep.tuned_vs_max_j}
+            for rep in reports
+            for r in rep.rows
+        ]
+        args.out.write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
