@@ -288,6 +288,12 @@ def _one_item_at_a_time(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
+def _last_line(exc: BaseException) -> str:
+    """An exception's last line: TorchScript puts its whole interpreter trace in the message."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
 def _check_output(config: ModelConfig, version: int, model: LoadedModel) -> None:
     """Run one zero item and compare its result with the declared output dims and type."""
     where = f"model {config.name!r} version {version}"
@@ -298,7 +304,7 @@ def _check_output(config: ModelConfig, version: int, model: LoadedModel) -> None
     except Exception as exc:  # a user model may raise anything on a wrong shape or dtype
         raise RepositoryError(
             f"{where}: input[0].dims: one zero item of dims {dims_in} ({config.input.datatype}) "
-            f"fails in the model: {type(exc).__name__}: {exc}; declare the dims and data_type "
+            f"fails in the model: {type(exc).__name__}: {_last_line(exc)}; declare the dims and data_type "
             "the model takes",
             config.name,
             "input[0].dims",

@@ -184,8 +184,22 @@ def read_config(model_dir: Path) -> Any:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise RepositoryError(
-            f"model {model_dir.name!r}: {path} is not a valid model configuration: {exc}",
+            f"model {model_dir.name!r}: {path} is not a valid model configuration: {exc}"
+            + _suggestion(str(exc), message),
             model_dir.name,
             CONFIG_FILE,
         ) from exc
     return message
+
+
+def _suggestion(problem: str, message: Any) -> str:
+    """``; did you mean "max_batch_size"?`` for a field name protobuf does not know."""
+    import difflib
+    import re
+
+    unknown = re.search(r'has no field named "([^"]+)"', problem)
+    if unknown is None:
+        return ""
+    known = [f.name for f in message.DESCRIPTOR.fields]
+    close = difflib.get_close_matches(unknown.group(1), known, n=1)
+    return f'; did you mean "{close[0]}"?' if close else ""

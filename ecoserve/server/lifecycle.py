@@ -104,6 +104,8 @@ def curl_example(settings: ServeSettings, service: InferenceService, host: str, 
     else:
         served = service.default
     shape = served.spec.shape
+    if settings.tenants is not None:  # a tenant's token is needed with --tenants
+        url += " -H 'Authorization: Bearer <a tenant token>'"
     if shape is not None and len(shape) > 0 and _numel(shape) <= 32:
         zeros = _nested_zeros(shape)
         return f"curl -s {url} -H 'Content-Type: application/json' -d '{{\"input\": {zeros}}}'"

@@ -140,7 +140,7 @@ class RepositoryModels:
                 with self.residency.use(name) as swap:
                     self._count(swap)
             except ModelTooLargeError as exc:
-                raise RepositoryError(f"model {name!r}: {exc}", name, "memory") from None
+                raise RepositoryError(str(exc), name, "memory") from None
 
     def bind_metrics(self, metrics: ServerMetrics) -> None:
         """Report to ``metrics`` from now on, starting with the loads made at start."""

@@ -77,6 +77,13 @@ def served_of(request: Request, service: InferenceService) -> tuple[ServedModel,
             n for n in sorted(service.models) if visible is None or visible.may_use(n)
         )
         raise ServiceError(422, f"name the model with ?model=NAME (one of: {names})", "invalid")
+    if (
+        visible is not None
+        and name is not None
+        and not (name in service.models and visible.may_use(name))
+    ):  # another tenant's model answers exactly as a name that does not exist
+        mine = ", ".join(n for n in sorted(service.models) if visible.may_use(n)) or "none"
+        raise ServiceError(404, f"no model named {name!r}; you may use {mine}", "invalid")
     served = service.served(name)
     if visible is not None and not visible.may_use(served.name):
         raise ServiceError(404, f"no model named {served.name!r} for this tenant", "invalid")
@@ -202,7 +209,7 @@ async def status(request: Request, windows: int = 20) -> Response:
     runtime = service.runtime
     data: dict[str, Any] = {
         "model": service.name,
-        "model_spec": service.settings.model,
+        "model_spec": service.settings.model_repository or service.settings.model,
         "input": service.spec.describe(),
         "ready": service.ready,
         "draining": service.draining,

@@ -124,9 +124,10 @@ class ServeSettings(EngineSettings):
         ]
         if clashing:
             raise ValueError(
-                f"{', '.join(clashing)} cannot be used with --model-repository: each model's "
-                "config.pbtxt gives its name, inputs and outputs, tiers split one model, and "
-                "each model's baseline is kept in the --state-file"
+                f"{', '.join(clashing)} cannot be used with --model-repository: drop "
+                f"{'it' if len(clashing) == 1 else 'them'} (each model's config.pbtxt gives its "
+                "name, input and output; tiers split one --model; each model's baseline is kept "
+                "in the --state-file)"
             )
 
     def default_tuner(self) -> str:
