@@ -200,6 +200,10 @@ def test_a_tenant_sees_calls_loads_and_unloads_only_its_own_models(shared) -> No
     r = httpx.post(shared.url + "/v1/infer?model=b_digits", json=body, headers=bob_http, timeout=30)
     assert r.status_code == 200
     assert httpx.post(shared.url + "/v1/infer?model=b_digits", json=body).status_code == 401
+    for name in ("a_cnn", "zzz"):  # another's model answers as one that does not exist
+        r = httpx.post(shared.url + f"/v1/infer?model={name}", json=body, headers=bob_http)
+        assert r.status_code == 404 and "a_cnn" not in r.text.replace(f"'{name}'", "")
+        assert "you may use b_digits" in r.json()["detail"]
     metrics = httpx.get(shared.url + "/metrics", timeout=30).text
     assert 'ecoserve_tenant_requests_total{outcome="ok",tenant="bob"}' in metrics
     status = httpx.get(shared.url + "/v1/status", timeout=30).json()
