@@ -135,7 +135,7 @@ def load_job(spec: str, **options: Any) -> BackgroundJob:
                     f"(got {', '.join(sorted(options))})"
                 )
             job = obj.fresh()
-        elif callable(obj) and _missing_members(obj):
+        elif isinstance(obj, type) or (callable(obj) and _missing_members(obj)):
             job = _call_factory(obj, spec, options)
         elif not _missing_members(obj):
             if options:
