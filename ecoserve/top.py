@@ -177,6 +177,21 @@ def render(screen: Screen, now: float | None = None, width: int = WIDTH) -> Grou
     )
     lines.append(queue)
     lines += _model_rows(s, width)
+    background = s.get("background")
+    if background:
+        metric = " ".join(f"{k} {v:.3f}" for k, v in (background.get("metric") or {}).items())
+        state = f"paused: {background.get('reason')}" if background.get("paused") else "running"
+        lines.append(
+            Text(
+                f"background {background.get('job')}: {background.get('steps', 0)} steps, "
+                f"checkpoint {background.get('checkpoint_step')}, "
+                f"{float(background.get('joules') or 0):.1f} J, "
+                f"busy {100 * float(background.get('busy_share') or 0):.0f}%  {metric}  {state}"[
+                    :width
+                ],
+                style="yellow" if background.get("paused") else "",
+            )
+        )
     frozen = s.get("frozen") or {}
     if frozen:
         text = ", ".join(f"{k} ({v})" if isinstance(v, str) else str(k) for k, v in frozen.items())

@@ -138,3 +138,18 @@ def daemon(*args: str, ready: bool = True, env: dict[str, str] | None = None) ->
 
 
 FAST = ("--window-requests", "16", "--warmup-requests", "4", "--device", "virtual:xavier-nx")
+
+
+def _fails_at_step_three(micro_batch: int, state: dict) -> float:
+    """A background step function whose third step raises (serving must not notice)."""
+    state["n"] = state.get("n", 0) + 1
+    if state["n"] >= 3:
+        raise RuntimeError("the job's data went missing")
+    return 0.5
+
+
+def failing_job() -> object:
+    """``--background test_server_fixtures:failing_job``: fails at its third step."""
+    from ecoserve.background import background_job
+
+    return background_job(_fails_at_step_three, name="failing")

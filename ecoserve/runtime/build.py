@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from devices.base import Actuator, Device
@@ -17,8 +17,10 @@ from devices.safety import Guard
 from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.core.cost import Baseline
 from ecoserve.core.engine import QueueSpec
+from ecoserve.core.harvest import HarvestPolicy
+from ecoserve.core.knobs import Knob
 from ecoserve.runtime.device_spec import open_device
-from ecoserve.runtime.driver import BatchFunctions, Runtime, RuntimeObserver
+from ecoserve.runtime.driver import BackgroundStep, BatchFunctions, Runtime, RuntimeObserver
 from ecoserve.runtime.state_files import load_baseline
 from ecoserve.runtime.tuning_state import TuningState
 
@@ -59,6 +61,8 @@ def build_runtime(
     guard: Guard | None = None,
     state: TuningState | None = None,
     queues: Sequence[QueueSpec] | None = None,
+    harvest: Callable[[Sequence[Knob]], HarvestPolicy] | None = None,
+    background: BackgroundStep | None = None,
     **hooks: Any,
 ) -> Runtime:
     """A runtime over ``device`` (opened from the settings when None), wired for its life.
@@ -67,7 +71,8 @@ def build_runtime(
     its watchdog sees progress; ``state`` is resumed now and saved after each window and at
     stop. ``extra_actuator`` owns knobs of this process rather than the device (the tier
     knob); they join the search space. ``hooks`` are the runtime's ``context_source`` and
-    ``error_source``.
+    ``error_source``. ``harvest`` builds the background slot's policy from the device's clock
+    knobs, and ``background`` runs one step of the job in that slot.
     """
     device = device or open_device(
         settings.device, settings.sysfs_root, settings.meter, settings.restore_dir
@@ -76,7 +81,10 @@ def build_runtime(
     if extra_actuator is not None:
         knobs += extra_actuator.knobs()
     try:
-        engine = build_engine(knobs, settings, saved_baseline(settings), queues=queues)
+        slot = None if harvest is None else harvest(list(device.actuator.knobs()))
+        engine = build_engine(
+            knobs, settings, saved_baseline(settings), queues=queues, harvest=slot
+        )
     except Exception:
         device.close()
         raise
@@ -89,5 +97,6 @@ def build_runtime(
         extra_actuator=extra_actuator,
         guard=guard,
         state=state,
+        background=background,
         **hooks,
     )

@@ -21,6 +21,7 @@ from devices.base import Device
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.admission import TenantAdmission
+from ecoserve.server.background_work import BackgroundWork
 from ecoserve.server.hosts import HostCheck, allowed_hosts
 from ecoserve.server.oip_catalogue import OipCatalogue
 from ecoserve.server.oip_model import OipModel
@@ -77,6 +78,15 @@ def create_app(
         )
         tier_router = None
     oip = catalogue.first()
+    if settings.background is not None:  # a bad spec stops the daemon here, not in a thread
+        service.background = BackgroundWork(
+            settings.background,
+            settings.restore_dir,
+            tuner=settings.tuner,
+            seed=settings.seed,
+            checkpoint_every=settings.background_checkpoint_every,
+            max_delay_s=settings.background_max_delay_s,
+        )
     tenants = None
     if settings.tenants is not None:
         tenants = load_tenants(settings.tenants, list(service.models))

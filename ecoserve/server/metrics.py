@@ -13,7 +13,8 @@ one release (``DEPRECATED_PHASE``), so dashboards and alerts can move over.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -100,6 +101,48 @@ class _LiveCollector(Collector):
                 "Distinct warnings the device's actuator has given (a knob it cannot write)",
                 value=float(self.warnings()),
             )
+
+
+class _BackgroundCollector(Collector):
+    """The background job's figures, read when scraped from its ``describe()``."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Any]]) -> None:
+        # not ``describe``: prometheus-client calls a collector's ``describe`` for its names
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        d = self.read()
+        job = str(d.get("job", ""))
+        for name, text, key in (
+            ("ecoserve_background_steps", "Background steps completed", "steps"),
+            ("ecoserve_background_items", "Items the background job processed", "items"),
+            ("ecoserve_background_energy_joules", "Energy measured during background steps", "joules"),
+        ):  # fmt: skip
+            counter = CounterMetricFamily(name, text, labels=["job"])
+            counter.add_metric([job], float(d.get(key) or 0.0))
+            yield counter
+        busy = GaugeMetricFamily(
+            "ecoserve_background_busy_ratio",
+            "Share of the time since start spent in background steps",
+            labels=["job"],
+        )
+        busy.add_metric([job], float(d.get("busy_share") or 0.0))
+        yield busy
+        paused = GaugeMetricFamily(
+            "ecoserve_background_paused",
+            "1 while the job is paused after a failure",
+            labels=["job"],
+        )
+        paused.add_metric([job], 1.0 if d.get("paused") else 0.0)
+        yield paused
+        metric = GaugeMetricFamily(
+            "ecoserve_background_metric",
+            "The job's own figure, by name (the fine-tune's held-out accuracy)",
+            labels=["job", "name"],
+        )
+        for key, value in (d.get("metric") or {}).items():
+            metric.add_metric([job, str(key)], float(value))
+        yield metric
 
 
 class ServerMetrics(RuntimeObserver):
@@ -289,6 +332,10 @@ class ServerMetrics(RuntimeObserver):
             self.registry.unregister(self._live)
         self._live = _LiveCollector(queue_depth, joules, ready, tuner, warnings)
         self.registry.register(self._live)
+
+    def bind_background(self, describe: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the background job's figures (read from ``describe`` at each scrape)."""
+        self.registry.register(_BackgroundCollector(describe))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

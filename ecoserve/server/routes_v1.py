@@ -225,6 +225,9 @@ async def status(request: Request, windows: int = 20) -> Response:
     admission = getattr(service, "admission", None)
     if admission is not None:
         data["tenants"] = admission.describe()
+    background = getattr(service, "background", None)
+    if background is not None:
+        data["background"] = background.describe()
     if runtime is not None:
         engine = runtime.describe(max(0, windows))
         tier = None if service.tier is None else service.tier.status()

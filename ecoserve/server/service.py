@@ -30,6 +30,7 @@ from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeObserver, RuntimeStoppedError
 from ecoserve.runtime.tuning_state import TuningState
+from ecoserve.server.background_work import BackgroundWork
 from ecoserve.server.metrics import ServerMetrics
 from ecoserve.server.observers import Observers
 from ecoserve.server.oip_stats import InferenceStatistics
@@ -142,6 +143,8 @@ class InferenceService:
         self._batch_fns = batch_fns
         #: Tenants' admission by share of the board (``--tenants``); set by the app.
         self.admission: TenantAdmission | None = None
+        #: The background job (``--background``); set by the app before start.
+        self.background: BackgroundWork | None = None
         first = next(iter(self.models.values()))
         #: The first (for ``--model``, the only) model: the one ``/v1/infer`` serves by default.
         self.default = first
@@ -174,7 +177,7 @@ class InferenceService:
         observers = Observers([self.metrics, *stats])
         fns: BatchFunction | Mapping[str, BatchFunction]
         queues = None
-        tier_hooks: dict[str, Any] = {}
+        hooks: dict[str, Any] = {}
         engine_settings = s
         if self._batch_fns is not None:  # a repository: one queue per model
             fns = self._batch_fns
@@ -190,11 +193,15 @@ class InferenceService:
         if self.tier is not None:
             params = {**s.tuner_params, **self.tier.tuner_params(s.tuner)}
             engine_settings = replace(s, tuner_params=params)
-            tier_hooks = {
+            hooks = {
                 "extra_actuator": self.tier.actuator,
                 "context_source": self.tier.context,
                 "error_source": self.tier.take_errors,
             }
+        if self.background is not None:
+            self.metrics.bind_background(self.background.describe)
+            hooks["harvest"] = self.background.make_policy
+            hooks["background"] = self.background.step
         device = self._device or open_device(s.device, s.sysfs_root, s.meter, s.restore_dir)
         # Restore the knobs on SIGTERM/SIGINT/exit and, if the engine stalls, hand them back.
         guard = self._exit_stack.enter_context(guarded(device, s.watchdog_s))
@@ -206,7 +213,7 @@ class InferenceService:
             observer=observers,
             guard=guard,
             state=TuningState(s.state_file, s.served_identity, s.device, s.baseline_path),
-            **tier_hooks,
+            **hooks,
         )
         self.runtime = runtime
         if self.admission is not None:
@@ -285,6 +292,8 @@ class InferenceService:
             await self.drain()
         finally:
             self._closed = True
+            if self.background is not None:
+                self.background.close()  # its last checkpoint, before the clocks go back
             if self.tier is not None:
                 await self.tier.aclose()
             self._exit_stack.close()

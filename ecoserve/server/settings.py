@@ -46,6 +46,9 @@ class ServeSettings(EngineSettings):
     model_repository: str | None = None
     tenants: str | None = None
     memory_budget: str | None = None
+    background: str | None = None
+    background_checkpoint_every: int = 50
+    background_max_delay_s: float = 0.02
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None
@@ -84,6 +87,15 @@ class ServeSettings(EngineSettings):
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
         if not self.idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {self.idle_timeout_s}")
+        if self.background_checkpoint_every < 1:
+            raise ValueError(
+                "background_checkpoint_every must be >= 1 steps, got "
+                f"{self.background_checkpoint_every}"
+            )
+        if not self.background_max_delay_s > 0:
+            raise ValueError(
+                f"background_max_delay_s must be > 0 seconds, got {self.background_max_delay_s}"
+            )
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.batch_timer not in TIMER_KINDS:
