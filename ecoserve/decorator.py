@@ -27,6 +27,8 @@ from typing import Any
 
 from devices.base import Device
 from devices.safety import guarded
+from ecoserve.background.job import BackgroundJob
+from ecoserve.background.work import BackgroundWork
 from ecoserve.core.assembly import RENAMED_SETTINGS, EngineSettings
 from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.device_spec import open_device
@@ -53,6 +55,7 @@ class InferenceMethod:
         watchdog_s: float | None = 60.0,
         stop_timeout_s: float = 30.0,
         state_file: str | None = None,
+        background: str | BackgroundJob | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
         if timeout_s is not None and not timeout_s > 0:
@@ -69,6 +72,9 @@ class InferenceMethod:
         self.stop_timeout_s = stop_timeout_s
         #: Where the tuner state is saved after each window and at stop, and resumed from.
         self.state_file = state_file
+        #: A job for the idle time between batches (a spec or a job), made at start.
+        self.background_spec = background
+        self.background: BackgroundWork | None = None
         self._device = device
         # The device's guard (restore on exit and signals, the watchdog), held while running.
         self._guard = contextlib.ExitStack()
@@ -100,6 +106,18 @@ class InferenceMethod:
                     device.close()
                 raise
             state = TuningState(self.state_file, _function_name(self.fn), s.device, s.baseline_path)
+            hooks: dict[str, Any] = {}
+            if self.background_spec is not None:
+                try:
+                    self.background = BackgroundWork(
+                        self.background_spec, s.restore_dir, tuner=s.tuner, seed=s.seed
+                    )
+                except BaseException:
+                    self._guard.close()
+                    if self._device is None:
+                        device.close()
+                    raise
+                hooks = {"harvest": self.background.make_policy, "background": self.background.step}
             loop = asyncio.new_event_loop()
             ready: concurrent.futures.Future[Runtime] = concurrent.futures.Future()
 
@@ -107,8 +125,9 @@ class InferenceMethod:
                 asyncio.set_event_loop(loop)
                 try:
                     runtime = build_runtime(
-                        self.fn, s, device=device, run_inline=True, guard=guard, state=state
-                    )
+                        self.fn, s, device=device, run_inline=True, guard=guard, state=state,
+                        **hooks,
+                    )  # fmt: skip
                     loop.run_until_complete(runtime.start())
                 except BaseException as exc:
                     ready.set_exception(exc)
@@ -153,6 +172,8 @@ class InferenceMethod:
                     self.stop_timeout_s,
                 )
         finally:
+            if self.background is not None:
+                self.background.close()  # the job's last checkpoint
             self._guard.close()  # the watchdog stops, the clocks go back, handlers go
             runtime.device.close()
             loop.call_soon_threadsafe(loop.stop)
@@ -243,6 +264,7 @@ def inference_method(
     watchdog_s: float | None = 60.0,
     stop_timeout_s: float = 30.0,
     state_file: str | None = None,
+    background: str | BackgroundJob | None = None,
     **settings: Any,
 ) -> Any:
     """Decorate a batch inference function; see the module docstring.
@@ -254,6 +276,9 @@ def inference_method(
     hands the clocks back when no batch finishes for that long (a hung function),
     ``stop_timeout_s`` bounds ``stop()``, and ``state_file`` keeps the tuner's state across
     restarts (saved after each window and at stop, resumed at start, as the daemon's).
+    ``background`` (``"builtin:digits-finetune"``, ``"package.module:factory"`` or a job
+    object) runs a job in the idle time between batches, as ``ecoserve serve --background``
+    does, checkpointed under ``restore_dir``; ``method.background.describe()`` shows it.
     """
     for old, new in RENAMED_SETTINGS.items():
         if old in settings:
@@ -281,6 +306,7 @@ def inference_method(
             watchdog_s=watchdog_s,
             stop_timeout_s=stop_timeout_s,
             state_file=state_file,
+            background=background,
         )
 
     return wrap(fn) if fn is not None else wrap

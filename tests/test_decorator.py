@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -218,3 +219,29 @@ def test_calls_time_out_by_default() -> None:
 
     # never called, so never started: nothing to stop
     assert isinstance(ident, InferenceMethod) and ident.timeout_s == DEFAULT_CALL_TIMEOUT_S
+
+
+def test_a_decorated_function_harvests_its_idle_time_with_a_background_job(tmp_path) -> None:
+    from ecoserve.background import background_job
+
+    @background_job(state={"steps": 0})
+    def count(micro_batch: int, state: dict) -> float:
+        state["steps"] += 1
+        return 0.1
+
+    @eco_edge_infer.inference_method(
+        device="virtual:xavier-nx", background=count, restore_dir=str(tmp_path),
+        window_requests=16, warmup_requests=4,
+    )  # fmt: skip
+    def double(batch):
+        return batch * 2
+
+    with double:
+        outs = [double(torch.full((4,), float(i))) for i in range(20)]
+        assert [float(o[0]) for o in outs] == [2.0 * i for i in range(20)]
+        deadline = time.monotonic() + 20
+        while double.background.describe()["steps"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = double.background.describe()
+        assert state["job"] == "count" and state["steps"] >= 5 and not state["paused"]
+    assert (tmp_path / "background" / "count" / "background-job.ckpt").is_file()  # at stop

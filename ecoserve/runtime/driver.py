@@ -362,6 +362,7 @@ class Runtime:
         try:
             if self.run_inline:
                 result = fn(step.micro_batch, step.values)
+                await asyncio.sleep(0)  # back to the loop between steps: its callers get in
             else:
                 result = await asyncio.get_running_loop().run_in_executor(
                     self._executor, fn, step.micro_batch, step.values

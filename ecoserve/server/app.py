@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from devices.base import Device
+from ecoserve.background.work import BackgroundWork
 from ecoserve.models.loader import LoadedModel, load_model
 from ecoserve.server import admin, routes_v1, routes_v2
 from ecoserve.server.admission import TenantAdmission
-from ecoserve.server.background_work import BackgroundWork
 from ecoserve.server.hosts import HostCheck, allowed_hosts
 from ecoserve.server.oip_catalogue import OipCatalogue
 from ecoserve.server.oip_model import OipModel

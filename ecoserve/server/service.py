@@ -21,6 +21,7 @@ import torch
 
 from devices.base import Device
 from devices.safety import guarded
+from ecoserve.background.work import BackgroundWork
 from ecoserve.core.batching import QueueFullError
 from ecoserve.core.engine import DEFAULT_QUEUE, QueueSpec
 from ecoserve.core.knobs import THRESHOLD
@@ -30,7 +31,6 @@ from ecoserve.runtime.build import build_runtime
 from ecoserve.runtime.device_spec import open_device
 from ecoserve.runtime.driver import BatchFunction, Runtime, RuntimeObserver, RuntimeStoppedError
 from ecoserve.runtime.tuning_state import TuningState
-from ecoserve.server.background_work import BackgroundWork
 from ecoserve.server.metrics import ServerMetrics
 from ecoserve.server.observers import Observers
 from ecoserve.server.oip_stats import InferenceStatistics

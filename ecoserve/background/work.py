@@ -1,6 +1,6 @@
-"""The daemon's background job: its runner, the engine's slot policy for it, and its figures.
+"""A face's background job: its runner, the engine's slot policy for it, and its figures.
 
-``--background SPEC`` gives the daemon a job (``builtin:digits-finetune``,
+``ecoserve serve --background SPEC`` (or the decorator's ``background=``) gives a job (``builtin:digits-finetune``,
 ``builtin:batch-infer`` or ``package.module:factory``). The engine decides when a step runs
 (``ecoserve.core.harvest``: no serving batch due, a quiet gap predicted, the step sized to
 ``--background-max-delay-s``); the runtime runs it in its worker thread and meters it like a
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.restore_record import default_restore_dir
+from ecoserve.background.job import BackgroundJob
 from ecoserve.background.runner import JobRunner, StepOutcome
 from ecoserve.background.specs import load_job
 from ecoserve.core.harvest import HarvestPolicy, HarvestSettings, slot_space
@@ -35,7 +36,7 @@ class BackgroundWork:
 
     def __init__(
         self,
-        spec: str,
+        spec: str | BackgroundJob,
         restore_dir: str | None,
         *,
         tuner: str = "ecogd",
@@ -44,10 +45,10 @@ class BackgroundWork:
         max_delay_s: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        job = load_job(spec)
+        job = load_job(spec) if isinstance(spec, str) else spec
         root = Path(restore_dir) if restore_dir else default_restore_dir()
         self.folder = root / "background" / job.name
-        self.spec = spec
+        self.spec = spec if isinstance(spec, str) else job.name
         self.runner = JobRunner(job, self.folder, checkpoint_every=checkpoint_every)
         self.settings = HarvestSettings(max_delay_s=max_delay_s)
         self.tuner = tuner
