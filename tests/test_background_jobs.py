@@ -466,7 +466,7 @@ def test_batch_inference_resumes_without_redoing_or_skipping_items(
         runner.run_step(3)
     assert job._out is not None
     job._out.write(b'{"item": 15, "torn write' + b"x" * 20000)  # killed mid-line
-    job._out.flush()  # step 5's lines reached the file, its checkpoint never did
+    job._out.close()  # step 5's lines reached the file, its checkpoint never did
     assert out.read_bytes().count(b"\n") == 15
     del runner, job
     again = JobRunner(BatchInference(output=out, source=str(npy_folder)), state)
