@@ -640,6 +640,9 @@ def test_largest_micro_batch_keeps_the_worst_step_under_the_bound() -> None:
         measured="by hand",
     )
     assert cost.worst_seconds(2) == 3.0
+    fixed, per_item = cost.linear_fit()
+    assert fixed == pytest.approx(57 / 74) and per_item == pytest.approx(21 / 74)
+    assert StepCost(job="one", rows=((4, 2.0, 3.0, 0.5),), measured="").linear_fit() == (2.0, 0.0)
     assert cost.largest_micro_batch(5.0) == 4
     assert cost.largest_micro_batch(100.0) == 8
     assert cost.largest_micro_batch(100.0, limit=3) == 3

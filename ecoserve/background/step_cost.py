@@ -75,6 +75,17 @@ class StepCost:
         """Seconds per training image at this micro-batch (evaluation time included)."""
         return self._column(micro_batch, 3)
 
+    def linear_fit(self) -> tuple[float, float]:
+        """``(fixed_s, per_item_s)``: the least-squares line ``seconds = fixed_s + per_item_s *
+        micro_batch`` through the mean rows, for cost models that take a line."""
+        xs = [float(r[0]) for r in self.rows]
+        ys = [r[1] for r in self.rows]
+        if len(xs) == 1:
+            return ys[0], 0.0
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        return my - slope * mx, slope
+
     def largest_micro_batch(self, bound_s: float, limit: int | None = None) -> int:
         """The largest micro-batch (up to ``limit``, else the last row's) such that it and every
         smaller one keep a step's worst time within ``bound_s`` seconds; 0 when not even one
