@@ -1,12 +1,19 @@
 """Seconds per step of the digits fine-tune at several micro-batch sizes, on this machine.
 
 The simulator needs a background step's duration without running one; this measures it. For
-each micro-batch size the job runs a warm-up, then timed steps (each timed alone with
-``perf_counter``: forward, backward, and, on the steps that complete an update group, Adam's
-update and every ``eval_every`` updates the held-out evaluation, exactly as the daemon runs
-them). It prints the table, the held-out evaluation's own cost, and the least-squares line
-``seconds = fixed + per_item * micro_batch`` through the mean step times, as
-``ecoserve/background/step_cost.py`` records them.
+each micro-batch size the job runs a warm-up, then timed steps, each timed alone and run
+exactly as the daemon runs them: forward and backward of a
+micro-batch, Adam's update on the steps that complete an update group, and, every
+``eval_every`` updates, the evaluation steps that classify slices of the held-out images. It
+prints the mean and 99th-percentile seconds per step and the seconds per training image
+(time over images) of the least-disturbed of ``--repeats`` runs, and the rows ``ecoserve/background/step_cost.py`` records. It also times
+one forward pass against one forward and backward pass per image, the ratio behind
+``EVAL_ITEMS_PER_ITEM``.
+
+The default clock is the stepping thread's CPU time (``time.thread_time``) with one torch
+thread, where every computation runs in that thread: on a machine other processes share, it
+counts the step's own work and not the time the scheduler gave to others, which elapsed time
+(``--clock wall``) would add.
 
     python benchmarks/bench_background_step.py                      # small model, 1 thread
     python benchmarks/bench_background_step.py --model large --threads 2
@@ -20,6 +27,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,78 +37,115 @@ from ecoserve.background.digits_finetune import DigitsFinetune
 SIZES = (1, 2, 4, 8, 16, 32)
 
 
-def time_steps(job: DigitsFinetune, micro_batch: int, steps: int, warmup: int) -> list[float]:
-    """Seconds of each of ``steps`` timed steps at ``micro_batch`` (after ``warmup`` steps)."""
-    for _ in range(warmup):
-        job.step(micro_batch)
+Clock = Callable[[], float]
+
+
+def time_steps(
+    job: DigitsFinetune, micro_batch: int, cycles: int, clock: Clock
+) -> tuple[list[float], int]:
+    """Seconds of each step at ``micro_batch`` over ``cycles`` whole evaluation cycles (so the
+    mean weighs training and evaluation steps as a long run does), and the training images
+    they took. Untimed steps first run up to the end of an evaluation (the warm-up)."""
+    while "accuracy" not in job.step(micro_batch).metric:
+        pass
     times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        job.step(micro_batch)
-        times.append(time.perf_counter() - t0)
-    return times
+    items = 0
+    done = 0
+    while done < cycles:
+        t0 = clock()
+        result = job.step(micro_batch)
+        times.append(clock() - t0)
+        items += result.items
+        done += "accuracy" in result.metric
+    return times, items
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares ``y = a + b x``."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    return my - b * mx, b
+def forward_share(job: DigitsFinetune, clock: Clock, repeats: int = 50) -> float:
+    """Seconds of a forward pass over 128 images over those of forward and backward."""
+    x, y = job._x[:128], job._y[:128]
+    fwd, both = [], []
+    for _ in range(repeats):
+        t0 = clock()
+        with torch.no_grad():
+            job.model(x)
+        t1 = clock()
+        torch.nn.functional.cross_entropy(job.model(x), y).backward()
+        t2 = clock()
+        fwd.append(t1 - t0)
+        both.append(t2 - t1)
+    job.model.zero_grad(set_to_none=True)
+    return statistics.median(fwd) / statistics.median(both)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small", choices=("small", "large"))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--steps", type=int, default=640, help="timed steps per size")
-    parser.add_argument("--warmup", type=int, default=64)
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=4,
+        help="timed evaluation cycles (eval_every updates) per size",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("thread", "wall"),
+        default="thread",
+        help="thread: this thread's CPU time (steady on a shared machine; one torch thread "
+        "only); wall: elapsed time",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="keep the fastest of these")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.steps < 2 or any(s < 1 for s in args.sizes):
-        parser.error("--threads and --sizes must be >= 1 and --steps >= 2")
+    if min(args.threads, args.cycles, args.repeats, *args.sizes) < 1:
+        parser.error("--threads, --cycles, --repeats and --sizes must be >= 1")
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread misses the time of other torch threads; use --clock wall")
+    clock: Clock = time.thread_time if args.clock == "thread" else time.perf_counter
 
     torch.set_num_threads(args.threads)
     job = DigitsFinetune(model=args.model, epochs=10**6)
     rows = []
     for size in args.sizes:
-        times = time_steps(job, size, args.steps, args.warmup)
-        q = statistics.quantiles(times, n=100)
+        # the least-disturbed of a few repeats: other processes only ever add time
+        runs = [time_steps(job, size, args.cycles, clock) for _ in range(args.repeats)]
+        times, items = min(runs, key=lambda run: sum(run[0]) / run[1])
         rows.append(
             {
                 "micro_batch": size,
                 "mean_s": statistics.fmean(times),
                 "median_s": statistics.median(times),
-                "p99_s": q[98],
+                "p99_s": statistics.quantiles(times, n=100)[98],
                 "max_s": max(times),
+                "s_per_item": sum(times) / items,
             }
         )
-    evals = []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        job.evaluate()
-        evals.append(time.perf_counter() - t0)
-    eval_s = statistics.median(evals)
-    fixed, per_item = fit_line([r["micro_batch"] for r in rows], [r["mean_s"] for r in rows])
+    share = forward_share(job, clock)
 
     print(
         f"digits-finetune model={args.model} threads={args.threads} torch={torch.__version__} "
-        f"cpu={platform.processor() or platform.machine()} steps/size={args.steps}"
+        f"cpu={platform.processor() or platform.machine()} cycles/size={args.cycles} (eval every 10 updates of 32), fastest of {args.repeats}, clock={args.clock}"
     )
-    print("| micro-batch | mean ms | median ms | p99 ms | max ms | mean ms/item |")
+    print("| micro-batch | mean ms/step | median ms | p99 ms | max ms | ms per image |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        m = r["micro_batch"]
         print(
-            f"| {m} | {r['mean_s'] * 1e3:.3f} | {r['median_s'] * 1e3:.3f} | "
-            f"{r['p99_s'] * 1e3:.3f} | {r['max_s'] * 1e3:.3f} | {r['mean_s'] * 1e3 / m:.4f} |"
+            f"| {r['micro_batch']} | {r['mean_s'] * 1e3:.3f} | {r['median_s'] * 1e3:.3f} | "
+            f"{r['p99_s'] * 1e3:.3f} | {r['max_s'] * 1e3:.3f} | {r['s_per_item'] * 1e3:.4f} |"
         )
-    print(f"held-out evaluation (450 images): {eval_s * 1e3:.3f} ms")
-    print(f"fit: seconds = {fixed:.3e} + {per_item:.3e} * micro_batch")
+    print(f"forward / (forward + backward) per image, 128 images: {share:.3f}")
     print(
-        "table for step_cost.py: "
-        + repr(tuple((r["micro_batch"], round(r["mean_s"], 7)) for r in rows))
+        "rows for step_cost.py (micro_batch, mean_s, p99_s, s_per_item): "
+        + repr(
+            tuple(
+                (
+                    r["micro_batch"],
+                    *(float(f"{r[k]:.4g}") for k in ("mean_s", "p99_s", "s_per_item")),
+                )
+                for r in rows
+            )
+        )
     )
     if args.json is not None:
         args.json.write_text(
@@ -108,11 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "model": args.model,
                     "threads": args.threads,
+                    "clock": args.clock,
                     "torch": torch.__version__,
                     "rows": rows,
-                    "eval_s": eval_s,
-                    "fixed_s": fixed,
-                    "per_item_s": per_item,
+                    "forward_share": share,
                 },
                 indent=1,
             )

@@ -220,16 +220,18 @@ class BatchInference:
         self.items_done += len(chosen)
         self.output_bytes += len(data)
         self.correct += correct
+        done = self.items_done >= self.total
+        if done:  # the output is complete: make it durable and let it go
+            self._sync_output()
+            self.close()
         metric = {"progress": self.items_done / self.total}
         if self._labels is not None:
             metric["accuracy"] = self.correct / self.items_done
-        return StepResult(items=len(chosen), metric=metric, done=self.items_done >= self.total)
+        return StepResult(items=len(chosen), metric=metric, done=done)
 
     def state_dict(self) -> dict[str, Any]:
         """Progress, after making the output it counts durable (so the two always agree)."""
-        if self._out is not None:
-            self._out.flush()
-            os.fsync(self._out.fileno())
+        self._sync_output()
         return {
             "fingerprint": self.fingerprint,
             "source": self.source,
@@ -267,6 +269,11 @@ class BatchInference:
             self._out = None
         self.items_done, self.output_bytes, self.correct = done, size, correct
         self._resumed = True
+
+    def _sync_output(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+            os.fsync(self._out.fileno())
 
     def close(self) -> None:
         """Flush and close the output and stop the loader threads (the runner's stop)."""

@@ -13,6 +13,10 @@ group's size) and the optimizer updates when a group is complete. So a tuner may
 micro-batch between any two steps (to keep a step under the engine's time bound) and the
 model sees the same updates, up to floating-point summation order.
 
+Evaluation is sized the same way: when one is due, the next steps each classify a slice of
+the 450 held-out images (``EVAL_ITEMS_PER_ITEM`` times the micro-batch, forward only) before
+training goes on, so no step, evaluating or training, outgrows the engine's bound.
+
 A resumed job continues bit-identically: its state holds the weights, the optimizer, the
 gradients accumulated so far in the current group, its place in the data and its own random
 state (dropout draws from it, never from the process's global generator, which serving uses).
@@ -41,6 +45,11 @@ from ecoserve.models.digits import (
 )
 
 INITS = ("head", "shipped", "scratch")
+#: Held-out images one evaluation step classifies per micro-batch item: a forward pass costs
+#: 0.33 to 0.45 of a forward plus backward pass on both models (measured by
+#: ``benchmarks/bench_background_step.py``), so an evaluation step of twice the micro-batch
+#: is no longer than a training step of the micro-batch.
+EVAL_ITEMS_PER_ITEM = 2
 #: Options a checkpoint must share with the job resuming it (the rest may change).
 FIXED_OPTIONS = ("model", "init", "batch_size", "seed")
 
@@ -112,6 +121,9 @@ class DigitsFinetune:
         self.cursor = 0
         self.updates = 0
         self.accuracy: float | None = None
+        #: Held-out images classified so far in the evaluation under way (None: none is).
+        self.eval_pos: int | None = None
+        self.eval_correct = 0
         self._order_epoch = -1
         self._order = torch.empty(0, dtype=torch.int64)
 
@@ -121,7 +133,8 @@ class DigitsFinetune:
 
     @property
     def done(self) -> bool:
-        return self.epoch >= int(self.options["epochs"])
+        """Every epoch trained and the final evaluation finished."""
+        return self.epoch >= int(self.options["epochs"]) and self.eval_pos is None
 
     def _fresh_model(self) -> nn.Sequential:
         name = str(self.options["model"])
@@ -155,23 +168,42 @@ class DigitsFinetune:
             yield
             self._rng = torch.get_rng_state()
 
-    def evaluate(self) -> float:
-        """Held-out accuracy (the 450 test images); the model goes back to training mode."""
+    def _count_correct(self, start: int, stop: int) -> int:
         self.model.eval()
         try:
-            correct = count_correct(self.model, self._x_test, self._y_test)
+            return count_correct(self.model, self._x_test[start:stop], self._y_test[start:stop])
         finally:
             self.model.train()
-        return correct / len(self._y_test)
+
+    def evaluate(self) -> float:
+        """Held-out accuracy over all 450 test images at once (the steps evaluate in slices)."""
+        return self._count_correct(0, len(self._y_test)) / len(self._y_test)
+
+    def _eval_step(self, micro_batch: int) -> StepResult:
+        """Classify the next slice of the held-out images; report accuracy after the last."""
+        assert self.eval_pos is not None
+        stop = min(self.eval_pos + EVAL_ITEMS_PER_ITEM * micro_batch, len(self._y_test))
+        self.eval_correct += self._count_correct(self.eval_pos, stop)
+        self.eval_pos = stop
+        if stop < len(self._y_test):
+            return StepResult(items=0)
+        self.accuracy = self.eval_correct / len(self._y_test)
+        self.eval_pos, self.eval_correct = None, 0
+        if self.done and self.export is not None:
+            self.export_weights(self.export)
+        return StepResult(items=0, metric={"accuracy": self.accuracy}, done=self.done)
 
     def step(self, micro_batch: int) -> StepResult:
-        """One micro-batch of the current update group; updates when the group is complete.
+        """One micro-batch of the current update group (the optimizer updates when the group is
+        complete), or a slice of the evaluation under way (``items`` 0: no training image).
 
         A non-finite loss is returned without a backward pass or any change to the job, so
         the runner pauses a job whose state is still the last good one.
         """
         if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
             raise ValueError(f"micro_batch={micro_batch!r}: must be a whole number >= 1")
+        if self.eval_pos is not None:
+            return self._eval_step(micro_batch)
         if self.done:
             return StepResult(items=0, done=True)
         batch = int(self.options["batch_size"])
@@ -189,7 +221,6 @@ class DigitsFinetune:
                 return StepResult(items=0, loss=loss)
             (total / (group_end - group_start)).backward()
         self.cursor += take
-        metric: dict[str, float] = {}
         if self.cursor == group_end:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -197,12 +228,10 @@ class DigitsFinetune:
             if self.cursor == n:
                 self.epoch += 1
                 self.cursor = 0
-            if self.updates % int(self.options["eval_every"]) == 0 or self.done:
-                self.accuracy = self.evaluate()
-                metric["accuracy"] = self.accuracy
-            if self.done and self.export is not None:
-                self.export_weights(self.export)
-        return StepResult(items=take, loss=loss, metric=metric, done=self.done)
+            last = self.epoch >= int(self.options["epochs"])
+            if self.updates % int(self.options["eval_every"]) == 0 or last:
+                self.eval_pos, self.eval_correct = 0, 0
+        return StepResult(items=take, loss=loss)
 
     def export_weights(self, path: str | Path) -> None:
         """Write the model's weights (a plain state_dict) atomically to ``path``."""
@@ -220,6 +249,8 @@ class DigitsFinetune:
             "cursor": self.cursor,
             "updates": self.updates,
             "accuracy": self.accuracy,
+            "eval_pos": self.eval_pos,
+            "eval_correct": self.eval_correct,
             "rng": self._rng.clone(),
         }
 
@@ -261,11 +292,17 @@ class DigitsFinetune:
             if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
                 raise ValueError("the saved random state is not a byte tensor")
             accuracy = state.get("accuracy")
+            eval_pos = state.get("eval_pos")
+            eval_pos = None if eval_pos is None else int(eval_pos)
+            eval_correct = int(state.get("eval_correct", 0))
+            if eval_pos is not None and not 0 <= eval_pos < len(self._y_test):
+                raise ValueError(f"evaluation position {eval_pos} is out of range")
         except (KeyError, TypeError, RuntimeError) as exc:
             raise ValueError(f"not a digits-finetune state: {exc}") from exc
         self.model, self.optimizer = model, optimizer
         self.epoch, self.cursor, self.updates = epoch, cursor, updates
         self.accuracy = None if accuracy is None else float(accuracy)
+        self.eval_pos, self.eval_correct = eval_pos, eval_correct
         self._rng = rng.clone()
         # the learning rate and decay of this start win over the saved ones
         for group in self.optimizer.param_groups:
@@ -280,6 +317,7 @@ class DigitsFinetune:
             "epoch": self.epoch,
             "updates": self.updates,
             "accuracy": self.accuracy,
+            "evaluating": self.eval_pos is not None,
             "done": self.done,
             "knobs": {"micro_batch": [1, int(self.options["batch_size"])]},
         }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class FunctionJob:
     def __init__(self, fn: StepFunction, name: str, state: Mapping[str, Any] | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"a background job needs a callable step function, got {fn!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a background job needs a non-empty name, got {name!r}")
         self._fn = fn
         self._name = name
         self._initial = copy.deepcopy(dict(state or {}))
@@ -117,12 +119,22 @@ class FunctionJob:
         return FunctionJob(self._fn, self._name, self._initial)
 
 
+@overload
+def background_job(fn: StepFunction) -> FunctionJob: ...
+
+
+@overload
+def background_job(
+    *, name: str | None = None, state: Mapping[str, Any] | None = None
+) -> Callable[[StepFunction], FunctionJob]: ...
+
+
 def background_job(
     fn: StepFunction | None = None,
     *,
     name: str | None = None,
     state: Mapping[str, Any] | None = None,
-) -> Any:
+) -> FunctionJob | Callable[[StepFunction], FunctionJob]:
     """Decorator: make a background job of ``step(micro_batch, state)``.
 
     ``@background_job`` names the job after the function; ``@background_job(name="x",

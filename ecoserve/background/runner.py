@@ -149,11 +149,11 @@ class JobRunner:
     def _pause(self, reason: str) -> StepOutcome:
         with self._lock:
             self.paused, self.reason = True, reason
-            self._stepping = False
             return StepOutcome(ran=False, step=self.steps, paused=True, reason=reason)
 
     def run_step(self, micro_batch: int) -> StepOutcome:
-        """Run one step of at most ``micro_batch`` items; checkpoint when one is due.
+        """Run one step of at most ``micro_batch`` items; checkpoint when one is due (its write
+        is part of that call's time).
 
         Raises JobNotRunnable if the job is paused, done, stopped or mid-step, and ValueError
         for a micro-batch below 1; a failure of the job itself never raises: it pauses.
@@ -165,6 +165,13 @@ class JobRunner:
             if refusal is not None:
                 raise JobNotRunnable(refusal)
             self._stepping = True
+        try:
+            return self._step(micro_batch)
+        finally:
+            with self._lock:
+                self._stepping = False
+
+    def _step(self, micro_batch: int) -> StepOutcome:
         number = self.steps + 1
         try:
             result = self.job.step(micro_batch)
@@ -188,8 +195,6 @@ class JobRunner:
             if failure is not None:
                 return self._pause(f"checkpoint after step {number} failed: {failure}")
             checkpointed = True
-        with self._lock:
-            self._stepping = False
         return StepOutcome(
             ran=True,
             step=number,

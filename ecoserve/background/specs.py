@@ -107,9 +107,8 @@ def _call_factory(factory: Callable[..., Any], spec: str, options: Mapping[str, 
 def load_job(spec: str, **options: Any) -> BackgroundJob:
     """The job a spec names, built with ``options``; ValueError says what is wrong and the fix.
 
-    String option values (from ``--background-option key=value`` or a config file) are
-    converted to the type the job's parameter has, so ``micro_batch``-style numbers and
-    ``true``/``false`` flags work from the command line.
+    String option values (as a command line or a config file gives them) are converted to
+    the type the job's parameter has, so numbers and ``true``/``false`` flags work as text.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(

@@ -1,17 +1,18 @@
 """How long one background step takes, from measurements, for the virtual-time simulator.
 
 The simulator advances its clock by a step's duration without running the step, and the
-engine picks the micro-batch whose step fits the gap it predicts; both need ``seconds per
-step`` as a function of the micro-batch. The figures here are derived, not invented: they are
-``benchmarks/bench_background_step.py``'s output on the development machine, a CPU (x86-64,
-one torch thread, torch 2.13), not an edge board's GPU. A twin of a slower board scales them
-(``StepCost.scaled``) by the ratio of its measured inference times to this machine's.
+engine picks the micro-batch whose step fits the gap it predicts; both need seconds per step
+as a function of the micro-batch. The figures here are derived, not invented: they are the
+output of ``benchmarks/bench_background_step.py`` on the development machine, a CPU (x86-64,
+one torch thread, torch 2.13, the stepping thread's CPU time), not an edge board's GPU. A
+twin of a slower board scales them (``StepCost.scaled``) by the ratio of its measured
+inference times to this machine's.
 
-Each table row is a micro-batch and the mean seconds of a step at that size, over 640 timed
-steps after a warm-up; the mean includes the Adam update on the steps that complete an update
-group (32 images) and the held-out evaluation every 10 updates, so it is the figure to charge
-for throughput and energy. A single step can take longer: one that also evaluates costs up to
-``eval_s`` more, which ``worst_seconds`` adds for the engine's time bound.
+Each row is a micro-batch with, over four whole evaluation cycles (ten updates of 32 images
+and the evaluation steps after them; the least-disturbed of three runs): the mean seconds
+per step, which weighs training and evaluation steps as a long run does and is the figure to
+charge for energy; the 99th percentile, the figure a step's time bound must hold; and the
+seconds per training image, for throughput.
 """
 
 from __future__ import annotations
@@ -19,106 +20,131 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: One measured row: micro-batch, mean seconds per step, 99th-percentile seconds per step,
+#: seconds per training image (all steps' time over the images they trained).
+Row = tuple[int, float, float, float]
+
+
+def _interpolate(points: list[tuple[int, float]], micro_batch: int) -> float:
+    if micro_batch <= points[0][0]:
+        return points[0][1]
+    for (m0, s0), (m1, s1) in zip(points, points[1:]):
+        if micro_batch <= m1:
+            return s0 + (s1 - s0) * (micro_batch - m0) / (m1 - m0)
+    return points[-1][1]
+
 
 @dataclass(frozen=True)
 class StepCost:
-    """Measured seconds per step of one job by micro-batch; interpolated between the rows,
-    extended beyond the largest by the least-squares slope ``per_item_s``."""
+    """Measured step costs of one job by micro-batch, interpolated linearly between rows.
+
+    Above the last row a step costs what the last row says: the job never takes more items in
+    a step than that (the digits fine-tune's update group is the last row's micro-batch).
+    """
 
     job: str
-    points: tuple[tuple[int, float], ...]
-    per_item_s: float
-    eval_s: float
+    rows: tuple[Row, ...]
     measured: str
 
     def __post_init__(self) -> None:
-        sizes = [m for m, _ in self.points]
+        sizes = [r[0] for r in self.rows]
         if not sizes or sizes != sorted(set(sizes)) or sizes[0] < 1:
-            raise ValueError(
-                "StepCost.points must be rows (micro_batch, seconds), sizes rising from >= 1"
-            )
-        if any(not (s > 0 and math.isfinite(s)) for _, s in self.points):
-            raise ValueError("StepCost.points must hold positive finite seconds")
+            raise ValueError("StepCost.rows must have micro-batches rising from >= 1")
+        if any(not (v > 0 and math.isfinite(v)) for r in self.rows for v in r[1:]):
+            raise ValueError("StepCost.rows must hold positive finite seconds")
 
-    def _check(self, micro_batch: int) -> None:
+    @property
+    def max_micro_batch(self) -> int:
+        return self.rows[-1][0]
+
+    def _column(self, micro_batch: int, column: int) -> float:
         if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
             raise ValueError(f"micro_batch={micro_batch!r}: must be a whole number >= 1")
+        return _interpolate([(r[0], r[column]) for r in self.rows], micro_batch)
 
     def seconds(self, micro_batch: int) -> float:
-        """Mean seconds of a step over ``micro_batch`` items."""
-        self._check(micro_batch)
-        pts = self.points
-        if micro_batch <= pts[0][0]:
-            return pts[0][1]
-        for (m0, s0), (m1, s1) in zip(pts, pts[1:]):
-            if micro_batch <= m1:
-                return s0 + (s1 - s0) * (micro_batch - m0) / (m1 - m0)
-        last_m, last_s = pts[-1]
-        return last_s + self.per_item_s * (micro_batch - last_m)
+        """Mean seconds per step: what a long run spends per step (training and evaluation
+        steps in their proportion), the figure for throughput and energy."""
+        return self._column(micro_batch, 1)
 
     def worst_seconds(self, micro_batch: int) -> float:
-        """A step that also runs the held-out evaluation: the figure a time bound must hold."""
-        return self.seconds(micro_batch) + self.eval_s
+        """99th-percentile seconds per step: the figure the engine's time bound must hold."""
+        return self._column(micro_batch, 2)
 
-    def largest_micro_batch(self, bound_s: float, limit: int) -> int:
-        """The largest micro-batch up to ``limit`` whose worst step fits in ``bound_s``
-        seconds; 0 when not even one item fits (the engine then runs no step)."""
+    def seconds_per_item(self, micro_batch: int) -> float:
+        """Seconds per training image at this micro-batch (evaluation time included)."""
+        return self._column(micro_batch, 3)
+
+    def linear_fit(self) -> tuple[float, float]:
+        """``(fixed_s, per_item_s)``: the least-squares line ``seconds = fixed_s + per_item_s *
+        micro_batch`` through the mean rows, for cost models that take a line."""
+        xs = [float(r[0]) for r in self.rows]
+        ys = [r[1] for r in self.rows]
+        if len(xs) == 1:
+            return ys[0], 0.0
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        return my - slope * mx, slope
+
+    def largest_micro_batch(self, bound_s: float, limit: int | None = None) -> int:
+        """The largest micro-batch (up to ``limit``, else the last row's) such that it and every
+        smaller one keep a step's worst time within ``bound_s`` seconds; 0 when not even one
+        item fits (the engine then runs no step)."""
         if not math.isfinite(bound_s) or bound_s < 0:
             raise ValueError(f"bound_s={bound_s!r}: must be a finite number of seconds >= 0")
-        self._check(limit)
+        top = self.max_micro_batch if limit is None else limit
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ValueError(f"limit={limit!r}: must be a whole number >= 1")
         best = 0
-        for m in range(1, limit + 1):
+        for m in range(1, top + 1):
             if self.worst_seconds(m) > bound_s:
                 break
             best = m
         return best
 
     def scaled(self, factor: float) -> StepCost:
-        """The same job on a board ``factor`` times slower (>1) or faster (<1) than the CPU
+        """The same job on a board ``factor`` times slower (> 1) or faster (< 1) than the CPU
         measured here."""
         if not (factor > 0 and math.isfinite(factor)):
             raise ValueError(f"factor={factor!r}: must be a positive finite number")
         return StepCost(
             job=self.job,
-            points=tuple((m, s * factor) for m, s in self.points),
-            per_item_s=self.per_item_s * factor,
-            eval_s=self.eval_s * factor,
+            rows=tuple((r[0], r[1] * factor, r[2] * factor, r[3] * factor) for r in self.rows),
             measured=f"{self.measured}, scaled by {factor:g}",
         )
 
 
-_HOW = "x86-64 CPU, 1 torch thread, torch 2.13; benchmarks/bench_background_step.py"
+_HOW = (
+    "x86-64 CPU (2 vCPUs), 1 torch thread, torch 2.13, thread CPU time; "
+    "python benchmarks/bench_background_step.py --repeats 3"
+)
 
 #: ``builtin:digits-finetune`` with its defaults (small model, update groups of 32).
 DIGITS_FINETUNE_SMALL = StepCost(
     job="digits-finetune",
-    points=(
-        (1, 0.000423),
-        (2, 0.0006487),
-        (4, 0.000716),
-        (8, 0.00078),
-        (16, 0.000803),
-        (32, 0.0009667),
+    rows=(
+        (1, 0.0003324, 0.0008712, 0.0005715),
+        (2, 0.0004762, 0.00119, 0.0004104),
+        (4, 0.000464, 0.001102, 0.0002007),
+        (8, 0.0005299, 0.001288, 0.0001156),
+        (16, 0.0005159, 0.001378, 5.732e-05),
+        (32, 0.0006433, 0.001334, 3.702e-05),
     ),
-    per_item_s=1.288e-05,
-    eval_s=0.001148,
     measured=_HOW,
 )
 
 #: ``builtin:digits-finetune`` with ``model=large`` (62k parameters, dropout).
 DIGITS_FINETUNE_LARGE = StepCost(
     job="digits-finetune",
-    points=(
-        (1, 0.0011025),
-        (2, 0.0018408),
-        (4, 0.0022959),
-        (8, 0.0031518),
-        (16, 0.0052249),
-        (32, 0.0089114),
+    rows=(
+        (1, 0.0007014, 0.00165, 0.001206),
+        (2, 0.001418, 0.002986, 0.00121),
+        (4, 0.0018, 0.003823, 0.0007784),
+        (8, 0.002148, 0.004511, 0.0004687),
+        (16, 0.003285, 0.007324, 0.000365),
+        (32, 0.004208, 0.007274, 0.0002422),
     ),
-    per_item_s=2.437e-04,
-    eval_s=0.028633,
-    measured=f"{_HOW} --model large --steps 320",
+    measured=f"{_HOW} --model large",
 )
 
 
