@@ -19,13 +19,14 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from devices import durable
 
 MAGIC = b"ECOSERVE-BACKGROUND-CHECKPOINT\n"
 FORMAT_VERSION = 1
@@ -52,24 +53,9 @@ class Checkpoint:
 
 
 def write_bytes_durably(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync of the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_INFIX}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync of the folder (its
+    temporary named so ``remove_stale_temporaries`` finds it after a crash)."""
+    durable.write_bytes_durably(path, data, TEMP_INFIX)
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
