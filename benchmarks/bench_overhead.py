@@ -5,7 +5,9 @@ answers per second is what its request path costs. Both servers run at once (eac
 while the other is measured), and the closed-loop runs alternate between them
 (plain, ecoserve, plain, ...), ``--repeats`` times: on a shared, noisy box the ratio within
 one pair of runs holds better than either rate does. Printed: every run, then the median
-and range of each server's rate and of the per-pair ratio.
+and range of each server's rate and of the per-pair ratio. ``--reference PATH`` adds a third
+server, the daemon as the checkout at PATH has it (``PYTHONPATH=PATH``), to the same rounds:
+a change to the request path is then measured against what it replaces, in the same run.
 
     python benchmarks/bench_overhead.py --repeats 5 --out bench_overhead.json
 """
@@ -51,6 +53,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--ecoserve-args", default="--device none --max-wait-s 0.005")
+    p.add_argument("--reference", type=Path, default=None, help="another checkout's daemon too")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--logs", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")))
     args = p.parse_args()
@@ -58,22 +61,26 @@ def main() -> int:
         p.error("--repeats must be at least 1")
     body, ctype = bodies(args.model, args.body)
     t = args.torch_threads
-    ports = {"plain": free_port(), "ecoserve": free_port()}
+    labels = ["plain", "ecoserve"] + (["reference"] if args.reference else [])
+    ports = {label: free_port() for label in labels}
+    extra = args.ecoserve_args.split()
     cmds = {
         "plain": (plain_cmd(args.model, ports["plain"], t), "/healthz"),
-        "ecoserve": (
-            ecoserve_cmd(args.model, ports["ecoserve"], t, args.ecoserve_args.split()),
-            "/readyz",
-        ),
+        "ecoserve": (ecoserve_cmd(args.model, ports["ecoserve"], t, extra), "/readyz"),
     }
-    rates: dict[str, list[float]] = {"plain": [], "ecoserve": []}
+    if args.reference:
+        if not (args.reference / "ecoserve").is_dir():
+            p.error(f"--reference {args.reference} holds no ecoserve package")
+        ref = ecoserve_cmd(args.model, ports["reference"], t, extra)
+        cmds["reference"] = (["env", f"PYTHONPATH={args.reference.resolve()}", *ref], "/readyz")
+    rates: dict[str, list[float]] = {label: [] for label in labels}
     rows: list[dict[str, object]] = []
     with contextlib.ExitStack() as stack:
         for label, (cmd, ready) in cmds.items():
             log = args.logs / f"bench_overhead_{label}.log"
             stack.enter_context(server(cmd, ports[label], ready, log))
         for i in range(args.repeats):
-            for label in ("plain", "ecoserve"):
+            for label in labels:
                 raw = build_request(ports[label], body, ctype)
                 load = closed_loop(
                     label, ports[label], raw, args.concurrency, args.duration, args.warmup
@@ -83,13 +90,11 @@ def main() -> int:
                 rows.append(row)
                 rates[label].append(result.rps)
                 print(json.dumps(row), flush=True)
-    ratios = [e / pl for e, pl in zip(rates["ecoserve"], rates["plain"], strict=True) if pl > 0]
-    summary = {
-        "plain_req_per_s": spread(rates["plain"]),
-        "ecoserve_req_per_s": spread(rates["ecoserve"]),
-        "ratio_ecoserve_to_plain": spread(ratios),
-        "load_average": os.getloadavg(),
-    }
+    summary: dict[str, object] = {f"{x}_req_per_s": spread(rates[x]) for x in labels}
+    for label in labels[1:]:
+        pairs = zip(rates[label], rates["plain"], strict=True)
+        summary[f"ratio_{label}_to_plain"] = spread([x / pl for x, pl in pairs if pl > 0])
+    summary["load_average"] = os.getloadavg()
     print(json.dumps(summary), flush=True)
     if args.out:
         meta = vars(args) | {"out": str(args.out), "logs": str(args.logs)}
