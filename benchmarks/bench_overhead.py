@@ -9,6 +9,10 @@ and range of each server's rate and of the per-pair ratio. ``--reference PATH`` 
 server, the daemon as the checkout at PATH has it (``PYTHONPATH=PATH``), to the same rounds:
 a change to the request path is then measured against what it replaces, in the same run.
 
+Besides the rates, the server process's CPU time (user + system) per request answered is
+read from the kernel around each run: on a box where other work takes the cores, the rate
+moves with that work, while the CPU a request costs the server moves much less.
+
     python benchmarks/bench_overhead.py --repeats 5 --out bench_overhead.json
 """
 
@@ -23,6 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import psutil
 from bench_http import (
     bodies,
     build_request,
@@ -74,23 +79,33 @@ def main() -> int:
         ref = ecoserve_cmd(args.model, ports["reference"], t, extra)
         cmds["reference"] = (["env", f"PYTHONPATH={args.reference.resolve()}", *ref], "/readyz")
     rates: dict[str, list[float]] = {label: [] for label in labels}
+    cpu: dict[str, list[float]] = {label: [] for label in labels}
     rows: list[dict[str, object]] = []
     with contextlib.ExitStack() as stack:
+        procs = {}
         for label, (cmd, ready) in cmds.items():
             log = args.logs / f"bench_overhead_{label}.log"
-            stack.enter_context(server(cmd, ports[label], ready, log))
+            procs[label] = psutil.Process(
+                stack.enter_context(server(cmd, ports[label], ready, log)).pid
+            )
         for i in range(args.repeats):
             for label in labels:
                 raw = build_request(ports[label], body, ctype)
                 load = closed_loop(
                     label, ports[label], raw, args.concurrency, args.duration, args.warmup
                 )
+                before = procs[label].cpu_times()
                 result = asyncio.run(load)
-                row = result.row() | {"repeat": i}
+                after = procs[label].cpu_times()
+                used = (after.user - before.user) + (after.system - before.system)
+                cpu_us = 1e6 * used / max(1, result.sent)
+                row = result.row() | {"repeat": i, "server_cpu_us_per_request": round(cpu_us, 1)}
                 rows.append(row)
                 rates[label].append(result.rps)
+                cpu[label].append(cpu_us)
                 print(json.dumps(row), flush=True)
     summary: dict[str, object] = {f"{x}_req_per_s": spread(rates[x]) for x in labels}
+    summary |= {f"{x}_cpu_us_per_request": spread(cpu[x]) for x in labels}
     for label in labels[1:]:
         pairs = zip(rates[label], rates["plain"], strict=True)
         summary[f"ratio_{label}_to_plain"] = spread([x / pl for x, pl in pairs if pl > 0])
@@ -98,7 +113,8 @@ def main() -> int:
     print(json.dumps(summary), flush=True)
     if args.out:
         meta = vars(args) | {"out": str(args.out), "logs": str(args.logs)}
-        args.out.write_text(json.dumps({"args": meta, "summary": summary, "runs": rows}, indent=1))
+        text = json.dumps({"args": meta, "summary": summary, "runs": rows}, indent=1, default=str)
+        args.out.write_text(text)
     return 0
 
 
