@@ -12,9 +12,10 @@ One latency spike must not decide a figure, in either direction:
 - each rate is run ``--repeats`` times and passes only if every repeat passes (a lucky
   quiet window cannot carry a rate the server does not hold);
 - the rate grows by ``--step`` and the ramp does not stop at the first failing rate: it
-  goes on for ``--patience`` more rates, so one spike at one rate does not end the search;
-  the sustained rate is the highest rate whose repeats all passed, refined ``--refine``
-  times by bisection towards the lowest failing rate above it;
+  goes on for ``--patience`` more rates, so one spike at one rate does not end the search
+  (and when ``--start`` itself fails, the rates step down from it until one holds); the
+  sustained rate is the highest rate whose repeats all passed, refined ``--refine`` times by
+  bisection towards the lowest failing rate above it;
 - the whole search is done ``--runs`` times, a fresh server each time, the servers'
   order alternating between runs; reported are the median and the range over runs, and the
   ratio to the plain endpoint within each run (its median and range).
@@ -87,9 +88,10 @@ def sustained_rate(
 ) -> tuple[float, list[dict[str, object]]]:
     """The highest rate at which every one of ``repeats`` runs passed; every run's row.
 
-    The ramp goes on ``patience`` rates past a failing one (a pass there counts), then the
-    gap between the best rate and the lowest failing rate above it is bisected ``refine``
-    times. A rate's repeats stop at its first failure: one is enough to fail it.
+    The ramp goes on ``patience`` rates past a failing one (a pass there counts); if not
+    even the first rate held, rates step down from it until one does. Then the gap between
+    the best rate and the lowest failing rate above it is bisected ``refine`` times. A
+    rate's repeats stop at its first failure: one is enough to fail it.
     """
     rows: list[dict[str, object]] = []
 
@@ -114,6 +116,13 @@ def sustained_rate(
             if misses > patience:
                 break
         rate *= step
+    if best <= 0:  # even the first rate failed: step down until one holds
+        rate = start / step
+        for _ in range(max_steps):
+            if holds(rate):
+                best = rate
+                break
+            failed_above, rate = rate, rate / step
     for _ in range(refine):
         if failed_above is None or best <= 0:
             break

@@ -64,3 +64,9 @@ def test_a_rate_holds_only_if_every_repeat_passes() -> None:
     spiky = frozenset({(400, 1)})
     assert search(server(450.0, spiky), refine=0, repeats=1) == 400.0
     assert search(server(450.0, spiky), refine=0, repeats=2, patience=1) == 200.0
+
+
+def test_when_the_first_rate_fails_the_search_steps_down_to_one_that_holds() -> None:
+    assert search(server(30.0), refine=0) == 25.0  # 100 fails; 50 fails; 25 holds
+    # then bisected towards 50: 37.5 holds, 43.75 does not
+    assert search(server(40.0), refine=2) == 37.5

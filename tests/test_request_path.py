@@ -75,7 +75,7 @@ def test_each_request_is_counted_in_every_series_it_belongs_to() -> None:
     assert 'ecoserve_tenant_requests_total{outcome="throttled",tenant="bob"} 1.0' in text
     assert 'ecoserve_model_request_duration_seconds_count{model="a"} 3.0' in text
     assert 'ecoserve_model_request_duration_seconds_bucket{le="0.25",model="b"} 1.0' in text
-    assert 'ecoserve_request_duration_seconds_count 4.0' in text
+    assert "ecoserve_request_duration_seconds_count 4.0" in text
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.bfloat16])
