@@ -152,6 +152,7 @@ async def closed_loop(
             while (t0 := time.perf_counter()) < t_to:
                 status = await conn.request(raw)
                 t1 = time.perf_counter()
+                result.sent += 1  # every request, warm-up included: the server's work
                 if t0 >= t_from and t1 <= t_to:
                     result.statuses[status] = result.statuses.get(status, 0) + 1
                     if status == 200:

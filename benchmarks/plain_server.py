@@ -2,7 +2,14 @@
 
 No batching, no tuning: each request's body (JSON ``{"input": ...}`` or one ``.npy`` item) is
 decoded and the model called with a batch of one in a worker thread, which is what a
-hand-written endpoint usually does.
+hand-written endpoint usually does. It gets the same basic care as the daemon, so that the
+comparison measures batching and tuning rather than housekeeping:
+
+- the same codec: bodies are decoded and checked by ``ecoserve.server.tensors`` and answers
+  encoded as the daemon's ``json_response`` does them (compact standard-library JSON);
+- the same collector treatment: everything loaded at startup is frozen out of the garbage
+  collector's sight (``gc.collect(); gc.freeze()``), as the daemon's lifespan does, so a full
+  collection does not stop every request in flight for about 100 ms.
 
     python benchmarks/plain_server.py --model builtin:cnn --port 8101
 """
@@ -11,38 +18,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import json
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from ecoserve.models.loader import load_model
+from ecoserve.server.responses import json_response
+from ecoserve.server.tensors import (
+    NPY_MEDIA_TYPES,
+    InputError,
+    TensorSpec,
+    json_items,
+    load_npy,
+    parse_json,
+    to_jsonable,
+)
 
 
 def create_plain_app(model_spec: str) -> FastAPI:
     model = load_model(model_spec)
+    spec = TensorSpec(model.input_shape, model.input_dtype)
     lock = asyncio.Lock()  # one model call at a time, as on a single accelerator
-    app = FastAPI()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gc.collect()
+        gc.freeze()
+        yield
+
+    app = FastAPI(lifespan=lifespan)
 
     @app.post("/v1/infer")
     async def infer(request: Request) -> Response:
         body = await request.body()
-        if request.headers.get("content-type", "").startswith("application/octet-stream"):
-            item = torch.from_numpy(np.load(io.BytesIO(body), allow_pickle=False))
-        else:
-            item = torch.tensor(json.loads(body)["input"], dtype=model.input_dtype)
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        try:
+            if kind in NPY_MEDIA_TYPES:
+                items = spec.split_items(load_npy(body))
+            else:
+                items, _ = json_items(parse_json(body), spec)
+        except InputError as exc:
+            return json_response({"detail": str(exc)}, 422)
+        if len(items) != 1:
+            return json_response({"detail": "send one item per request"}, 422)
         async with lock:
-            out = await asyncio.to_thread(model.batch_fn, item.unsqueeze(0))
-        answer = json.dumps({"output": out[0].tolist(), "model": model.name})
-        return Response(answer, media_type="application/json")
+            out = await asyncio.to_thread(model.batch_fn, items[0].unsqueeze(0))
+        return json_response({"output": to_jsonable(out[0]), "model": model.name})
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
 
     return app
 
@@ -55,7 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    uvicorn.run(create_plain_app(args.model), host="127.0.0.1", port=args.port, log_level="warning")
+    app = create_plain_app(args.model)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 One replica on a local Ray instance; each request (one ``.npy`` item or JSON ``{"input": ...}``)
 joins a dynamic batch (``--max-batch``, ``--batch-wait-s``) as Ray Serve's documentation
 recommends, and the answer is the same JSON as ``benchmarks/plain_server.py`` gives.
-Needs ``pip install "ray[serve]"``.
+Its access log is off and its log level WARNING, in the proxy, the controller and the
+replica: by default Ray Serve logs every request at INFO, on the same cores as the load,
+and neither the daemon nor the plain endpoint logs per request. Needs
+``pip install "ray[serve]"`` (2.40 or later, for ``LoggingConfig(enable_access_log=...)``).
 
     python benchmarks/ray_server.py --model builtin:cnn --port 8102
 """
@@ -11,12 +14,16 @@ Needs ``pip install "ray[serve]"``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
+from typing import Any
 
-import numpy as np
 import torch
+
+
+def compact(data: Any) -> bytes:
+    """JSON as the daemon's ``json_response`` writes it: compact, no NaN."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
 
 def main() -> None:
@@ -31,35 +38,63 @@ def main() -> None:
 
     import ray
     from ray import serve
+    from ray.serve.schema import LoggingConfig
     from starlette.requests import Request
     from starlette.responses import Response
 
-    @serve.deployment(max_ongoing_requests=4096)
+    quiet = LoggingConfig(enable_access_log=False, log_level="WARNING")
+
+    @serve.deployment(max_ongoing_requests=4096, logging_config=quiet)
     class Model:
         def __init__(self, spec: str, threads: int) -> None:
             from ecoserve.models.loader import load_model
+            from ecoserve.server.tensors import TensorSpec
 
             torch.set_num_threads(threads)
             self.model = load_model(spec)
+            self.spec = TensorSpec(self.model.input_shape, self.model.input_dtype)
 
         @serve.batch(max_batch_size=args.max_batch, batch_wait_timeout_s=args.batch_wait_s)
         async def run(self, items: list[torch.Tensor]) -> list[bytes]:
+            from ecoserve.server.tensors import to_jsonable
+
             out = self.model.batch_fn(torch.stack(items))
             name = self.model.name
-            return [json.dumps({"output": row.tolist(), "model": name}).encode() for row in out]
+            return [compact({"output": to_jsonable(row), "model": name}) for row in out]
 
         async def __call__(self, request: Request) -> Response:
+            # The daemon's codec, as the plain endpoint has it: the same checks on each body.
+            from ecoserve.server.tensors import (
+                NPY_MEDIA_TYPES,
+                InputError,
+                json_items,
+                load_npy,
+                parse_json,
+            )
+
             if request.method == "GET":  # readiness: answered once the deployment serves
                 return Response(b'{"status":"ready"}', media_type="application/json")
             body = await request.body()
-            if request.headers.get("content-type", "").startswith("application/octet-stream"):
-                item = torch.from_numpy(np.load(io.BytesIO(body), allow_pickle=False))
-            else:
-                item = torch.tensor(json.loads(body)["input"], dtype=self.model.input_dtype)
-            return Response(await self.run(item), media_type="application/json")
+            kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            try:
+                if kind in NPY_MEDIA_TYPES:
+                    items = self.spec.split_items(load_npy(body))
+                else:
+                    items, _ = json_items(parse_json(body), self.spec)
+            except InputError as exc:
+                return Response(compact({"detail": str(exc)}), 422, media_type="application/json")
+            if len(items) != 1:
+                detail = {"detail": "send one item per request"}
+                return Response(compact(detail), 422, media_type="application/json")
+            return Response(await self.run(items[0]), media_type="application/json")
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="warning")
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    ray.init(
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        logging_level="warning",
+        log_to_driver=False,  # the replica's lines would come back through this process too
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port}, logging_config=quiet)
     serve.run(
         # @serve.deployment made Model a Deployment; mypy keeps the decorated class's own type.
         Model.options(  # type: ignore[attr-defined]

@@ -270,9 +270,20 @@ class Runtime:
             return True
         else:
             until = action.deadline if self._retry is None else min(action.deadline, self._retry_at)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, until - now))
+            await self._wait_for_wake(max(0.0, until - now))
         return False
+
+    async def _wait_for_wake(self, timeout: float) -> None:
+        """Until a request (or a stop) wakes the loop, or ``timeout`` seconds pass.
+
+        A timer sets the same event at the deadline: ``asyncio.wait_for`` would make a task
+        and a timeout future for every wait, and the loop waits between most batches.
+        """
+        timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     async def _run_batch(self, batch: Dispatch[_Request]) -> None:
         loop = asyncio.get_running_loop()

@@ -154,8 +154,9 @@ class ServerMetrics(RuntimeObserver):
         self.requests = Counter(
             "ecoserve_requests", "Inference requests by outcome", ["outcome"], registry=r
         )
-        for outcome in OUTCOMES:
-            self.requests.labels(outcome)
+        # Labelled children looked up once and kept: ``labels()`` validates and locks on
+        # every call, which the request path would otherwise pay several times a request.
+        self._by_outcome = {outcome: self.requests.labels(outcome) for outcome in OUTCOMES}
         self.request_latency = Histogram(
             "ecoserve_request_duration_seconds",
             "Time from receiving a successful inference request to its response",
@@ -187,6 +188,8 @@ class ServerMetrics(RuntimeObserver):
         self.batches = Counter(
             "ecoserve_batches", "Batches run by outcome", ["outcome"], registry=r
         )
+        self._batches_ok = self.batches.labels("ok")
+        self._batches_failed = self.batches.labels("error")
         self.batch_energy = Counter(
             "ecoserve_batch_energy_joules",
             "Energy measured while batches ran (active accounting)",
@@ -308,6 +311,11 @@ class ServerMetrics(RuntimeObserver):
             ["tenant", "outcome"],
             registry=r,
         )
+        # Per-model and per-tenant children by their labels, made on first use: the names
+        # are the served models' and the configured tenants', a bounded set.
+        self._model_children: dict[tuple[str, str], Counter] = {}
+        self._model_latency: dict[str, Histogram] = {}
+        self._tenant_children: dict[tuple[str, str], Counter] = {}
         #: Engine queue -> the model it serves, for the per-model series (one model: empty).
         self.queue_models: dict[str, str] = {}
         self._batch_knobs: dict[str, str] = {}
@@ -349,16 +357,30 @@ class ServerMetrics(RuntimeObserver):
         tenant: str | None = None,
     ) -> None:
         """One request's outcome; with ``model`` (and ``tenant``) also in their series."""
-        self.requests.labels(outcome).inc()
+        counter = self._by_outcome.get(outcome)
+        if counter is None:
+            counter = self._by_outcome[outcome] = self.requests.labels(outcome)
+        counter.inc()
         timed = seconds if outcome == "ok" else None
         if timed is not None:
             self.request_latency.observe(timed)
         if model is not None:
-            self.model_requests.labels(model, outcome).inc()
+            key = (model, outcome)
+            child = self._model_children.get(key)
+            if child is None:
+                child = self._model_children[key] = self.model_requests.labels(model, outcome)
+            child.inc()
             if timed is not None:
-                self.model_request_latency.labels(model).observe(timed)
+                latency = self._model_latency.get(model)
+                if latency is None:
+                    latency = self._model_latency[model] = self.model_request_latency.labels(model)
+                latency.observe(timed)
         if tenant is not None:
-            self.tenant_requests.labels(tenant, outcome).inc()
+            key = (tenant, outcome)
+            child = self._tenant_children.get(key)
+            if child is None:
+                child = self._tenant_children[key] = self.tenant_requests.labels(tenant, outcome)
+            child.inc()
 
     def model_loaded(self, model: str, seconds: float, resident_bytes: int) -> None:
         self.model_loads.labels(model).inc()
@@ -375,7 +397,7 @@ class ServerMetrics(RuntimeObserver):
 
     # -- RuntimeObserver ------------------------------------------------------------------
     def on_batch(self, stats: BatchStats) -> None:
-        self.batches.labels("ok" if stats.ok else "error").inc()
+        (self._batches_ok if stats.ok else self._batches_failed).inc()
         self.batch_size.observe(stats.size)
         self.batch_fill.observe(min(1.0, stats.size / max(1, self._configured_batch)))
         self.batch_execution.observe(stats.run_s)

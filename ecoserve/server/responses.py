@@ -15,6 +15,9 @@ from starlette.responses import Response
 
 from ecoserve.server.service import ServiceError
 
+#: Compact, strict JSON, made once (``json.dumps`` with options builds an encoder per call).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str)
+
 
 async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
@@ -50,7 +53,7 @@ def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     """Serialise with the standard library directly: cheaper than a validating encoder."""
-    body = json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
+    body = _COMPACT_JSON.encode(data).encode()
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 

@@ -79,6 +79,17 @@ def queue_spec(served: ServedModel) -> QueueSpec:
     )
 
 
+class _Expired(Exception):
+    """A request's deadline passed (its own type: a model's TimeoutError is a model error)."""
+
+
+def _expire(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Fail a request's unfinished futures at its deadline; the runtime skips done ones."""
+    for f in futures:
+        if not f.done():
+            f.set_exception(_Expired())
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A background task that raised says so in the log (the baseline is left to traffic)."""
     if not task.cancelled() and task.exception() is not None:
@@ -512,9 +523,14 @@ class InferenceService:
         if timeout_s is not None:
             deadline = timeout_s if deadline is None else min(deadline, timeout_s)
         gathered = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+        # A timer that fails the futures at the deadline, rather than asyncio.wait_for, which
+        # wraps every request in a task and a second future of its own.
+        timer = None
+        if deadline is not None:
+            timer = asyncio.get_running_loop().call_later(deadline, _expire, futures)
         try:
-            out = await asyncio.wait_for(gathered, deadline)
-        except asyncio.TimeoutError:
+            out = await gathered
+        except _Expired:
             for f in futures:
                 f.cancel()
             raise ServiceError(
@@ -534,4 +550,7 @@ class InferenceService:
                 f"the model failed on this request's batch: {type(exc).__name__}: {exc}",
                 "error",
             ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
         return [out] if len(futures) == 1 else list(out)
