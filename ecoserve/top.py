@@ -67,7 +67,8 @@ def _value(name: str, value: float) -> str:
 
 def knob_line(name: str, value: float, table: Sequence[float], pinned: bool) -> Text:
     """``cpu  1.19 GHz  ████░░░░  8/15  (0.12 .. 1.91 GHz)``: where the value sits in its table."""
-    label = name.removesuffix("_freq_hz").removesuffix("_size")
+    model = name.partition(":")[2]  # a model's own batch size: batch_size:<model>
+    label = f"b:{model}" if model else name.removesuffix("_freq_hz").removesuffix("_size")
     index = min(range(len(table)), key=lambda i: abs(table[i] - value)) if table else 0
     bar_width = 20
     filled = round((index + 1) / max(len(table), 1) * bar_width)

@@ -112,7 +112,10 @@ def test_the_view_has_a_row_per_model_on_a_shared_board() -> None:
             "reason": "unloaded by request",
         },
     }
-    out = text_of(Screen("http://x", status={**STATUS, "windows": windows, "models": models}))
+    config = {**STATUS["config"], "batch_size:a_cnn": 8}
+    status = {**STATUS, "windows": windows, "models": models, "config": config}
+    out = text_of(Screen("http://x", status=status))
+    assert re.search(r"b:a_cnn\s+8 ", out)  # each model's batch knob named by its model
     assert re.search(r"a_cnn\s+8\s+120\s+31\.4\s+loaded", out)
     assert re.search(r"b_digits\s+3\s+7\s+5\.2\s+unloaded \(unloaded by request\)", out)
     assert "a_cnn" not in text_of(Screen("http://x", status=STATUS))  # one model: no table

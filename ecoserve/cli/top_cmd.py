@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 
@@ -25,6 +26,9 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentP
 
 def run(args: argparse.Namespace) -> int:
     from ecoserve.top import run as top
+
+    # httpx logs every request at INFO: once a second, drawn through the live view
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     if not args.interval > 0:
         print("ecoserve top: --interval must be > 0 seconds")
