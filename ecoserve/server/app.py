@@ -69,8 +69,6 @@ def create_app(
             settings,
             None,
             device,
-            served=list(repository.served.values()),
-            batch_fns=repository.batch_functions(),
             repository=repository,
         )
         catalogue = OipCatalogue(

@@ -114,8 +114,8 @@ def find_served(
 class InferenceService:
     """One runtime serving one model (``--model``) or a repository's models, each on its queue.
 
-    ``served`` and ``batch_fns`` (one per model's queue) come together, for a repository;
-    without them the service serves ``model`` on the engine's default queue.
+    With a ``repository`` it serves the repository's models, each on its own queue; without
+    one it serves ``model`` on the engine's default queue.
     """
 
     def __init__(
@@ -123,21 +123,17 @@ class InferenceService:
         settings: ServeSettings,
         model: LoadedModel | None,
         device: Device | None = None,
-        served: Sequence[ServedModel] = (),
-        batch_fns: Mapping[str, BatchFunction] | None = None,
         repository: RepositoryModels | None = None,
     ) -> None:
         self.settings = settings
         #: The ``--model`` (None for a repository, whose models the residency holds).
         self.model = model
         self.repository = repository
-        if served:
-            if batch_fns is None or {m.queue for m in served} != set(batch_fns):
-                raise ValueError("each served model needs its queue's batch function")
-            self.models = {m.name: m for m in served}
+        if repository is not None:
+            self.models = dict(repository.served)
         else:
             if model is None:
-                raise ValueError("a service needs a model, or served models and their functions")
+                raise ValueError("a service needs a model or a model repository")
             spec = TensorSpec(
                 None if model.preprocess else (settings.input_shape or model.input_shape),
                 model.input_dtype,
@@ -151,7 +147,6 @@ class InferenceService:
                 InferenceStatistics(),
             )
             self.models = {only.name: only}
-        self._batch_fns = batch_fns
         #: Tenants' admission by share of the board (``--tenants``); set by the app.
         self.admission: TenantAdmission | None = None
         #: The background job (``--background``); set by the app before start.
@@ -190,15 +185,14 @@ class InferenceService:
         queues = None
         hooks: dict[str, Any] = {}
         engine_settings = s
-        if self._batch_fns is not None:  # a repository: one queue per model
-            fns = self._batch_fns
+        if self.repository is not None:  # one queue per model
+            fns = self.repository.batch_functions()
             queues = [queue_spec(m) for m in self.models.values()]
             self.metrics.name_queues(
                 {m.queue: m.name for m in self.models.values()},
                 {q.batch_knob: q.name for q in queues},
             )
-            if self.repository is not None:
-                self.repository.bind_metrics(self.metrics)
+            self.repository.bind_metrics(self.metrics)
         else:
             fns = await self._local_batch_fn()
         if self.tier is not None:
