@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         metavar="K",
-        help="--fleet: K times the arrivals over the same clock (the day stays a day; "
-        "--rate instead compresses the trace's clock)",
+        help="K times the arrivals over the same clock, for --fleet and single-board replays "
+        "alike (the day stays a day; --rate instead compresses the trace's clock)",
     )
     g.add_argument(
         "--headroom",

@@ -2,7 +2,8 @@
 
 Virtual time (default): every (trace, tuner, seed) is replayed through the engine on the
 device twin and scored against the workload's oracles. ``--mode real`` replays one trace as
-an HTTP client against a running daemon and writes the same report.
+an HTTP client against a running daemon and writes the same report. ``--scale-load K``
+replays K times a trace's arrivals over the same clock (``traces.load_scale``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -178,24 +180,29 @@ def _ms_to_s(ms: float) -> float:
 
 
 def _workloads(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The workloads asked for, labelled with ``--scale-load`` when it is not 1."""
     from ecoserve.replay.suite import Workload, suite, workload_kind
 
     if args.suite:
-        return suite(args.suite)
-    if not args.trace:
+        workloads = suite(args.suite)
+    elif not args.trace:
         raise SystemExit("ecoserve replay: give --trace (or --suite paper)")
-    return tuple(
-        Workload(
-            label=t,
-            trace=t,
-            kind=workload_kind(t),
-            duration=args.duration,
-            rate=args.rate,
-            time_scale=args.time_scale,
-            loop_to=args.loop_to,
+    else:
+        workloads = tuple(
+            Workload(
+                label=t,
+                trace=t,
+                kind=workload_kind(t),
+                duration=args.duration,
+                rate=args.rate,
+                time_scale=args.time_scale,
+                loop_to=args.loop_to,
+            )
+            for t in args.trace
         )
-        for t in args.trace
-    )
+    if args.scale_load == 1:
+        return workloads
+    return tuple(replace(w, label=f"{w.label} x{args.scale_load:g}") for w in workloads)
 
 
 def _max_wait(args: argparse.Namespace) -> float:
@@ -242,6 +249,10 @@ def run(args: argparse.Namespace) -> int:
     if not out.is_terminal:
         out = Console(stderr=args.json, width=200 if args.wide else 100)
     tuners = tuple(t.strip() for t in args.tuners.split(",") if t.strip())
+    problem = _scale_load_problem(args)
+    if problem is not None:
+        err.print(f"ecoserve replay: {problem}", style="red", markup=False)
+        return 2
     if args.tiers:
         return _run_tiers(args, err)
     if args.shared_board:
@@ -303,6 +314,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale_load_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--scale-load`` cannot be used as given, or None (checked before any run starts)."""
+    k = args.scale_load
+    if not (k > 0 and math.isfinite(k)):
+        return (
+            f"--scale-load must be a number > 0 (K times the trace's arrivals over the same "
+            f"clock: 0.5 halves the load, 2 doubles it), got {k:g}"
+        )
+    if k != 1 and args.shared_board:
+        return (
+            "--scale-load does not apply to --shared-board (each model replays its own "
+            "recorded trace); leave --scale-load out"
+        )
+    return None
+
+
+def _scaled(trace: Any, args: argparse.Namespace) -> Any:
+    """``trace`` with ``--scale-load`` times its arrivals (seed 0, as every run's arrivals)."""
+    from traces import scale_load
+
+    return scale_load(trace, args.scale_load, seed=0)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -330,6 +364,7 @@ def _run_sim(
         trace = w.load(seed=0)  # fail fast on a bad trace before starting workers
         _note_static_load(w.trace, trace.duration_s, err)
     plan = ReplayPlan(
+        scale_load=args.scale_load,
         workloads=workloads,
         tuners=tuners,
         seeds=tuple(range(args.seed, args.seed + max(1, args.seeds))),
@@ -370,6 +405,7 @@ def _run_sim(
         "batch_timer": args.batch_timer,
         "warmup_requests": args.warmup_requests,
         "workers": workers,
+        "scale_load": args.scale_load,
         "workloads": [w.__dict__ for w in workloads],
         "oracles": {k: o.as_dict() for k, o in result.oracles.items()},
         "title": f"replay on the {args.device} twin",
@@ -400,7 +436,7 @@ def _run_real(args: argparse.Namespace, workloads: tuple[Any, ...], err: Any) ->
     if len(workloads) != 1:
         raise ValueError("--mode real replays exactly one --trace")
     w = workloads[0]
-    trace = w.load(seed=0)
+    trace = _scaled(w.load(seed=0), args)
     _note_static_load(w.trace, trace.duration_s, err)
     body = load_input(args.input, args.input_shape)
     cfg = RealReplayConfig(
@@ -428,7 +464,11 @@ def _run_real(args: argparse.Namespace, workloads: tuple[Any, ...], err: Any) ->
         record, series, meta = replay_real(
             trace, body, cfg, label=w.label, console=err, progress=progress
         )
-    meta.update(accounting=meta.get("accounting", args.accounting), alpha=args.alpha)
+    meta.update(
+        accounting=meta.get("accounting", args.accounting),
+        alpha=args.alpha,
+        scale_load=args.scale_load,
+    )
     return [record], [series], {}, meta
 
 
@@ -469,7 +509,7 @@ def _run_tiers(args: argparse.Namespace, err: Any) -> int:
         if len(args.trace) > 1:
             raise ValueError("--tiers replays one trace at a time")
         spec = args.trace[0] if args.trace else "poisson:50"
-        trace = load_trace(spec, duration=args.duration or "120s")
+        trace = _scaled(load_trace(spec, duration=args.duration or "120s"), args)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         err.print(f"[red]ecoserve replay --tiers: {exc}[/red]")
         return 2
@@ -484,8 +524,6 @@ def _run_tiers(args: argparse.Namespace, err: Any) -> int:
 
 def _run_harvest(args: argparse.Namespace, tuners: tuple[str, ...], err: Any) -> int:
     """Each workload with the background job in the slot, beside the baselines (virtual time)."""
-    from dataclasses import replace
-
     from ecoserve.replay.harvest import background_cost, harvest_replay, render
     from twins.fitted import load_twin
 
@@ -495,7 +533,7 @@ def _run_harvest(args: argparse.Namespace, tuners: tuple[str, ...], err: Any) ->
         settings = replace(_settings(args), tuner=tuners[0] if tuners else "ecogd", seed=args.seed)
         reports = []
         for w in _workloads(args):
-            trace = w.load(seed=0)
+            trace = _scaled(w.load(seed=0), args)
             err.print(f"harvest replay: {w.label} ({len(trace)} requests), four runs")
             reports.append(harvest_replay(trace.arrivals, twin, settings, cost, workload=w.label))
     except (ValueError, KeyError, FileNotFoundError) as exc:

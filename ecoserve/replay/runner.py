@@ -3,7 +3,8 @@
 Each workload's oracles are computed once; every run then replays the workload's trace
 through ``ecoserve.sim.driver`` and is summarised against them. Seeds: the trace is generated
 with seed 0 (every tuner and seed sees the same arrivals, and the oracles are its oracles);
-run seed ``s`` seeds the tuner and the twin's noise.
+run seed ``s`` seeds the tuner and the twin's noise. A plan's ``scale_load`` multiplies the
+arrivals over the same clock (``traces.scale_load``), resampled with seed 0 for the same reason.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ecoserve.sim.oracle import (
     run_cost,
     run_energy,
 )
+from traces import Trace, scale_load
 from twins.fitted import load_twin
 
 #: Tuners known to take far longer per run; scheduled first so two workers finish together.
@@ -53,6 +55,12 @@ class ReplayPlan:
     oracle_candidates: int = 6
     #: Add the all-maximum reference row (``MAXIMUM_ROW``) before each workload's tuners.
     maximum_rows: bool = True
+    #: K times each workload's arrivals over the same clock (``--scale-load``; 1: as recorded).
+    scale_load: float = 1.0
+
+    def trace(self, workload: Workload) -> Trace:
+        """The arrivals every run of ``workload`` replays: seed 0, scaled by ``scale_load``."""
+        return scale_load(workload.load(seed=0), self.scale_load, seed=0)
 
 
 @dataclass
@@ -63,7 +71,7 @@ class ReplayResult:
 
 
 def _oracle_task(plan: ReplayPlan, workload: Workload) -> tuple[str, Oracles]:
-    trace = workload.load(seed=0)
+    trace = plan.trace(workload)
     twin = load_twin(plan.device, noise=plan.noise)
     oracles = compute_oracles(
         trace.arrivals,
@@ -78,7 +86,7 @@ def _oracle_task(plan: ReplayPlan, workload: Workload) -> tuple[str, Oracles]:
 def _run_task(
     plan: ReplayPlan, workload: Workload, tuner: str, seed: int, oracles: Oracles
 ) -> tuple[RunRecord, WindowSeries]:
-    trace = workload.load(seed=0)
+    trace = plan.trace(workload)
     twin = load_twin(plan.device, noise=plan.noise)
     settings = replace(plan.settings, tuner=tuner, seed=seed)
     result = simulate(trace.arrivals, twin, settings)
@@ -143,7 +151,7 @@ def maximum_record(plan: ReplayPlan, workload: Workload, oracles: Oracles) -> Ru
         costs=np.asarray(ref.window_costs),
         latencies=lat,
         energy_j=ref.energy_per_request_j * len(lat),
-        requests=len(workload.load(seed=0)),
+        requests=len(plan.trace(workload)),
         rejected=0,
         static_cost=oracles.static_cost,
         dynamic_cost=oracles.dynamic_cost,
