@@ -14,12 +14,14 @@ rescaled to ``--rate``, or ``fixed:``/``poisson:`` at a fixed rate) in three arm
 Per arm: serving p50/p99 (from each request's scheduled send time), requests answered, the
 background steps and items done while the load ran (the daemon's ``/v1/status`` ``background``
 before and after; the process's own count), wall times, p99 over the alone arm's p99, and the
-machine's load average before and after (the figures are only as quiet as the box).
+machine's load average before and after (the figures are only as quiet as the box). With
+``--rounds R`` every arm runs R times, the order rotated each round; each p99 is divided by
+the same round's alone p99, and the medians over rounds are added.
 
 The job runs with ``--job-option`` (default ``epochs=1000``): the built-in fine-tune's own 20
 epochs take seconds, so it would be done before the load was. Both arms run the same options.
 
-    python benchmarks/bench_harvest_live.py --trace azure-conv --rate 40 --duration 30
+    python benchmarks/bench_harvest_live.py --trace azure-conv --rate 40 --duration 20 --rounds 2
     python benchmarks/bench_harvest_live.py job --spec builtin:digits-finetune --max-steps 5
 """
 
@@ -156,17 +158,20 @@ def job_main(argv: Sequence[str], stdin: IO[str] | None = None) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(json.dumps({"ready": job.name, "niceness": os.nice(0)}), flush=True)
-    if args.wait_go:
-        (stdin or sys.stdin).readline()
-    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(json.dumps({"ready": job.name, "niceness": os.nice(0)}), flush=True)
+        if args.wait_go:
+            (stdin or sys.stdin).readline()
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
 
-    def should_stop() -> bool:
-        return stop["now"] or (deadline is not None and time.monotonic() >= deadline)
+        def should_stop() -> bool:
+            return stop["now"] or (deadline is not None and time.monotonic() >= deadline)
 
-    counts = run_job(job, args.micro_batch, should_stop, args.max_steps)
+        counts = run_job(job, args.micro_batch, should_stop, args.max_steps)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(json.dumps(asdict(counts)), flush=True)
     return 0
 
@@ -262,6 +267,34 @@ class Arm:
     load_before: float
     load_after: float
     p99_x: float = 1.0
+    round: int = 0
+
+
+def with_ratios(rows: Sequence[Arm]) -> None:
+    """Each row's p99 over the same round's ``alone`` p99 (rounds drift with the box's load)."""
+    alone = {r.round: r.p99_ms for r in rows if r.arm == "alone"}
+    for r in rows:
+        base = alone.get(r.round, 0.0)
+        r.p99_x = round(r.p99_ms / base, 3) if base > 0 else float("nan")
+
+
+def medians(rows: Sequence[Arm]) -> list[Arm]:
+    """One row per arm: the median over rounds of every figure (round -1 marks them)."""
+    out = []
+    for arm in dict.fromkeys(r.arm for r in rows):
+        mine = [r for r in rows if r.arm == arm]
+        figures: dict[str, Any] = {"arm": arm, "round": -1}
+        for name, value in asdict(mine[0]).items():
+            if name in figures:
+                continue
+            values = [getattr(r, name) for r in mine]
+            if any(v is None for v in values):
+                figures[name] = None
+                continue
+            median = float(np.median(values))
+            figures[name] = int(median) if isinstance(value, int) else round(median, 3)
+        out.append(Arm(**figures))
+    return out
 
 
 def start_runner(spec: str, options: Sequence[str], micro_batch: int) -> subprocess.Popen[str]:
@@ -288,6 +321,7 @@ def run_arm(
     work: Path,
     options: Sequence[str],
 ) -> Arm:
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
         sys.executable, "-m", "ecoserve", "serve", "--model", args.model, "--device", args.device,
@@ -355,15 +389,17 @@ def arrivals(args: argparse.Namespace) -> np.ndarray:
 
 
 def markdown(rows: Sequence[Arm]) -> str:
+    """The rows as a table; round -1 is the median over rounds."""
     head = (
-        "| arm | p50 ms | p99 ms | p99 x alone | answered | refused | bg steps | bg items "
-        "| accuracy | load s | arm s | load avg |\n" + "| --- " * 12 + "|"
+        "| round | arm | p50 ms | p99 ms | p99 x alone | answered | refused | bg steps | bg items "
+        "| accuracy | load s | arm s | load avg |\n" + "| --- " * 13 + "|"
     )
     lines = [head]
     for r in rows:
         acc = "-" if r.bg_accuracy is None else f"{r.bg_accuracy:.3f}"
+        which = "median" if r.round < 0 else str(r.round + 1)
         lines.append(
-            f"| {r.arm} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p99_x:.2f} | {r.answered} "
+            f"| {which} | {r.arm} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p99_x:.2f} | {r.answered} "
             f"| {r.refused} | {r.bg_steps} | {r.bg_items} | {acc} | {r.load_s:.1f} "
             f"| {r.arm_wall_s:.1f} | {r.load_before:.1f}-{r.load_after:.1f} |"
         )
@@ -385,6 +421,12 @@ def bench_main(argv: Sequence[str]) -> int:
     p.add_argument("--micro-batch", type=int, default=64, help="the nice-19 process's")
     p.add_argument("--conns", type=int, default=64, help="client connections")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {', '.join(ARMS)}")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every arm this many times, the order rotated each round (medians reported)",
+    )
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = p.parse_args(argv)
     try:
@@ -392,6 +434,8 @@ def bench_main(argv: Sequence[str]) -> int:
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
         if not arms or set(arms) - set(ARMS):
             raise ValueError(f"--arms: a comma list of {', '.join(ARMS)}")
+        if args.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
         options = list(args.job_option or DEFAULT_JOB_OPTIONS)
         parsed = parse_options(options)
         offsets = arrivals(args)
@@ -408,20 +452,27 @@ def bench_main(argv: Sequence[str]) -> int:
         file=sys.stderr,
     )
     rows: list[Arm] = []
-    for arm in arms:
-        row = run_arm(arm, args, offsets, work, options)
-        rows.append(row)
-        print(f"{arm}: p99 {row.p99_ms} ms, {row.bg_items} background items", file=sys.stderr)
-    alone = next((r for r in rows if r.arm == "alone"), None)
+    for n in range(args.rounds):
+        for arm in arms[n % len(arms) :] + arms[: n % len(arms)]:
+            row = run_arm(arm, args, offsets, work / f"round{n}", options)
+            row.round = n
+            rows.append(row)
+            print(
+                f"round {n + 1} {arm}: p99 {row.p99_ms} ms, {row.bg_items} items", file=sys.stderr
+            )
+    with_ratios(rows)
+    summary = medians(rows) if args.rounds > 1 else []
     for r in rows:
-        r.p99_x = round(r.p99_ms / alone.p99_ms, 3) if alone and alone.p99_ms > 0 else 1.0
         print(json.dumps(asdict(r)), file=sys.stderr)
-    print(markdown(rows))
+    print(markdown(sorted(rows, key=lambda r: (r.round, arms.index(r.arm))) + summary))
     if args.out:
         meta: Mapping[str, Any] = vars(args) | {"out": str(args.out), "options": options}
-        args.out.write_text(
-            json.dumps({"args": meta, "rows": [asdict(r) for r in rows]}, indent=1, default=str)
-        )
+        payload = {
+            "args": meta,
+            "rows": [asdict(r) for r in rows],
+            "medians": [asdict(r) for r in summary],
+        }
+        args.out.write_text(json.dumps(payload, indent=1, default=str))
     return 0
 
 
