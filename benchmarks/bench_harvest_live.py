@@ -447,8 +447,10 @@ def bench_main(argv: Sequence[str]) -> int:
         [str(work), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]
     )
     print(
-        f"{len(offsets)} requests over {args.warmup + args.duration:g} s ({args.trace} at "
-        f"{args.rate:g} req/s), arms {', '.join(arms)}; logs in {work}",
+        f"{len(offsets)} requests over {args.warmup + args.duration:g} s ({args.trace} "
+        f"rescaled to {args.rate:g} req/s over its whole length: "
+        f"{len(offsets) / (args.warmup + args.duration):.1f} req/s in this stretch), arms "
+        f"{', '.join(arms)}; logs in {work}",
         file=sys.stderr,
     )
     rows: list[Arm] = []
