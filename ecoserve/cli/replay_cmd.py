@@ -319,7 +319,7 @@ def _scale_load_problem(args: argparse.Namespace) -> str | None:
     k = args.scale_load
     if not (k > 0 and math.isfinite(k)):
         return (
-            f"--scale-load must be a number > 0 (K times the trace's arrivals over the same "
+            f"--scale-load must be > 0 (K times the trace's arrivals over the same "
             f"clock: 0.5 halves the load, 2 doubles it), got {k:g}"
         )
     if k != 1 and args.shared_board:
