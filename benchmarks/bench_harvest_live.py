@@ -333,25 +333,29 @@ def run_arm(
     load_before = load_average()
     t_arm = time.perf_counter()
     runner = None
+    counts: dict[str, Any] = {}
     with server(cmd, port, "/readyz", work / f"{arm}.log"):
-        if arm == "nice-19":
-            runner = start_runner(args.job, options, args.micro_batch)
-        before = background_status(port)
-        if runner is not None:
-            assert runner.stdin is not None
-            runner.stdin.write("go\n")
-            runner.stdin.flush()
-        t0 = time.perf_counter()
-        result = asyncio.run(
-            replay(arm, port, npy_request(port, args.shape), offsets, args.warmup, args.conns)
-        )
-        load_s = time.perf_counter() - t0
-        after = background_status(port)
-        counts: dict[str, Any] = {}
-        if runner is not None:
-            runner.send_signal(signal.SIGTERM)
-            out, _ = runner.communicate(timeout=60)
-            counts = json.loads(out.strip().splitlines()[-1])
+        try:
+            if arm == "nice-19":
+                runner = start_runner(args.job, options, args.micro_batch)
+            before = background_status(port)
+            if runner is not None:
+                assert runner.stdin is not None
+                runner.stdin.write("go\n")
+                runner.stdin.flush()
+            t0 = time.perf_counter()
+            raw = npy_request(port, args.shape)
+            result = asyncio.run(replay(arm, port, raw, offsets, args.warmup, args.conns))
+            load_s = time.perf_counter() - t0
+            after = background_status(port)
+            if runner is not None:
+                runner.send_signal(signal.SIGTERM)
+                out, _ = runner.communicate(timeout=60)
+                counts = json.loads(out.strip().splitlines()[-1])
+        finally:
+            if runner is not None and runner.poll() is None:  # a failed arm leaves no job behind
+                runner.kill()
+                runner.wait()
     steps = int(after.get("steps", 0)) - int(before.get("steps", 0))
     items = int(after.get("items", 0)) - int(before.get("items", 0))
     accuracy = (after.get("metric") or {}).get("accuracy")
