@@ -219,9 +219,11 @@ def replay_measured(
     headroom: float = DEFAULTS.headroom,
     policies: Sequence[str] = ("ray-autoscale", "consolidation", "oracle"),
     progress: Callable[[str], None] | None = None,
+    baselines: bool = True,
 ) -> FleetReplay:
-    """The replay on board models already measured (``measure_models``): the baselines, then
-    ``policies`` under every parking mode. A sweep over the bill reuses one measurement.
+    """The replay on board models already measured (``measure_models``): the baselines
+    (unless ``baselines`` is off), then ``policies`` under every parking mode. A sweep over
+    the bill reuses one measurement: the models do not depend on it.
     """
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -256,8 +258,9 @@ def replay_measured(
     base_park = parking("off", models["ecogd"], bill)
     specs_max = board_specs(boards, models["fixed"], base_park, slo_s)
     specs_eco = board_specs(boards, models["ecogd"], base_park, slo_s)
-    go(make_policy("all-on", specs_max, period_s=period_s), "fixed", "none", "all-on-max")
-    go(make_policy("all-on", specs_eco, period_s=period_s), "ecogd", "none", "all-on-ecogd")
+    if baselines:
+        go(make_policy("all-on", specs_max, period_s=period_s), "fixed", "none", "all-on-max")
+        go(make_policy("all-on", specs_eco, period_s=period_s), "ecogd", "none", "all-on-ecogd")
     # a board's ongoing requests at its tuned capacity (Little's law on its model)
     little = float(np.mean([models["ecogd"][s.kind].ongoing(s.capacity_rps) for s in specs_eco]))
     targets = [

@@ -43,6 +43,8 @@ class DirectResult:
     offered: int
     served: int
     latencies_s: np.ndarray
+    #: Arrival time of each answered request, aligned with ``latencies_s`` (one board's).
+    arrivals_s: np.ndarray | None = None
 
     @property
     def joules_per_request(self) -> float:
@@ -125,8 +127,9 @@ def _run_board(
         res = simulate(arrivals, twin, settings)
         metered = res.total_energy_j + idle_w * max(0.0, end - res.end_s)
         served, lat = res.served, res.latencies
+        answered = res.arrivals[~np.isnan(res.completions)]
     else:
-        metered, served, lat = idle_w * end, 0, np.empty(0)
+        metered, served, lat, answered = idle_w * end, 0, np.empty(0), np.empty(0)
     not_serving = seconds[1] + seconds[2] + seconds[3]
     energy = (
         metered
@@ -134,7 +137,7 @@ def _run_board(
         + park.waking_w[kind] * seconds[1]
         + park.parked_w[kind] * seconds[2]
     )
-    return DirectResult(energy, int(arrivals.size), int(served), lat)
+    return DirectResult(energy, int(arrivals.size), int(served), lat, answered)
 
 
 def _window(run: FleetRun, window_s: tuple[float, float] | None) -> tuple[int, int]:

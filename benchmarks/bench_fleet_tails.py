@@ -1,0 +1,141 @@
+"""Tails checked: every request a sample of boards was sent over the 60-board day, replayed.
+
+The fleet replay reads each board's latency from a model measured at steady rates, with no
+queue carried from one control period to the next. Here consolidation's run over the
+published day (``ecoserve replay --fleet``'s default trace on ``--boards``, powered-off
+parking, the default bill) is replayed for a sample of boards, one per board kind: every
+request the run sent that board goes through the board's own engine and EcoGD on its twin
+(``ecoserve.sim.fleet_direct.replay_board``), the board starting cold at the window's start
+and keeping its engine across parked spells. Beside it, the model's account of the same
+board (``model_board``). The sample: per kind, the board first woken during the morning ramp
+(``--ramp``, 04:00-16:00 by default: the envelope's trough to its peak); a kind never woken
+there gives its busiest board; a board never sent a request is reported as such.
+
+``--window`` replays a contiguous stretch instead of the whole day (same decisions).
+
+Run: ``python benchmarks/bench_fleet_tails.py`` (several minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from ecoserve.core.assembly import EngineSettings
+from ecoserve.replay.fleet import measure_models, parse_mix, replay_measured
+from ecoserve.sim.board_model import max_rate
+from ecoserve.sim.fleet import Bill, FleetBoard, FleetRun, board_step_rates, parking
+from ecoserve.sim.fleet_direct import model_board, replay_board
+from traces import parse_duration
+from traces.rates import RateSeries, diurnal
+from twins.fitted import load_twin
+
+
+def span(text: str) -> tuple[float, float]:
+    """``"4h-16h"`` -> seconds."""
+    a, sep, b = text.partition("-")
+    if not sep:
+        raise ValueError(f"{text!r}: give START-END, e.g. 4h-16h")
+    return parse_duration(a), parse_duration(b)
+
+
+def wakes(run: FleetRun, i: int) -> np.ndarray:
+    """Times (s) at which board ``i`` was woken: parked in one period, waking the next."""
+    assert run.states is not None
+    st = run.states[:, i]
+    at = np.nonzero((st[:-1] == 2) & (st[1:] == 1))[0] + 1
+    return at * run.period_s
+
+
+def sample(
+    run: FleetRun, boards: list[FleetBoard], series: RateSeries, ramp: tuple[float, float]
+) -> list[int]:
+    """Per kind: the board first woken within ``ramp``, else the busiest (see the doc)."""
+    out = []
+    for kind in sorted({b.kind for b in boards}):
+        mine = [i for i, b in enumerate(boards) if b.kind == kind]
+        first = {
+            i: w[(w >= ramp[0]) & (w < ramp[1])].min()
+            for i in mine
+            if ((w := wakes(run, i)) >= ramp[0]).any() and (w[w >= ramp[0]] < ramp[1]).any()
+        }
+        if first:
+            out.append(min(first, key=lambda i: first[i]))
+        else:
+            out.append(max(mine, key=lambda i: float(board_step_rates(run, i, series).sum())))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--boards", default="orin:20,xavier-nx:20,nano:20")
+    p.add_argument("--slo-ms", type=float, default=250.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ramp", default="4h-16h", help="where wake-ups are looked for")
+    p.add_argument("--window", help="replay only START-END (e.g. 4h-12h); default the day")
+    p.add_argument("--after-wake-s", type=float, default=300.0, help="the tail just after wakes")
+    args = p.parse_args()
+    ramp = span(args.ramp)
+    window = span(args.window) if args.window else None
+    boards = parse_mix(args.boards)
+    kinds = sorted({b.kind for b in boards})
+    slo_s = args.slo_ms / 1e3
+    peak = 0.2 * sum(max_rate(load_twin(b.kind), 16) for b in boards)
+    series = diurnal(peak, peak / 10, seed=args.seed)
+    settings = EngineSettings()
+    t0 = time.perf_counter()
+    models = measure_models(kinds, settings, slo_s, workers=2)
+    bill = Bill()
+    got = replay_measured(
+        series,
+        boards,
+        models,
+        slo_s=slo_s,
+        parking_modes=("off",),
+        policies=("consolidation",),
+        bill=bill,
+        baselines=False,
+    )
+    run = got.runs[0]
+    park = parking("off", models["ecogd"], bill)
+    t1 = time.perf_counter()
+    print(series.describe())
+    where = "the whole day" if window is None else f"{args.window} only"
+    print(f"consolidation, powered-off parking ({bill.describe()}); replayed: {where}")
+    print(f"board models and the fleet run {t1 - t0:.0f} s\n")
+    print(
+        "| board | wakes (in the ramp) | requests | model W / direct W | model p50 / p99 ms "
+        f"| direct p50 / p99 ms | direct p99 ms, {args.after_wake_s:g} s after wakes | wall s |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for i in sample(run, boards, series, ramp):
+        b = boards[i]
+        w = wakes(run, i)
+        in_ramp = int(((w >= ramp[0]) & (w < ramp[1])).sum())
+        m = model_board(run, i, models["ecogd"][b.kind], series, park, window_s=window)
+        if m.offered < 1:
+            print(f"| {b.name} | {len(w)} ({in_ramp}) | 0 | never sent a request | | | | |")
+            continue
+        s0 = time.perf_counter()
+        d = replay_board(run, i, b, series, park, settings, seed=args.seed, window_s=window)
+        wall = time.perf_counter() - s0
+        start = 0.0 if window is None else window[0]
+        length = run.states.shape[0] * run.period_s if window is None else window[1] - start  # type: ignore[union-attr]
+        after = np.zeros(d.latencies_s.size, dtype=bool)
+        assert d.arrivals_s is not None
+        for t in w - start:
+            after |= (d.arrivals_s >= t) & (d.arrivals_s < t + args.after_wake_s)
+        tail = float(np.percentile(d.latencies_s[after], 99)) * 1e3 if after.any() else float("nan")
+        print(
+            f"| {b.name} | {len(w)} ({in_ramp}) | {d.offered:,} | "
+            f"{m.energy_j / length:.2f} / {d.energy_j / length:.2f} | "
+            f"{m.quantile_s(50) * 1e3:.0f} / {m.quantile_s(99) * 1e3:.0f} | "
+            f"{d.quantile_s(50) * 1e3:.0f} / {d.quantile_s(99) * 1e3:.0f} | "
+            f"{tail:.0f} ({int(after.sum()):,} req) | {wall:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
