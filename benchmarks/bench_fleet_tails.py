@@ -8,8 +8,9 @@ request the run sent that board goes through the board's own engine and EcoGD on
 (``ecoserve.sim.fleet_direct.replay_board``), the board starting cold at the window's start
 and keeping its engine across parked spells. Beside it, the model's account of the same
 board (``model_board``). The sample: per kind, the board first woken during the morning ramp
-(``--ramp``, 04:00-16:00 by default: the envelope's trough to its peak); a kind never woken
-there gives its busiest board; a board never sent a request is reported as such.
+(``--ramp``, 04:00-16:00 by default: the envelope's trough to its peak), its busiest if
+none was woken there; kinds never sent a request are named; while the sample is short of
+``--sample`` boards, the busiest board left and the board woken last in the ramp are added.
 
 ``--window`` replays a contiguous stretch instead of the whole day (same decisions).
 
@@ -50,22 +51,40 @@ def wakes(run: FleetRun, i: int) -> np.ndarray:
 
 
 def sample(
-    run: FleetRun, boards: list[FleetBoard], series: RateSeries, ramp: tuple[float, float]
-) -> list[int]:
-    """Per kind: the board first woken within ``ramp``, else the busiest (see the doc)."""
-    out = []
+    run: FleetRun, boards: list[FleetBoard], series: RateSeries, ramp: tuple[float, float], n: int
+) -> tuple[list[int], list[str]]:
+    """Boards to replay, and the kinds that never served (see the module doc).
+
+    Per kind that served: the board first woken within ``ramp`` (else its busiest). While
+    fewer than ``n`` are chosen, from the kinds that served: the busiest board left, then the
+    board woken last within the ramp (nearest the peak).
+    """
+    sent = {i: float(board_step_rates(run, i, series).sum()) for i in range(len(boards))}
+    in_ramp = {}
+    for i in range(len(boards)):
+        w = wakes(run, i)
+        w = w[(w >= ramp[0]) & (w < ramp[1])]
+        if w.size:
+            in_ramp[i] = (float(w.min()), float(w.max()))
+    chosen: list[int] = []
+    idle: list[str] = []
     for kind in sorted({b.kind for b in boards}):
-        mine = [i for i, b in enumerate(boards) if b.kind == kind]
-        first = {
-            i: w[(w >= ramp[0]) & (w < ramp[1])].min()
-            for i in mine
-            if ((w := wakes(run, i)) >= ramp[0]).any() and (w[w >= ramp[0]] < ramp[1]).any()
-        }
-        if first:
-            out.append(min(first, key=lambda i: first[i]))
+        mine = [i for i, b in enumerate(boards) if b.kind == kind and sent[i] > 0]
+        if not mine:
+            idle.append(kind)
+            continue
+        woken = [i for i in mine if i in in_ramp]
+        if woken:
+            chosen.append(min(woken, key=lambda i: in_ramp[i][0]))
         else:
-            out.append(max(mine, key=lambda i: float(board_step_rates(run, i, series).sum())))
-    return out
+            chosen.append(max(mine, key=lambda i: sent[i]))
+    left = [i for i in sent if sent[i] > 0 and i not in chosen]
+    if len(chosen) < n and left:
+        chosen.append(max(left, key=lambda i: sent[i]))
+    left = [i for i in in_ramp if i not in chosen]
+    if len(chosen) < n and left:
+        chosen.append(max(left, key=lambda i: in_ramp[i][1]))
+    return chosen, idle
 
 
 def main() -> None:
@@ -75,6 +94,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ramp", default="4h-16h", help="where wake-ups are looked for")
     p.add_argument("--window", help="replay only START-END (e.g. 4h-12h); default the day")
+    p.add_argument("--sample", type=int, default=3, help="boards to replay (default 3)")
     p.add_argument("--after-wake-s", type=float, default=300.0, help="the tail just after wakes")
     args = p.parse_args()
     ramp = span(args.ramp)
@@ -110,7 +130,10 @@ def main() -> None:
         f"| direct p50 / p99 ms | direct p99 ms, {args.after_wake_s:g} s after wakes | wall s |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for i in sample(run, boards, series, ramp):
+    chosen, idle = sample(run, boards, series, ramp, args.sample)
+    if idle:
+        print(f"never sent a request by consolidation: every {', '.join(idle)} board\n")
+    for i in chosen:
         b = boards[i]
         w = wakes(run, i)
         in_ramp = int(((w >= ramp[0]) & (w < ramp[1])).sum())
