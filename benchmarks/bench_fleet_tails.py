@@ -9,8 +9,9 @@ request the run sent that board goes through the board's own engine and EcoGD on
 and keeping its engine across parked spells. Beside it, the model's account of the same
 board (``model_board``). The sample: per kind, the board first woken during the morning ramp
 (``--ramp``, 04:00-16:00 by default: the envelope's trough to its peak), its busiest if
-none was woken there; kinds never sent a request are named; while the sample is short of
-``--sample`` boards, the busiest board left and the board woken last in the ramp are added.
+none was woken there; kinds sent nothing after the first 5 minutes are named; while the
+sample is short of ``--sample`` boards, the board woken last in the ramp and the busiest
+board left are added.
 
 ``--window`` replays a contiguous stretch instead of the whole day (same decisions).
 
@@ -42,6 +43,10 @@ def span(text: str) -> tuple[float, float]:
     return parse_duration(a), parse_duration(b)
 
 
+#: Every board starts awake; what the fleet sends in its first minutes is its start, not a wake.
+START_S = 300.0
+
+
 def wakes(run: FleetRun, i: int) -> np.ndarray:
     """Times (s) at which board ``i`` was woken: parked in one period, waking the next."""
     assert run.states is not None
@@ -55,11 +60,13 @@ def sample(
 ) -> tuple[list[int], list[str]]:
     """Boards to replay, and the kinds that never served (see the module doc).
 
-    Per kind that served: the board first woken within ``ramp`` (else its busiest). While
-    fewer than ``n`` are chosen, from the kinds that served: the busiest board left, then the
-    board woken last within the ramp (nearest the peak).
+    Per kind that served after the fleet's start (every board starts awake and serves until
+    the first park): the board first woken within ``ramp`` (else its busiest). While fewer
+    than ``n`` are chosen: the board woken last within the ramp (nearest the peak), then the
+    busiest board left.
     """
-    sent = {i: float(board_step_rates(run, i, series).sum()) for i in range(len(boards))}
+    after = int(START_S / series.step_s)
+    sent = {i: float(board_step_rates(run, i, series)[after:].sum()) for i in range(len(boards))}
     in_ramp = {}
     for i in range(len(boards)):
         w = wakes(run, i)
@@ -78,12 +85,12 @@ def sample(
             chosen.append(min(woken, key=lambda i: in_ramp[i][0]))
         else:
             chosen.append(max(mine, key=lambda i: sent[i]))
-    left = [i for i in sent if sent[i] > 0 and i not in chosen]
-    if len(chosen) < n and left:
-        chosen.append(max(left, key=lambda i: sent[i]))
     left = [i for i in in_ramp if i not in chosen]
     if len(chosen) < n and left:
         chosen.append(max(left, key=lambda i: in_ramp[i][1]))
+    left = [i for i in sent if sent[i] > 0 and i not in chosen]
+    if len(chosen) < n and left:
+        chosen.append(max(left, key=lambda i: sent[i]))
     return chosen, idle
 
 
@@ -132,7 +139,10 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     chosen, idle = sample(run, boards, series, ramp, args.sample)
     if idle:
-        print(f"never sent a request by consolidation: every {', '.join(idle)} board\n")
+        print(
+            f"sent no request by consolidation after the first {START_S:g} s (every board "
+            f"starts awake): every {', '.join(idle)} board\n"
+        )
     for i in chosen:
         b = boards[i]
         w = wakes(run, i)
@@ -156,7 +166,8 @@ def main() -> None:
             f"{m.energy_j / length:.2f} / {d.energy_j / length:.2f} | "
             f"{m.quantile_s(50) * 1e3:.0f} / {m.quantile_s(99) * 1e3:.0f} | "
             f"{d.quantile_s(50) * 1e3:.0f} / {d.quantile_s(99) * 1e3:.0f} | "
-            f"{tail:.0f} ({int(after.sum()):,} req) | {wall:.0f} |"
+            f"{tail:.0f} ({int(after.sum()):,} req) | {wall:.0f} |",
+            flush=True,
         )
 
 
