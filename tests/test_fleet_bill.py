@@ -14,7 +14,7 @@ from ecoserve.core.fleet import AllOn, BoardSpec, Consolidation
 from ecoserve.replay.fleet import parse_ray_targets, render, replay_measured
 from ecoserve.sim.board_model import LATENCY_EDGES, BoardModel
 from ecoserve.sim.fleet import Bill, FleetBoard, make_bill, parking, run_fleet
-from ecoserve.sim.fleet_direct import board_arrivals, model_board, replay_board
+from ecoserve.sim.fleet_direct import DirectResult, board_arrivals, model_board, replay_board
 from traces.rates import RateSeries
 
 
@@ -192,6 +192,8 @@ def test_one_board_of_a_fleet_run_is_replayed_request_by_request() -> None:
         )  # binomial thinning of the same shares
         assert d.served == d.offered and np.isfinite(d.quantile_s(99)) and d.energy_j > 0
         assert d.arrivals_s is not None and d.arrivals_s.size == d.latencies_s.size
+        whole = d.quantile_after_s(np.array([0.0]), 1e6, 99)
+        assert whole == (pytest.approx(d.quantile_s(99)), d.offered)
     # the woken board is sent nothing while parked or booting
     woken = board_arrivals(run, 1, series, seed=1)
     first_serving = float(np.argmax(run.states[:, 1] == 0) * run.period_s)
@@ -200,3 +202,13 @@ def test_one_board_of_a_fleet_run_is_replayed_request_by_request() -> None:
     assert 0 < window.offered <= woken.size + 100
     with pytest.raises(ValueError, match="window"):
         replay_board(run, 1, boards[1], series, park, settings, window_s=(200.0, 300.0))
+
+
+def test_a_percentile_among_the_rejected_is_never_answered() -> None:
+    lat = np.full(97, 0.05)
+    lost = DirectResult(1.0, 100, 97, lat, np.arange(97.0), np.array([200.0, 201.0, 202.0]))
+    assert math.isinf(lost.quantile_s(99)) and lost.quantile_s(50) == pytest.approx(0.05)
+    # only the requests after t=150 s: three, all rejected
+    assert lost.quantile_after_s(np.array([150.0]), 100.0, 99) == (math.inf, 3)
+    with pytest.raises(ValueError, match="arrival times"):
+        DirectResult(1.0, 1, 1, np.array([0.1])).quantile_after_s(np.array([0.0]), 1.0, 99)

@@ -43,8 +43,10 @@ class DirectResult:
     offered: int
     served: int
     latencies_s: np.ndarray
-    #: Arrival time of each answered request, aligned with ``latencies_s`` (one board's).
+    #: Arrival time of each answered request, aligned with ``latencies_s``, and of each
+    #: rejected one (one board's replay).
     arrivals_s: np.ndarray | None = None
+    rejected_at_s: np.ndarray | None = None
 
     @property
     def joules_per_request(self) -> float:
@@ -52,8 +54,27 @@ class DirectResult:
 
     def quantile_s(self, q: float) -> float:
         """Percentile over offered requests, a rejected one counted as never answered."""
+        if q / 100.0 * self.offered > self.served:  # the percentile falls among the rejected
+            return float("inf") if self.offered else float("nan")
         lat = np.concatenate([self.latencies_s, np.full(self.offered - self.served, np.inf)])
         return float(np.percentile(lat, q)) if lat.size else float("nan")
+
+    def quantile_after_s(self, starts: np.ndarray, span_s: float, q: float) -> tuple[float, int]:
+        """Percentile over the requests that arrived within ``span_s`` after any of ``starts``
+        (a rejected one counted as never answered), and how many there were."""
+        if self.arrivals_s is None or self.rejected_at_s is None:
+            raise ValueError("this result kept no arrival times (only replay_board keeps them)")
+
+        def near(t: np.ndarray) -> np.ndarray:
+            mask = np.zeros(t.size, dtype=bool)
+            for start in starts:
+                mask |= (t >= start) & (t < start + span_s)
+            return mask
+
+        lat = self.latencies_s[near(self.arrivals_s)]
+        lost = int(near(self.rejected_at_s).sum())
+        part = DirectResult(0.0, lat.size + lost, lat.size, lat)
+        return part.quantile_s(q), part.offered
 
     def slo_violations(self, slo_s: float) -> float:
         late = int(np.count_nonzero(self.latencies_s > slo_s))
@@ -128,8 +149,10 @@ def _run_board(
         metered = res.total_energy_j + idle_w * max(0.0, end - res.end_s)
         served, lat = res.served, res.latencies
         answered = res.arrivals[~np.isnan(res.completions)]
+        lost = res.arrivals[np.isnan(res.completions)]
     else:
-        metered, served, lat, answered = idle_w * end, 0, np.empty(0), np.empty(0)
+        metered, served, lat = idle_w * end, 0, np.empty(0)
+        answered = lost = np.empty(0)
     not_serving = seconds[1] + seconds[2] + seconds[3]
     energy = (
         metered
@@ -137,7 +160,7 @@ def _run_board(
         + park.waking_w[kind] * seconds[1]
         + park.parked_w[kind] * seconds[2]
     )
-    return DirectResult(energy, int(arrivals.size), int(served), lat, answered)
+    return DirectResult(energy, int(arrivals.size), int(served), lat, answered, lost)
 
 
 def _window(run: FleetRun, window_s: tuple[float, float] | None) -> tuple[int, int]:
