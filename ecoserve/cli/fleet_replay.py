@@ -61,9 +61,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--ray-target",
+        default="2,little",
+        help="Ray rule's target_ongoing_requests, one run each: numbers, or 'little' for a "
+        "board's ongoing requests at its tuned capacity (default 2,little: Ray's own default "
+        "beside Little's law)",
+    )
+    g.add_argument(
+        "--ingress-w",
         type=float,
-        help="Ray rule's target_ongoing_requests (default: a board's ongoing requests at its "
-        "tuned capacity)",
+        help="the ingress host's (and switch's) draw in W, always on, billed in every policy "
+        "(default 40, assumed; 0 leaves it out)",
+    )
+    g.add_argument(
+        "--parked-w",
+        help="a powered-off board's draw in W: a number, KIND:W,... or both (default 0.5, assumed)",
+    )
+    g.add_argument(
+        "--wake-s",
+        help="a powered-off board's time from power-on to serving in s: a number, KIND:S,... "
+        "or both (default 45, assumed)",
     )
     add_alias(p, "--period", "--period-s")
     add_alias(p, "--slo-ms", "--slo-latency-s", lambda ms: ms / 1e3, "--slo-latency-s (seconds)")
@@ -76,12 +92,13 @@ def run(args: argparse.Namespace, err: Any) -> int:
         PARKING_MODES,
         jsonable,
         parse_mix,
+        parse_ray_targets,
         render,
         replay_fleet,
         write_outputs,
     )
     from ecoserve.sim.board_model import max_rate
-    from ecoserve.sim.fleet import scale_load
+    from ecoserve.sim.fleet import make_bill, scale_load
     from traces import load_trace, parse_duration
     from traces.rates import binned, diurnal
     from twins.fitted import load_twin
@@ -97,6 +114,9 @@ def run(args: argparse.Namespace, err: Any) -> int:
             raise ValueError("the fleet replay scores p99 only: leave --slo-percentile out")
         if not slo_s > 0 or not args.period_s > 0 or not args.headroom >= 0:
             raise ValueError("--slo-latency-s and --period-s must be > 0, --headroom >= 0")
+        ray_targets = parse_ray_targets(args.ray_target)
+        bill = make_bill(args.ingress_w, args.parked_w, args.wake_s)
+        bill.check_kinds(sorted({b.kind for b in boards}))
         if len(args.trace) > 1:
             raise ValueError("--fleet replays one trace")
         spec = args.trace[0] if args.trace else "diurnal"
@@ -126,7 +146,8 @@ def run(args: argparse.Namespace, err: Any) -> int:
             period_s=args.period_s,
             settings=settings,
             parking_modes=modes,
-            ray_target=args.ray_target,
+            ray_targets=ray_targets,
+            bill=bill,
             headroom=args.headroom,
             workers=args.workers or 2,
             progress=lambda msg: err.print(msg),
@@ -138,7 +159,11 @@ def run(args: argparse.Namespace, err: Any) -> int:
         files = write_outputs(args.out, result, plots=not args.no_plots)
         err.print(f"wrote {len(files)} files to {args.out}")
     if args.json:
-        payload = {"meta": result.meta, "runs": [r.as_dict() for r in result.runs]}
+        payload = {
+            "meta": result.meta,
+            "ratios": result.all_ratios(),
+            "runs": [r.as_dict() for r in result.runs],
+        }
         sys.stdout.write(json.dumps(payload, default=jsonable) + "\n")
     else:
         print(render(result))

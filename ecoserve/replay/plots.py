@@ -124,7 +124,7 @@ def plot_fleet_boards(path: Path, runs: Sequence[Any], rates: Sequence[float] | 
         ax.patch.set_visible(False)
         for r in runs:
             if r.parking in (mode, "none"):
-                ax.step(hours, r.awake, where="post", lw=1.0, label=r.policy)
+                ax.step(hours, r.awake, where="post", lw=1.0, label=r.label)
         ax.set_ylabel("boards awake")
         ax.set_title(f"boards awake (serving or waking), parking: {mode}; grey: arrival rate")
         ax.legend(fontsize=7, ncol=5, loc="upper left")

@@ -27,6 +27,119 @@ from traces.rates import RateSeries
 
 
 @dataclass(frozen=True)
+class Bill:
+    """What the fleet's power bill counts beyond its boards' serving and idle draw.
+
+    The one table of defaults; each is a stated assumption, none is measured here, so each is
+    an option of the fleet replay and swept in ``benchmarks/bench_fleet_bill.py``:
+
+    - ``ingress_w`` 40 W: the host that runs the ingress (and the Ray head) with the boards'
+      switch, always on, so counted in every policy's energy alike. Assumed: a small x86 host
+      at light load plus an unmanaged switch; the sweep covers 20-100 W.
+    - ``off_w`` 0.5 W: a powered-off board's draw, a switched supply's standby. Assumed.
+    - ``wake_s`` 45 s: power-on to a serving engine (boot, model load, saved tuner state
+      restored), the figure the fleet replay has assumed since its first version. Assumed; it
+      leaves out a Ray node's join and replica placement, hence the sweep to 180 s.
+
+    ``off_w_by_kind`` and ``wake_s_by_kind`` override either per board kind, as
+    ``(kind, value)`` pairs.
+    """
+
+    ingress_w: float = 40.0
+    off_w: float = 0.5
+    wake_s: float = 45.0
+    off_w_by_kind: tuple[tuple[str, float], ...] = ()
+    wake_s_by_kind: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.ingress_w) and self.ingress_w >= 0):
+            raise ValueError(
+                f"ingress host power must be >= 0 W, got {self.ingress_w:g} "
+                "(0 leaves the host out of the bill)"
+            )
+        for kind, w in (("every kind", self.off_w), *self.off_w_by_kind):
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"a powered-off board's draw ({kind}) must be >= 0 W, got {w:g}")
+        for kind, s in (("every kind", self.wake_s), *self.wake_s_by_kind):
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(
+                    f"wake-to-serving time of a powered-off board ({kind}) must be > 0 s, got "
+                    f"{s:g}: a board that is off must boot; for boards that answer at once use "
+                    "parking at min-clocks"
+                )
+
+    def off_w_of(self, kind: str) -> float:
+        return dict(self.off_w_by_kind).get(kind, self.off_w)
+
+    def wake_s_of(self, kind: str) -> float:
+        return dict(self.wake_s_by_kind).get(kind, self.wake_s)
+
+    def check_kinds(self, kinds: Sequence[str]) -> None:
+        """A per-kind override naming no board kind of the fleet is a typo: say so."""
+        for what, pairs in (("parked draw", self.off_w_by_kind), ("wake", self.wake_s_by_kind)):
+            stray = sorted({k for k, _ in pairs} - set(kinds))
+            if stray:
+                raise ValueError(
+                    f"{what} given for {', '.join(stray)}, not in the fleet "
+                    f"({', '.join(sorted(kinds))})"
+                )
+
+    def describe(self) -> str:
+        def per_kind(default: float, pairs: tuple[tuple[str, float], ...], unit: str) -> str:
+            extra = "".join(f", {k} {v:g} {unit}" for k, v in pairs)
+            return f"{default:g} {unit}{extra}"
+
+        return (
+            f"ingress host {self.ingress_w:g} W always on; powered-off board "
+            f"{per_kind(self.off_w, self.off_w_by_kind, 'W')}, wake to serving "
+            f"{per_kind(self.wake_s, self.wake_s_by_kind, 's')} (all assumed, see Bill)"
+        )
+
+
+def parse_per_kind(text: str, what: str) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    """``"2"``, ``"orin:2,nano:0.5"`` or ``"1,nano:3"``: a value for every kind, and overrides.
+
+    ``what`` names the option in the error.
+    """
+    default: float | None = None
+    pairs: list[tuple[str, float]] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        kind, sep, value = part.rpartition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(
+                f"{what}: {part!r} is not a number or KIND:NUMBER (e.g. 2 or orin:2,nano:0.5)"
+            ) from None
+        if sep:
+            pairs.append((kind.strip(), number))
+        else:
+            default = number
+    if default is None and not pairs:
+        raise ValueError(f"{what} is empty; give a number or KIND:NUMBER,...")
+    return default, tuple(pairs)
+
+
+def make_bill(
+    ingress_w: float | None = None, parked_w: str | None = None, wake_s: str | None = None
+) -> Bill:
+    """A :class:`Bill` from the fleet replay's options, the defaults where one is not given."""
+    base = Bill()
+    off_w, off_pairs = parse_per_kind(parked_w, "--parked-w") if parked_w else (None, ())
+    wake, wake_pairs = parse_per_kind(wake_s, "--wake-s") if wake_s else (None, ())
+    return Bill(
+        ingress_w=base.ingress_w if ingress_w is None else ingress_w,
+        off_w=base.off_w if off_w is None else off_w,
+        wake_s=base.wake_s if wake is None else wake,
+        off_w_by_kind=off_pairs,
+        wake_s_by_kind=wake_pairs,
+    )
+
+
+@dataclass(frozen=True)
 class Parking:
     """What a parked board draws and how long it takes to serve again, per board kind.
 
@@ -41,28 +154,26 @@ class Parking:
     basis: str = "assumed"
 
 
-#: Stated assumptions for powered-off boards (not measured): the switched supply's standby
-#: draw, and the time from power-on to a serving engine (boot, model load, saved tuner state).
-OFF_W = 0.5
-OFF_WAKE_S = 45.0
 #: Stated assumption: re-applying tuned clocks to a board parked at minimum clocks.
 MIN_CLOCKS_WAKE_S = 1.0
 
 
-def parking(mode: str, models: Mapping[str, BoardModel]) -> Parking:
-    """The parking assumptions for ``mode`` over these board kinds (see the constants).
+def parking(mode: str, models: Mapping[str, BoardModel], bill: Bill | None = None) -> Parking:
+    """The parking figures for ``mode`` over these board kinds.
 
-    At minimum clocks a board draws its twin's idle power at its lowest clocks; the fitted
-    twins' idle draw was measured at one clock setting, so this equals their idle draw.
-    While waking from power-off a board draws its idle power (assumed).
+    Powered off: the bill's draw and wake time (:class:`Bill`, its defaults' sources named
+    there); while booting a board draws its idle power (assumed). At minimum clocks a board
+    draws its twin's idle power at its lowest clocks; the fitted twins' idle draw was
+    measured at one clock setting, so this equals their idle draw.
     """
+    bill = bill or Bill()
     if mode == "off":
         return Parking(
             mode,
-            {k: OFF_W for k in models},
-            {k: OFF_WAKE_S for k in models},
+            {k: bill.off_w_of(k) for k in models},
+            {k: bill.wake_s_of(k) for k in models},
             {k: m.idle_w for k, m in models.items()},
-            basis=f"assumed: {OFF_W} W off, {OFF_WAKE_S:g} s to serve again, idle draw while booting",
+            basis=f"{bill.describe()}; idle draw while booting (assumed)",
         )
     if mode == "min-clocks":
         return Parking(
@@ -104,10 +215,38 @@ class FleetRun:
     #: 2 parked, 3 dead); what a direct replay of the same decisions needs.
     weights: np.ndarray | None = None
     states: np.ndarray | None = None
+    #: What sets this run apart from another of the same policy (e.g. Ray's target).
+    variant: str = ""
+    #: The ingress host's draw over the run (always on); ``energy_j`` is the boards' alone,
+    #: comparable with figures from before the host was billed.
+    ingress_w: float = 0.0
+    duration_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.policy} {self.variant}" if self.variant else self.policy
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}/{self.parking}"
 
     @property
     def joules_per_request(self) -> float:
+        """The boards' energy per request served (the ingress host left out)."""
         return self.energy_j / self.served if self.served else math.inf
+
+    @property
+    def ingress_j(self) -> float:
+        return self.ingress_w * self.duration_s
+
+    @property
+    def bill_j(self) -> float:
+        """The whole bill: every board's draw and the ingress host's."""
+        return self.energy_j + self.ingress_j
+
+    @property
+    def bill_joules_per_request(self) -> float:
+        return self.bill_j / self.served if self.served else math.inf
 
     def latency_quantile_s(self, q: float) -> float:
         """Percentile over offered requests, a rejected one counted as never answered."""
@@ -133,6 +272,7 @@ class FleetRun:
     def as_dict(self) -> dict[str, object]:
         return {
             "policy": self.policy,
+            "variant": self.variant,
             "tuner": self.tuner,
             "parking": self.parking,
             "energy_j": self.energy_j,
@@ -140,6 +280,10 @@ class FleetRun:
             "served": self.served,
             "rejected": self.rejected,
             "joules_per_request": self.joules_per_request,
+            "ingress_w": self.ingress_w,
+            "ingress_j": self.ingress_j,
+            "bill_j": self.bill_j,
+            "bill_joules_per_request": self.bill_joules_per_request,
             "p50_ms": self.latency_quantile_s(50) * 1e3,
             "p99_ms": self.latency_quantile_s(99) * 1e3,
             "slo_ms": self.slo_s * 1e3,
@@ -212,8 +356,15 @@ def run_fleet(
     slo_s: float,
     period_s: float = 5.0,
     label: str | None = None,
+    variant: str = "",
+    ingress_w: float = 0.0,
 ) -> FleetRun:
-    """Drive ``policy`` over ``series``; every board's share read from its kind's model."""
+    """Drive ``policy`` over ``series``; every board's share read from its kind's model.
+
+    ``ingress_w`` is the ingress host's draw, billed beside the boards' (:class:`Bill`).
+    """
+    if not (math.isfinite(ingress_w) and ingress_w >= 0):
+        raise ValueError(f"ingress host power must be >= 0 W, got {ingress_w:g}")
     wall0 = time.perf_counter()
     rates, per = period_rates(series, period_s)
     step_rates = series.rates[: len(rates) * per].reshape(len(rates), per)
@@ -276,12 +427,7 @@ def run_fleet(
         got = np.where(serving, m.served_rate(lam), 0.0)
         served += float(got.sum() * dt)
         rejected += float((lam.sum() - got.sum()) * dt)
-        # latency: requests per rate level, each level's measured histogram
-        levels = np.linspace(0.0, m.rates[-1], 257)
-        at = np.clip(np.searchsorted(levels, lam[serving]), 0, len(levels) - 1)
-        req = np.bincount(at, weights=got[serving] * dt, minlength=len(levels))
-        for j in np.nonzero(req)[0]:
-            hist += req[j] * m.histogram_at(float(levels[j]))
+        hist += latency_histogram(m, lam[serving], got[serving] * dt)
     offered = float(series.counts[: npd * per].sum())
     return FleetRun(
         policy=label or policy.name,
@@ -300,4 +446,33 @@ def run_fleet(
         per_kind_energy_j=per_kind,
         weights=weights,
         states=state,
+        variant=variant,
+        ingress_w=ingress_w,
+        duration_s=npd * per * dt,
     )
+
+
+def latency_histogram(model: BoardModel, rates: np.ndarray, requests: np.ndarray) -> np.ndarray:
+    """Requests per latency bin: each step's ``requests`` read at the histogram of its rate.
+
+    Rates are snapped to 256 levels over the model's grid, so a day of steps costs 256
+    interpolations, not one per step.
+    """
+    levels = np.linspace(0.0, model.rates[-1], 257)
+    at = np.clip(np.searchsorted(levels, rates), 0, len(levels) - 1)
+    req = np.bincount(at, weights=requests, minlength=len(levels))
+    hist = np.zeros(len(LATENCY_EDGES) - 1)
+    for j in np.nonzero(req)[0]:
+        hist += req[j] * model.histogram_at(float(levels[j]))
+    return hist
+
+
+def board_step_rates(run: FleetRun, index: int, series: RateSeries) -> np.ndarray:
+    """The rate one board was sent at every series step of ``run`` (0 while not serving)."""
+    if run.weights is None or run.states is None:
+        raise ValueError("this run kept no decisions to read")
+    per = max(1, int(round(run.period_s / series.step_s)))
+    npd = run.weights.shape[0]
+    step_rates = series.rates[: npd * per].reshape(npd, per)
+    lam = run.weights[:, index][:, None] * step_rates
+    return np.where(run.states[:, index][:, None] == 0, lam, 0.0).reshape(-1)

@@ -10,6 +10,9 @@ and every board's requests go through its own engine and tuner on its twin
 Energy is each board's metered draw, with the time it was not serving billed at its parked
 or waking draw instead of idle (the fitted twins' idle draw does not depend on the clocks,
 so idle time is separable). Only for small fleets and short series: every request runs.
+
+:func:`replay_board` does the same for one board of a large fleet (a sample of boards over a
+60-board day), beside :func:`model_board`, what the fleet replay's model says of that board.
 """
 
 from __future__ import annotations
@@ -20,9 +23,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ecoserve.core.assembly import EngineSettings
+from ecoserve.sim.board_model import BoardModel, histogram_quantile
 from ecoserve.sim.driver import simulate
-from ecoserve.sim.fleet import FleetBoard, FleetRun, Parking
+from ecoserve.sim.fleet import (
+    FleetBoard,
+    FleetRun,
+    Parking,
+    board_step_rates,
+    latency_histogram,
+)
 from traces.rates import RateSeries
+from twins.base import DeviceTwin
 from twins.fitted import load_twin
 
 
@@ -32,6 +43,10 @@ class DirectResult:
     offered: int
     served: int
     latencies_s: np.ndarray
+    #: Arrival time of each answered request, aligned with ``latencies_s``, and of each
+    #: rejected one (one board's replay).
+    arrivals_s: np.ndarray | None = None
+    rejected_at_s: np.ndarray | None = None
 
     @property
     def joules_per_request(self) -> float:
@@ -39,8 +54,27 @@ class DirectResult:
 
     def quantile_s(self, q: float) -> float:
         """Percentile over offered requests, a rejected one counted as never answered."""
+        if q / 100.0 * self.offered > self.served:  # the percentile falls among the rejected
+            return float("inf") if self.offered else float("nan")
         lat = np.concatenate([self.latencies_s, np.full(self.offered - self.served, np.inf)])
         return float(np.percentile(lat, q)) if lat.size else float("nan")
+
+    def quantile_after_s(self, starts: np.ndarray, span_s: float, q: float) -> tuple[float, int]:
+        """Percentile over the requests that arrived within ``span_s`` after any of ``starts``
+        (a rejected one counted as never answered), and how many there were."""
+        if self.arrivals_s is None or self.rejected_at_s is None:
+            raise ValueError("this result kept no arrival times (only replay_board keeps them)")
+
+        def near(t: np.ndarray) -> np.ndarray:
+            mask = np.zeros(t.size, dtype=bool)
+            for start in starts:
+                mask |= (t >= start) & (t < start + span_s)
+            return mask
+
+        lat = self.latencies_s[near(self.arrivals_s)]
+        lost = int(near(self.rejected_at_s).sum())
+        part = DirectResult(0.0, lat.size + lost, lat.size, lat)
+        return part.quantile_s(q), part.offered
 
     def slo_violations(self, slo_s: float) -> float:
         late = int(np.count_nonzero(self.latencies_s > slo_s))
@@ -81,27 +115,169 @@ def replay_direct(
     energy = 0.0
     served = 0
     for i, b in enumerate(boards):
-        mine = arrivals[routed & (board_of == i)]
-        twin = load_twin(b.kind)
-        idle_w = float(twin.power(twin.max_freqs(), 0.0))
-        st = run.states[:, i]
-        seconds = {code: float(np.count_nonzero(st == code)) * run.period_s for code in range(4)}
-        if mine.size:
-            res = simulate(mine, twin, replace(settings, tuner=tuner, seed=seed + i))
-            metered = res.total_energy_j + idle_w * max(0.0, end - res.end_s)
-            served += res.served
-            latencies.append(res.latencies)
-        else:
-            metered = idle_w * end
-        not_serving = seconds[1] + seconds[2] + seconds[3]
-        energy += (
-            metered
-            - idle_w * not_serving
-            + park.waking_w[b.kind] * seconds[1]
-            + park.parked_w[b.kind] * seconds[2]
+        one = _run_board(
+            arrivals[routed & (board_of == i)],
+            load_twin(b.kind),
+            run.states[:, i],
+            run.period_s,
+            park,
+            b.kind,
+            replace(settings, tuner=tuner, seed=seed + i),
         )
+        energy += one.energy_j
+        served += one.served
+        latencies.append(one.latencies_s)
     lat = np.concatenate(latencies) if latencies else np.empty(0)
     return DirectResult(energy, int(arrivals.size), served, lat)
+
+
+def _run_board(
+    arrivals: np.ndarray,
+    twin: DeviceTwin,
+    states: np.ndarray,
+    period_s: float,
+    park: Parking,
+    kind: str,
+    settings: EngineSettings,
+) -> DirectResult:
+    """One board's requests through its engine; the time it did not serve billed as parked."""
+    end = len(states) * period_s
+    idle_w = float(twin.power(twin.max_freqs(), 0.0))
+    seconds = {code: float(np.count_nonzero(states == code)) * period_s for code in range(4)}
+    if arrivals.size:
+        res = simulate(arrivals, twin, settings)
+        metered = res.total_energy_j + idle_w * max(0.0, end - res.end_s)
+        served, lat = res.served, res.latencies
+        answered = res.arrivals[~np.isnan(res.completions)]
+        lost = res.arrivals[np.isnan(res.completions)]
+    else:
+        metered, served, lat = idle_w * end, 0, np.empty(0)
+        answered = lost = np.empty(0)
+    not_serving = seconds[1] + seconds[2] + seconds[3]
+    energy = (
+        metered
+        - idle_w * not_serving
+        + park.waking_w[kind] * seconds[1]
+        + park.parked_w[kind] * seconds[2]
+    )
+    return DirectResult(energy, int(arrivals.size), int(served), lat, answered, lost)
+
+
+def _window(run: FleetRun, window_s: tuple[float, float] | None) -> tuple[int, int]:
+    """Control periods ``[k0, k1)`` covering ``window_s`` (the whole run when None)."""
+    assert run.weights is not None
+    npd = run.weights.shape[0]
+    if window_s is None:
+        return 0, npd
+    t0, t1 = window_s
+    k0 = max(0, int(t0 // run.period_s))
+    k1 = min(npd, int(np.ceil(t1 / run.period_s)))
+    if not (0 <= t0 < t1) or k1 <= k0:
+        raise ValueError(
+            f"window {t0:g}-{t1:g} s holds no control period of the run "
+            f"(0-{npd * run.period_s:g} s); give 0 <= start < end within it"
+        )
+    return k0, k1
+
+
+def board_arrivals(
+    run: FleetRun,
+    index: int,
+    series: RateSeries,
+    *,
+    seed: int = 0,
+    window_s: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """The requests ``run`` sent one board while it served, times from the window's start.
+
+    Each step's arrivals are thinned by the board's share that period (binomially: each
+    request goes to the board with that probability, as the routing of :func:`replay_direct`
+    draws them), then spread uniformly over the step; the rest of the fleet is not generated.
+    """
+    k0, k1 = _window(run, window_s)
+    per = max(1, int(round(run.period_s / series.step_s)))
+    lam = board_step_rates(run, index, series)[k0 * per : k1 * per]
+    counts = np.round(series.counts[k0 * per : k1 * per]).astype(np.int64)
+    step_rates = series.rates[k0 * per : k1 * per]
+    share = np.divide(lam, step_rates, out=np.zeros_like(lam), where=step_rates > 0)
+    rng = np.random.default_rng(seed)
+    mine = rng.binomial(counts, np.clip(share, 0.0, 1.0))
+    starts = np.repeat(np.arange(mine.size) * series.step_s, mine)
+    return np.sort(starts + rng.uniform(0.0, series.step_s, size=starts.size))
+
+
+def replay_board(
+    run: FleetRun,
+    index: int,
+    board: FleetBoard,
+    series: RateSeries,
+    park: Parking,
+    settings: EngineSettings,
+    *,
+    seed: int = 0,
+    window_s: tuple[float, float] | None = None,
+) -> DirectResult:
+    """Every request ``run`` sent board ``index`` (within ``window_s``) through its engine.
+
+    The board starts cold at the window's start (baseline, then tuning) and keeps its engine
+    and tuner across parked spells, as a parked board keeps its saved state.
+    """
+    assert run.states is not None
+    k0, k1 = _window(run, window_s)
+    arrivals = board_arrivals(run, index, series, seed=seed, window_s=window_s)
+    chosen = tuned_settings(settings, run.slo_s) if models_tuner(run) == "ecogd" else settings
+    chosen = replace(chosen, tuner=models_tuner(run), seed=seed + index)
+    states = run.states[k0:k1, index]
+    return _run_board(
+        arrivals, load_twin(board.kind), states, run.period_s, park, board.kind, chosen
+    )
+
+
+@dataclass(frozen=True)
+class ModelBoard:
+    """What the fleet replay's model says of one board: its bill, requests and latencies."""
+
+    energy_j: float
+    offered: float
+    served: float
+    histogram: np.ndarray
+
+    def quantile_s(self, q: float) -> float:
+        """Percentile over offered requests, a rejected one counted as never answered."""
+        answered = float(self.histogram.sum())
+        position = q / 100.0 * self.offered
+        if answered <= 0 or position > answered:
+            return float("nan") if answered <= 0 else float("inf")
+        return histogram_quantile(self.histogram, 100.0 * position / answered)
+
+
+def model_board(
+    run: FleetRun,
+    index: int,
+    model: BoardModel,
+    series: RateSeries,
+    park: Parking,
+    *,
+    window_s: tuple[float, float] | None = None,
+) -> ModelBoard:
+    """The board models' account of board ``index`` over ``window_s``, as ``run_fleet`` bills it."""
+    assert run.states is not None
+    k0, k1 = _window(run, window_s)
+    per = max(1, int(round(run.period_s / series.step_s)))
+    lam = board_step_rates(run, index, series)[k0 * per : k1 * per]
+    st = np.repeat(run.states[k0:k1, index], per)
+    dt = series.step_s
+    serving = st == 0
+    power = np.where(
+        serving,
+        model.power(lam),
+        np.where(
+            st == 1, park.waking_w[model.kind], np.where(st == 2, park.parked_w[model.kind], 0.0)
+        ),
+    )
+    got = model.served_rate(lam)
+    hist = latency_histogram(model, lam[serving], got[serving] * dt)
+    return ModelBoard(float(power.sum() * dt), float(lam.sum() * dt), float(got.sum() * dt), hist)
 
 
 def tuned_settings(settings: EngineSettings, slo_s: float) -> EngineSettings:
