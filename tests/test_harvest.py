@@ -311,9 +311,16 @@ def test_both_drivers_run_the_same_steps_between_the_same_batches() -> None:
     assert len(steps) > 100 and len({s[1] for s in steps}) >= 2  # sized differently
     assert any(a[0] == "apply" and a[2] for a in in_sim)  # the slot's clocks went on
     assert sim_figures["clock_switches"] > 0 and sim_figures["windows"] >= 3
-    assert in_runtime == in_sim
-    assert runtime_figures["steps"] == sim_figures["steps"]
-    assert runtime_figures["energy_j"] == pytest.approx(sim_figures["energy_j"], rel=1e-6)
+    # the simulator knows the arrivals are over and drains at once; the runtime learns it
+    # only at stop(), and the slot may fill the moment between with steps of its own
+    assert in_sim[-1] == ("drained",)
+    assert in_runtime[: len(in_sim) - 1] == in_sim[:-1]
+    tail = in_runtime[len(in_sim) - 1 :]
+    assert all(a[0] == "step" or (a[0] == "apply") or a == ("drained",) for a in tail)
+    extra = sum(1 for a in tail if a[0] == "step")
+    assert runtime_figures["steps"] == sim_figures["steps"] + extra
+    if not extra:
+        assert runtime_figures["energy_j"] == pytest.approx(sim_figures["energy_j"], rel=1e-6)
 
 
 def test_the_runtime_refuses_a_slot_without_a_job_and_survives_a_failing_step() -> None:
