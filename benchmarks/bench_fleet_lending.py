@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         f"mean boards awake {b['mean_boards_awake']:.1f}"
     )
     head = (
-        f"{'price':<22}{'wake':<6}{'energy MJ':>10}{'x park':>8}{'steps M':>9}"
+        f"{'price':<32}{'wake':<6}{'energy MJ':>10}{'x park':>8}{'steps M':>9}"
         f"{'extra J/step':>13}{'lent board-h':>13}{'p99 ms':>8}{'SLO viol':>9}"
     )
     print(head)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         d = lr.as_dict()
         r = run.as_dict()
         print(
-            f"{lr.price:<22}{'yes' if lr.wake_modelled else 'no':<6}"
+            f"{lr.price:<32}{'yes' if lr.wake_modelled else 'no':<6}"
             f"{lr.energy_j / 1e6:>10.2f}{lr.energy_j / base.energy_j:>8.3f}"
             f"{lr.steps / 1e6:>9.2f}{d['extra_j_per_step']:>13.3f}"
             f"{lr.lent_board_s / 3600:>13.0f}{r['p99_ms']:>8.0f}"
