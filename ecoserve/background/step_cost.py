@@ -4,9 +4,10 @@ The simulator advances its clock by a step's duration without running the step, 
 engine picks the micro-batch whose step fits the gap it predicts; both need seconds per step
 as a function of the micro-batch. The figures here are derived, not invented: they are the
 output of ``benchmarks/bench_background_step.py`` on the development machine, a CPU (x86-64,
-one torch thread, torch 2.13, the stepping thread's CPU time), not an edge board's GPU. A
-twin of a slower board scales them (``StepCost.scaled``) by the ratio of its measured
-inference times to this machine's.
+one torch thread, torch 2.13, the stepping thread's CPU time), not an edge board's GPU. The
+same run times the serving model ``builtin:cnn`` (``SERVING_REFERENCE``); a board twin's
+batch time over that one carries the job's cost to the board (``TwinStepCost.derived`` in
+``ecoserve.sim.background``; ``StepCost.scaled`` for a known factor).
 
 Each row is a micro-batch with, over four whole evaluation cycles (ten updates of 32 images
 and the evaluation steps after them; the least-disturbed of three runs): the mean seconds
