@@ -2,11 +2,11 @@
 
 The simulator needs a background step's duration without running one; this measures it. For
 each micro-batch size the job runs a warm-up, then timed steps, each timed alone and run
-exactly as the daemon runs them: forward and backward of a
-micro-batch, Adam's update on the steps that complete an update group, and, every
-``eval_every`` updates, the evaluation steps that classify slices of the held-out images. It
-prints the mean and 99th-percentile seconds per step and the seconds per training image
-(time over images) of the least-disturbed of ``--repeats`` runs, and the rows ``ecoserve/background/step_cost.py`` records. It also times
+exactly as the daemon runs them: forward and backward of a micro-batch, Adam's update on the
+steps that complete an update group, and, every ``eval_every`` updates, the evaluation steps
+that classify slices of the held-out images. It prints the mean and 99th-percentile seconds
+per step and the seconds per training image (time over images) of the least-disturbed of
+``--repeats`` runs, and the rows ``ecoserve/background/step_cost.py`` records. It also times
 one forward pass against one forward and backward pass per image, the ratio behind
 ``EVAL_ITEMS_PER_ITEM``, and, with the same clock in the same process, the serving model
 ``builtin:cnn`` at batches 1-16: the reference the replay scales the job's cost to a board
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"digits-finetune model={args.model} threads={args.threads} torch={torch.__version__} "
-        f"cpu={platform.processor() or platform.machine()} cycles/size={args.cycles} (eval every 10 updates of 32), fastest of {args.repeats}, clock={args.clock}"
+        f"cpu={platform.processor() or platform.machine()} cycles/size={args.cycles} "
+        f"(eval every 10 updates of 32), fastest of {args.repeats}, clock={args.clock}"
     )
     print("| micro-batch | mean ms/step | median ms | p99 ms | max ms | ms per image |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(render(reports))
     print(
-        f"job cost on {args.device}: {cost.fixed_s * 1e3:.3f} ms + {cost.per_item_s * 1e3:.4f} ms/item"
+        f"job cost on {args.device}: {cost.fixed_s * 1e3:.3f} ms + "
+        f"{cost.per_item_s * 1e3:.4f} ms/item"
     )
     print(summary(reports))
     if args.out is not None:

@@ -232,8 +232,9 @@ class StepTimes:
         Measured: as measured. Between two measured micro-batches, on the line through them;
         above the largest, on the line through the two largest (a step is a fixed part plus
         a part per item, so one measured step does not tell them apart, two do; a noisy pair
-        falling with size is read as flat). With one measured size only: from a smaller one scaled by the ratio of sizes (an overestimate,
-        a step's fixed part does not grow); from a larger one, its time as it is.
+        falling with size is read as flat). With one measured size only: from a smaller one
+        scaled by the ratio of sizes (an overestimate, a step's fixed part does not grow);
+        from a larger one, its time as it is.
         """
         times = self._times.get(setting)
         if not times:

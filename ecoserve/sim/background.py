@@ -8,8 +8,8 @@ the board by ``board_scale``, the twin's batch time at maximum clocks over the C
 model (the geometric mean over the batch sizes measured), as ``ecoserve replay
 --shared-board`` carries a model's relative cost (``builtin:cnn`` stands for the twin's own
 model; that the CPU's ratio holds on the board is the assumption). How the step slows at
-lower clocks is derived from the twin: the compute part by the ratio of the twin's batch time at
-those clocks to its time at maximum (the serving model's CPU/GPU mix stands in for the job's),
+lower clocks is derived from the twin: the compute part by the ratio of the twin's batch
+time at those clocks to its time at maximum (the serving model's CPU/GPU mix stands in for the job's),
 the loading part by the CPU clock alone. Loader workers overlap loading with compute (none:
 the step loads its own items first). The watts are the twin's busy power at the clocks in
 force; loader workers are taken to add none.
