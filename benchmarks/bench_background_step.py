@@ -2,13 +2,15 @@
 
 The simulator needs a background step's duration without running one; this measures it. For
 each micro-batch size the job runs a warm-up, then timed steps, each timed alone and run
-exactly as the daemon runs them: forward and backward of a
-micro-batch, Adam's update on the steps that complete an update group, and, every
-``eval_every`` updates, the evaluation steps that classify slices of the held-out images. It
-prints the mean and 99th-percentile seconds per step and the seconds per training image
-(time over images) of the least-disturbed of ``--repeats`` runs, and the rows ``ecoserve/background/step_cost.py`` records. It also times
+exactly as the daemon runs them: forward and backward of a micro-batch, Adam's update on the
+steps that complete an update group, and, every ``eval_every`` updates, the evaluation steps
+that classify slices of the held-out images. It prints the mean and 99th-percentile seconds
+per step and the seconds per training image (time over images) of the least-disturbed of
+``--repeats`` runs, and the rows ``ecoserve/background/step_cost.py`` records. It also times
 one forward pass against one forward and backward pass per image, the ratio behind
-``EVAL_ITEMS_PER_ITEM``.
+``EVAL_ITEMS_PER_ITEM``, and, with the same clock in the same process, the serving model
+``builtin:cnn`` at batches 1-16: the reference the replay scales the job's cost to a board
+twin by (``ecoserve.sim.background.board_scale``; the rows ``SERVING_REFERENCE`` records).
 
 The default clock is the stepping thread's CPU time (``time.thread_time``) with one torch
 thread, where every computation runs in that thread: on a machine other processes share, it
@@ -33,8 +35,11 @@ from pathlib import Path
 import torch
 
 from ecoserve.background.digits_finetune import DigitsFinetune
+from ecoserve.background.step_cost import SERVING_REFERENCE
+from ecoserve.models.loader import load_model
 
 SIZES = (1, 2, 4, 8, 16, 32)
+SERVING_SIZES = (1, 2, 4, 8, 16)
 
 
 Clock = Callable[[], float]
@@ -75,6 +80,26 @@ def forward_share(job: DigitsFinetune, clock: Clock, repeats: int = 50) -> float
         both.append(t2 - t1)
     job.model.zero_grad(set_to_none=True)
     return statistics.median(fwd) / statistics.median(both)
+
+
+def serving_batch_times(
+    clock: Clock, sizes: tuple[int, ...] = SERVING_SIZES, rounds: int = 15, calls: int = 20
+) -> dict[int, float]:
+    """Median seconds of one batch of the serving reference model per batch size; rounds
+    interleave the sizes, so a slow spell of a shared machine hits them alike."""
+    model = load_model(SERVING_REFERENCE.spec)
+    times: dict[int, list[float]] = {b: [] for b in sizes}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for b in sizes:
+                batch = torch.stack([model.example_item()] * b)
+                for _ in range(3):
+                    model.batch_fn(batch)
+                t0 = clock()
+                for _ in range(calls):
+                    model.batch_fn(batch)
+                times[b].append((clock() - t0) / calls)
+    return {b: statistics.median(v) for b, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     share = forward_share(job, clock)
+    serving = serving_batch_times(clock)
 
     print(
         f"digits-finetune model={args.model} threads={args.threads} torch={torch.__version__} "
-        f"cpu={platform.processor() or platform.machine()} cycles/size={args.cycles} (eval every 10 updates of 32), fastest of {args.repeats}, clock={args.clock}"
+        f"cpu={platform.processor() or platform.machine()} cycles/size={args.cycles} "
+        f"(eval every 10 updates of 32), fastest of {args.repeats}, clock={args.clock}"
     )
     print("| micro-batch | mean ms/step | median ms | p99 ms | max ms | ms per image |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -147,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     )
+    print(
+        f"serving reference {SERVING_REFERENCE.spec}, median ms per batch: "
+        + ", ".join(f"{b}: {t * 1e3:.3f}" for b, t in serving.items())
+    )
+    print(
+        "batch_s for SERVING_REFERENCE: "
+        + repr(tuple((b, float(f"{t:.4g}")) for b, t in serving.items()))
+    )
     if args.json is not None:
         args.json.write_text(
             json.dumps(
@@ -157,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__,
                     "rows": rows,
                     "forward_share": share,
+                    "serving_reference": {str(b): t for b, t in serving.items()},
                 },
                 indent=1,
             )

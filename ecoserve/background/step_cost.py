@@ -4,9 +4,10 @@ The simulator advances its clock by a step's duration without running the step, 
 engine picks the micro-batch whose step fits the gap it predicts; both need seconds per step
 as a function of the micro-batch. The figures here are derived, not invented: they are the
 output of ``benchmarks/bench_background_step.py`` on the development machine, a CPU (x86-64,
-one torch thread, torch 2.13, the stepping thread's CPU time), not an edge board's GPU. A
-twin of a slower board scales them (``StepCost.scaled``) by the ratio of its measured
-inference times to this machine's.
+one torch thread, torch 2.13, the stepping thread's CPU time), not an edge board's GPU. The
+same run times the serving model ``builtin:cnn`` (``SERVING_REFERENCE``); a board twin's
+batch time over that one carries the job's cost to the board (``TwinStepCost.derived`` in
+``ecoserve.sim.background``; ``StepCost.scaled`` for a known factor).
 
 Each row is a micro-batch with, over four whole evaluation cycles (ten updates of 32 images
 and the evaluation steps after them; the least-disturbed of three runs): the mean seconds
@@ -123,17 +124,18 @@ _HOW = (
 DIGITS_FINETUNE_SMALL = StepCost(
     job="digits-finetune",
     rows=(
-        (1, 0.0003324, 0.0008712, 0.0005715),
-        (2, 0.0004762, 0.00119, 0.0004104),
-        (4, 0.000464, 0.001102, 0.0002007),
-        (8, 0.0005299, 0.001288, 0.0001156),
-        (16, 0.0005159, 0.001378, 5.732e-05),
-        (32, 0.0006433, 0.001334, 3.702e-05),
+        (1, 0.0004301, 0.001085, 0.0007395),
+        (2, 0.0005399, 0.001518, 0.0004606),
+        (4, 0.000621, 0.0017, 0.0002685),
+        (8, 0.0005465, 0.001446, 0.0001193),
+        (16, 0.0008716, 0.002465, 9.685e-05),
+        (32, 0.0009695, 0.001879, 5.58e-05),
     ),
-    measured=_HOW,
+    measured=f"{_HOW}, 2026-12-02, load average 4.9",
 )
 
-#: ``builtin:digits-finetune`` with ``model=large`` (62k parameters, dropout).
+#: ``builtin:digits-finetune`` with ``model=large`` (62k parameters, dropout); an earlier run
+#: than the small model's and the serving reference's.
 DIGITS_FINETUNE_LARGE = StepCost(
     job="digits-finetune",
     rows=(
@@ -145,6 +147,36 @@ DIGITS_FINETUNE_LARGE = StepCost(
         (32, 0.004208, 0.007274, 0.0002422),
     ),
     measured=f"{_HOW} --model large",
+)
+
+
+@dataclass(frozen=True)
+class ServingReference:
+    """The serving model's batch times measured here, beside the job's: the bridge to a board.
+
+    The board twins were fitted with a MobileNet-era CNN; ``builtin:cnn`` stands for it, as it
+    does for the models' relative costs of ``ecoserve replay --shared-board``. The twin's batch
+    time over this one, at the same batch size, says how much slower the board is than this
+    machine; the job's cost measured here, times that, is its cost on the board.
+    """
+
+    spec: str
+    batch_s: tuple[tuple[int, float], ...]
+    measured: str
+
+    def __post_init__(self) -> None:
+        sizes = [b for b, _ in self.batch_s]
+        if not sizes or sizes != sorted(set(sizes)) or sizes[0] < 1:
+            raise ValueError("ServingReference.batch_s must have batch sizes rising from >= 1")
+        if any(not (t > 0 and math.isfinite(t)) for _, t in self.batch_s):
+            raise ValueError("ServingReference.batch_s must hold positive finite seconds")
+
+
+#: ``builtin:cnn`` (the twins' model's stand-in) measured in the same run as the rows above.
+SERVING_REFERENCE = ServingReference(
+    spec="builtin:cnn",
+    batch_s=((1, 0.0003519), (2, 0.0008202), (4, 0.001325), (8, 0.002006), (16, 0.003295)),
+    measured=f"{_HOW}, 2026-12-02, load average 4.9 (median of 15 rounds of 20 calls)",
 )
 
 

@@ -11,7 +11,8 @@ use that time if it never gets in serving's way. Three rules keep it out of the 
   ``quiet_probability``;
 - a step is sized (its micro-batch) so that its expected time stays under ``max_delay_s``:
   a request that arrives during a step waits at most that long, since serving takes the
-  board back at every step boundary.
+  board back at every step boundary; and, below that, to the gap predicted: when the
+  largest step is too long for it, the largest smaller one it holds runs instead.
 
 The slot has its own knobs, tuned by an ordinary ask/tell tuner for joules per item: the
 micro-batch, the loader workers, and the clocks while only background work runs. A window is
@@ -172,7 +173,7 @@ class ArrivalGaps:
         last, self.last = self.last, now
         if last is None:
             return
-        gap = max(0.0, now - last)
+        gap = round(max(0.0, now - last), 9)  # to the nanosecond, as step times are
         gaps = self._gaps
         if len(gaps) >= self._history:
             old = gaps.popleft()
@@ -200,11 +201,11 @@ class ArrivalGaps:
         """
         if self.last is None or len(self._gaps) < self._min_samples:
             return 0.0
-        silence = max(0.0, now - self.last)
+        silence = round(max(0.0, now - self.last), 9)
         s = self._sorted
         longer = len(s) - bisect.bisect_right(s, silence)
         if longer >= self._min_samples:
-            return (len(s) - bisect.bisect_right(s, silence + span)) / longer
+            return (len(s) - bisect.bisect_right(s, round(silence + span, 9))) / longer
         return math.exp(-self.rate(now) * span)
 
 
@@ -218,25 +219,41 @@ class StepTimes:
     def observe(self, setting: tuple[float, ...], micro_batch: int, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0):
             return
+        # kept to the nanosecond: below that a measurement is float noise, and two drivers
+        # that time the same step (one subtracting clock readings) must plan the same
+        seconds = round(seconds, 9)
         times = self._times.setdefault(setting, {})
         old = times.get(micro_batch)
         times[micro_batch] = seconds if old is None else old + self._weight * (seconds - old)
 
     def estimate(self, setting: tuple[float, ...], micro_batch: int) -> float | None:
-        """An upper estimate of the step's seconds; None when nothing at ``setting`` is known.
+        """The step's expected seconds; None when nothing at ``setting`` is known.
 
-        From a smaller measured micro-batch, scaled by the ratio of sizes (an overestimate:
-        a step's fixed part does not grow); from a larger one, its time as it is.
+        Measured: as measured. Between two measured micro-batches, on the line through them;
+        above the largest, on the line through the two largest (a step is a fixed part plus
+        a part per item, so one measured step does not tell them apart, two do; a noisy pair
+        falling with size is read as flat). With one measured size only: from a smaller one
+        scaled by the ratio of sizes (an overestimate, a step's fixed part does not grow);
+        from a larger one, its time as it is.
         """
         times = self._times.get(setting)
         if not times:
             return None
         if micro_batch in times:
             return times[micro_batch]
-        best = math.inf
-        for m, t in times.items():
-            best = min(best, t if m >= micro_batch else t * micro_batch / m)
-        return best
+        below = sorted(m for m in times if m < micro_batch)
+        above = sorted(m for m in times if m > micro_batch)
+        if below and above:
+            lo, hi = below[-1], above[0]
+            t_lo, t_hi = times[lo], times[hi]
+            return t_lo + max(0.0, t_hi - t_lo) * (micro_batch - lo) / (hi - lo)
+        if above:
+            return times[above[0]]
+        if len(below) == 1:
+            return times[below[0]] * micro_batch / below[0]
+        lo, hi = below[-2], below[-1]
+        slope = max((times[hi] - times[lo]) / (hi - lo), 0.0)
+        return times[hi] + slope * (micro_batch - hi)
 
 
 class HarvestPolicy:
@@ -335,17 +352,43 @@ class HarvestPolicy:
         s = self.settings
         if due_at is not None and not s.while_filling:
             return self._decline("batch_waiting")
-        step = self._planned()
-        if step is None:
+        planned = self._planned()
+        if planned is None:
             return self._decline("no_micro_batch_fits")
-        span = s.margin * step.expected_s
+        step: Step | None = planned
         if s.predict_gap:
-            if due_at is not None and now + span > due_at:
-                return self._decline("batch_due_soon")
-            if 1.0 - self.due_probability(now, span, missing, timer_s) < s.quiet_probability:
-                return self._decline("batch_likely_due")
+            # the largest step the predicted gap holds: a gap too short for the planned step
+            # may still hold a smaller one
+            step, reason = None, "batch_likely_due"
+            for candidate in self._smaller(planned):
+                span = s.margin * candidate.expected_s
+                if due_at is not None and now + span > due_at:
+                    reason = "batch_due_soon"
+                    continue
+                if 1.0 - self.due_probability(now, span, missing, timer_s) >= s.quiet_probability:
+                    step = candidate
+                    break
+            if step is None:
+                return self._decline(reason)
         self._running = step
         return step
+
+    def _smaller(self, planned: Step) -> list[Step]:
+        """``planned``, then each smaller micro-batch whose time at its setting is estimated
+        (a step that measures a new setting has no smaller alternative)."""
+        steps = [planned]
+        setting = self._setting(planned.values)
+        if self.times.estimate(setting, planned.micro_batch) is None:
+            return steps
+        knob = self.space.knobs[self._mb_axis]
+        for value in reversed(knob.values[knob.floor :]):
+            size = int(value)
+            if size >= planned.micro_batch:
+                continue
+            expected = self.times.estimate(setting, size)
+            if expected is not None:
+                steps.append(Step(size, {**planned.values, MICRO_BATCH: float(size)}, expected))
+        return steps
 
     def due_probability(self, now: float, span: float, missing: int, timer_s: float) -> float:
         """Probability that a batch falls due within ``span``: ``missing`` arrivals (one, when
@@ -404,7 +447,8 @@ class HarvestPolicy:
         if self._scale_j is None:
             self._scale_j = max(per_item, 1e-12)
         if self.settings.tune:
-            cost = per_item / self._scale_j
+            # to nine places: below that two drivers' meters differ by float noise only
+            cost = round(per_item / self._scale_j, 9)
             self.tuner.tell(self._asked, cost, {"energy_per_item_j": per_item})
             asked = self.tuner.ask()
             changed = asked != self._asked

@@ -15,6 +15,10 @@ Each workload is replayed four times on the twin, with the same serving tuner an
 the job run alone (largest micro-batch, every clock at maximum) would do in the serving run's
 idle seconds. ``J/item vs max``: the slot's settled configuration over the same micro-batch
 at every clock at maximum, from the twin without noise (derived, see ``ecoserve.sim.background``).
+
+A built-in job's cost on the twin is derived from figures measured with torch and bundled in
+``ecoserve.background.step_cost`` (re-measure with ``benchmarks/bench_background_step.py``),
+never measured at replay start: a replay is deterministic.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ecoserve.background.step_cost import DIGITS_FINETUNE_SMALL, StepCost
 from ecoserve.core.assembly import EngineSettings
 from ecoserve.core.harvest import (
     LOADER_WORKERS,
@@ -35,16 +40,16 @@ from ecoserve.core.harvest import (
     HarvestSettings,
     slot_space,
 )
+from ecoserve.core.knobs import SearchSpace
 from ecoserve.sim.background import TwinStepCost
 from ecoserve.sim.driver import SimResult, simulate
 from tuners.registry import make_tuner
 from twins.base import DeviceTwin
 
-#: A job's cost at maximum clocks (seconds per step, per item, input loading per item).
-#: Placeholder figures until the job's own measurement is read here; ``cost:`` specs give
-#: measured ones.
-JOB_COSTS: Mapping[str, tuple[float, float, float]] = MappingProxyType(
-    {"builtin:digits-finetune": (0.003, 0.0012, 0.0003)}
+#: The built-in jobs' step costs measured here with torch; ``TwinStepCost.derived`` carries
+#: them to a board twin. ``cost:`` specs give a job's cost on the board directly.
+JOB_COSTS: Mapping[str, StepCost] = MappingProxyType(
+    {"builtin:digits-finetune": DIGITS_FINETUNE_SMALL}
 )
 
 ARMS = ("serving", "harvest", "queue-empty", "nice-19")
@@ -59,7 +64,7 @@ def background_cost(spec: str, twin: DeviceTwin) -> TwinStepCost:
     """The step cost a ``--background`` spec names: ``builtin:NAME`` or
     ``cost:FIXED_MS,PER_ITEM_MS[,LOAD_MS]`` (milliseconds at maximum clocks)."""
     if spec in JOB_COSTS:
-        return TwinStepCost(twin, *JOB_COSTS[spec])
+        return TwinStepCost.derived(twin, JOB_COSTS[spec])
     kind, _, rest = spec.partition(":")
     if kind == "cost":
         try:
@@ -67,7 +72,8 @@ def background_cost(spec: str, twin: DeviceTwin) -> TwinStepCost:
         except ValueError:
             figures = []
         if len(figures) in (2, 3):
-            return TwinStepCost(twin, *figures)
+            load_s = figures[2] if len(figures) == 3 else 0.0
+            return TwinStepCost(twin, figures[0], figures[1], load_s)
     known = ", ".join(JOB_COSTS)
     raise ValueError(
         f"unknown background spec {spec!r}: give one of {known}, or "
@@ -113,8 +119,14 @@ class HarvestReport:
         return next(r for r in self.rows if r.arm == arm)
 
 
-def _policy(twin: DeviceTwin, settings: HarvestSettings, tuner: str, seed: int) -> HarvestPolicy:
-    space = slot_space(twin.knobs())
+def job_space(twin: DeviceTwin, cost: TwinStepCost) -> SearchSpace:
+    """The slot's space for this job: micro-batches up to the most it takes in a step."""
+    top = cost.max_micro_batch
+    sizes = tuple(m for m in (1, 2, 4, 8, 16, 32, 64) if top is None or m <= top)
+    return slot_space(twin.knobs(), micro_batches=sizes)
+
+
+def _policy(space: SearchSpace, settings: HarvestSettings, tuner: str, seed: int) -> HarvestPolicy:
     return HarvestPolicy(space, make_tuner(tuner, space, seed=seed), settings)
 
 
@@ -144,14 +156,17 @@ def harvest_replay(
         "queue-empty": HarvestSettings.queue_empty(**_bound(harvest)),
         "nice-19": NICE_19,
     }
+    space = job_space(twin, cost)
     results: dict[str, tuple[SimResult, HarvestPolicy | None]] = {}
     for arm in ("serving", *[a for a in arms if a != "serving"]):
-        policy = None if arm == "serving" else _policy(twin, chosen[arm], slot_tuner, settings.seed)
+        policy = (
+            None if arm == "serving" else _policy(space, chosen[arm], slot_tuner, settings.seed)
+        )
         result = simulate(arrivals, twin, settings, harvest=policy, background=cost)
         results[arm] = (result, policy)
     base, _ = results["serving"]
     idle_s = max(0.0, base.end_s - float(base.extra["serving_busy_s"]))
-    top = {**twin.max_freqs(), **_top_slot(twin)}
+    top = {**twin.max_freqs(), **_top_slot(space)}
     top_mb = int(top[MICRO_BATCH])
     alone_items = idle_s * top_mb / cost(top_mb, top)
     e0, l0 = _serving_figures(base)
@@ -197,8 +212,7 @@ def _bound(harvest: HarvestSettings | None) -> dict[str, Any]:
     return {} if harvest is None else {"max_delay_s": harvest.max_delay_s}
 
 
-def _top_slot(twin: DeviceTwin) -> dict[str, float]:
-    space = slot_space(twin.knobs())
+def _top_slot(space: SearchSpace) -> dict[str, float]:
     values = space.values(space.maximum())
     return {MICRO_BATCH: values[MICRO_BATCH], LOADER_WORKERS: values[LOADER_WORKERS]}
 
