@@ -177,6 +177,14 @@ class SyncPlan:
     def pending(self) -> bool:
         return bool(self._joining or self._leaving)
 
+    @property
+    def joining(self) -> tuple[str, ...]:
+        return tuple(self._joining)
+
+    @property
+    def leaving(self) -> tuple[str, ...]:
+        return tuple(self._leaving)
+
     def join(self, name: str) -> None:
         """Ask for ``name`` to join at the next boundary."""
         self._check_name(name)
