@@ -489,7 +489,8 @@ class LentTraining:
                 self._average(self._plan.groups, across=True)
                 self._plan.diverged = False
             self._state = ray.get(self._actors[members[0]].state.remote())
-            self._evaluate()
+            if self._last_eval != self._plan.step:
+                self._evaluate()
         with self._cond:
             for board in list(self._actors):
                 self._kill(board, "released")
