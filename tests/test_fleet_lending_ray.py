@@ -206,6 +206,7 @@ def wait_step(training: LentTraining, step: int, timeout_s: float) -> dict:
 @needs_ray
 def test_three_lent_boards_train_one_job_and_a_recalled_board_leaves(tmp_path: Path) -> None:
     ray.init(
+        address="local",  # a cluster of its own, never one already running here
         num_cpus=2,
         resources={f"board_{b}": 1 for b in BOARDS},
         include_dashboard=False,
@@ -266,7 +267,11 @@ async def test_the_fleet_lender_lends_and_recalls_without_blocking_the_loop(
     tmp_path: Path,
 ) -> None:
     ray.init(
-        num_cpus=2, resources={"board_nano-0": 1}, include_dashboard=False, log_to_driver=False
+        address="local",  # a cluster of its own, never one already running here
+        num_cpus=2,
+        resources={"board_nano-0": 1},
+        include_dashboard=False,
+        log_to_driver=False,
     )
     try:
         lender = FleetLender(LentTraining(LendSettings(), state_dir=tmp_path))
