@@ -37,6 +37,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,10 @@ from ecoserve.models.digits import load_digits_split
 
 log = logging.getLogger("ecoserve.fleet")
 
-#: Evaluations kept for ``status()``.
+#: Evaluations, membership events and step/average times kept for ``status()``.
 KEEP_EVALUATIONS = 50
+KEEP_EVENTS = 200
+KEEP_TIMES = 20
 
 
 def board_resource(board: str) -> str:
@@ -164,7 +167,9 @@ class LentTraining:
     thread of its own, one step at a time, so membership changes only between steps.
     ``state_dir``: where the checkpoint goes unless ``settings.checkpoint`` names a file;
     ``resource_of``: a board's Ray custom resource; ``step_timeout_s``: how long a step or
-    an average may take before the boards that did not answer are dropped.
+    an average may take before the boards that did not answer are dropped;
+    ``start_timeout_s``: how long a lent board's replica may take to start (a Python with
+    torch on a busy board takes tens of seconds) before the board is dropped.
     """
 
     def __init__(
@@ -175,6 +180,7 @@ class LentTraining:
         resource_of: Callable[[str], str] = board_resource,
         torch_threads: int = 1,
         step_timeout_s: float = 60.0,
+        start_timeout_s: float = 300.0,
     ) -> None:
         self.settings = settings or LendSettings()
         self.options = dict(self.settings.options)
@@ -188,6 +194,7 @@ class LentTraining:
         self.resource_of = resource_of
         self.torch_threads = torch_threads
         self.step_timeout_s = step_timeout_s
+        self.start_timeout_s = start_timeout_s
         path = self.settings.checkpoint
         if path is None and state_dir is not None:
             path = str(Path(state_dir) / "lend.ckpt")
@@ -206,11 +213,12 @@ class LentTraining:
         self.error: str | None = None
         self.accuracy: float | None = None
         self.accuracy_start: float | None = None
-        self.evaluations: list[dict[str, float]] = []
-        self.events: list[dict[str, Any]] = []
+        # bounded: the job may run for as long as the fleet does
+        self.evaluations: deque[dict[str, float]] = deque(maxlen=KEEP_EVALUATIONS)
+        self.events: deque[dict[str, Any]] = deque(maxlen=KEEP_EVENTS)
         self._last_eval = -1
-        self._step_s: list[float] = []
-        self._sync_s: list[float] = []
+        self._step_s: deque[float] = deque(maxlen=KEEP_TIMES)
+        self._sync_s: deque[float] = deque(maxlen=KEEP_TIMES)
 
     def _resume(self, probe: DigitsFinetune, path: Path) -> None:
         ckpt = load_checkpoint(path, job=self.job_name)
@@ -242,7 +250,7 @@ class LentTraining:
                 raise RuntimeError(f"lent training stopped on an error: {self.error}")
             if self._stopping:
                 raise RuntimeError("lent training is stopping; no board can be lent")
-            self.resource_of(board)  # a bad name fails here
+            node_of(self.resource_of(board))  # a board no Ray node offers fails here
             self._plan.join(board)
             self._left.pop(board, None)
             self.events.append({"t": time.time(), "board": board, "event": "lend"})
@@ -299,8 +307,7 @@ class LentTraining:
     def status(self) -> dict[str, Any]:
         with self._cond:
             plan = self._plan
-            recent = self._step_s[-20:]
-            syncs = self._sync_s[-20:]
+            recent, syncs = list(self._step_s), list(self._sync_s)
             return {
                 "job": self.job_name,
                 "running": self._thread is not None and self._thread.is_alive(),
@@ -314,12 +321,12 @@ class LentTraining:
                 "steps_by_board": dict(plan.steps_by_member),
                 "accuracy": self.accuracy,
                 "accuracy_start": self.accuracy_start,
-                "evaluations": list(self.evaluations[-10:]),
+                "evaluations": list(self.evaluations)[-10:],
                 "step_s": sum(recent) / len(recent) if recent else None,
                 "sync_s": sum(syncs) / len(syncs) if syncs else None,
                 "checkpoint": None if self.checkpoint_path is None else str(self.checkpoint_path),
                 "checkpoint_step": self.checkpoint_step,
-                "events": list(self.events[-20:]),
+                "events": list(self.events)[-20:],
             }
 
     # -- the job's thread ------------------------------------------------------------------
@@ -424,20 +431,19 @@ class LentTraining:
         for board in change.left:
             with self._cond:
                 self._kill(board, "left")
-        if change.joined:
-            created = {b: self._start(b) for b in change.joined}
-            ray.get([a.ready.remote() for a in created.values()], timeout=self.step_timeout_s)
+        created = self._start_all(change.joined)
+        if created:
             if seed is None:  # a fresh job: every replica starts from the first one's state
-                seed = ray.get(created[change.joined[0]].state.remote())
+                seed = ray.get(next(iter(created.values())).state.remote())
             ray.get([a.load.remote(seed) for a in created.values()], timeout=self.step_timeout_s)
             with self._cond:
                 self._actors.update(created)
-                for board in change.joined:
+                for board in created:
                     self.events.append(
                         {"t": time.time(), "board": board, "event": "joined", "step": change.step}
                     )
         with self._cond:
-            if change.members:
+            if self._plan.members:
                 self._state = None  # the boards hold it now
         log.info(
             "lent training at step %d: %s left, %s joined; groups %s",
@@ -447,13 +453,38 @@ class LentTraining:
             [list(g) for g in change.groups],
         )
 
-    def _start(self, board: str) -> Any:
-        node = node_of(self.resource_of(board))
-        return ReplicaActor.options(
-            num_cpus=0,
-            name=None,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-        ).remote(board, self.settings.job, self.options, self.torch_threads)
+    def _start_all(self, boards: Sequence[str]) -> dict[str, Any]:
+        """A replica on each board; one that cannot start (no node offers its resource, or
+        it is not up within ``start_timeout_s``) is dropped from the job, not fatal to it."""
+        created: dict[str, Any] = {}
+        failed: dict[str, str] = {}
+        for board in boards:
+            try:
+                node = node_of(self.resource_of(board))
+            except ValueError as exc:
+                failed[board] = str(exc)
+                continue
+            created[board] = ReplicaActor.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+            ).remote(board, self.settings.job, self.options, self.torch_threads)
+        deadline = time.monotonic() + self.start_timeout_s
+        for board, actor in list(created.items()):
+            try:
+                ray.get(actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
+            except (GetTimeoutError, RayActorError) as exc:
+                ray.kill(actor)
+                del created[board]
+                failed[board] = f"{type(exc).__name__}: {exc}"
+        with self._cond:
+            for board, why in failed.items():
+                log.warning("board %s could not join the lent job: %s", board, why)
+                self._plan.drop(board)
+                self.events.append({"t": time.time(), "board": board, "event": "start-failed"})
+                event = self._left.pop(board, None)
+                if event is not None:
+                    event.set()
+        return created
 
     def _kill(self, board: str, why: str) -> None:
         """Release a board's actor (caller holds the lock) and wake whoever recalled it."""
@@ -479,7 +510,6 @@ class LentTraining:
             self.accuracy = accuracy
             self._last_eval = step
             self.evaluations.append({"step": float(step), "accuracy": accuracy})
-            del self.evaluations[:-KEEP_EVALUATIONS]
 
     def _finish(self) -> None:
         """At stop: one last global average, the state fetched, saved, the boards released."""
