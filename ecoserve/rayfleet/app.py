@@ -23,10 +23,12 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
+from ecoserve.background.data_parallel import LendSettings
 from ecoserve.models.loader import load_model
 from ecoserve.rayfleet.board import BoardService
 from ecoserve.rayfleet.config import BoardSettings, FleetSettings
 from ecoserve.rayfleet.ingress import FleetService, fleet_app
+from ecoserve.rayfleet.lending import FleetLender, LentTraining
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
 
@@ -129,7 +131,13 @@ class FleetIngress:
             model.input_dtype,
         )
         clients = {name: _HandleClient(h) for name, h in handles.items()}
-        self.service = FleetService(fleet, serve_settings, spec, clients, model=model)
+        lender = None
+        if fleet.lend is not None:
+            settings = LendSettings.from_mapping(fleet.lend)
+            lender = FleetLender(LentTraining(settings, state_dir=fleet.state_dir))
+        self.service = FleetService(
+            fleet, serve_settings, spec, clients, model=model, lender=lender
+        )
         await self.service.start()
 
     def __serve_build_asgi_app__(self) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from ecoserve.background.data_parallel import LendSettings
 from ecoserve.core.fleet import (
     DEFAULTS,
     POLICIES,
@@ -95,7 +96,8 @@ class FleetSettings:
     fleet's one table (``ecoserve.core.fleet.FleetParams``), the replay's too.
     ``stats_timeout_s``: a board whose stats call has not answered for this long counts as not
     answering (a policy step waits at most half a period for it; a later answer is used at
-    the next step).
+    the next step). ``lend``: lend parked boards to one data-parallel training job instead of
+    powering them off (``ecoserve.background.data_parallel.LendSettings``'s keys).
     """
 
     boards: tuple[BoardSettings, ...]
@@ -111,6 +113,7 @@ class FleetSettings:
     model: str = "builtin:cnn"
     state_dir: str | None = None
     serve: Mapping[str, Any] = field(default_factory=dict)
+    lend: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.boards:
@@ -126,6 +129,8 @@ class FleetSettings:
         if not self.period_s > 0 or not self.stats_timeout_s > 0:
             raise ValueError("period_s and stats_timeout_s must be > 0")
         self.params  # noqa: B018 - checks the policy's settings
+        if self.lend is not None:
+            LendSettings.from_mapping(self.lend)  # checked now, used by the ingress
 
     @property
     def params(self) -> FleetParams:

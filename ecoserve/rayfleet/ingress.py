@@ -84,6 +84,20 @@ class BoardClient(Protocol):
     async def unpark(self) -> Any: ...
 
 
+class Lender(Protocol):
+    """Where parked boards go when lending is configured (``ecoserve.rayfleet.lending``)."""
+
+    def is_lent(self, board: str) -> bool: ...
+
+    async def lend(self, board: str) -> None: ...
+
+    async def recall(self, board: str) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
 async def run_command(command: str, timeout_s: float = 60.0) -> int:
     """Run an operator's shell command; its exit status (a failure is logged, not raised)."""
     proc = await asyncio.create_subprocess_shell(command)
@@ -112,8 +126,10 @@ class FleetService:
         command: Callable[[str], Any] = run_command,
         clock: Callable[[], float] = time.monotonic,
         model: LoadedModel | None = None,
+        lender: Lender | None = None,
     ) -> None:
         self.fleet = fleet
+        self.lender = lender  # parked boards are lent to a training job instead of powered off
         self.settings = serve
         self.spec = spec
         self.model = model  # only to describe the output in the protocol's metadata
@@ -388,6 +404,12 @@ class FleetService:
             await asyncio.wait_for(self.clients[name].park(), self.fleet.stats_timeout_s)
         except Exception as exc:
             log.warning("board %s could not pin its minimum clocks: %s", name, exc)
+        if self.lender is not None:
+            try:
+                await self.lender.lend(name)
+                return  # lent: it stays powered and trains, so no park command
+            except Exception as exc:
+                log.warning("board %s could not be lent (%s); parking it", name, exc)
         cmd = self.boards[name].park_command
         if cmd:
             await self.command(cmd.format(board=name))
@@ -409,7 +431,9 @@ class FleetService:
         deadline = loop.time() + board.boot_timeout
         client = self.clients[name]
         try:
-            if board.unpark_command:
+            if self.lender is not None and self.lender.is_lent(name):
+                await self.lender.recall(name)  # leaves the job at a step boundary
+            elif board.unpark_command:
                 await self.command(board.unpark_command.format(board=name))
             while True:
                 left = deadline - loop.time()
@@ -484,6 +508,7 @@ class FleetService:
             "boards": boards,
             "counts": self.policy.counts(),
             "events": self.events[-50:],
+            **({"lending": self.lender.status()} if self.lender is not None else {}),
         }
 
     async def close(self) -> None:
@@ -497,6 +522,8 @@ class FleetService:
         for boot in self._booting.values():
             boot.cancel()
         await self.settle()
+        if self.lender is not None:
+            await self.lender.close()
 
 
 def fleet_app(service: FleetService) -> FastAPI:
