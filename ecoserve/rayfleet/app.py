@@ -128,8 +128,11 @@ def build_fleet(fleet: FleetSettings) -> Any:
             name=f"board-{board.name}",
             ray_actor_options={"num_cpus": 0, "resources": {board.resource: 1}},
         ).bind(board.name, board_settings(fleet, board), fleet.state_dir)
+    ingress: dict[str, Any] = {"num_cpus": 0}
+    if fleet.ingress_resource:
+        ingress["resources"] = {fleet.ingress_resource: 1}
     return FleetIngress.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": 0}
+        ray_actor_options=ingress
     ).bind(fleet, handles)
 
 

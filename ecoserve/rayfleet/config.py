@@ -103,7 +103,9 @@ class FleetSettings:
     (tuner state, shutdown record, restore record). The policy's settings default to the
     fleet's one table (``ecoserve.core.fleet.FleetParams``), the replay's too.
     ``slo_s``: the fleet's p99 latency target, which a board's capacity is defined by and its
-    tuner keeps. ``stats_timeout_s``: a board whose stats call has not answered for this long counts as not
+    tuner keeps. ``ingress_resource``: a Ray custom resource that pins the ingress to the node
+    offering it (the head, next to the BMC its park and unpark commands reach); by default
+    Ray places it. ``stats_timeout_s``: a board whose stats call has not answered for this long counts as not
     answering (a policy step waits at most half a period for it; a later answer is used at
     the next step).
     """
@@ -118,6 +120,7 @@ class FleetSettings:
     slo_s: float = DEFAULTS.slo_s
     ray_target_ongoing: float = DEFAULTS.ray_target_ongoing
     stats_timeout_s: float = 5.0
+    ingress_resource: str | None = None
     model: str = "builtin:cnn"
     state_dir: str | None = None
     serve: Mapping[str, Any] = field(default_factory=dict)
