@@ -217,3 +217,20 @@ def test_capacity_says_what_is_wrong_with_its_input() -> None:
         capacity_rps((-0.01, 0.01), 8)
     with pytest.raises(ValueError, match="slo_s"):
         FleetParams(slo_s=0.0)
+
+
+def test_consolidation_does_not_swap_an_awake_board_for_a_cheaper_sleeping_one() -> None:
+    """Live, measured energy drifts: a board covering the load is not traded for a boot."""
+    specs = [BoardSpec("a", "nano", 100.0, 0.10, 5.0), BoardSpec("b", "nano", 100.0, 0.11, 5.0)]
+    policy = Consolidation(specs, park_after_s=0.0)
+    policy.decide(FleetObservation(now=0.0, rate_rps=10.0))
+    assert policy.serving() == ["a"]
+    # a's measured energy rises above b's: b is asleep, a still covers the load
+    policy.update(BoardSpec("a", "nano", 100.0, 0.12, 5.0))
+    for k in range(1, 20):
+        plan = policy.decide(FleetObservation(now=float(k), rate_rps=10.0))
+        assert not plan.wake and not plan.park
+    assert policy.serving() == ["a"]
+    # more load than a covers: the cheapest sleeping board is woken beside it
+    plan = policy.decide(FleetObservation(now=30.0, rate_rps=90.0))
+    assert plan.wake == ("b",)

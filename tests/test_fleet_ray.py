@@ -264,6 +264,9 @@ def test_powered_off_boards_are_unreachable_and_woken_through_ray_as_load_rises(
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         serve.run(build_fleet(fleet), name="fleet-off", route_prefix="/")
         assert wait_for(lambda s: s["ready"], 120, url)["ready"]
+        # busy: every board serves and measures its capacity and energy per request (until
+        # then they are alike, and the policy's order among them is only their names)
+        load(url, 40.0, 4.0, codes, lock)
 
         # idle: two boards parked and powered off; their replicas are gone, so they are off
         off = bmc.wait_for(lambda s: s["counts"]["off"] == 2, 60, url)
@@ -286,6 +289,9 @@ def test_powered_off_boards_are_unreachable_and_woken_through_ray_as_load_rises(
         loader.join()
         st = status(url)
         report = (st["counts"], st["wake_timings"], st["events"], bmc.joins, bmc.errors)
+        Path(os.environ.get("FLEET_RAY_REPORT", tmp_path / "report.json")).write_text(
+            json.dumps(report, indent=1, default=str)
+        )
         assert st["counts"]["serving"] == 3, report
         events = [(e["board"], e["event"]) for e in st["events"]]
         assert all((n, "wake") in events and (n, "up") in events for n in gone), report

@@ -361,13 +361,23 @@ class Consolidation(FleetPolicy):
 
     def target(self, obs: FleetObservation) -> set[str]:
         order = cheapest_first(self.boards[n] for n in self.alive())
-        need = fewest_covering(order, self.forecast(obs) * (1.0 + self.headroom))
+        demand = self.forecast(obs) * (1.0 + self.headroom)
+        need = fewest_covering(order, demand)
         awake = self.awake()
-        if len(need) >= len(awake) or set(need) - set(awake):
+        # Once the boards awake cover the demand, no sleeping board is woken to take a busy
+        # one's place: live, boards' measured energy drifts, and each swap would cost a boot.
+        # (While the boards awake are the cheapest ones, as in a replay, this changes nothing.)
+        up = [b for b in order if b.name in set(awake)]
+        covered = sum(b.capacity_rps for b in up) >= demand
+        if not covered or not up:
             self._low_since = None
             return set(need) | set(awake)
+        need = fewest_covering(up, demand)
+        if len(need) >= len(awake):
+            self._low_since = None
+            return set(awake)
         # fewer boards would do: park only after the lower need (with hysteresis) has held
-        keep = fewest_covering(order, obs.rate_rps * (1.0 + self.headroom + self.hysteresis))
+        keep = fewest_covering(up, obs.rate_rps * (1.0 + self.headroom + self.hysteresis))
         if len(keep) >= len(awake):
             self._low_since = None
             return set(awake)
