@@ -160,8 +160,9 @@ def kill_serving_board(url: str, killed: list[str]) -> None:
 class FakeBmc:
     """Powers boards off and on: the park command removes a board's Ray node, unpark adds it.
 
-    The fleet's commands (run by the ingress, in its own process) drop a file in ``inbox``;
-    :meth:`poll` carries them out on the cluster and times each node's join. It runs in the
+    The fleet's commands (run by the ingress, in its own process) drop a file in ``inbox``,
+    named by the time it was run; :meth:`poll` carries them out in that order on the cluster
+    and times each node's join. It runs in the
     test's main thread: Ray starts a node's processes only from there.
     """
 
@@ -171,8 +172,8 @@ class FakeBmc:
         self.errors: list[str] = []
 
     def poll(self) -> None:
-        for path in sorted(self.inbox.iterdir(), key=os.path.getmtime):
-            verb, board = path.name.split("-", 1)
+        for path in sorted(self.inbox.iterdir()):
+            _, verb, board = path.name.split("-", 2)
             path.unlink()
             try:
                 if verb == "off" and board in self.nodes:
@@ -225,8 +226,8 @@ def test_powered_off_boards_are_unreachable_and_woken_through_ray_as_load_rises(
             "kind": kind,
             "wake_s": 5.0,
             "boot_timeout_s": 120.0,
-            "park_command": f"touch {inbox}/off-{{board}}",
-            "unpark_command": f"touch {inbox}/on-{{board}}",
+            "park_command": f"touch {inbox}/$(date +%s%N)-off-{{board}}",
+            "unpark_command": f"touch {inbox}/$(date +%s%N)-on-{{board}}",
         }
         for name, kind in names.items()
     ]
@@ -263,13 +264,20 @@ def test_powered_off_boards_are_unreachable_and_woken_through_ray_as_load_rises(
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         serve.run(build_fleet(fleet), name="fleet-off", route_prefix="/")
-        assert wait_for(lambda s: s["ready"], 120, url)["ready"]
+        assert bmc.wait_for(lambda s: s["ready"], 120, url)["ready"]
         # busy: every board serves and measures its capacity and energy per request (until
         # then they are alike, and the policy's order among them is only their names)
-        load(url, 40.0, 4.0, codes, lock)
+        loader = steady_load(url, 40.0, stop, codes, lock)
+        bmc.wait_for(lambda s: False, 4.0, url)
+        stop.set()
+        loader.join()
+        stop.clear()
 
         # idle: two boards parked and powered off; their replicas are gone, so they are off
         off = bmc.wait_for(lambda s: s["counts"]["off"] == 2, 60, url)
+        Path(os.environ.get("FLEET_RAY_REPORT", tmp_path / "report.json")).write_text(
+            json.dumps([off, bmc.joins, bmc.errors], indent=1, default=str)
+        )
         assert off["counts"]["off"] == 2 and off["counts"]["dead"] == 0, (off, bmc.errors)
         gone = {n for n, b in off["boards"].items() if b["state"] == "off"}
         assert gone.isdisjoint(bmc.nodes), (gone, bmc.nodes)
