@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ecoserve.rayfleet.ingress import FleetService, fleet_app
 from ecoserve.server.service import ServiceError
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
+from twins.fitted import load_twin
 
 
 class FakeBoard:
@@ -49,7 +51,8 @@ class FakeBoard:
         return {
             "ready": True,
             "parked": self.parked,
-            "busy_rate_rps": 100.0,
+            "batch_line_s": [0.0, 1 / 60],  # 60 req/s within the 250 ms target
+            "max_batch": 16,
             "joules_per_request": 0.1,
             "energy_j": 5.0,
         }
@@ -158,7 +161,7 @@ async def test_idle_boards_are_parked_with_the_operator_command_and_woken_on_loa
     assert sorted(env["commands"]) == sorted(f"bmc-off {n}" for n in parked)
     clock = svc.clock
     clock.t += 1.0
-    svc.arrivals = 250  # 250 req/s: the capacity of three boards at 100 * 0.6 is needed
+    svc.arrivals = 250  # 250 req/s: the capacity of three boards of 60 req/s is needed
     await svc.tick()
     await svc.settle()
     assert all(c.calls == ["park", "unpark"] for n, c in env["clients"].items() if n in parked)
@@ -216,7 +219,14 @@ async def test_board_service_parks_at_minimum_clocks_and_restores_at_close(tmp_p
         assert pinned == knobs and board.device.actuator.current() == knobs
         await board.infer([item])  # a parked board still answers what it was sent
         await board.unpark()
-        assert board.stats()["pinned"] == {}
+        st = board.stats()
+        assert st["pinned"] == {}
+        # its batch times, from which the ingress estimates its capacity: at least the Nano
+        # twin's own (a virtual board runs at its twin's pace)
+        t0, t1 = st["batch_line_s"]
+        assert t0 + t1 >= 0.9 * load_twin("nano").batch_time(1, load_twin("nano").max_freqs())
+        assert st["max_batch"] == 4 and st["load_s"] > 0 and st["start_s"] > 0
+        assert st["created_at"] <= time.time()
     finally:
         record = await board.close()
     assert record["restored"] and record["served"] == 3
@@ -313,7 +323,7 @@ async def test_powered_off_boards_are_off_not_dead_and_woken_when_load_rises() -
     assert len(off) == 2 and all(not clients[n].powered for n in off)
     assert svc.status()["counts"]["off"] == 2 and svc.status()["counts"]["dead"] == 0
     svc.clock.t += 1.0
-    svc.arrivals = 250  # three boards of 100 * 0.6 req/s are needed
+    svc.arrivals = 250  # three boards of 60 req/s are needed
     await svc.tick()
     await asyncio.sleep(0.01)  # the wakes run beside the policy loop; the boot takes 0.05 s
     assert {f"bmc-on {n}" for n in off} <= set(commands)
@@ -404,7 +414,6 @@ def test_the_old_policy_name_still_works_and_says_so(capsys: pytest.CaptureFixtu
 
 def test_a_virtual_board_runs_at_its_twin_s_speed_not_the_host_s() -> None:
     """A host that computes a batch in 1 ms still waits out the twin's own batch time."""
-    from twins.fitted import load_twin
     from twins.virtual_device import VirtualDevice
 
     def batch_s(kind: str, twin_pace: bool) -> tuple[float, float]:
@@ -425,3 +434,73 @@ def test_a_virtual_board_runs_at_its_twin_s_speed_not_the_host_s() -> None:
 def test_a_fleet_board_on_a_virtual_device_runs_at_twin_pace() -> None:
     board = BoardService("nano-0", ServeSettings(device="virtual:nano", torch_threads=1))
     assert board.device.board.twin_pace  # type: ignore[attr-defined]
+
+
+async def test_a_board_s_capacity_is_the_highest_rate_within_the_target_from_its_batches() -> None:
+    svc, env = make("all-on", n=2, slo_s=0.25)
+    await svc.tick()
+    # 60 req/s: batches of up to 7 at 1/60 s per item finish within 125 ms
+    assert svc.policy.boards["xavier-nx-0"].capacity_rps == pytest.approx(60.0)
+    slow = env["clients"]["xavier-nx-1"]
+
+    async def slow_stats() -> dict[str, Any]:
+        return {"ready": True, "batch_line_s": [0.2, 0.01], "joules_per_request": 0.1}
+
+    slow.stats = slow_stats  # type: ignore[method-assign]
+    svc.clock.t += 1.0
+    await svc.tick()
+    # not one item within the target: the lowest capacity, the last board asked to serve
+    assert svc.policy.boards["xavier-nx-1"].capacity_rps == 1.0
+    assert svc.router.weights["xavier-nx-0"] > 0.98
+    svc.fleet = replace(svc.fleet, slo_s=0.1)  # a tighter target: smaller batches, less
+    svc.clock.t += 1.0
+    await svc.tick()
+    assert svc.policy.boards["xavier-nx-0"].capacity_rps == pytest.approx(60.0)
+    svc.fleet = replace(svc.fleet, slo_s=0.02)
+    svc.clock.t += 1.0
+    await svc.tick()
+    assert svc.policy.boards["xavier-nx-0"].capacity_rps == 1.0
+
+
+def test_the_old_capacity_share_setting_is_ignored_with_a_line_saying_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fleet = FleetSettings.from_args({"boards": "nano:1", "capacity_share": "0.3", "slo_s": "0.1"})
+    err = capsys.readouterr().err
+    assert "capacity_share" in err and "deprecated" in err and "slo_s" in err
+    assert fleet.params.slo_s == 0.1
+    with pytest.raises(ValueError, match="slo_s"):
+        FleetSettings.from_args({"boards": "nano:1", "slo_s": "0"})
+
+
+def test_each_board_s_tuner_keeps_the_fleet_s_latency_target() -> None:
+    from ecoserve.rayfleet.config import board_settings
+
+    fleet = FleetSettings.from_args({"boards": "nano:1", "slo_s": 0.2})
+    settings = board_settings(fleet, fleet.boards[0])
+    assert (settings.slo_latency_s, settings.slo_percentile) == (0.2, 99.0)
+    own = FleetSettings.from_args(
+        {"boards": "nano:1", "serve": {"slo_latency_s": 0.5, "slo_percentile": 95.0}}
+    )
+    assert board_settings(own, own.boards[0]).slo_latency_s == 0.5
+
+
+async def test_each_wake_is_timed_from_the_command_to_the_first_answered_request() -> None:
+    svc, clients, _ = make_powered(boot_s=0.05)
+    off = await parked_off(svc)
+    svc.clock.t += 1.0
+    svc.arrivals = 250
+    await svc.tick()
+    await svc.settle()
+    timings = svc.status()["wake_timings"]
+    assert set(timings) == set(off)
+    for n in off:
+        t = timings[n]
+        assert t["command_s"] is not None and t["answer_s"] is not None
+        assert t["command_s"] <= t["answer_s"] <= t["up_s"]
+        assert "first_request_s" not in t  # nothing sent to it yet
+    svc.clock.t += 0.5
+    for _ in range(6):
+        await svc.infer([torch.tensor([1.0, 2.0])])
+    timings = svc.status()["wake_timings"]
+    assert all(timings[n]["first_request_s"] == pytest.approx(0.5) for n in off)

@@ -12,8 +12,11 @@ from ecoserve.core.fleet import (
     BoardState,
     Consolidation,
     FleetObservation,
+    FleetParams,
     Oracle,
     RayServeRule,
+    batch_time_line,
+    capacity_rps,
     cheapest_first,
     fewest_covering,
 )
@@ -184,3 +187,50 @@ def test_a_dead_board_that_answers_again_comes_back_parked() -> None:
     policy.revive("b1")
     plan = policy.decide(FleetObservation(1.0, 10.0))
     assert "b1" in plan.wake and "b1" in plan.weights
+
+
+def test_batch_time_line_fits_sizes_and_falls_back_to_time_per_item() -> None:
+    t0, t1 = batch_time_line([(1, 0.012), (4, 0.018), (8, 0.025), (8, 0.025)])
+    assert t0 == pytest.approx(0.0103, abs=5e-4) and t1 == pytest.approx(0.00185, abs=1e-4)
+    assert batch_time_line([(4, 0.02), (4, 0.04)]) == pytest.approx((0.0, 0.0075))
+    assert batch_time_line([(0, 0.02), (3, math.nan)]) is None
+    assert batch_time_line([]) is None
+
+
+def test_capacity_is_the_largest_batch_whose_wait_and_run_fit_the_target() -> None:
+    # the Nano twin's MobileNet line at maximum clocks: 25.3 ms at batch 1, +19 ms per item
+    nano = (0.0063, 0.0190)
+    params = FleetParams(slo_s=0.25)
+    # 2 t(b) <= 250 ms holds up to b = 6 (2 x 120 ms); 6 / 0.1203 s
+    assert capacity_rps(nano, 16, params) == pytest.approx(6 / (0.0063 + 6 * 0.019))
+    assert capacity_rps(nano, 3, params) == pytest.approx(3 / (0.0063 + 3 * 0.019))
+    # a tighter target allows smaller batches only, and so less
+    tight = capacity_rps(nano, 16, FleetParams(slo_s=0.1))
+    assert 0 < tight < capacity_rps(nano, 16, params)
+    assert capacity_rps(nano, 16, FleetParams(slo_s=0.04)) == 0.0  # not even one item fits
+
+
+def test_capacity_says_what_is_wrong_with_its_input() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        capacity_rps((0.01, 0.01), 0)
+    with pytest.raises(ValueError, match="batch time line"):
+        capacity_rps((-0.01, 0.01), 8)
+    with pytest.raises(ValueError, match="slo_s"):
+        FleetParams(slo_s=0.0)
+
+
+def test_consolidation_does_not_swap_an_awake_board_for_a_cheaper_sleeping_one() -> None:
+    """Live, measured energy drifts: a board covering the load is not traded for a boot."""
+    specs = [BoardSpec("a", "nano", 100.0, 0.10, 5.0), BoardSpec("b", "nano", 100.0, 0.11, 5.0)]
+    policy = Consolidation(specs, park_after_s=0.0)
+    policy.decide(FleetObservation(now=0.0, rate_rps=10.0))
+    assert policy.serving() == ["a"]
+    # a's measured energy rises above b's: b is asleep, a still covers the load
+    policy.update(BoardSpec("a", "nano", 100.0, 0.12, 5.0))
+    for k in range(1, 20):
+        plan = policy.decide(FleetObservation(now=float(k), rate_rps=10.0))
+        assert not plan.wake and not plan.park
+    assert policy.serving() == ["a"]
+    # more load than a covers: the cheapest sleeping board is woken beside it
+    plan = policy.decide(FleetObservation(now=30.0, rate_rps=90.0))
+    assert plan.wake == ("b",)

@@ -8,9 +8,12 @@ serve). The policy keeps each board's state: serving, waking (until its wake del
 passed and, live, until the board answers), parked (answering, at minimum clocks), off (parked
 and not answering: powered off, still a wake candidate) or dead.
 
-What a policy knows of a board is a :class:`BoardSpec`: its tuned capacity (requests per
-second it sustains within the latency target with its own tuner running), its energy per
-request at that point, and its wake delay. Each active board's engine keeps tuning its own
+What a policy knows of a board is a :class:`BoardSpec`: its tuned capacity, its energy per
+request at that point, and its wake delay. A board's capacity has one definition, live and in
+the replay alike: the highest arrival rate it serves within the fleet's latency target
+(``FleetParams.slo_s``) under its own tuner. The replay measures it on the board's model
+(``BoardModel.capacity``); a live board estimates it from its own batches
+(:func:`capacity_rps`). Each active board's engine keeps tuning its own
 clocks and batch size; the fleet only decides how much traffic it gets.
 
 Policies:
@@ -48,8 +51,9 @@ class FleetParams:
     Defaults and where they come from: ``headroom`` 0.5, what kept the direct replay's p99
     within its target (BENCHMARKS.md, "How faithful the fleet replay is"); ``hysteresis``
     0.15 and ``park_after_s`` 60 s, ``trend_s`` 30 s, the published fleet replay's;
-    ``ray_target_ongoing`` 2, Ray Serve's own default; ``capacity_share`` 0.6, the share of
-    a live board's busy rate taken as its capacity (see :func:`capacity_rps`).
+    ``ray_target_ongoing`` 2, Ray Serve's own default; ``slo_s`` 0.25 s, the published fleet
+    replay's p99 target, which defines a board's capacity (see :func:`capacity_rps`) and is
+    each board's own tuner's latency target.
     """
 
     headroom: float = 0.5
@@ -57,15 +61,13 @@ class FleetParams:
     park_after_s: float = 60.0
     trend_s: float = 30.0
     ray_target_ongoing: float = 2.0
-    capacity_share: float = 0.6
+    slo_s: float = 0.25
 
     def __post_init__(self) -> None:
         if min(self.headroom, self.hysteresis, self.park_after_s) < 0:
             raise ValueError("headroom, hysteresis and park_after_s must be >= 0")
-        if not (self.trend_s > 0 and self.ray_target_ongoing > 0):
-            raise ValueError("trend_s and ray_target_ongoing must be > 0")
-        if not 0 < self.capacity_share <= 1:
-            raise ValueError("capacity_share must be within (0, 1]")
+        if not (self.trend_s > 0 and self.ray_target_ongoing > 0 and self.slo_s > 0):
+            raise ValueError("trend_s, ray_target_ongoing and slo_s must be > 0")
 
 
 DEFAULTS = FleetParams()
@@ -317,7 +319,7 @@ class Consolidation(FleetPolicy):
     plus one period, so boards are woken before the rate reaches what the awake ones carry.
     Boards are parked only when the need, computed at ``(1 + headroom + hysteresis)`` times
     the rate, has stayed below the awake set for ``park_after_s``; then all boards above it
-    are parked together and the hold starts again. Defaults: ``ecoserve.core.fleet_contract``.
+    are parked together and the hold starts again. Defaults: :class:`FleetParams`.
     """
 
     name = "consolidation"
@@ -359,13 +361,23 @@ class Consolidation(FleetPolicy):
 
     def target(self, obs: FleetObservation) -> set[str]:
         order = cheapest_first(self.boards[n] for n in self.alive())
-        need = fewest_covering(order, self.forecast(obs) * (1.0 + self.headroom))
+        demand = self.forecast(obs) * (1.0 + self.headroom)
+        need = fewest_covering(order, demand)
         awake = self.awake()
-        if len(need) >= len(awake) or set(need) - set(awake):
+        # Once the boards awake cover the demand, no sleeping board is woken to take a busy
+        # one's place: live, boards' measured energy drifts, and each swap would cost a boot.
+        # (While the boards awake are the cheapest ones, as in a replay, this changes nothing.)
+        up = [b for b in order if b.name in set(awake)]
+        covered = sum(b.capacity_rps for b in up) >= demand
+        if not covered or not up:
             self._low_since = None
             return set(need) | set(awake)
+        need = fewest_covering(up, demand)
+        if len(need) >= len(awake):
+            self._low_since = None
+            return set(awake)
         # fewer boards would do: park only after the lower need (with hysteresis) has held
-        keep = fewest_covering(order, obs.rate_rps * (1.0 + self.headroom + self.hysteresis))
+        keep = fewest_covering(up, obs.rate_rps * (1.0 + self.headroom + self.hysteresis))
         if len(keep) >= len(awake):
             self._low_since = None
             return set(awake)
@@ -562,12 +574,47 @@ def make_policy(
     )
 
 
-def capacity_rps(busy_rate_rps: float, params: FleetParams = DEFAULTS) -> float:
-    """A live board's capacity, from the rate it serves while busy (its own batches).
+def batch_time_line(batches: Iterable[tuple[float, float]]) -> tuple[float, float] | None:
+    """``(t0, t1)`` of ``batch_s = t0 + t1 * size``, least squares over ``(size, seconds)``.
 
-    The capacity the policies mean is the highest arrival rate a board serves within the
-    latency target under its own tuner; the replay measures it on the board's model
-    (``BoardModel.capacity``). A live board has seen only the rates it was sent, so its
-    capacity is estimated as ``capacity_share`` of its busy rate (queues stay short below it).
+    With one batch size seen, a line through the origin (every size costs that size's time
+    per item: a larger batch's saving is not credited). None without any batch.
     """
-    return busy_rate_rps * params.capacity_share
+    points = [(float(n), float(t)) for n, t in batches if n > 0 and t > 0 and math.isfinite(t)]
+    if not points:
+        return None
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_t = sum(t for _, t in points) / len(points)
+    sxx = sum((n - mean_n) ** 2 for n, _ in points)
+    if sxx > 1e-9 * mean_n**2:
+        t1 = sum((n - mean_n) * (t - mean_t) for n, t in points) / sxx
+        t0 = mean_t - t1 * mean_n
+        if t0 >= 0 and t1 > 0:
+            return t0, t1
+    return 0.0, mean_t / mean_n  # one size, or a fit without a sense: time per item
+
+
+def capacity_rps(
+    line: tuple[float, float], max_batch: int, params: FleetParams = DEFAULTS
+) -> float:
+    """A live board's capacity: the highest arrival rate it serves within ``params.slo_s``.
+
+    The one capacity definition (see the module doc), estimated from the board's own batch
+    times, ``line`` = ``(t0, t1)`` of :func:`batch_time_line` over its recent batches at the
+    configurations its tuner chose (so their clocks are in the times). At the rate
+    ``b / t(b)`` a batch of ``b`` gathers while the one before runs, so a request waits up to
+    one batch time and then runs in the next: ``2 t(b)``. The capacity is ``b / t(b)`` for
+    the largest ``b`` up to ``max_batch`` with ``2 t(b)`` within the target (a larger batch
+    serves more per second); 0.0 when not even one item fits.
+    """
+    t0, t1 = line
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if not (t0 >= 0 and t1 >= 0 and t0 + t1 > 0 and math.isfinite(t0 + t1)):
+        raise ValueError(f"batch time line must have t0, t1 >= 0 and finite, got {line}")
+    best = 0.0
+    for b in range(1, max_batch + 1):
+        t = t0 + t1 * b
+        if 2.0 * t <= params.slo_s:
+            best = max(best, b / t)
+    return best

@@ -16,7 +16,6 @@ Entry points::
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -26,33 +25,13 @@ from ray.serve.handle import DeploymentHandle
 from ecoserve.background.data_parallel import LendSettings
 from ecoserve.models.loader import load_model
 from ecoserve.rayfleet.board import BoardService
-from ecoserve.rayfleet.config import BoardSettings, FleetSettings
+from ecoserve.rayfleet.config import FleetSettings, board_settings
 from ecoserve.rayfleet.ingress import FleetService, fleet_app
 from ecoserve.rayfleet.lending import FleetLender, LentTraining
 from ecoserve.server.settings import ServeSettings
 from ecoserve.server.tensors import TensorSpec
 
 log = logging.getLogger("ecoserve.fleet")
-
-
-def board_settings(fleet: FleetSettings, board: BoardSettings) -> ServeSettings:
-    """The ``ecoserve serve`` settings one board runs with.
-
-    One torch thread per board unless ``serve`` says otherwise: on one machine the virtual
-    boards share its cores. The fleet's ``state_dir`` holds each board's files: its tuner
-    state, its shutdown record and (unless ``serve`` names a ``restore_dir``) its restore record.
-    """
-    base = ServeSettings(model=fleet.model, torch_threads=1)
-    settings = replace(base, **dict(fleet.serve)) if fleet.serve else base
-    state_file = None
-    if fleet.state_dir:
-        state_file = f"{fleet.state_dir}/{board.name}.state.json"
-    return replace(
-        settings,
-        device=board.device_spec,
-        state_file=state_file or settings.state_file,
-        restore_dir=settings.restore_dir or fleet.state_dir,
-    )
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1024, health_check_period_s=2.0)
@@ -157,8 +136,11 @@ def build_fleet(fleet: FleetSettings) -> Any:
             name=f"board-{board.name}",
             ray_actor_options={"num_cpus": 0, "resources": {board.resource: 1}},
         ).bind(board.name, board_settings(fleet, board), fleet.state_dir)
+    ingress: dict[str, Any] = {"num_cpus": 0}
+    if fleet.ingress_resource:
+        ingress["resources"] = {fleet.ingress_resource: 1}
     return FleetIngress.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": 0}
+        ray_actor_options=ingress
     ).bind(fleet, handles)
 
 

@@ -4,8 +4,10 @@ A :class:`BoardService` is what a Ray replica holds; it has no Ray in it, so it 
 test or a plain script. It serves items through an :class:`InferenceService` exactly as
 ``ecoserve serve`` does, parks by pinning the clocks at their minimum (the engine's own pin,
 so the tuner carries on with the batch size and resumes the clocks on unpark), and reports
-what the fleet policy needs: served rate, capacity and energy per request measured from its
-own batches. A virtual board runs at its twin's absolute speed (``twin_pace``). At shutdown
+what the fleet policy needs: its batch times (from which the ingress estimates its capacity,
+``ecoserve.core.fleet.capacity_rps``) and energy per request, measured from its own batches,
+and when it started and how long loading took (the steps of a wake, as the ingress reports
+them). A virtual board runs at its twin's absolute speed (``twin_pace``). At shutdown
 it drains, restores the device and writes a shutdown record saying
 whether every knob is back where it was found.
 """
@@ -19,6 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from ecoserve.core.fleet import batch_time_line
 from ecoserve.core.knobs import BATCH
 from ecoserve.models.loader import load_model
 from ecoserve.runtime.device_spec import open_device
@@ -49,6 +52,9 @@ class BoardService:
     """
 
     def __init__(self, name: str, settings: ServeSettings, record_dir: str | None = None) -> None:
+        #: Wall-clock time this board's service began (the ingress sets it beside its wake).
+        self.created_at = time.time()
+        began = time.monotonic()
         self.name = name
         self.settings = settings
         self.record_dir = record_dir
@@ -72,6 +78,8 @@ class BoardService:
             ),
             self.device,
         )
+        self.load_s = time.monotonic() - began  # device opened and model loaded
+        self.start_s: float | None = None  # service started (engine, tuner, first batch)
         self.parked = False
         self.parks = 0
         self._log = _BatchLog()
@@ -79,7 +87,9 @@ class BoardService:
         self._since = time.monotonic()
 
     async def start(self) -> None:
+        began = time.monotonic()
         await self.service.start()
+        self.start_s = time.monotonic() - began
         runtime = self.service.runtime
         assert runtime is not None
         observers = getattr(runtime.observer, "observers", None)
@@ -116,6 +126,7 @@ class BoardService:
         items = sum(b[0] for b in self._log.batches)
         busy = sum(b[1] for b in self._log.batches)
         joules = sum(b[2] for b in self._log.batches)
+        line = batch_time_line((b[0], b[1]) for b in self._log.batches)
         out: dict[str, Any] = {
             "board": self.name,
             "parked": self.parked,
@@ -125,6 +136,11 @@ class BoardService:
             "uptime_s": now - self._since,
             "busy_rate_rps": items / busy if busy > 0 else None,
             "joules_per_request": joules / items if items else None,
+            "batch_line_s": None if line is None else list(line),
+            "max_batch": self.settings.max_batch,
+            "created_at": self.created_at,
+            "load_s": self.load_s,
+            "start_s": self.start_s,
         }
         if runtime is not None:
             out.update(

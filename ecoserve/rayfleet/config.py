@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +24,7 @@ from ecoserve.core.fleet import (
 )
 from ecoserve.server.deprecated import upgrade_keys, warn
 from ecoserve.server.options import RENAMED
+from ecoserve.server.settings import ServeSettings
 
 #: The policies a live fleet can run (the oracle needs the future: replay only).
 LIVE_POLICIES = tuple(p for p in POLICIES if p != "oracle")
@@ -34,6 +35,14 @@ BOOT_TIMEOUT_S: Mapping[str, float] = MappingProxyType(
 )
 #: For a kind not in the table.
 DEFAULT_BOOT_TIMEOUT_S = 180.0
+#: Settings that no longer mean anything, and what to use instead (a line on stderr, not an
+#: error, so an old config file still starts the fleet).
+DROPPED: Mapping[str, str] = MappingProxyType(
+    {
+        "capacity_share": "slo_s: a board's capacity is now the highest rate it serves within "
+        "the fleet's latency target, estimated from its own batch times",
+    }
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -94,7 +103,10 @@ class FleetSettings:
     an ``ecoserve serve`` config file). ``state_dir`` is the fleet's folder of per-board files
     (tuner state, shutdown record, restore record). The policy's settings default to the
     fleet's one table (``ecoserve.core.fleet.FleetParams``), the replay's too.
-    ``stats_timeout_s``: a board whose stats call has not answered for this long counts as not
+    ``slo_s``: the fleet's p99 latency target, which a board's capacity is defined by and its
+    tuner keeps. ``ingress_resource``: a Ray custom resource that pins the ingress to the node
+    offering it (the head, next to the BMC its park and unpark commands reach); by default
+    Ray places it. ``stats_timeout_s``: a board whose stats call has not answered for this long counts as not
     answering (a policy step waits at most half a period for it; a later answer is used at
     the next step). ``lend``: lend parked boards to one data-parallel training job instead of
     powering them off (``ecoserve.background.data_parallel.LendSettings``'s keys).
@@ -107,9 +119,10 @@ class FleetSettings:
     hysteresis: float = DEFAULTS.hysteresis
     park_after_s: float = DEFAULTS.park_after_s
     trend_s: float = DEFAULTS.trend_s
-    capacity_share: float = DEFAULTS.capacity_share
+    slo_s: float = DEFAULTS.slo_s
     ray_target_ongoing: float = DEFAULTS.ray_target_ongoing
     stats_timeout_s: float = 5.0
+    ingress_resource: str | None = None
     model: str = "builtin:cnn"
     state_dir: str | None = None
     serve: Mapping[str, Any] = field(default_factory=dict)
@@ -141,13 +154,17 @@ class FleetSettings:
             park_after_s=self.park_after_s,
             trend_s=self.trend_s,
             ray_target_ongoing=self.ray_target_ongoing,
-            capacity_share=self.capacity_share,
+            slo_s=self.slo_s,
         )
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> FleetSettings:
         """From flat keys: ``boards`` is ``KIND:COUNT,...`` or a list of board tables."""
         data = upgrade_keys(args, {"engine": "serve"}, "fleet settings")
+        for old, new in DROPPED.items():
+            if old in data:
+                warn("fleet settings", f"{old} (now ignored)", new)
+                del data[old]
         if "serve" in data:
             data["serve"] = upgrade_keys(data["serve"], RENAMED, "fleet settings [serve]")
         known = {f.name for f in fields(cls)}
@@ -164,7 +181,7 @@ class FleetSettings:
             "hysteresis",
             "park_after_s",
             "trend_s",
-            "capacity_share",
+            "slo_s",
             "ray_target_ongoing",
             "stats_timeout_s",
         ):
@@ -193,3 +210,27 @@ def parse_boards(raw: Any) -> tuple[BoardSettings, ...]:
             boards.append(BoardSettings(**dict(entry)))
         return tuple(boards)
     raise ValueError(f"boards: expected 'KIND:COUNT,...' or a list of boards, got {raw!r}")
+
+
+def board_settings(fleet: FleetSettings, board: BoardSettings) -> ServeSettings:
+    """The ``ecoserve serve`` settings one board runs with.
+
+    One torch thread per board unless ``serve`` says otherwise: on one machine the virtual
+    boards share its cores. The fleet's ``state_dir`` holds each board's files: its tuner
+    state, its shutdown record and (unless ``serve`` names a ``restore_dir``) its restore record.
+    Each board's tuner keeps the fleet's latency target (p99 within ``slo_s``) unless ``serve``
+    names its own: the target a board's capacity is defined by, as in the replay.
+    """
+    base = ServeSettings(
+        model=fleet.model, torch_threads=1, slo_latency_s=fleet.slo_s, slo_percentile=99.0
+    )
+    settings = replace(base, **dict(fleet.serve)) if fleet.serve else base
+    state_file = None
+    if fleet.state_dir:
+        state_file = f"{fleet.state_dir}/{board.name}.state.json"
+    return replace(
+        settings,
+        device=board.device_spec,
+        state_file=state_file or settings.state_file,
+        restore_dir=settings.restore_dir or fleet.state_dir,
+    )

@@ -8,13 +8,16 @@ board that fails (its replica or its node died) is taken out and the request is 
 the next board, so a request accepted here is answered unless every board is gone.
 
 Every ``period_s`` the control loop tells the fleet policy (``ecoserve.core.fleet``) the
-arrival rate, each board's ongoing requests and which boards stopped answering, and
+arrival rate, each board's ongoing requests and which boards stopped answering, updates each
+serving board's capacity (the highest rate within ``slo_s``, from its batch times) and
+energy per request from its stats, and
 carries out its plan: park (minimum clocks, then the operator's park command), wake (the
 unpark command, then wait for the board to answer, then the clocks handed back to the
 board's tuner), new weights. A parked board that stops answering was powered off by its
 park command: it is ``off``, not dead, and stays a wake candidate. A woken board serves once
 it answers; one that has not answered within its boot timeout is marked failed (dead, in
-``/v1/status``'s ``wake_failures`` and events). Parks, wakes and stats calls run beside the
+``/v1/status``'s ``wake_failures`` and events). Each wake is timed step by step, from the
+command to the board's first answered request (``/v1/status``'s ``wake_timings``). Parks, wakes and stats calls run beside the
 loop, never in it: a step waits at most half a period for the boards' stats, and an answer
 that comes later is used at the next step.
 
@@ -160,6 +163,10 @@ class FleetService:
         self.board_stats: dict[str, dict[str, Any]] = {}
         self.failed: set[str] = set()
         self.wake_failures: dict[str, str] = {}
+        #: Each board's last wake, step by step (see :meth:`_boot`), and the boards whose
+        #: first request since that wake is still to be answered.
+        self.wake_timings: dict[str, dict[str, float | None]] = {}
+        self._first_pending: dict[str, float] = {}
         self.arrivals = 0
         self.moved = 0
         self.events: list[dict[str, Any]] = []
@@ -243,7 +250,10 @@ class FleetService:
             tried.append(name)
             self.in_flight[name] += 1
             try:
-                return list(await self.clients[name].infer(list(items)))
+                out = list(await self.clients[name].infer(list(items)))
+                if name in self._first_pending:
+                    self._first_answered(name)
+                return out
             except ServiceError as err:
                 if err.status != 503:
                     raise
@@ -370,12 +380,24 @@ class FleetService:
         self._export(plan.weights)
 
     def _measure(self, name: str, st: Mapping[str, Any]) -> None:
-        """A board's capacity and J/request from its own batches (not while parked)."""
-        busy_rate, jpr = st.get("busy_rate_rps"), st.get("joules_per_request")
-        if st.get("parked") or not busy_rate or jpr is None:
+        """A board's capacity and J/request from its own batches (not while parked).
+
+        The capacity is the fleet's one definition (``ecoserve.core.fleet.capacity_rps``):
+        the highest rate the board serves within ``slo_s``, from its batch times. A board
+        whose batches cannot meet the target at all keeps the lowest capacity the policy
+        takes, so it is the last one asked to serve.
+        """
+        line, jpr = st.get("batch_line_s"), st.get("joules_per_request")
+        if st.get("parked") or not line or jpr is None:
             return
         b = self.boards[name]
-        cap = capacity_rps(float(busy_rate), self.fleet.params)
+        max_batch = int(st.get("max_batch") or self.settings.max_batch)
+        try:
+            cap = capacity_rps((float(line[0]), float(line[1])), max_batch, self.fleet.params)
+        except (ValueError, TypeError, IndexError) as exc:
+            log.warning("board %s: batch times %r unusable (%s)", name, line, exc)
+            return
+        cap = max(cap, UNMEASURED_CAPACITY_RPS)
         self.policy.update(BoardSpec(name, b.kind, cap, float(jpr), b.wake_s))
 
     def _then(self, name: str, step: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:
@@ -414,6 +436,12 @@ class FleetService:
         if cmd:
             await self.command(cmd.format(board=name))
 
+    def _first_answered(self, name: str) -> None:
+        woke = self._first_pending.pop(name)
+        timing = self.wake_timings.get(name)
+        if timing is not None:
+            timing["first_request_s"] = self.clock() - woke
+
     def _wake(self, name: str) -> None:
         if name in self._booting:
             return
@@ -424,17 +452,29 @@ class FleetService:
     async def _boot(self, name: str) -> bool:
         """Unpark command, then wait until the board answers (up to its boot timeout).
 
-        True once it serves; False when it did not come up: it is marked failed.
+        True once it serves; False when it did not come up: it is marked failed. Each step is
+        timed from the wake, in ``wake_timings[name]`` (seconds): ``command_s`` (the unpark
+        command), ``answer_s`` (the board's first answer), ``up_s`` (unparked: it serves),
+        ``first_request_s`` (its first request answered, set later). When the board's service
+        is newer than the wake (a powered-off board booted, its replica placed again),
+        ``placement_s`` is the time from the command's end to the service starting (node
+        join, replica placement, process start), and ``load_s`` / ``start_s`` the board's own
+        model load and service start; between boards these compare two wall clocks.
         """
         loop = asyncio.get_running_loop()
         board = self.boards[name]
         deadline = loop.time() + board.boot_timeout
         client = self.clients[name]
+        woke, woke_wall = self.clock(), time.time()
+        timing: dict[str, float | None] = {"at": woke_wall}
+        self.wake_timings[name] = timing
+        self._first_pending.pop(name, None)
         try:
             if self.lender is not None and self.lender.is_lent(name):
                 await self.lender.recall(name)  # leaves the job at a step boundary
             elif board.unpark_command:
                 await self.command(board.unpark_command.format(board=name))
+            timing["command_s"] = self.clock() - woke
             while True:
                 left = deadline - loop.time()
                 if left <= 0:
@@ -444,11 +484,19 @@ class FleetService:
                     break
                 except Exception:
                     await asyncio.sleep(min(BOOT_POLL_S, max(0.0, deadline - loop.time())))
+            timing["answer_s"] = self.clock() - woke
             self.board_stats[name] = st
+            created = st.get("created_at")
+            if isinstance(created, (int, float)) and created > woke_wall:
+                timing["placement_s"] = created - woke_wall - (timing["command_s"] or 0.0)
+                timing["load_s"] = st.get("load_s")
+                timing["start_s"] = st.get("start_s")
             try:
                 await asyncio.wait_for(client.unpark(), max(0.1, deadline - loop.time()))
             except Exception as exc:
                 return self._boot_failed(name, f"answered but could not be unparked: {exc}")
+            timing["up_s"] = self.clock() - woke
+            self._first_pending[name] = woke
             self.failed.discard(name)
             self.wake_failures.pop(name, None)
             self.policy.woken(name)
@@ -505,6 +553,7 @@ class FleetService:
             "arrival_rate_rps": self.rate_rps,
             "requests_moved": self.moved,
             "wake_failures": dict(self.wake_failures),
+            "wake_timings": {n: dict(t) for n, t in self.wake_timings.items()},
             "boards": boards,
             "counts": self.policy.counts(),
             "events": self.events[-50:],
