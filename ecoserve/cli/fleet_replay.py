@@ -13,8 +13,8 @@ from ecoserve.server.deprecated import add_alias
 DEFAULT_BOARDS = "orin:20,xavier-nx:20,nano:20"
 #: Default envelope peak, as a share of the fleet's rate with every board at every knob max.
 DEFAULT_PEAK_SHARE = 0.2
-#: The fleet's p99 latency target when --slo-latency-s is not given (s).
-DEFAULT_SLO_S = 0.25
+#: The fleet's p99 latency target when --slo-latency-s is not given (s): the live fleet's.
+DEFAULT_SLO_S = DEFAULTS.slo_s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
