@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from typing import Any
 
@@ -91,7 +92,7 @@ def main() -> None:
     ray.init(
         num_cpus=args.num_cpus,
         include_dashboard=False,
-        logging_level="warning",
+        logging_level=logging.WARNING,
         log_to_driver=False,  # the replica's lines would come back through this process too
     )
     serve.start(http_options={"host": "127.0.0.1", "port": args.port}, logging_config=quiet)

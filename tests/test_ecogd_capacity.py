@@ -116,6 +116,11 @@ def test_the_busy_rate_counts_the_seconds_that_had_arrivals() -> None:
         for i in range(200):
             rate.add(second + i / 250)
     assert rate.rate() == 200.0  # the window's mean would be 600 / 20.8 s = 29 req/s
+    spiky = BusyRate()
+    for second in range(9):  # nine seconds of 10 requests, one of 100: the spike is absorbed
+        for i in range(100 if second == 4 else 10):
+            spiky.add(second + i / 101)
+    assert spiky.rate() == 10.0
     with pytest.raises(ValueError, match="quantile"):
         BusyRate(quantile=0.0)
 
