@@ -90,6 +90,9 @@ def main() -> None:
             return Response(await self.run(items[0]), media_type="application/json")
 
     ray.init(
+        # a Ray of its own: on a shared box another one may be running, and joining it would
+        # measure that cluster's load (and it refuses num_cpus)
+        address="local",
         num_cpus=args.num_cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,

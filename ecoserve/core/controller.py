@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ecoserve.core.busy_rate import BusyRate
 from ecoserve.core.cost import (
     MIN_ENERGY_J,
     MIN_LATENCY_S,
@@ -167,6 +168,7 @@ class _Window:
     errors: float = 0.0
     busy_s: float = 0.0
     batches: int = 0
+    busy_rate: BusyRate = field(default_factory=BusyRate)
     context: dict[str, float] = field(default_factory=dict)
     #: Per queue, when the controller scores several (else empty).
     parts: dict[str, _Part] = field(default_factory=dict)
@@ -317,6 +319,7 @@ class Controller:
         w = self._window
         if w is not None:
             w.arrivals += 1
+            w.busy_rate.add(now)
             if self.queues is not None:
                 self._part(w, queue).arrivals += 1
 
@@ -635,6 +638,8 @@ class Controller:
             "latency_mean_s": l_mean,
             "requests": float(n),
             "arrivals": float(w.arrivals),
+            # the rate of the seconds that had arrivals: bursts between idle gaps, undiluted
+            "busy_rate": max(rate, w.busy_rate.rate() or 0.0),
             "window_s": duration,
             "batches": float(w.batches),
             "busy_s": w.busy_s,

@@ -10,7 +10,8 @@ knob, additive CPU–GPU diagonal estimates, expiry of old measurements, a rando
 - ``probes``: a settled centre now and then tries a far batch size (a rugged landscape);
 - ``losses``: clear losers live longer, and batch neighbours' losses are inherited;
 - ``load_following``: a change-point test on the arrival rate, a memory of load levels;
-- ``capacity``: never choose what cannot carry the recent peak, by a batch-time model.
+- ``capacity``: never choose nor measure what cannot carry the recent peak (the rate of its
+  busy seconds, bursts undiluted by idle gaps), by a batch-time model.
 
 ``tuner.EcoGD`` wires them to the options (the registry's ``ecogd``); ``EcoGDOriginal``
 (``ecogd-original``) is the climber with every strategy off.

@@ -4,11 +4,17 @@ A quiet window can make a slow configuration look cheap; under the next busy one
 grows without bound. An online model of batch time over batch size and clocks
 (``tuners.batch_time``, fitted from each window's batch count and busy time) gives every
 measured clock setting's capacity at each batch size; a configuration whose capacity is
-below ``headroom`` times the busiest arrival rate of the last memory's windows is unsafe.
+below ``headroom`` times the demand is unsafe.
+
+The demand is the busiest rate of the last memory's windows, each window's rate taken over
+its busy seconds (the controller's ``busy_rate``) rather than its mean: bursts between idle
+gaps average to a low rate, yet each burst must be carried as it comes.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Mapping
 
 from ecoserve.core.knobs import CPU, GPU, Config, SearchSpace
@@ -20,9 +26,12 @@ class CapacityGuard:
     """The batch-time model and what it says is safe. Not saved with the tuner's state: a
     restarted tuner relearns it from its next windows."""
 
-    def __init__(self, space: SearchSpace, batch: BatchAxis, headroom: float = 1.0) -> None:
+    def __init__(
+        self, space: SearchSpace, batch: BatchAxis, headroom: float = 1.0, memory: int = 20
+    ) -> None:
         self.batch = batch
         self.headroom = float(headroom)
+        self.memory = max(1, int(memory))
         self._top = space.maximum()
         # which knobs of a configuration without its batch size are clocks (faster when higher)
         self._monotone = tuple(
@@ -33,9 +42,21 @@ class CapacityGuard:
     def reset(self) -> None:
         self.times = BatchTimeModel()
         self.times.set_reference(self.batch.clocks(self._top))
+        # the rate each recent window's busy seconds brought (warm-up floods left out)
+        self._rates: deque[float] = deque(maxlen=self.memory)
+
+    def demand(self) -> float | None:
+        """The rate a configuration must carry: the busiest recent window's, over its busy
+        seconds; None before any window told one."""
+        return max(self._rates, default=None)
 
     def observe(self, config: Config, metrics: Mapping[str, float]) -> None:
-        """Feed the model with the window's mean batch (when the driver timed it)."""
+        """Note the window's rate (the busy seconds' when the driver counted them, else the
+        mean) and feed the model with its mean batch (when the driver timed it)."""
+        told = [metrics.get(k, math.nan) for k in ("arrival_rate", "busy_rate")]
+        rates = [float(r) for r in told if math.isfinite(r) and r >= 0]
+        if rates and not metrics.get("baseline"):
+            self._rates.append(max(rates))
         batches, busy = metrics.get("batches", 0.0), metrics.get("busy_s", 0.0)
         served = metrics.get("requests", 0.0)
         if batches > 0 and busy > 0 and served > 0:

@@ -117,11 +117,18 @@ class Climber(Tuner):
         for _ in range(len(self._history) + 3):
             centre = self._centre
             if centre not in self._history:
+                if self._unsafe(centre) and (refuge := self._refuge()) != centre:
+                    self._moves += 1  # never measure what cannot carry the load
+                    self._set_centre(refuge)
+                    continue
                 return centre
             costs: dict[Config, float] = {}
             for n in self.space.neighbours(centre):
                 cost = self._known_cost(n, centre)
                 if cost is None:
+                    if self._unsafe(n):
+                        costs[n] = math.inf  # not measured, and never chosen
+                        continue
                     return n
                 costs[n] = cost
             if not self._decide(centre, costs):
@@ -164,7 +171,8 @@ class Climber(Tuner):
         return None
 
     def _unsafe(self, config: Config) -> bool:
-        """True when ``config`` must not be chosen, however cheap it looks (never)."""
+        """True when ``config`` must not be chosen nor measured, however cheap it looks
+        (never)."""
         return False
 
     def _refuge(self) -> Config:
@@ -251,11 +259,11 @@ class Climber(Tuner):
         gpu_side = []
         for d in (-1, 1):
             n = space.step(centre, gpu, d)
-            if n is not None:
+            if n is not None and n in history:  # (one the guard ruled out is not measured)
                 gpu_side.append((d, history[n][0]))
         for dc in (-1, 1):
             n = space.step(centre, cpu, dc)
-            if n is None:
+            if n is None or n not in history:
                 continue
             cpu_cost = history[n][0]
             for dg, gpu_cost in gpu_side:
@@ -278,8 +286,9 @@ class Climber(Tuner):
                     tuple(c + self._step * d for c, d in zip(centre, direction, strict=True))
                 )
                 known = self._history.get(far)
-                # Never trade a measured gain for a far point already measured worse.
-                if known is None or known[0] < best_cost:
+                # Never trade a measured gain for a far point already measured worse, nor
+                # for one that cannot carry the load.
+                if (known is None or known[0] < best_cost) and not self._unsafe(far):
                     target = far
         self._moves += 1
         self._set_centre(target)

@@ -8,8 +8,10 @@ over batch size, ``c0 + c1 / b + c2 * b``, after each size (``tuners.batch_curve
 measures sizes 16, 4 and 2 (of 1..16), then, cheapest predicted first, only the sizes
 predicted within ``margin`` (plus the fit's residual) of the best measured, and every size
 when the residuals say the curve is rugged (a burst-aligned valley). Sizes the capacity guard
-calls unsafe are not scanned at all (the curve has no term for a queue), unless that leaves
-none. A re-search (``start``) measures a given list of sizes instead.
+calls unsafe are not scanned at all (the curve has no term for a queue), guided or not, in
+the opening scan and in a re-search alike (when that leaves none, the scan ends and the
+climb takes the centre to the guard's refuge). A re-search (``start``) measures a given list
+of sizes instead.
 
 At the end every size's cost, measured or predicted, is handed back so that it counts as a
 sweep of probes: a skipped size is probed once its predicted loss is stale.
@@ -85,17 +87,16 @@ class BatchScan:
         assert results is not None
         predicted: dict[int, float] = {}
         if self.order is None and self.guided:
-            indices = [i for i in batch.indices() if not unsafe(batch.at(centre, i))] or list(
-                batch.indices()
-            )
-            index, predicted = next_size(
-                results, indices, [batch.sizes[i] for i in indices], self.margin
-            )
-            if index is not None:
-                return batch.at(centre, index)
+            indices = [i for i in batch.indices() if not unsafe(batch.at(centre, i))]
+            if indices:
+                index, predicted = next_size(
+                    results, indices, [batch.sizes[i] for i in indices], self.margin
+                )
+                if index is not None:
+                    return batch.at(centre, index)
         else:
             for index in self.order or range(batch.top, batch.floor - 1, -1):
-                if index not in results:
+                if index not in results and not unsafe(batch.at(centre, index)):
                     return batch.at(centre, index)
         self.stop()
         if not results:

@@ -51,10 +51,10 @@ class EcoGD(Climber):
     ``steady_memory``: how many times longer measurements live while following the load
     (off by default: expiry also follows what the arrival rate does not show, a board warming
     up or a model swapped, and on the twins it saved under 1.5% of cost) (``load_following``).
-    ``capacity_guard``: never choose a configuration whose capacity, from the online model
-    of batch time (needs the windows' ``batches`` and ``busy_s``), is below
-    ``guard_headroom`` times the busiest arrival rate of the last memory's windows
-    (``capacity``).
+    ``capacity_guard``: never choose, measure or probe a configuration whose capacity, from
+    the online model of batch time (needs the windows' ``batches`` and ``busy_s``), is below
+    ``guard_headroom`` times the busiest arrival rate of the last memory's windows, each
+    taken over its busy seconds (``busy_rate``) when the driver counts them (``capacity``).
     """
 
     name = "ecogd"
@@ -178,7 +178,7 @@ class EcoGD(Climber):
                     batch, self.probe_every, self.guided_probes, self.guide_margin
                 )
             if self.capacity_guard:
-                self._guard = CapacityGuard(space, batch, self.guard_headroom)
+                self._guard = CapacityGuard(space, batch, self.guard_headroom, memory)
         elif self.opening_scan and len(axes := BatchAxis.every(space)) > 1:
             models = [space.knobs[a.axis].name.partition(":")[2] for a in axes]
             self._axis_scans = AxisScans(axes, models, self.guided_scan, self.guide_margin)
@@ -194,8 +194,11 @@ class EcoGD(Climber):
 
     # -- consultation points --------------------------------------------------------------
     def _preempt(self) -> Config | None:
-        """The window after a load alarm re-measures the centre; a scan runs before climbing."""
+        """The window after a load alarm re-measures the centre (the refuge instead when the
+        new load makes the centre unsafe); a scan runs before climbing."""
         if self._load is not None and self._load.refine:
+            if self._unsafe(self._centre):
+                self._set_centre(self._refuge())
             return self._centre
         scan = self._scan
         if scan is None or not scan.running:
@@ -233,10 +236,12 @@ class EcoGD(Climber):
         return self._losses.inherited(neighbour, centre, self._history[centre][0], self._history)
 
     def _unsafe(self, config: Config) -> bool:
-        return self._guard is not None and self._guard.unsafe(config, self.peak_rate())
+        guard = self._guard
+        return guard is not None and guard.unsafe(config, guard.demand())
 
     def _refuge(self) -> Config:
-        return self._centre if self._guard is None else self._guard.refuge(self.peak_rate())
+        guard = self._guard
+        return self._centre if guard is None else guard.refuge(guard.demand())
 
     def _candidate(self) -> Config | None:
         return None if self._probes is None else self._probes.take()
@@ -375,6 +380,7 @@ class EcoGD(Climber):
             "load_levels": 0 if load is None else len(load.levels),
             "level_rate": None if load is None else load.level_rate,
             "peak_rate": self.peak_rate(),
+            "demand_rate": None if guard is None else guard.demand(),
             "centre_capacity": None if guard is None else guard.capacity(self._centre),
             "windows": self._window,
             "phase": self.phase(),
