@@ -54,6 +54,19 @@ def test_slower_clocks_are_bounded_by_a_measured_faster_setting() -> None:
     assert g.capacity((1, 1, 7)) == g.capacity((2, 2, 7))  # unmeasured: at most that
 
 
+def test_with_one_size_measured_a_smaller_batch_is_no_faster_than_it() -> None:
+    # only batch 8 measured (0.5 s a batch, 16/s): a line through the origin would credit
+    # batch 2 with 16/s too; the guard assumes a batch of 2 takes as long, 4/s
+    g = CapacityGuard(SPACE, batch())
+    g.observe((2, 2, 7), {"batches": 10.0, "busy_s": 5.0, "requests": 80.0})
+    assert g.capacity((2, 2, 7)) == pytest.approx(16.0)
+    assert g.capacity((2, 2, 1)) == pytest.approx(4.0)
+    assert g.unsafe((2, 2, 1), 10.0) and not g.unsafe((2, 2, 7), 10.0)
+    # a second size measured (batch 1: 0.15 s): the line 0.1 s + 0.05 s an item decides again
+    g.observe((2, 2, 0), {"batches": 10.0, "busy_s": 1.5, "requests": 10.0})
+    assert g.capacity((2, 2, 1)) == pytest.approx(2 / 0.2)
+
+
 def test_the_refuge_is_maximum_clocks_with_the_smallest_safe_batch() -> None:
     g = guard()
     refuge = g.refuge(10.0)

@@ -83,6 +83,16 @@ class BatchTimeModel:
         slope = max(slope, 0.0)
         return max(mean_y - slope * mean_x, 0.0), slope
 
+    def only_size(self) -> float | None:
+        """The one batch size (mean items per batch) the reference line was fitted on, while
+        only one has been seen; None once the fit has two sizes or none."""
+        points = self._points
+        if not points:
+            return None
+        first = points[0][0]
+        spread = max(abs(x - first) for x, _ in points)
+        return first if spread <= 1e-4 * max(1.0, first) else None
+
     def batch_time(self, clocks: Hashable, batch_size: float) -> float | None:
         """Predicted seconds for a full batch; None until the clocks have been measured."""
         line = self._line

@@ -67,7 +67,15 @@ class CapacityGuard:
         measured setting at least as fast on every clock, when not measured itself); None
         while unknown."""
         size = self.batch.sizes[config[self.batch.axis]]
-        return self.times.capacity_bound(self.batch.clocks(config), size, self._monotone)
+        clocks = self.batch.clocks(config)
+        seen = self.times.only_size()
+        if seen is not None and size < seen:
+            # one size measured: the line through the origin credits a smaller batch with the
+            # measured time per item, which a fixed part per batch makes untrue; the guard
+            # takes the cautious bound instead, a smaller batch no faster than the one seen
+            at_seen = self.times.capacity_bound(clocks, seen, self._monotone)
+            return None if at_seen is None else at_seen * size / seen
+        return self.times.capacity_bound(clocks, size, self._monotone)
 
     def unsafe(self, config: Config, peak: float | None) -> bool:
         """True when the model says ``config`` cannot serve ``peak`` requests/s (with the
