@@ -16,6 +16,9 @@ One latency spike must not decide a figure, in either direction:
   (and when ``--start`` itself fails, the rates step down from it until one holds); the
   sustained rate is the highest rate whose repeats all passed, refined ``--refine`` times by
   bisection towards the lowest failing rate above it;
+- each fresh server is first sent ``--settle`` seconds of load at ``--start``, unscored and
+  the same for every server, so a tuner's opening scan or a first call's set-up is not
+  charged to the first rate (whose failure would leave the ramp only the rates below it);
 - the whole search is done ``--runs`` times, a fresh server each time, the servers'
   order alternating between runs; reported are the median and the range over runs, and the
   ratio to the plain endpoint within each run (its median and range).
@@ -181,6 +184,13 @@ def main() -> int:
     p.add_argument("--generator", choices=("asyncio", "gevent"), default="asyncio")
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="seconds of load at --start sent to each fresh server before its search, unscored "
+        "(a tuner's opening scan, a JIT's first calls), the same for every server",
+    )
     p.add_argument("--max-connections", type=int, default=256)
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=16)
@@ -191,6 +201,8 @@ def main() -> int:
     args = p.parse_args()
     if min(args.repeats, args.runs, args.max_steps) < 1 or args.patience < 0 or args.refine < 0:
         p.error("--repeats, --runs and --max-steps must be >= 1; --patience, --refine >= 0")
+    if args.settle < 0:
+        p.error("--settle must be >= 0 seconds")
     if args.step <= 1 or args.start <= 0:
         p.error("--step must be above 1 and --start above 0")
     body, ctype = bodies(args.model, "npy")
@@ -237,6 +249,12 @@ def main() -> int:
 
                 log = args.logs / f"bench_serving_{label}_{run}.log"
                 with server(make(port), port, ready, log):
+                    if args.settle > 0:
+                        asyncio.run(
+                            open_loop(
+                                label, port, raw, args.start, args.settle, 0.0, args.max_connections
+                            )
+                        )
                     best, runs = sustained_rate(
                         label, run_at, args.start, args.step, args.p99_ms, args.max_steps,
                         args.repeats, args.patience, args.refine,
