@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import ray
 from ray import serve
 
@@ -93,18 +94,26 @@ async def wait_for(
 
 
 async def send(
-    client: httpx.AsyncClient, rate: float, seconds: float, codes: list[int], seed: int
+    client: httpx.AsyncClient,
+    rate: float,
+    seconds: float,
+    codes: list[int],
+    seed: int,
+    latencies: list[float] | None = None,
 ) -> float:
     """Poisson arrivals at ``rate`` for ``seconds``, open loop; waits for every answer.
 
     Returns the seconds until the last answer came."""
 
     async def one() -> None:
+        sent = time.monotonic()
         try:
-            reply = await client.post("/v1/infer", json=BODY, timeout=120)
+            reply = await client.post("/v1/infer", json=BODY, timeout=300)
             codes.append(reply.status_code)
         except httpx.HTTPError:
             codes.append(-1)
+        if latencies is not None:
+            latencies.append(time.monotonic() - sent)
 
     rng = random.Random(seed)
     tasks = []
@@ -217,14 +226,18 @@ async def scenario(args: argparse.Namespace, url: str, fleet: FleetSettings, say
         load_began = time.monotonic()
         watcher = asyncio.create_task(watch())
         n_before = len(codes)
-        took = await send(client, rate, args.load_s, codes, seed=2)
+        latencies: list[float] = []
+        took = await send(client, rate, args.load_s, codes, seed=2, latencies=latencies)
         watcher.cancel()
         st = await status(client)
         lend = st["lending"]
         sent = len(codes) - n_before
+        p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
+        woke = {n: round(t, 1) for n, t in woken_by.items()} or "never"
         say(
-            f"load done: {sent} requests in {took:.1f} s (last answer included); counts "
-            f"{st['counts']}; lent boards serving after {woken_by or 'never'} s; {loadavg()}"
+            f"load done: {sent} requests in {took:.1f} s (last answer included), latency p50 "
+            f"{p50:.0f} ms p99 {p99:.0f} ms; counts {st['counts']}; lent boards serving "
+            f"{woke} s into the load; {loadavg()}"
         )
         say(f"lending: {lend_summary(lend)}")
         for line in recall_times(lend["events"]):
