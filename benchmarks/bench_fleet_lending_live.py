@@ -138,18 +138,25 @@ def lend_summary(lend: Mapping[str, Any]) -> str:
 
 
 def recall_times(events: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Each recall's seconds until its board left, and the step it left at."""
+    """Each recall's seconds until its board left, and the step it left at; a board recalled
+    before its replica joined had nothing to leave (the lend was withdrawn)."""
     asked: dict[str, float] = {}
+    joined: set[str] = set()
     out = []
     for e in events:
-        if e["event"] == "recall":
-            asked[e["board"]] = float(e["t"])
-        elif e["event"] == "left" and e["board"] in asked:
-            took = float(e["t"]) - asked.pop(e["board"])
-            out.append(
-                f"{e['board']} left at step {e.get('step')} {took * 1e3:.0f} ms after recall"
-            )
-    return out + [f"{board}: recalled, never left" for board in asked]
+        board = e["board"]
+        if e["event"] == "joined":
+            joined.add(board)
+        elif e["event"] == "recall" and board not in joined:
+            out.append(f"{board} recalled before it joined: its lend withdrawn")
+        elif e["event"] == "recall":
+            asked[board] = float(e["t"])
+        elif e["event"] == "left":
+            joined.discard(board)
+            if board in asked:
+                took = float(e["t"]) - asked.pop(board)
+                out.append(f"{board} left at step {e.get('step')} {took * 1e3:.0f} ms after recall")
+    return out + [f"{board}: recalled, not left yet" for board in asked]
 
 
 def fleet_settings(args: argparse.Namespace, state_dir: str) -> FleetSettings:
@@ -213,31 +220,23 @@ async def scenario(args: argparse.Namespace, url: str, fleet: FleetSettings, say
             f"load: {args.load:g} x {total:.1f} req/s (the boards' estimates) / "
             f"(1 + headroom {fleet.headroom:g}) = {rate:.1f} req/s for {args.load_s:g} s"
         )
-        woken_by: dict[str, float] = {}
-
-        async def watch() -> None:
-            while True:
-                s = await status(client)
-                for name, b in s["boards"].items():
-                    if name in lent and b["state"] == "serving" and name not in woken_by:
-                        woken_by[name] = time.monotonic() - load_began
-                await asyncio.sleep(0.5)
-
-        load_began = time.monotonic()
-        watcher = asyncio.create_task(watch())
+        load_began = time.monotonic()  # the ingress's event clock (monotonic, this host)
         n_before = len(codes)
         latencies: list[float] = []
         took = await send(client, rate, args.load_s, codes, seed=2, latencies=latencies)
-        watcher.cancel()
         st = await status(client)
         lend = st["lending"]
         sent = len(codes) - n_before
         p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
-        woke = {n: round(t, 1) for n, t in woken_by.items()} or "never"
+        woke: dict[str, float] = {}
+        for e in st["events"]:  # each lent board's first "up" after the load began
+            if e["event"] == "up" and e["board"] in lent and e["board"] not in woke:
+                if e["t"] >= load_began:
+                    woke[e["board"]] = round(float(e["t"]) - load_began, 1)
         say(
             f"load done: {sent} requests in {took:.1f} s (last answer included), latency p50 "
             f"{p50:.0f} ms p99 {p99:.0f} ms; counts {st['counts']}; lent boards serving "
-            f"{woke} s into the load; {loadavg()}"
+            f"{woke or 'never'} s into the load; {loadavg()}"
         )
         say(f"lending: {lend_summary(lend)}")
         for line in recall_times(lend["events"]):
