@@ -16,8 +16,8 @@ step against SoCFlow's groups (``--group-size``, every ``--k`` steps across grou
 alternating order, ``--repeats`` times each.
 
 Ray shares this host's cores with everything else on it: run it when no other benchmark
-runs. Run: ``python benchmarks/bench_fleet_lending_live.py`` (about 3 minutes on 2 cores);
-``python benchmarks/bench_fleet_lending_live.py compare`` (about 4 minutes).
+runs. Run: ``python benchmarks/bench_fleet_lending_live.py`` (about 2 minutes on 2 cores);
+``python benchmarks/bench_fleet_lending_live.py compare`` (about 1.5 minutes).
 """
 
 from __future__ import annotations
