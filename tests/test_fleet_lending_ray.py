@@ -290,3 +290,77 @@ async def test_the_fleet_lender_lends_and_recalls_without_blocking_the_loop(
     finally:
         ray.shutdown()
     assert (tmp_path / "lend.ckpt").exists()
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_board_recalled_while_its_replica_starts_leaves_at_once(tmp_path: Path) -> None:
+    ray.init(
+        address="local",  # a cluster of its own, never one already running here
+        num_cpus=2,
+        resources={"board_nano-0": 1},
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    try:
+        training = LentTraining(LendSettings(), state_dir=tmp_path)
+        training.lend("nano-0")
+        deadline = time.monotonic() + 30
+        while training.status()["members"] != ["nano-0"] and time.monotonic() < deadline:
+            time.sleep(0.005)  # the boundary made it a member: its replica starts now
+        events = [(e["board"], e["event"]) for e in training.status()["events"]]
+        assert ("nano-0", "joined") not in events  # a fresh worker takes seconds to import
+        asked = time.monotonic()
+        left = training.recall("nano-0", timeout_s=60)
+        took = time.monotonic() - asked
+        st = training.status()
+        assert left["steps"] == 0 and st["steps_by_board"].get("nano-0", 0) == 0
+        assert st["members"] == [] and st["error"] is None
+        events = [(e["board"], e["event"]) for e in st["events"]]
+        assert ("nano-0", "left") in events and ("nano-0", "joined") not in events
+        # lent again, it starts and trains as a board never recalled does
+        training.lend("nano-0")
+        st = wait_step(training, 2, 120)
+        assert st["error"] is None and st["members"] == ["nano-0"], st
+        training.stop()
+    finally:
+        ray.shutdown()
+    print(f"recalled while starting: left {took * 1e3:.0f} ms after the recall")
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_member_recalled_while_another_board_starts_leaves_without_waiting(
+    tmp_path: Path,
+) -> None:
+    ray.init(
+        address="local",  # a cluster of its own, never one already running here
+        num_cpus=2,
+        resources={"board_nano-0": 1, "board_nano-1": 1},
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    try:
+        training = LentTraining(LendSettings(), state_dir=tmp_path)
+        training.lend("nano-0")
+        assert wait_step(training, 3, 120)["error"] is None
+        training.lend("nano-1")
+        deadline = time.monotonic() + 30
+        while "nano-1" not in training.status()["members"] and time.monotonic() < deadline:
+            time.sleep(0.005)  # the boundary made it a member: its replica starts now
+        left = training.recall("nano-0", timeout_s=60)
+        st = training.status()
+        events = [(e["board"], e["event"]) for e in st["events"]]
+        # nano-0 left before nano-1 was up (without waiting for its start and a step)
+        assert ("nano-0", "left") in events, events
+        if ("nano-1", "joined") in events:
+            assert events.index(("nano-0", "left")) < events.index(("nano-1", "joined"))
+        assert left["steps"] == st["steps_by_board"]["nano-0"] == left["step"]
+        # nano-1 goes on from where nano-0 was
+        st = wait_step(training, left["step"] + 3, 120)
+        assert st["error"] is None and st["members"] == ["nano-1"], st
+        assert st["steps_by_board"]["nano-1"] == st["step"] - left["step"]
+        final = training.stop()
+    finally:
+        ray.shutdown()
+    assert final["checkpoint_step"] == final["step"]

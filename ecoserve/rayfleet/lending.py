@@ -8,9 +8,9 @@ their parameters as :class:`~ecoserve.background.data_parallel.SyncPlan` says: p
 all-reduce every step, or SoCFlow's groups (every step within a group, every ``k`` steps
 across groups, each group's first board its leader). When the fleet wakes a lent board it
 is recalled first: it leaves at the next step boundary, after an average that folds its
-last steps into the boards that stay, and the job goes on with them. When the last board
-leaves, the job's state stays here until a board is lent again; ``stop`` saves it in a
-checkpoint that the next start resumes.
+last steps into the boards that stay, and the job goes on with them (while replicas start,
+a recalled board leaves at once). When the last board leaves, the job's state stays here
+until a board is lent again; ``stop`` saves it in a checkpoint that the next start resumes.
 
 The averaging goes through Ray's object store, not ``torch.distributed`` over gloo. A gloo
 process group has a fixed world: every leave or join would tear it down and rendezvous
@@ -67,6 +67,8 @@ log = logging.getLogger("ecoserve.fleet")
 KEEP_EVALUATIONS = 50
 KEEP_EVENTS = 200
 KEEP_TIMES = 20
+#: Seconds between checks, while lent boards' replicas start, for a board recalled meanwhile.
+START_POLL_S = 0.2
 
 
 def board_resource(board: str) -> str:
@@ -431,6 +433,11 @@ class LentTraining:
         for board in change.left:
             with self._cond:
                 self._kill(board, "left")
+        if change.joined and seed is not None:
+            # kept here while the joiners start: a staying board recalled meanwhile leaves
+            # at once (see _start_all), and the job's state must outlive it
+            with self._cond:
+                self._state = seed
         created = self._start_all(change.joined)
         if created:
             if seed is None:  # a fresh job: every replica starts from the first one's state
@@ -455,7 +462,12 @@ class LentTraining:
 
     def _start_all(self, boards: Sequence[str]) -> dict[str, Any]:
         """A replica on each board; one that cannot start (no node offers its resource, or
-        it is not up within ``start_timeout_s``) is dropped from the job, not fatal to it."""
+        it is not up within ``start_timeout_s``) is dropped from the job, not fatal to it.
+
+        Starting takes tens of seconds on a busy board, and the fleet may wake a board for
+        serving meanwhile: a joiner recalled before it is up leaves at once, without a step,
+        and so does a staying member (its state is the seed the driver holds), rather than
+        hold up the wake until the others are up and have taken a step."""
         created: dict[str, Any] = {}
         failed: dict[str, str] = {}
         for board in boards:
@@ -468,14 +480,42 @@ class LentTraining:
                 num_cpus=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
             ).remote(board, self.settings.job, self.options, self.torch_threads)
+        waiting = {created[b].ready.remote(): b for b in created}
         deadline = time.monotonic() + self.start_timeout_s
-        for board, actor in list(created.items()):
-            try:
-                ray.get(actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
-            except (GetTimeoutError, RayActorError) as exc:
+        while waiting:
+            # short waits: a board recalled while its replica starts leaves now, not after
+            remaining = max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(waiting), num_returns=1, timeout=min(START_POLL_S, remaining))
+            for ref in done:
+                board = waiting.pop(ref)
+                try:
+                    ray.get(ref)
+                except RayActorError as exc:
+                    failed[board] = f"{type(exc).__name__}: {exc}"
+            with self._cond:
+                gone = [
+                    b
+                    for b in created
+                    if b not in failed and (b in self._plan.leaving or self._stopping)
+                ]
+                for board in gone:  # recalled (or stopping) before its first step
+                    self._plan.drop(board)
+                    self._actors[board] = created.pop(board)  # for _kill to release
+                    self._kill(board, "left")
+                # a staying board holds the seed's state (averaged at the boundary), which
+                # the driver keeps: recalled now, it leaves without waiting for the start
+                for board in [b for b in self._actors if b in self._plan.leaving]:
+                    self._plan.drop(board)
+                    self._kill(board, "left")
+            waiting = {r: b for r, b in waiting.items() if b in created}
+            if waiting and time.monotonic() >= deadline:
+                for board in waiting.values():
+                    failed[board] = f"not up within start_timeout_s={self.start_timeout_s:g} s"
+                waiting = {}
+        for board in failed:
+            actor = created.pop(board, None)
+            if actor is not None:
                 ray.kill(actor)
-                del created[board]
-                failed[board] = f"{type(exc).__name__}: {exc}"
         with self._cond:
             for board, why in failed.items():
                 log.warning("board %s could not join the lent job: %s", board, why)
