@@ -32,6 +32,11 @@ Policies:
   band, then every board above that need at once.
 - :class:`Oracle` knows the future rate: it wakes exactly one wake delay ahead of need and
   parks at once, a bound on what consolidation can reach.
+
+Whatever the policy, a serving board is parked only once the boards it keeps serve (none is
+still waking) and, for a policy that sizes by capacity, cover the rate with its headroom
+(:meth:`FleetPolicy.can_release`): a waking board is not capacity yet, and live a booting
+board answers nothing.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ class BoardState(str, Enum):
 
 #: States a board can be woken from.
 ASLEEP = frozenset({BoardState.PARKED, BoardState.OFF})
+#: States of a board that is up or on its way up.
+AWAKE = frozenset({BoardState.SERVING, BoardState.WAKING})
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,9 @@ class FleetPolicy(ABC):
     """
 
     name = "policy"
+    #: Spare capacity, as a share of the rate, that the boards left serving must have before
+    #: a serving board is parked; None for a rule that does not size by capacity.
+    cover_headroom: float | None = 0.0
 
     def __init__(self, boards: Sequence[BoardSpec], *, start_awake: bool = True) -> None:
         if not boards:
@@ -180,23 +190,44 @@ class FleetPolicy(ABC):
                 del self.ready_at[name]
         want = self.target(obs)
         wake: list[str] = []
-        park: list[str] = []
         for name in self.boards:
-            st = self.state[name]
-            if st is BoardState.DEAD:
-                continue
-            if name in want and st in ASLEEP:
+            if name in want and self.state[name] in ASLEEP:
                 wake.append(name)
                 self._start_wake(name, obs.now)
-            elif name not in want and st in (BoardState.SERVING, BoardState.WAKING):
-                park.append(name)
-                self.state[name] = BoardState.PARKED
-                self.ready_at.pop(name, None)
+        leaving = [n for n in self.boards if n not in want and self.state[n] in AWAKE]
+        # a serving board stays until the boards meant to replace it serve and carry the rate
+        release_serving = self.can_release(want, obs.rate_rps)
+        park = [n for n in leaving if self.state[n] is BoardState.WAKING or release_serving]
+        for name in park:
+            self.state[name] = BoardState.PARKED
+            self.ready_at.pop(name, None)
+        if any(self.state[n] is BoardState.SERVING for n in park):
+            self.parked_serving(obs.now)
         serving = self.serving()
         if not serving:  # nothing is up yet: send traffic where it will be served soonest
             waking = [n for n in self.boards if self.state[n] is BoardState.WAKING]
             serving = sorted(waking, key=lambda n: self.ready_at.get(n, obs.now))[:1]
         return FleetPlan(self.weights(serving), tuple(wake), tuple(park))
+
+    def can_release(self, want: set[str], rate_rps: float) -> bool:
+        """Whether serving boards outside ``want`` may be parked now.
+
+        Only once every live board of ``want`` serves (none is still waking: live, a board
+        booting answers nothing) and, for a policy that sizes by capacity
+        (:attr:`cover_headroom` not None), their capacity covers ``rate_rps`` with that
+        headroom. Otherwise the fleet could be left with no board serving while its
+        replacements boot.
+        """
+        stay = [n for n in want if self.state.get(n, BoardState.DEAD) is not BoardState.DEAD]
+        if not stay or any(self.state[n] is not BoardState.SERVING for n in stay):
+            return False
+        if self.cover_headroom is None:
+            return True
+        capacity = sum(self.boards[n].capacity_rps for n in stay)
+        return capacity >= rate_rps * (1.0 + self.cover_headroom)
+
+    def parked_serving(self, now: float) -> None:
+        """Called when serving boards were parked at ``now`` (a policy's hold may restart)."""
 
     def _start_wake(self, name: str, now: float) -> None:
         """Waking, or serving at once when the board answers and needs no delay."""
@@ -341,6 +372,7 @@ class Consolidation(FleetPolicy):
                 "headroom, hysteresis, park_after_s must be >= 0; trend_s, period_s > 0"
             )
         self.headroom = headroom
+        self.cover_headroom = headroom
         self.hysteresis = hysteresis
         self.park_after_s = park_after_s
         self.trend_s = trend_s
@@ -385,10 +417,13 @@ class Consolidation(FleetPolicy):
             self._low_since = obs.now
         if obs.now - self._low_since < self.park_after_s:
             return set(awake)
-        # the hold has passed: every board above the kept set is parked at once, and the
-        # next step down waits for a new hold
-        self._low_since = obs.now
+        # the hold has passed: every board above the kept set is parked at once (once the
+        # kept boards serve: see FleetPolicy.can_release), and the next step down waits for
+        # a new hold
         return set(keep) | (set(need) & set(awake))
+
+    def parked_serving(self, now: float) -> None:
+        self._low_since = now
 
 
 class RayServeRule(FleetPolicy):
@@ -401,6 +436,7 @@ class RayServeRule(FleetPolicy):
     """
 
     name = "ray-autoscale"
+    cover_headroom = None  # Ray's rule counts ongoing requests, not capacity
 
     def __init__(
         self,
@@ -484,6 +520,7 @@ class Oracle(FleetPolicy):
         super().__init__(boards, start_awake=start_awake)
         self.peak_ahead = peak_ahead
         self.headroom = headroom
+        self.cover_headroom = headroom
         self.period_s = period_s
 
     def target(self, obs: FleetObservation) -> set[str]:
