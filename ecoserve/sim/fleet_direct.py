@@ -5,7 +5,9 @@ Here the same decisions (each period's traffic shares and board states, kept in 
 :class:`FleetRun`) are carried out on individual requests: the arrivals of each step are
 spread uniformly over it, each request is sent to a board drawn by that period's weights,
 and every board's requests go through its own engine and tuner on its twin
-(:func:`ecoserve.sim.driver.simulate`). Each board starts cold (baseline, then tuning).
+(:mod:`ecoserve.sim.driver`). Each board starts cold (baseline, then tuning); a board
+powered off and woken again resumes its engine's saved state, as the runtime does at boot
+(see :func:`_run_board`).
 
 Energy is each board's metered draw, with the time it was not serving billed at its parked
 or waking draw instead of idle (the fitted twins' idle draw does not depend on the clocks,
@@ -17,14 +19,16 @@ so idle time is separable). Only for small fleets and short series: every reques
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from ecoserve.core.assembly import EngineSettings
+from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.sim.board_model import BoardModel, histogram_quantile
-from ecoserve.sim.driver import simulate
+from ecoserve.sim.driver import Simulator
 from ecoserve.sim.fleet import (
     FleetBoard,
     FleetRun,
@@ -131,6 +135,12 @@ def replay_direct(
     return DirectResult(energy, int(arrivals.size), served, lat)
 
 
+def wake_starts(states: np.ndarray, period_s: float) -> np.ndarray:
+    """Times (s from the first period) at which a board was woken: parked, then not."""
+    at = np.nonzero((states[:-1] == 2) & (states[1:] <= 1))[0] + 1
+    return at * period_s
+
+
 def _run_board(
     arrivals: np.ndarray,
     twin: DeviceTwin,
@@ -140,19 +150,43 @@ def _run_board(
     kind: str,
     settings: EngineSettings,
 ) -> DirectResult:
-    """One board's requests through its engine; the time it did not serve billed as parked."""
+    """One board's requests through its engine; the time it did not serve billed as parked.
+
+    Parked powered off, the board's engine stops with the board, and at each wake a new one
+    resumes the state the old one left (as the runtime saves it after every window and at
+    exit, and resumes it at start): its tuned clocks and batch size, with no baseline again.
+    Parked at minimum clocks the board stays up, so one engine runs throughout.
+    """
     end = len(states) * period_s
     idle_w = float(twin.power(twin.max_freqs(), 0.0))
     seconds = {code: float(np.count_nonzero(states == code)) * period_s for code in range(4)}
-    if arrivals.size:
-        res = simulate(arrivals, twin, settings)
-        metered = res.total_energy_j + idle_w * max(0.0, end - res.end_s)
-        served, lat = res.served, res.latencies
-        answered = res.arrivals[~np.isnan(res.completions)]
-        lost = res.arrivals[np.isnan(res.completions)]
-    else:
-        metered, served, lat = idle_w * end, 0, np.empty(0)
-        answered = lost = np.empty(0)
+    cuts = wake_starts(states, period_s) if park.mode == "off" else np.empty(0)
+    bounds = [0.0, *cuts.tolist(), end]
+    metered, served = 0.0, 0
+    lats: list[np.ndarray] = []
+    answered: list[np.ndarray] = []
+    lost: list[np.ndarray] = []
+    saved: dict[str, Any] | None = None
+    for j, (t0, t1) in enumerate(itertools.pairwise(bounds)):
+        last = j == len(bounds) - 2
+        mine = arrivals[(arrivals >= t0) & ((arrivals < t1) | last)] - t0
+        if not mine.size:
+            metered += idle_w * (t1 - t0)
+            continue
+        engine = build_engine(twin.knobs(), settings)
+        if saved is not None:
+            engine.load_state_dict(saved)
+        res = Simulator(twin, engine, noise_seed=settings.seed + 7 * j).run(mine)
+        saved = engine.state_dict()
+        metered += res.total_energy_j + idle_w * max(0.0, (t1 - t0) - res.end_s)
+        served += res.served
+        lats.append(res.latencies)
+        done = ~np.isnan(res.completions)
+        answered.append(res.arrivals[done] + t0)
+        lost.append(res.arrivals[~done] + t0)
+    lat = np.concatenate(lats) if lats else np.empty(0)
+    ans = np.concatenate(answered) if answered else np.empty(0)
+    rej = np.concatenate(lost) if lost else np.empty(0)
     not_serving = seconds[1] + seconds[2] + seconds[3]
     energy = (
         metered
@@ -160,7 +194,7 @@ def _run_board(
         + park.waking_w[kind] * seconds[1]
         + park.parked_w[kind] * seconds[2]
     )
-    return DirectResult(energy, int(arrivals.size), int(served), lat, answered, lost)
+    return DirectResult(energy, int(arrivals.size), int(served), lat, ans, rej)
 
 
 def _window(run: FleetRun, window_s: tuple[float, float] | None) -> tuple[int, int]:
@@ -219,8 +253,9 @@ def replay_board(
 ) -> DirectResult:
     """Every request ``run`` sent board ``index`` (within ``window_s``) through its engine.
 
-    The board starts cold at the window's start (baseline, then tuning) and keeps its engine
-    and tuner across parked spells, as a parked board keeps its saved state.
+    The board starts cold at the window's start (baseline, then tuning); across parked spells
+    it keeps its tuning: powered off, each wake starts a new engine from the state the last
+    one saved (:func:`_run_board`).
     """
     assert run.states is not None
     k0, k1 = _window(run, window_s)
