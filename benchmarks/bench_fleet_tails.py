@@ -111,6 +111,12 @@ def main() -> None:
     p.add_argument("--window", help="replay only START-END (e.g. 4h-12h); default the day")
     p.add_argument("--sample", type=int, default=3, help="boards to replay (default 3)")
     p.add_argument("--after-wake-s", type=float, default=300.0, help="the tail just after wakes")
+    p.add_argument(
+        "--handover",
+        choices=("peer", "own"),
+        default="peer",
+        help="the tuning state a woken board resumes: a serving peer's (default) or its own",
+    )
     args = p.parse_args()
     ramp = span(args.ramp)
     window = span(args.window) if args.window else None
@@ -139,6 +145,7 @@ def main() -> None:
     print(series.describe())
     where = "the whole day" if window is None else f"{args.window} only"
     print(f"consolidation, powered-off parking ({bill.describe()}); replayed: {where}")
+    print(f"a woken board resumes the tuning state of: {args.handover} (--handover)")
     print(f"board models and the fleet run {t1 - t0:.0f} s\n")
     print(
         "| board | wakes (in the ramp) | requests | rejected, direct | model W / direct W "
@@ -161,7 +168,17 @@ def main() -> None:
             print(f"| {b.name} | {len(w)} ({in_ramp}) | 0 | never sent a request | | | | | |")
             continue
         s0 = time.perf_counter()
-        d = replay_board(run, i, b, series, park, settings, seed=args.seed, window_s=window)
+        d = replay_board(
+            run,
+            i,
+            b,
+            series,
+            park,
+            settings,
+            seed=args.seed,
+            window_s=window,
+            peer_handover=args.handover == "peer",
+        )
         wall = time.perf_counter() - s0
         start = 0.0 if window is None else window[0]
         length = run.states.shape[0] * run.period_s if window is None else window[1] - start  # type: ignore[union-attr]

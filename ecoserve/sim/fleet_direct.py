@@ -20,7 +20,7 @@ so idle time is separable). Only for small fleets and short series: every reques
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -149,12 +149,14 @@ def _run_board(
     park: Parking,
     kind: str,
     settings: EngineSettings,
+    hand_over: Callable[[float], Mapping[str, Any]] | None = None,
 ) -> DirectResult:
     """One board's requests through its engine; the time it did not serve billed as parked.
 
     Parked powered off, the board's engine stops with the board, and at each wake a new one
-    resumes the state the old one left (as the runtime saves it after every window and at
-    exit, and resumes it at start): its tuned clocks and batch size, with no baseline again.
+    resumes a saved tuning state, as the runtime resumes its state file at start: the state
+    the fleet hands it, ``hand_over(rate)`` for the rate it is sent in its first minute (a
+    peer's serving that rate now, see :func:`peer_state`), else the one its own engine left.
     Parked at minimum clocks the board stays up, so one engine runs throughout.
     """
     end = len(states) * period_s
@@ -166,7 +168,7 @@ def _run_board(
     lats: list[np.ndarray] = []
     answered: list[np.ndarray] = []
     lost: list[np.ndarray] = []
-    saved: dict[str, Any] | None = None
+    saved: Mapping[str, Any] | None = None
     for j, (t0, t1) in enumerate(itertools.pairwise(bounds)):
         last = j == len(bounds) - 2
         mine = arrivals[(arrivals >= t0) & ((arrivals < t1) | last)] - t0
@@ -174,8 +176,11 @@ def _run_board(
             metered += idle_w * (t1 - t0)
             continue
         engine = build_engine(twin.knobs(), settings)
-        if saved is not None:
-            engine.load_state_dict(saved)
+        resume = saved
+        if j > 0 and hand_over is not None:
+            resume = hand_over(float(np.count_nonzero(mine < mine[0] + 60.0)) / 60.0)
+        if resume is not None:
+            engine.load_state_dict(resume)
         res = Simulator(twin, engine, noise_seed=settings.seed + 7 * j).run(mine)
         saved = engine.state_dict()
         metered += res.total_energy_j + idle_w * max(0.0, (t1 - t0) - res.end_s)
@@ -250,12 +255,15 @@ def replay_board(
     *,
     seed: int = 0,
     window_s: tuple[float, float] | None = None,
+    peer_handover: bool = False,
 ) -> DirectResult:
     """Every request ``run`` sent board ``index`` (within ``window_s``) through its engine.
 
     The board starts cold at the window's start (baseline, then tuning); across parked spells
     it keeps its tuning: powered off, each wake starts a new engine from the state the last
-    one saved (:func:`_run_board`).
+    one saved, or with ``peer_handover`` from the state of a peer of its kind that has been
+    serving the rate the board is now sent (:func:`peer_state`), as a fleet can copy a
+    serving board's state file to the board it wakes (:func:`_run_board`).
     """
     assert run.states is not None
     k0, k1 = _window(run, window_s)
@@ -263,9 +271,36 @@ def replay_board(
     chosen = tuned_settings(settings, run.slo_s) if models_tuner(run) == "ecogd" else settings
     chosen = replace(chosen, tuner=models_tuner(run), seed=seed + index)
     states = run.states[k0:k1, index]
+    hand_over = None
+    if peer_handover:
+
+        def hand_over(rate_rps: float) -> dict[str, Any]:
+            return peer_state(board.kind, max(rate_rps, 1.0), chosen, seed=seed)
+
     return _run_board(
-        arrivals, load_twin(board.kind), states, run.period_s, park, board.kind, chosen
+        arrivals, load_twin(board.kind), states, run.period_s, park, board.kind, chosen, hand_over
     )
+
+
+def peer_state(
+    kind: str, rate_rps: float, settings: EngineSettings, *, seconds: float = 900.0, seed: int = 0
+) -> dict[str, Any]:
+    """The tuning state of a board of ``kind`` after serving ``rate_rps`` for ``seconds``.
+
+    What a fleet can hand a board it wakes: the state file of a peer of the same kind that has
+    been serving (``ecoserve.runtime.tuning_state`` saves it after every window), so the
+    woken board starts at a tuned configuration with its tuner's probing done, rather than
+    from its own state, which after minutes of serving is still young (a young EcoGD scans
+    its batch axis down to size 1: at a full share that is seconds of queue).
+    """
+    if not (rate_rps > 0 and seconds > 0):
+        raise ValueError(f"a peer's state needs a rate and a span > 0, got {rate_rps}, {seconds}")
+    twin = load_twin(kind)
+    engine = build_engine(twin.knobs(), settings)
+    rng = np.random.default_rng(seed)
+    arrivals = np.sort(rng.uniform(0.0, seconds, rng.poisson(rate_rps * seconds)))
+    Simulator(twin, engine, noise_seed=seed).run(arrivals)
+    return engine.state_dict()
 
 
 @dataclass(frozen=True)
