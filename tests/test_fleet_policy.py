@@ -308,3 +308,24 @@ def test_a_waking_board_left_out_is_parked_at_once_and_serving_ones_stay() -> No
     policy.update(BoardSpec("b0", "orin", 100.0, 0.5, 10.0))  # b0 now the dearest
     plan = policy.decide(FleetObservation(now=1.0, rate_rps=50.0))
     assert plan.park == ("b0",) and plan.wake == ("b1",)  # never served: nothing waits for it
+
+
+def test_a_woken_board_is_sent_a_share_that_ramps_up_to_its_capacity() -> None:
+    specs = [BoardSpec("a", "orin", 100.0, 0.1, 5.0), BoardSpec("b", "orin", 100.0, 0.1, 5.0)]
+    policy = Consolidation(specs, park_after_s=0.0, headroom=0.5, wake_ramp_s=60.0)
+    policy.state["b"] = BoardState.PARKED
+    plan = policy.decide(FleetObservation(now=0.0, rate_rps=90.0))  # 135 > 100: wake b
+    assert plan.wake == ("b",) and plan.weights == {"a": 1.0}
+    shares = []
+    for t in range(5, 90, 5):
+        plan = policy.decide(FleetObservation(now=float(t), rate_rps=90.0))
+        shares.append(plan.weights["b"])
+    assert shares[0] == pytest.approx(0.1 / 1.1)  # serving from t=5: the floor, 10% of its capacity
+    assert shares == sorted(shares)  # rises ...
+    assert shares[12] == pytest.approx(0.5) and shares[-1] == pytest.approx(0.5)  # full at 65 s
+    assert shares[6] == pytest.approx(0.5 / 1.5)  # 30 s in: half its capacity
+    # a board serving from the start, and a driver that gives no time, are not ramped
+    assert AllOn(specs).decide(FleetObservation(now=0.0, rate_rps=1.0)).weights["b"] == 0.5
+    assert policy.weights(["a", "b"]) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match="wake_ramp_s"):
+        FleetParams(wake_ramp_s=-1.0)

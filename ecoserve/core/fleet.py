@@ -58,7 +58,9 @@ class FleetParams:
     0.15 and ``park_after_s`` 60 s, ``trend_s`` 30 s, the published fleet replay's;
     ``ray_target_ongoing`` 2, Ray Serve's own default; ``slo_s`` 0.25 s, the published fleet
     replay's p99 target, which defines a board's capacity (see :func:`capacity_rps`) and is
-    each board's own tuner's latency target.
+    each board's own tuner's latency target; ``wake_ramp_s`` 60 s, over which a woken
+    board's share rises to its capacity's (consolidation and the oracle): long enough that
+    its engine's first tuning window (416 requests) closes before the share passes half.
     """
 
     headroom: float = 0.5
@@ -67,10 +69,11 @@ class FleetParams:
     trend_s: float = 30.0
     ray_target_ongoing: float = 2.0
     slo_s: float = 0.25
+    wake_ramp_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if min(self.headroom, self.hysteresis, self.park_after_s) < 0:
-            raise ValueError("headroom, hysteresis and park_after_s must be >= 0")
+        if min(self.headroom, self.hysteresis, self.park_after_s, self.wake_ramp_s) < 0:
+            raise ValueError("headroom, hysteresis, park_after_s and wake_ramp_s must be >= 0")
         if not (self.trend_s > 0 and self.ray_target_ongoing > 0 and self.slo_s > 0):
             raise ValueError("trend_s, ray_target_ongoing and slo_s must be > 0")
 
@@ -88,6 +91,9 @@ class BoardState(str, Enum):
 
 #: States a board can be woken from.
 ASLEEP = frozenset({BoardState.PARKED, BoardState.OFF})
+#: The least share of its capacity a board just woken is counted with (see
+#: :meth:`FleetPolicy.weights`).
+RAMP_FLOOR = 0.1
 #: States of a board that is up or on its way up.
 AWAKE = frozenset({BoardState.SERVING, BoardState.WAKING})
 
@@ -162,16 +168,32 @@ class FleetPolicy(ABC):
             b.name: BoardState.SERVING if start_awake else BoardState.PARKED for b in boards
         }
         self.ready_at: dict[str, float] = {}
+        #: When each woken board began serving (boards serving from the start are absent).
+        self.serving_since: dict[str, float] = {}
+        self.wake_ramp_s = 0.0
 
     # -- what subclasses decide ---------------------------------------------------------------
     @abstractmethod
     def target(self, obs: FleetObservation) -> set[str]:
         """Boards that should be awake (serving or waking) after this period."""
 
-    def weights(self, serving: Sequence[str]) -> dict[str, float]:
-        """Traffic shares over serving boards: proportional to capacity by default."""
-        total = sum(self.boards[n].capacity_rps for n in serving)
-        return {n: self.boards[n].capacity_rps / total for n in serving} if total else {}
+    def weights(self, serving: Sequence[str], now: float | None = None) -> dict[str, float]:
+        """Traffic shares over serving boards: proportional to capacity by default.
+
+        Given ``now``, a board woken less than :attr:`wake_ramp_s` ago counts with the part of
+        its capacity the ramp has reached (at least :data:`RAMP_FLOOR`): its engine resumes
+        a tuning state from another load, and sent its whole share at once it can queue for
+        seconds before its tuner follows; the other boards carry the rest meanwhile.
+        """
+        cap = {n: self.boards[n].capacity_rps * self._ramp(n, now) for n in serving}
+        total = sum(cap.values())
+        return {n: c / total for n, c in cap.items()} if total else {}
+
+    def _ramp(self, name: str, now: float | None) -> float:
+        since = self.serving_since.get(name)
+        if now is None or since is None or self.wake_ramp_s <= 0:
+            return 1.0
+        return min(1.0, max(RAMP_FLOOR, (now - since) / self.wake_ramp_s))
 
     # -- the decision -------------------------------------------------------------------------
     def decide(self, obs: FleetObservation) -> FleetPlan:
@@ -187,6 +209,7 @@ class FleetPolicy(ABC):
         for name, at in list(self.ready_at.items()):
             if obs.now >= at and name not in obs.booting:
                 self.state[name] = BoardState.SERVING
+                self.serving_since[name] = obs.now
                 del self.ready_at[name]
         want = self.target(obs)
         wake: list[str] = []
@@ -207,7 +230,7 @@ class FleetPolicy(ABC):
         if not serving:  # nothing is up yet: send traffic where it will be served soonest
             waking = [n for n in self.boards if self.state[n] is BoardState.WAKING]
             serving = sorted(waking, key=lambda n: self.ready_at.get(n, obs.now))[:1]
-        return FleetPlan(self.weights(serving), tuple(wake), tuple(park))
+        return FleetPlan(self.weights(serving, obs.now), tuple(wake), tuple(park))
 
     def can_release(self, want: set[str], rate_rps: float) -> bool:
         """Whether serving boards outside ``want`` may be parked now.
@@ -237,6 +260,7 @@ class FleetPolicy(ABC):
             self.ready_at[name] = now + wake_s
         else:
             self.state[name] = BoardState.SERVING
+            self.serving_since[name] = now
 
     def wake_next(self, now: float) -> str | None:
         """Wake the cheapest sleeping board now, outside a period (nothing else is serving).
@@ -251,11 +275,13 @@ class FleetPolicy(ABC):
         self._start_wake(name, now)
         return name
 
-    def woken(self, name: str) -> None:
-        """The driver saw a waking board answer and unparked it: it serves from now."""
+    def woken(self, name: str, now: float | None = None) -> None:
+        """The driver saw a waking board answer and unparked it: it serves from ``now``."""
         if self.state.get(name) is BoardState.WAKING:
             self.state[name] = BoardState.SERVING
             self.ready_at.pop(name, None)
+            if now is not None:
+                self.serving_since[name] = now
 
     def fail(self, name: str) -> None:
         """A board that did not come up (its boot timed out): dead until it answers again."""
@@ -364,13 +390,20 @@ class Consolidation(FleetPolicy):
         park_after_s: float = DEFAULTS.park_after_s,
         trend_s: float = DEFAULTS.trend_s,
         period_s: float = 1.0,
+        wake_ramp_s: float = 0.0,
         start_awake: bool = True,
     ) -> None:
         super().__init__(boards, start_awake=start_awake)
-        if headroom < 0 or hysteresis < 0 or park_after_s < 0 or trend_s <= 0 or period_s <= 0:
+        if (
+            min(headroom, hysteresis, park_after_s, wake_ramp_s) < 0
+            or trend_s <= 0
+            or period_s <= 0
+        ):
             raise ValueError(
-                "headroom, hysteresis, park_after_s must be >= 0; trend_s, period_s > 0"
+                "headroom, hysteresis, park_after_s, wake_ramp_s must be >= 0; trend_s, "
+                "period_s > 0"
             )
+        self.wake_ramp_s = wake_ramp_s
         self.headroom = headroom
         self.cover_headroom = headroom
         self.hysteresis = hysteresis
@@ -515,9 +548,13 @@ class Oracle(FleetPolicy):
         *,
         headroom: float = 0.0,
         period_s: float = 1.0,
+        wake_ramp_s: float = 0.0,
         start_awake: bool = True,
     ) -> None:
         super().__init__(boards, start_awake=start_awake)
+        if wake_ramp_s < 0:
+            raise ValueError(f"wake_ramp_s must be >= 0, got {wake_ramp_s}")
+        self.wake_ramp_s = wake_ramp_s
         self.peak_ahead = peak_ahead
         self.headroom = headroom
         self.cover_headroom = headroom
@@ -598,7 +635,12 @@ def make_policy(
         if peak_ahead is None:
             raise ValueError("the oracle policy needs the rate ahead: only a replay has it")
         return Oracle(
-            specs, peak_ahead, headroom=params.headroom, period_s=period_s, start_awake=start_awake
+            specs,
+            peak_ahead,
+            headroom=params.headroom,
+            period_s=period_s,
+            wake_ramp_s=params.wake_ramp_s,
+            start_awake=start_awake,
         )
     return Consolidation(
         specs,
@@ -607,6 +649,7 @@ def make_policy(
         park_after_s=params.park_after_s,
         trend_s=params.trend_s,
         period_s=period_s,
+        wake_ramp_s=params.wake_ramp_s,
         start_awake=start_awake,
     )
 
