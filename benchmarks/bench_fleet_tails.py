@@ -5,8 +5,10 @@ queue carried from one control period to the next. Here consolidation's run over
 published day (``ecoserve replay --fleet``'s default trace on ``--boards``, powered-off
 parking, the default bill) is replayed for a sample of boards, one per board kind: every
 request the run sent that board goes through the board's own engine and EcoGD on its twin
-(``ecoserve.sim.fleet_direct.replay_board``), the board starting cold at the window's start
-and keeping its engine across parked spells. Beside it, the model's account of the same
+(``ecoserve.sim.fleet_direct.replay_board``), the board starting cold at the window's start;
+powered off, it resumes at each wake the tuning state of a peer of its kind serving the rate
+it is now sent (``--handover peer``, what a fleet can copy to it) or its own saved state
+(``--handover own``). Beside it, the model's account of the same
 board (``model_board``). The sample: per kind, the board first woken during the morning ramp
 (``--ramp``, 04:00-16:00 by default: the envelope's trough to its peak), its busiest if
 none was woken there; kinds sent nothing after the first 5 minutes are named; while the
