@@ -329,3 +329,14 @@ def test_a_woken_board_is_sent_a_share_that_ramps_up_to_its_capacity() -> None:
     assert policy.weights(["a", "b"]) == {"a": 0.5, "b": 0.5}
     with pytest.raises(ValueError, match="wake_ramp_s"):
         FleetParams(wake_ramp_s=-1.0)
+
+
+def test_a_ramp_never_pushes_the_other_boards_past_their_capacity() -> None:
+    specs = [BoardSpec(f"b{i}", "orin", 100.0, 0.1, 5.0) for i in range(3)]
+    policy = Consolidation(specs, park_after_s=0.0, headroom=0.5, wake_ramp_s=60.0)
+    policy.state["b1"] = policy.state["b2"] = BoardState.PARKED
+    policy.decide(FleetObservation(now=0.0, rate_rps=180.0))  # a step: both woken
+    plan = policy.decide(FleetObservation(now=5.0, rate_rps=180.0))  # both serve, ramping
+    loads = {n: w * 180.0 for n, w in plan.weights.items()}
+    assert loads["b0"] == pytest.approx(100.0)  # full, not 150 (100 / 120 of the rate)
+    assert loads["b1"] == pytest.approx(40.0) and loads["b2"] == pytest.approx(40.0)

@@ -29,7 +29,8 @@ Policies:
 - :class:`Consolidation` keeps the fewest boards, cheapest energy per request first, whose
   capacity covers the arrival rate forecast one wake delay ahead plus headroom; parks only
   after the lower need has held for ``park_after_s`` and the rate fell below the hysteresis
-  band, then every board above that need at once.
+  band, then every board above that need at once. A board it wakes is sent a share that
+  ramps up over ``wake_ramp_s`` (:meth:`FleetPolicy.weights`).
 - :class:`Oracle` knows the future rate: it wakes exactly one wake delay ahead of need and
   parks at once, a bound on what consolidation can reach.
 
@@ -59,7 +60,8 @@ class FleetParams:
     ``ray_target_ongoing`` 2, Ray Serve's own default; ``slo_s`` 0.25 s, the published fleet
     replay's p99 target, which defines a board's capacity (see :func:`capacity_rps`) and is
     each board's own tuner's latency target; ``wake_ramp_s`` 60 s, over which a woken
-    board's share rises to its capacity's (consolidation and the oracle): long enough that
+    board's share rises to its capacity's (consolidation; the oracle, a bound, sends a board
+    its full share from the start): long enough that
     its engine's first tuning window (416 requests) closes before the share passes half.
     """
 
@@ -171,6 +173,8 @@ class FleetPolicy(ABC):
         #: When each woken board began serving (boards serving from the start are absent).
         self.serving_since: dict[str, float] = {}
         self.wake_ramp_s = 0.0
+        #: The arrival rate of the last observation (where a ramp must spill over).
+        self.last_rate = 0.0
 
     # -- what subclasses decide ---------------------------------------------------------------
     @abstractmethod
@@ -183,11 +187,23 @@ class FleetPolicy(ABC):
         Given ``now``, a board woken less than :attr:`wake_ramp_s` ago counts with the part of
         its capacity the ramp has reached (at least :data:`RAMP_FLOOR`): its engine resumes
         a tuning state from another load, and sent its whole share at once it can queue for
-        seconds before its tuner follows; the other boards carry the rest meanwhile.
+        seconds before its tuner follows; the other boards carry the rest meanwhile. When
+        the ramped capacities do not cover the last rate seen, the rate above them goes to
+        the ramping boards' unramped capacity: no board is pushed past its own capacity to
+        spare one that is ramping.
         """
-        cap = {n: self.boards[n].capacity_rps * self._ramp(n, now) for n in serving}
-        total = sum(cap.values())
-        return {n: c / total for n, c in cap.items()} if total else {}
+        full = {n: self.boards[n].capacity_rps for n in serving}
+        ramped = {n: c * self._ramp(n, now) for n, c in full.items()}
+        total, ramped_total = sum(full.values()), sum(ramped.values())
+        rate = self.last_rate
+        if total <= 0:
+            return {}
+        if ramped_total >= total or rate >= total:
+            return {n: c / total for n, c in full.items()}
+        if rate <= ramped_total:
+            return {n: c / ramped_total for n, c in ramped.items()}
+        spill = (rate - ramped_total) / (total - ramped_total)
+        return {n: (ramped[n] + spill * (full[n] - ramped[n])) / rate for n in serving}
 
     def _ramp(self, name: str, now: float | None) -> float:
         since = self.serving_since.get(name)
@@ -198,6 +214,7 @@ class FleetPolicy(ABC):
     # -- the decision -------------------------------------------------------------------------
     def decide(self, obs: FleetObservation) -> FleetPlan:
         """Take in one control period's observation; answer the plan to carry out."""
+        self.last_rate = obs.rate_rps
         for name in obs.dead:
             st = self.state.get(name)
             if st is None or name in obs.booting:
@@ -548,13 +565,9 @@ class Oracle(FleetPolicy):
         *,
         headroom: float = 0.0,
         period_s: float = 1.0,
-        wake_ramp_s: float = 0.0,
         start_awake: bool = True,
     ) -> None:
         super().__init__(boards, start_awake=start_awake)
-        if wake_ramp_s < 0:
-            raise ValueError(f"wake_ramp_s must be >= 0, got {wake_ramp_s}")
-        self.wake_ramp_s = wake_ramp_s
         self.peak_ahead = peak_ahead
         self.headroom = headroom
         self.cover_headroom = headroom
@@ -639,7 +652,6 @@ def make_policy(
             peak_ahead,
             headroom=params.headroom,
             period_s=period_s,
-            wake_ramp_s=params.wake_ramp_s,
             start_awake=start_awake,
         )
     return Consolidation(
