@@ -5,8 +5,10 @@ queue carried from one control period to the next. Here consolidation's run over
 published day (``ecoserve replay --fleet``'s default trace on ``--boards``, powered-off
 parking, the default bill) is replayed for a sample of boards, one per board kind: every
 request the run sent that board goes through the board's own engine and EcoGD on its twin
-(``ecoserve.sim.fleet_direct.replay_board``), the board starting cold at the window's start
-and keeping its engine across parked spells. Beside it, the model's account of the same
+(``ecoserve.sim.fleet_direct.replay_board``), the board starting cold at the window's start;
+powered off, it resumes at each wake the tuning state of a peer of its kind serving the rate
+it is now sent (``--handover peer``, what a fleet can copy to it) or its own saved state
+(``--handover own``). Beside it, the model's account of the same
 board (``model_board``). The sample: per kind, the board first woken during the morning ramp
 (``--ramp``, 04:00-16:00 by default: the envelope's trough to its peak), its busiest if
 none was woken there; kinds sent nothing after the first 5 minutes are named; while the
@@ -111,6 +113,12 @@ def main() -> None:
     p.add_argument("--window", help="replay only START-END (e.g. 4h-12h); default the day")
     p.add_argument("--sample", type=int, default=3, help="boards to replay (default 3)")
     p.add_argument("--after-wake-s", type=float, default=300.0, help="the tail just after wakes")
+    p.add_argument(
+        "--handover",
+        choices=("peer", "own"),
+        default="peer",
+        help="the tuning state a woken board resumes: a serving peer's (default) or its own",
+    )
     args = p.parse_args()
     ramp = span(args.ramp)
     window = span(args.window) if args.window else None
@@ -139,6 +147,7 @@ def main() -> None:
     print(series.describe())
     where = "the whole day" if window is None else f"{args.window} only"
     print(f"consolidation, powered-off parking ({bill.describe()}); replayed: {where}")
+    print(f"a woken board resumes the tuning state of: {args.handover} (--handover)")
     print(f"board models and the fleet run {t1 - t0:.0f} s\n")
     print(
         "| board | wakes (in the ramp) | requests | rejected, direct | model W / direct W "
@@ -161,7 +170,17 @@ def main() -> None:
             print(f"| {b.name} | {len(w)} ({in_ramp}) | 0 | never sent a request | | | | | |")
             continue
         s0 = time.perf_counter()
-        d = replay_board(run, i, b, series, park, settings, seed=args.seed, window_s=window)
+        d = replay_board(
+            run,
+            i,
+            b,
+            series,
+            park,
+            settings,
+            seed=args.seed,
+            window_s=window,
+            peer_handover=args.handover == "peer",
+        )
         wall = time.perf_counter() - s0
         start = 0.0 if window is None else window[0]
         length = run.states.shape[0] * run.period_s if window is None else window[1] - start  # type: ignore[union-attr]

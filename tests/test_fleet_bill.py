@@ -13,8 +13,23 @@ from ecoserve.core.assembly import EngineSettings
 from ecoserve.core.fleet import AllOn, BoardSpec, Consolidation
 from ecoserve.replay.fleet import parse_ray_targets, render, replay_measured
 from ecoserve.sim.board_model import LATENCY_EDGES, BoardModel
-from ecoserve.sim.fleet import Bill, FleetBoard, make_bill, parking, run_fleet
-from ecoserve.sim.fleet_direct import DirectResult, board_arrivals, model_board, replay_board
+from ecoserve.sim.fleet import (
+    Bill,
+    FleetBoard,
+    FleetRun,
+    Parking,
+    make_bill,
+    parking,
+    run_fleet,
+)
+from ecoserve.sim.fleet_direct import (
+    DirectResult,
+    board_arrivals,
+    model_board,
+    peer_state,
+    replay_board,
+    tuned_settings,
+)
 from traces.rates import RateSeries
 
 
@@ -212,3 +227,38 @@ def test_a_percentile_among_the_rejected_is_never_answered() -> None:
     assert lost.quantile_after_s(np.array([150.0]), 100.0, 99) == (math.inf, 3)
     with pytest.raises(ValueError, match="arrival times"):
         DirectResult(1.0, 1, 1, np.array([0.1])).quantile_after_s(np.array([0.0]), 1.0, 99)
+
+
+def _served_parked_woken(mode: str) -> tuple[FleetRun, RateSeries, Parking]:
+    """One Orin sent 250 req/s for 180 s, parked 600 s, woken (5 s boot) and sent it again."""
+    states = np.array([0] * 36 + [2] * 120 + [1] + [0] * 11, dtype=np.int8)[:, None]
+    n = len(states)
+    run = FleetRun(
+        "consolidation", "ecogd", mode, 0.0, 0.0, 0.0, 0.0, np.zeros(1), 0.25, 5.0,
+        np.ones(n), np.ones(n), 0.0, weights=(states == 0).astype(float), states=states,
+    )  # fmt: skip
+    park = Parking(mode, {"orin": 0.5}, {"orin": 5.0}, {"orin": 2.0})
+    return run, RateSeries("flat", 1.0, np.full(n * 5, 250.0)), park
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_board_powered_off_resumes_its_tuning_at_the_wake(seed: int) -> None:
+    """Its engine stops with it and a new one resumes the saved state at boot. An engine left
+    running through the parked spell (the board at minimum clocks) tunes its one idle window
+    to batch size 1 and is then sent 250 req/s: seconds of queue and rejections."""
+    woke = np.array([156 * 5.0])
+    run, series, park = _served_parked_woken("off")
+    d = replay_board(run, 0, FleetBoard("o", "orin"), series, park, EngineSettings(), seed=seed)
+    p99, n = d.quantile_after_s(woke, 20.0, 99)
+    assert n > 3000 and p99 < 0.25  # 15 s served after a 5 s boot
+    run, series, park = _served_parked_woken("min-clocks")
+    d = replay_board(run, 0, FleetBoard("o", "orin"), series, park, EngineSettings(), seed=seed)
+    assert d.quantile_after_s(woke, 20.0, 99)[0] > 2.0
+
+
+def test_a_peer_state_is_a_tuned_engine_of_the_kind() -> None:
+    settings = tuned_settings(EngineSettings(), 0.25)
+    state = peer_state("nano", 15.0, settings, seconds=120.0)
+    assert state["windows_closed"] > 0 and state["tuner"] == "ecogd" and state["baseline"]
+    with pytest.raises(ValueError, match="rate"):
+        peer_state("nano", 0.0, settings)

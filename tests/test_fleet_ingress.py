@@ -500,7 +500,7 @@ async def test_each_wake_is_timed_from_the_command_to_the_first_answered_request
         assert t["command_s"] <= t["answer_s"] <= t["up_s"]
         assert "first_request_s" not in t  # nothing sent to it yet
     svc.clock.t += 0.5
-    for _ in range(6):
+    for _ in range(40):  # a woken board's share starts at a tenth of its capacity's
         await svc.infer([torch.tensor([1.0, 2.0])])
     timings = svc.status()["wake_timings"]
     assert all(timings[n]["first_request_s"] == pytest.approx(0.5) for n in off)

@@ -13,6 +13,7 @@ from ecoserve.core.fleet import (
     Consolidation,
     FleetObservation,
     FleetParams,
+    FleetPolicy,
     Oracle,
     RayServeRule,
     batch_time_line,
@@ -234,3 +235,108 @@ def test_consolidation_does_not_swap_an_awake_board_for_a_cheaper_sleeping_one()
     # more load than a covers: the cheapest sleeping board is woken beside it
     plan = policy.decide(FleetObservation(now=30.0, rate_rps=90.0))
     assert plan.wake == ("b",)
+
+
+def _one_serving_one_waking(park_after_s: float = 0.0) -> Consolidation:
+    """``dear`` serves alone; the rate rose and the cheaper ``cheap`` (wake 5 s) was woken."""
+    specs = [BoardSpec("dear", "nx", 100.0, 0.12, 5.0), BoardSpec("cheap", "orin", 100.0, 0.1, 5.0)]
+    policy = Consolidation(specs, park_after_s=park_after_s, headroom=0.5)
+    policy.state["cheap"] = BoardState.PARKED
+    plan = policy.decide(FleetObservation(now=0.0, rate_rps=90.0))
+    assert plan.wake == ("cheap",) and policy.state["cheap"] is BoardState.WAKING
+    return policy
+
+
+def test_a_serving_board_is_not_parked_while_its_replacement_is_waking() -> None:
+    """The live failure: the rate fell while the board kept was booting; the only serving
+    board was parked and nothing served until the boot ended."""
+    policy = _one_serving_one_waking()
+    for k in range(1, 5):  # the rate falls: one board (the cheap one) would do
+        plan = policy.decide(FleetObservation(now=float(k), rate_rps=20.0))
+        assert not plan.park, k
+        assert plan.weights == {"dear": 1.0}, k
+        assert policy.state["dear"] is BoardState.SERVING
+    # the replacement serves (its wake delay has passed): now the dear board is parked
+    plan = policy.decide(FleetObservation(now=5.0, rate_rps=20.0))
+    assert plan.park == ("dear",)
+    assert plan.weights == {"cheap": 1.0}
+
+
+def test_a_booting_board_keeps_the_board_it_replaces_serving_past_its_wake_delay() -> None:
+    policy = _one_serving_one_waking()
+    booting = frozenset({"cheap"})
+    for k in range(1, 30):  # live, the board has not answered yet, whatever its delay said
+        plan = policy.decide(FleetObservation(now=float(k), rate_rps=20.0, booting=booting))
+        assert plan.serving == ("dear",) and not plan.park, k
+    policy.woken("cheap")  # it answered
+    plan = policy.decide(FleetObservation(now=30.0, rate_rps=20.0))
+    assert plan.park == ("dear",) and plan.serving == ("cheap",)
+
+
+def test_a_serving_board_stays_until_the_kept_boards_cover_the_rate() -> None:
+    class KeepFirst(FleetPolicy):
+        """Keeps only the first board, whatever the rate (a policy that under-sizes)."""
+
+        def target(self, obs: FleetObservation) -> set[str]:
+            return {"b0"}
+
+    policy = KeepFirst(boards(2, cap=100.0, wake_s=0.0))
+    policy.cover_headroom = 0.5
+    plan = policy.decide(FleetObservation(now=0.0, rate_rps=80.0))  # 80 x 1.5 > 100
+    assert not plan.park and sorted(plan.serving) == ["b0", "b1"]
+    plan = policy.decide(FleetObservation(now=1.0, rate_rps=60.0))  # 60 x 1.5 <= 100
+    assert plan.park == ("b1",) and plan.serving == ("b0",)
+
+
+def test_the_hold_is_not_restarted_by_a_park_that_waited_for_a_boot() -> None:
+    """Once the replacement serves, the deferred park is carried out at once, not a hold later."""
+    policy = _one_serving_one_waking(park_after_s=3.0)
+    parked_at = None
+    for k in range(1, 40):
+        plan = policy.decide(FleetObservation(now=float(k), rate_rps=20.0))
+        if plan.park:
+            parked_at = k
+            break
+    # the hold (from t=1) passed at 4 while the replacement was waking; it served at 5
+    assert parked_at == 5
+
+
+def test_a_waking_board_left_out_is_parked_at_once_and_serving_ones_stay() -> None:
+    policy = Oracle(boards(3, cap=100.0, wake_s=10.0), lambda t0, t1: 50.0, start_awake=False)
+    plan = policy.decide(FleetObservation(now=0.0, rate_rps=50.0))
+    assert plan.wake == ("b0",)
+    policy.update(BoardSpec("b0", "orin", 100.0, 0.5, 10.0))  # b0 now the dearest
+    plan = policy.decide(FleetObservation(now=1.0, rate_rps=50.0))
+    assert plan.park == ("b0",) and plan.wake == ("b1",)  # never served: nothing waits for it
+
+
+def test_a_woken_board_is_sent_a_share_that_ramps_up_to_its_capacity() -> None:
+    specs = [BoardSpec("a", "orin", 100.0, 0.1, 5.0), BoardSpec("b", "orin", 100.0, 0.1, 5.0)]
+    policy = Consolidation(specs, park_after_s=0.0, headroom=0.5, wake_ramp_s=60.0)
+    policy.state["b"] = BoardState.PARKED
+    plan = policy.decide(FleetObservation(now=0.0, rate_rps=90.0))  # 135 > 100: wake b
+    assert plan.wake == ("b",) and plan.weights == {"a": 1.0}
+    shares = []
+    for t in range(5, 90, 5):
+        plan = policy.decide(FleetObservation(now=float(t), rate_rps=90.0))
+        shares.append(plan.weights["b"])
+    assert shares[0] == pytest.approx(0.1 / 1.1)  # serving from t=5: the floor, 10% of its capacity
+    assert shares == sorted(shares)  # rises ...
+    assert shares[12] == pytest.approx(0.5) and shares[-1] == pytest.approx(0.5)  # full at 65 s
+    assert shares[6] == pytest.approx(0.5 / 1.5)  # 30 s in: half its capacity
+    # a board serving from the start, and a driver that gives no time, are not ramped
+    assert AllOn(specs).decide(FleetObservation(now=0.0, rate_rps=1.0)).weights["b"] == 0.5
+    assert policy.weights(["a", "b"]) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match="wake_ramp_s"):
+        FleetParams(wake_ramp_s=-1.0)
+
+
+def test_a_ramp_never_pushes_the_other_boards_past_their_capacity() -> None:
+    specs = [BoardSpec(f"b{i}", "orin", 100.0, 0.1, 5.0) for i in range(3)]
+    policy = Consolidation(specs, park_after_s=0.0, headroom=0.5, wake_ramp_s=60.0)
+    policy.state["b1"] = policy.state["b2"] = BoardState.PARKED
+    policy.decide(FleetObservation(now=0.0, rate_rps=180.0))  # a step: both woken
+    plan = policy.decide(FleetObservation(now=5.0, rate_rps=180.0))  # both serve, ramping
+    loads = {n: w * 180.0 for n, w in plan.weights.items()}
+    assert loads["b0"] == pytest.approx(100.0)  # full, not 150 (100 / 120 of the rate)
+    assert loads["b1"] == pytest.approx(40.0) and loads["b2"] == pytest.approx(40.0)

@@ -29,9 +29,15 @@ Policies:
 - :class:`Consolidation` keeps the fewest boards, cheapest energy per request first, whose
   capacity covers the arrival rate forecast one wake delay ahead plus headroom; parks only
   after the lower need has held for ``park_after_s`` and the rate fell below the hysteresis
-  band, then every board above that need at once.
+  band, then every board above that need at once. A board it wakes is sent a share that
+  ramps up over ``wake_ramp_s`` (:meth:`FleetPolicy.weights`).
 - :class:`Oracle` knows the future rate: it wakes exactly one wake delay ahead of need and
   parks at once, a bound on what consolidation can reach.
+
+Whatever the policy, a serving board is parked only once the boards it keeps serve (none is
+still waking) and, for a policy that sizes by capacity, cover the rate with its headroom
+(:meth:`FleetPolicy.can_release`): a waking board is not capacity yet, and live a booting
+board answers nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ class FleetParams:
     0.15 and ``park_after_s`` 60 s, ``trend_s`` 30 s, the published fleet replay's;
     ``ray_target_ongoing`` 2, Ray Serve's own default; ``slo_s`` 0.25 s, the published fleet
     replay's p99 target, which defines a board's capacity (see :func:`capacity_rps`) and is
-    each board's own tuner's latency target.
+    each board's own tuner's latency target; ``wake_ramp_s`` 60 s, over which a woken
+    board's share rises to its capacity's (consolidation; the oracle, a bound, sends a board
+    its full share from the start): long enough that
+    its engine's first tuning window (416 requests) closes before the share passes half.
     """
 
     headroom: float = 0.5
@@ -62,10 +71,11 @@ class FleetParams:
     trend_s: float = 30.0
     ray_target_ongoing: float = 2.0
     slo_s: float = 0.25
+    wake_ramp_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if min(self.headroom, self.hysteresis, self.park_after_s) < 0:
-            raise ValueError("headroom, hysteresis and park_after_s must be >= 0")
+        if min(self.headroom, self.hysteresis, self.park_after_s, self.wake_ramp_s) < 0:
+            raise ValueError("headroom, hysteresis, park_after_s and wake_ramp_s must be >= 0")
         if not (self.trend_s > 0 and self.ray_target_ongoing > 0 and self.slo_s > 0):
             raise ValueError("trend_s, ray_target_ongoing and slo_s must be > 0")
 
@@ -83,6 +93,11 @@ class BoardState(str, Enum):
 
 #: States a board can be woken from.
 ASLEEP = frozenset({BoardState.PARKED, BoardState.OFF})
+#: The least share of its capacity a board just woken is counted with (see
+#: :meth:`FleetPolicy.weights`).
+RAMP_FLOOR = 0.1
+#: States of a board that is up or on its way up.
+AWAKE = frozenset({BoardState.SERVING, BoardState.WAKING})
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,9 @@ class FleetPolicy(ABC):
     """
 
     name = "policy"
+    #: Spare capacity, as a share of the rate, that the boards left serving must have before
+    #: a serving board is parked; None for a rule that does not size by capacity.
+    cover_headroom: float | None = 0.0
 
     def __init__(self, boards: Sequence[BoardSpec], *, start_awake: bool = True) -> None:
         if not boards:
@@ -152,20 +170,51 @@ class FleetPolicy(ABC):
             b.name: BoardState.SERVING if start_awake else BoardState.PARKED for b in boards
         }
         self.ready_at: dict[str, float] = {}
+        #: When each woken board began serving (boards serving from the start are absent).
+        self.serving_since: dict[str, float] = {}
+        self.wake_ramp_s = 0.0
+        #: The arrival rate of the last observation (where a ramp must spill over).
+        self.last_rate = 0.0
 
     # -- what subclasses decide ---------------------------------------------------------------
     @abstractmethod
     def target(self, obs: FleetObservation) -> set[str]:
         """Boards that should be awake (serving or waking) after this period."""
 
-    def weights(self, serving: Sequence[str]) -> dict[str, float]:
-        """Traffic shares over serving boards: proportional to capacity by default."""
-        total = sum(self.boards[n].capacity_rps for n in serving)
-        return {n: self.boards[n].capacity_rps / total for n in serving} if total else {}
+    def weights(self, serving: Sequence[str], now: float | None = None) -> dict[str, float]:
+        """Traffic shares over serving boards: proportional to capacity by default.
+
+        Given ``now``, a board woken less than :attr:`wake_ramp_s` ago counts with the part of
+        its capacity the ramp has reached (at least :data:`RAMP_FLOOR`): its engine resumes
+        a tuning state from another load, and sent its whole share at once it can queue for
+        seconds before its tuner follows; the other boards carry the rest meanwhile. When
+        the ramped capacities do not cover the last rate seen, the rate above them goes to
+        the ramping boards' unramped capacity: no board is pushed past its own capacity to
+        spare one that is ramping.
+        """
+        full = {n: self.boards[n].capacity_rps for n in serving}
+        ramped = {n: c * self._ramp(n, now) for n, c in full.items()}
+        total, ramped_total = sum(full.values()), sum(ramped.values())
+        rate = self.last_rate
+        if total <= 0:
+            return {}
+        if ramped_total >= total or rate >= total:
+            return {n: c / total for n, c in full.items()}
+        if rate <= ramped_total:
+            return {n: c / ramped_total for n, c in ramped.items()}
+        spill = (rate - ramped_total) / (total - ramped_total)
+        return {n: (ramped[n] + spill * (full[n] - ramped[n])) / rate for n in serving}
+
+    def _ramp(self, name: str, now: float | None) -> float:
+        since = self.serving_since.get(name)
+        if now is None or since is None or self.wake_ramp_s <= 0:
+            return 1.0
+        return min(1.0, max(RAMP_FLOOR, (now - since) / self.wake_ramp_s))
 
     # -- the decision -------------------------------------------------------------------------
     def decide(self, obs: FleetObservation) -> FleetPlan:
         """Take in one control period's observation; answer the plan to carry out."""
+        self.last_rate = obs.rate_rps
         for name in obs.dead:
             st = self.state.get(name)
             if st is None or name in obs.booting:
@@ -177,26 +226,48 @@ class FleetPolicy(ABC):
         for name, at in list(self.ready_at.items()):
             if obs.now >= at and name not in obs.booting:
                 self.state[name] = BoardState.SERVING
+                self.serving_since[name] = obs.now
                 del self.ready_at[name]
         want = self.target(obs)
         wake: list[str] = []
-        park: list[str] = []
         for name in self.boards:
-            st = self.state[name]
-            if st is BoardState.DEAD:
-                continue
-            if name in want and st in ASLEEP:
+            if name in want and self.state[name] in ASLEEP:
                 wake.append(name)
                 self._start_wake(name, obs.now)
-            elif name not in want and st in (BoardState.SERVING, BoardState.WAKING):
-                park.append(name)
-                self.state[name] = BoardState.PARKED
-                self.ready_at.pop(name, None)
+        leaving = [n for n in self.boards if n not in want and self.state[n] in AWAKE]
+        # a serving board stays until the boards meant to replace it serve and carry the rate
+        release_serving = self.can_release(want, obs.rate_rps)
+        park = [n for n in leaving if self.state[n] is BoardState.WAKING or release_serving]
+        for name in park:
+            self.state[name] = BoardState.PARKED
+            self.ready_at.pop(name, None)
+        if any(self.state[n] is BoardState.SERVING for n in park):
+            self.parked_serving(obs.now)
         serving = self.serving()
         if not serving:  # nothing is up yet: send traffic where it will be served soonest
             waking = [n for n in self.boards if self.state[n] is BoardState.WAKING]
             serving = sorted(waking, key=lambda n: self.ready_at.get(n, obs.now))[:1]
-        return FleetPlan(self.weights(serving), tuple(wake), tuple(park))
+        return FleetPlan(self.weights(serving, obs.now), tuple(wake), tuple(park))
+
+    def can_release(self, want: set[str], rate_rps: float) -> bool:
+        """Whether serving boards outside ``want`` may be parked now.
+
+        Only once every live board of ``want`` serves (none is still waking: live, a board
+        booting answers nothing) and, for a policy that sizes by capacity
+        (:attr:`cover_headroom` not None), their capacity covers ``rate_rps`` with that
+        headroom. Otherwise the fleet could be left with no board serving while its
+        replacements boot.
+        """
+        stay = [n for n in want if self.state.get(n, BoardState.DEAD) is not BoardState.DEAD]
+        if not stay or any(self.state[n] is not BoardState.SERVING for n in stay):
+            return False
+        if self.cover_headroom is None:
+            return True
+        capacity = sum(self.boards[n].capacity_rps for n in stay)
+        return capacity >= rate_rps * (1.0 + self.cover_headroom)
+
+    def parked_serving(self, now: float) -> None:
+        """Called when serving boards were parked at ``now`` (a policy's hold may restart)."""
 
     def _start_wake(self, name: str, now: float) -> None:
         """Waking, or serving at once when the board answers and needs no delay."""
@@ -206,6 +277,7 @@ class FleetPolicy(ABC):
             self.ready_at[name] = now + wake_s
         else:
             self.state[name] = BoardState.SERVING
+            self.serving_since[name] = now
 
     def wake_next(self, now: float) -> str | None:
         """Wake the cheapest sleeping board now, outside a period (nothing else is serving).
@@ -220,11 +292,13 @@ class FleetPolicy(ABC):
         self._start_wake(name, now)
         return name
 
-    def woken(self, name: str) -> None:
-        """The driver saw a waking board answer and unparked it: it serves from now."""
+    def woken(self, name: str, now: float | None = None) -> None:
+        """The driver saw a waking board answer and unparked it: it serves from ``now``."""
         if self.state.get(name) is BoardState.WAKING:
             self.state[name] = BoardState.SERVING
             self.ready_at.pop(name, None)
+            if now is not None:
+                self.serving_since[name] = now
 
     def fail(self, name: str) -> None:
         """A board that did not come up (its boot timed out): dead until it answers again."""
@@ -333,14 +407,22 @@ class Consolidation(FleetPolicy):
         park_after_s: float = DEFAULTS.park_after_s,
         trend_s: float = DEFAULTS.trend_s,
         period_s: float = 1.0,
+        wake_ramp_s: float = 0.0,
         start_awake: bool = True,
     ) -> None:
         super().__init__(boards, start_awake=start_awake)
-        if headroom < 0 or hysteresis < 0 or park_after_s < 0 or trend_s <= 0 or period_s <= 0:
+        if (
+            min(headroom, hysteresis, park_after_s, wake_ramp_s) < 0
+            or trend_s <= 0
+            or period_s <= 0
+        ):
             raise ValueError(
-                "headroom, hysteresis, park_after_s must be >= 0; trend_s, period_s > 0"
+                "headroom, hysteresis, park_after_s, wake_ramp_s must be >= 0; trend_s, "
+                "period_s > 0"
             )
+        self.wake_ramp_s = wake_ramp_s
         self.headroom = headroom
+        self.cover_headroom = headroom
         self.hysteresis = hysteresis
         self.park_after_s = park_after_s
         self.trend_s = trend_s
@@ -385,10 +467,13 @@ class Consolidation(FleetPolicy):
             self._low_since = obs.now
         if obs.now - self._low_since < self.park_after_s:
             return set(awake)
-        # the hold has passed: every board above the kept set is parked at once, and the
-        # next step down waits for a new hold
-        self._low_since = obs.now
+        # the hold has passed: every board above the kept set is parked at once (once the
+        # kept boards serve: see FleetPolicy.can_release), and the next step down waits for
+        # a new hold
         return set(keep) | (set(need) & set(awake))
+
+    def parked_serving(self, now: float) -> None:
+        self._low_since = now
 
 
 class RayServeRule(FleetPolicy):
@@ -401,6 +486,7 @@ class RayServeRule(FleetPolicy):
     """
 
     name = "ray-autoscale"
+    cover_headroom = None  # Ray's rule counts ongoing requests, not capacity
 
     def __init__(
         self,
@@ -484,6 +570,7 @@ class Oracle(FleetPolicy):
         super().__init__(boards, start_awake=start_awake)
         self.peak_ahead = peak_ahead
         self.headroom = headroom
+        self.cover_headroom = headroom
         self.period_s = period_s
 
     def target(self, obs: FleetObservation) -> set[str]:
@@ -561,7 +648,11 @@ def make_policy(
         if peak_ahead is None:
             raise ValueError("the oracle policy needs the rate ahead: only a replay has it")
         return Oracle(
-            specs, peak_ahead, headroom=params.headroom, period_s=period_s, start_awake=start_awake
+            specs,
+            peak_ahead,
+            headroom=params.headroom,
+            period_s=period_s,
+            start_awake=start_awake,
         )
     return Consolidation(
         specs,
@@ -570,6 +661,7 @@ def make_policy(
         park_after_s=params.park_after_s,
         trend_s=params.trend_s,
         period_s=period_s,
+        wake_ramp_s=params.wake_ramp_s,
         start_awake=start_awake,
     )
 

@@ -499,9 +499,9 @@ class FleetService:
             self._first_pending[name] = woke
             self.failed.discard(name)
             self.wake_failures.pop(name, None)
-            self.policy.woken(name)
+            self.policy.woken(name, self.clock())
             if self.policy.state[name] is BoardState.SERVING:
-                self.router.set(self.policy.weights(self.policy.serving()))
+                self.router.set(self.policy.weights(self.policy.serving(), self.clock()))
             self.events.append({"t": self.clock(), "board": name, "event": "up"})
             return True
         finally:

@@ -5,7 +5,9 @@ Here the same decisions (each period's traffic shares and board states, kept in 
 :class:`FleetRun`) are carried out on individual requests: the arrivals of each step are
 spread uniformly over it, each request is sent to a board drawn by that period's weights,
 and every board's requests go through its own engine and tuner on its twin
-(:func:`ecoserve.sim.driver.simulate`). Each board starts cold (baseline, then tuning).
+(:mod:`ecoserve.sim.driver`). Each board starts cold (baseline, then tuning); a board
+powered off and woken again resumes its engine's saved state, as the runtime does at boot
+(see :func:`_run_board`).
 
 Energy is each board's metered draw, with the time it was not serving billed at its parked
 or waking draw instead of idle (the fitted twins' idle draw does not depend on the clocks,
@@ -17,14 +19,16 @@ so idle time is separable). Only for small fleets and short series: every reques
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from ecoserve.core.assembly import EngineSettings
+from ecoserve.core.assembly import EngineSettings, build_engine
 from ecoserve.sim.board_model import BoardModel, histogram_quantile
-from ecoserve.sim.driver import simulate
+from ecoserve.sim.driver import Simulator
 from ecoserve.sim.fleet import (
     FleetBoard,
     FleetRun,
@@ -131,6 +135,12 @@ def replay_direct(
     return DirectResult(energy, int(arrivals.size), served, lat)
 
 
+def wake_starts(states: np.ndarray, period_s: float) -> np.ndarray:
+    """Times (s from the first period) at which a board was woken: parked, then not."""
+    at = np.nonzero((states[:-1] == 2) & (states[1:] <= 1))[0] + 1
+    return at * period_s
+
+
 def _run_board(
     arrivals: np.ndarray,
     twin: DeviceTwin,
@@ -139,20 +149,49 @@ def _run_board(
     park: Parking,
     kind: str,
     settings: EngineSettings,
+    hand_over: Callable[[float], Mapping[str, Any]] | None = None,
 ) -> DirectResult:
-    """One board's requests through its engine; the time it did not serve billed as parked."""
+    """One board's requests through its engine; the time it did not serve billed as parked.
+
+    Parked powered off, the board's engine stops with the board, and at each wake a new one
+    resumes a saved tuning state, as the runtime resumes its state file at start: the state
+    the fleet hands it, ``hand_over(rate)`` for the rate it is sent in its first minute (a
+    peer's serving that rate now, see :func:`peer_state`), else the one its own engine left.
+    Parked at minimum clocks the board stays up, so one engine runs throughout.
+    """
     end = len(states) * period_s
     idle_w = float(twin.power(twin.max_freqs(), 0.0))
     seconds = {code: float(np.count_nonzero(states == code)) * period_s for code in range(4)}
-    if arrivals.size:
-        res = simulate(arrivals, twin, settings)
-        metered = res.total_energy_j + idle_w * max(0.0, end - res.end_s)
-        served, lat = res.served, res.latencies
-        answered = res.arrivals[~np.isnan(res.completions)]
-        lost = res.arrivals[np.isnan(res.completions)]
-    else:
-        metered, served, lat = idle_w * end, 0, np.empty(0)
-        answered = lost = np.empty(0)
+    cuts = wake_starts(states, period_s) if park.mode == "off" else np.empty(0)
+    bounds = [0.0, *cuts.tolist(), end]
+    metered, served = 0.0, 0
+    lats: list[np.ndarray] = []
+    answered: list[np.ndarray] = []
+    lost: list[np.ndarray] = []
+    saved: Mapping[str, Any] | None = None
+    for j, (t0, t1) in enumerate(itertools.pairwise(bounds)):
+        last = j == len(bounds) - 2
+        mine = arrivals[(arrivals >= t0) & ((arrivals < t1) | last)] - t0
+        if not mine.size:
+            metered += idle_w * (t1 - t0)
+            continue
+        engine = build_engine(twin.knobs(), settings)
+        resume = saved
+        if j > 0 and hand_over is not None:
+            resume = hand_over(float(np.count_nonzero(mine < mine[0] + 60.0)) / 60.0)
+        if resume is not None:
+            engine.load_state_dict(resume)
+        res = Simulator(twin, engine, noise_seed=settings.seed + 7 * j).run(mine)
+        saved = engine.state_dict()
+        metered += res.total_energy_j + idle_w * max(0.0, (t1 - t0) - res.end_s)
+        served += res.served
+        lats.append(res.latencies)
+        done = ~np.isnan(res.completions)
+        answered.append(res.arrivals[done] + t0)
+        lost.append(res.arrivals[~done] + t0)
+    lat = np.concatenate(lats) if lats else np.empty(0)
+    ans = np.concatenate(answered) if answered else np.empty(0)
+    rej = np.concatenate(lost) if lost else np.empty(0)
     not_serving = seconds[1] + seconds[2] + seconds[3]
     energy = (
         metered
@@ -160,7 +199,7 @@ def _run_board(
         + park.waking_w[kind] * seconds[1]
         + park.parked_w[kind] * seconds[2]
     )
-    return DirectResult(energy, int(arrivals.size), int(served), lat, answered, lost)
+    return DirectResult(energy, int(arrivals.size), int(served), lat, ans, rej)
 
 
 def _window(run: FleetRun, window_s: tuple[float, float] | None) -> tuple[int, int]:
@@ -216,11 +255,15 @@ def replay_board(
     *,
     seed: int = 0,
     window_s: tuple[float, float] | None = None,
+    peer_handover: bool = False,
 ) -> DirectResult:
     """Every request ``run`` sent board ``index`` (within ``window_s``) through its engine.
 
-    The board starts cold at the window's start (baseline, then tuning) and keeps its engine
-    and tuner across parked spells, as a parked board keeps its saved state.
+    The board starts cold at the window's start (baseline, then tuning); across parked spells
+    it keeps its tuning: powered off, each wake starts a new engine from the state the last
+    one saved, or with ``peer_handover`` from the state of a peer of its kind that has been
+    serving the rate the board is now sent (:func:`peer_state`), as a fleet can copy a
+    serving board's state file to the board it wakes (:func:`_run_board`).
     """
     assert run.states is not None
     k0, k1 = _window(run, window_s)
@@ -228,9 +271,36 @@ def replay_board(
     chosen = tuned_settings(settings, run.slo_s) if models_tuner(run) == "ecogd" else settings
     chosen = replace(chosen, tuner=models_tuner(run), seed=seed + index)
     states = run.states[k0:k1, index]
+    hand_over = None
+    if peer_handover:
+
+        def hand_over(rate_rps: float) -> dict[str, Any]:
+            return peer_state(board.kind, max(rate_rps, 1.0), chosen, seed=seed)
+
     return _run_board(
-        arrivals, load_twin(board.kind), states, run.period_s, park, board.kind, chosen
+        arrivals, load_twin(board.kind), states, run.period_s, park, board.kind, chosen, hand_over
     )
+
+
+def peer_state(
+    kind: str, rate_rps: float, settings: EngineSettings, *, seconds: float = 900.0, seed: int = 0
+) -> dict[str, Any]:
+    """The tuning state of a board of ``kind`` after serving ``rate_rps`` for ``seconds``.
+
+    What a fleet can hand a board it wakes: the state file of a peer of the same kind that has
+    been serving (``ecoserve.runtime.tuning_state`` saves it after every window), so the
+    woken board starts at a tuned configuration with its tuner's probing done, rather than
+    from its own state, which after minutes of serving is still young (a young EcoGD scans
+    its batch axis down to size 1: at a full share that is seconds of queue).
+    """
+    if not (rate_rps > 0 and seconds > 0):
+        raise ValueError(f"a peer's state needs a rate and a span > 0, got {rate_rps}, {seconds}")
+    twin = load_twin(kind)
+    engine = build_engine(twin.knobs(), settings)
+    rng = np.random.default_rng(seed)
+    arrivals = np.sort(rng.uniform(0.0, seconds, rng.poisson(rate_rps * seconds)))
+    Simulator(twin, engine, noise_seed=seed).run(arrivals)
+    return engine.state_dict()
 
 
 @dataclass(frozen=True)
