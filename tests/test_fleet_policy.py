@@ -340,3 +340,23 @@ def test_a_ramp_never_pushes_the_other_boards_past_their_capacity() -> None:
     loads = {n: w * 180.0 for n, w in plan.weights.items()}
     assert loads["b0"] == pytest.approx(100.0)  # full, not 150 (100 / 120 of the rate)
     assert loads["b1"] == pytest.approx(40.0) and loads["b2"] == pytest.approx(40.0)
+
+
+def test_a_draining_backlog_keeps_its_boards_while_the_arrivals_have_stopped() -> None:
+    # four boards of 100 req/s serving, no arrivals, 200 requests still in flight: with the
+    # latency target 0.25 s they stand for 800 req/s, so nothing is parked until they drain
+    kwargs = {"park_after_s": 5.0, "headroom": 0.1, "hysteresis": 0.1}
+    waiting = {f"b{i}": 50.0 for i in range(4)}
+    with_slo = Consolidation(boards(4), slo_s=0.25, **kwargs)
+    plans, _ = drive(with_slo, [0.0] * 20, ongoing=waiting)
+    assert not any(p.park for p in plans) and len(with_slo.awake()) == 4
+    blind = Consolidation(boards(4), **kwargs)
+    plans, _ = drive(blind, [0.0] * 20, ongoing=waiting)
+    assert any(p.park for p in plans) and len(blind.awake()) == 1
+    # in steady state the requests in flight (rate x latency, latency under the target)
+    # stand for less than the rate and change nothing
+    steady = Consolidation(boards(4), slo_s=0.25, **kwargs)
+    plans, _ = drive(steady, [150.0] * 40, ongoing={"b0": 5.0, "b1": 5.0})
+    assert len(steady.awake()) == 2
+    with pytest.raises(ValueError, match="slo_s"):
+        Consolidation(boards(2), slo_s=0.0)

@@ -394,6 +394,12 @@ class Consolidation(FleetPolicy):
     Boards are parked only when the need, computed at ``(1 + headroom + hysteresis)`` times
     the rate, has stayed below the awake set for ``park_after_s``; then all boards above it
     are parked together and the hold starts again. Defaults: :class:`FleetParams`.
+
+    With ``slo_s`` given, the requests in flight count as demand too (Little's law): ``L``
+    requests in flight are a rate of at least ``L / slo_s`` while each is to be answered
+    within ``slo_s``. In steady state (latency under the target) that is below the arrival
+    rate and changes nothing; while a backlog drains, the arrival rate can fall to zero and
+    boards would otherwise be parked (and woken again) under the requests still waiting.
     """
 
     name = "consolidation"
@@ -408,6 +414,7 @@ class Consolidation(FleetPolicy):
         trend_s: float = DEFAULTS.trend_s,
         period_s: float = 1.0,
         wake_ramp_s: float = 0.0,
+        slo_s: float | None = None,
         start_awake: bool = True,
     ) -> None:
         super().__init__(boards, start_awake=start_awake)
@@ -415,11 +422,13 @@ class Consolidation(FleetPolicy):
             min(headroom, hysteresis, park_after_s, wake_ramp_s) < 0
             or trend_s <= 0
             or period_s <= 0
+            or (slo_s is not None and not slo_s > 0)
         ):
             raise ValueError(
                 "headroom, hysteresis, park_after_s, wake_ramp_s must be >= 0; trend_s, "
-                "period_s > 0"
+                "period_s and slo_s > 0"
             )
+        self.slo_s = slo_s
         self.wake_ramp_s = wake_ramp_s
         self.headroom = headroom
         self.cover_headroom = headroom
@@ -441,9 +450,16 @@ class Consolidation(FleetPolicy):
         lead = max((b.wake_s for b in self.boards.values()), default=0.0) + self.period_s
         return obs.rate_rps + max(0.0, slope) * lead
 
+    def backlog_rps(self, obs: FleetObservation) -> float:
+        """The rate the requests in flight stand for (``L / slo_s``); 0 without ``slo_s``."""
+        if self.slo_s is None:
+            return 0.0
+        return sum(max(0.0, v) for v in obs.ongoing.values()) / self.slo_s
+
     def target(self, obs: FleetObservation) -> set[str]:
         order = cheapest_first(self.boards[n] for n in self.alive())
-        demand = self.forecast(obs) * (1.0 + self.headroom)
+        backlog = self.backlog_rps(obs)
+        demand = max(self.forecast(obs), backlog) * (1.0 + self.headroom)
         need = fewest_covering(order, demand)
         awake = self.awake()
         # Once the boards awake cover the demand, no sleeping board is woken to take a busy
@@ -459,7 +475,8 @@ class Consolidation(FleetPolicy):
             self._low_since = None
             return set(awake)
         # fewer boards would do: park only after the lower need (with hysteresis) has held
-        keep = fewest_covering(up, obs.rate_rps * (1.0 + self.headroom + self.hysteresis))
+        low = max(obs.rate_rps, backlog) * (1.0 + self.headroom + self.hysteresis)
+        keep = fewest_covering(up, low)
         if len(keep) >= len(awake):
             self._low_since = None
             return set(awake)
@@ -662,6 +679,7 @@ def make_policy(
         trend_s=params.trend_s,
         period_s=period_s,
         wake_ramp_s=params.wake_ramp_s,
+        slo_s=params.slo_s,
         start_awake=start_awake,
     )
 

@@ -104,7 +104,8 @@ class FleetSettings:
     (tuner state, shutdown record, restore record). The policy's settings default to the
     fleet's one table (``ecoserve.core.fleet.FleetParams``), the replay's too.
     ``slo_s``: the fleet's p99 latency target, which a board's capacity is defined by and its
-    tuner keeps. ``ingress_resource``: a Ray custom resource that pins the ingress to the node
+    tuner keeps. ``wake_ramp_s``: how long a woken board's traffic share takes to rise to its
+    capacity's (consolidation). ``ingress_resource``: a Ray custom resource that pins the ingress to the node
     offering it (the head, next to the BMC its park and unpark commands reach); by default
     Ray places it. ``stats_timeout_s``: a board whose stats call has not answered for this long counts as not
     answering (a policy step waits at most half a period for it; a later answer is used at
@@ -120,6 +121,7 @@ class FleetSettings:
     park_after_s: float = DEFAULTS.park_after_s
     trend_s: float = DEFAULTS.trend_s
     slo_s: float = DEFAULTS.slo_s
+    wake_ramp_s: float = DEFAULTS.wake_ramp_s
     ray_target_ongoing: float = DEFAULTS.ray_target_ongoing
     stats_timeout_s: float = 5.0
     ingress_resource: str | None = None
@@ -155,6 +157,7 @@ class FleetSettings:
             trend_s=self.trend_s,
             ray_target_ongoing=self.ray_target_ongoing,
             slo_s=self.slo_s,
+            wake_ramp_s=self.wake_ramp_s,
         )
 
     @classmethod
@@ -182,6 +185,7 @@ class FleetSettings:
             "park_after_s",
             "trend_s",
             "slo_s",
+            "wake_ramp_s",
             "ray_target_ongoing",
             "stats_timeout_s",
         ):
