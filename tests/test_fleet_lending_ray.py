@@ -134,11 +134,23 @@ async def test_a_board_that_cannot_be_lent_is_parked_as_before() -> None:
     await svc.close()
 
 
-def test_the_fleet_config_checks_its_lend_table() -> None:
+def test_the_fleet_config_checks_its_lend_table(tmp_path: Path) -> None:
     fleet = FleetSettings.from_args({"boards": "nano:1", "lend": {"group_size": 2, "k": 4}})
     assert fleet.lend == {"group_size": 2, "k": 4}
     with pytest.raises(ValueError, match="lend: unknown key"):
         FleetSettings.from_args({"boards": "nano:1", "lend": {"group": 2}})
+    # the job and its options are built when the settings are read, before Ray starts
+    with pytest.raises(ValueError, match="lend.job='builtin:nope'.*unknown built-in"):
+        FleetSettings.from_args({"boards": "nano:1", "lend": {"job": "builtin:nope"}})
+    with pytest.raises(ValueError, match="takes no option 'zzz'"):
+        FleetSettings.from_args({"boards": "nano:1", "lend": {"options": {"zzz": 3}}})
+    with pytest.raises(ValueError, match="needs a job whose data it can shard"):
+        FleetSettings.from_args(
+            {
+                "boards": "nano:1",
+                "lend": {"job": "builtin:batch-infer", "options": {"output": str(tmp_path / "o")}},
+            }
+        )
 
 
 @pytest.fixture(scope="module")

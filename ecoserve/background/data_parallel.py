@@ -28,6 +28,9 @@ from typing import Any
 
 import torch
 
+from ecoserve.background.digits_finetune import DigitsFinetune
+from ecoserve.background.specs import load_job
+
 #: The job lent boards train when the settings name none.
 DEFAULT_JOB = "builtin:digits-finetune"
 
@@ -362,3 +365,19 @@ class LendSettings:
                 except ValueError:
                     raise ValueError(f"lend.{key}={value!r}: must be a whole number") from None
         return cls(**data)
+
+
+def shardable_job(spec: str, options: Mapping[str, Any]) -> DigitsFinetune:
+    """The job ``spec`` names, built with ``options``, if lending can shard its data across
+    boards; ValueError naming ``lend.job`` otherwise. Called where a fleet's settings are
+    read, so a bad job fails before Ray starts, and on each board."""
+    try:
+        job = load_job(spec, **dict(options))
+    except ValueError as exc:
+        raise ValueError(f"lend.job={spec!r}: {exc}") from None
+    if not isinstance(job, DigitsFinetune):
+        raise ValueError(
+            f"lend.job={spec!r}: data-parallel lending needs a job whose data it can shard "
+            "across boards; builtin:digits-finetune is the one it shards"
+        )
+    return job

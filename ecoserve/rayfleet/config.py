@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
-from ecoserve.background.data_parallel import LendSettings
+from ecoserve.background.data_parallel import LendSettings, shardable_job
 from ecoserve.core.fleet import (
     DEFAULTS,
     POLICIES,
@@ -145,7 +145,8 @@ class FleetSettings:
             raise ValueError("period_s and stats_timeout_s must be > 0")
         self.params  # noqa: B018 - checks the policy's settings
         if self.lend is not None:
-            LendSettings.from_mapping(self.lend)  # checked now, used by the ingress
+            lend = LendSettings.from_mapping(self.lend)  # checked now, used by the ingress
+            shardable_job(lend.job, lend.options)  # a bad job fails here, before Ray starts
 
     @property
     def params(self) -> FleetParams:

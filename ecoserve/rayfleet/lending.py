@@ -54,11 +54,10 @@ from ecoserve.background.data_parallel import (
     SyncPlan,
     float_tensors,
     mean_tensors,
+    shardable_job,
     with_tensors,
 )
 from ecoserve.background.digits_finetune import DigitsFinetune
-from ecoserve.background.job import BackgroundJob
-from ecoserve.background.specs import load_job
 from ecoserve.models.digits import load_digits_split
 
 log = logging.getLogger("ecoserve.fleet")
@@ -76,16 +75,6 @@ def board_resource(board: str) -> str:
     return f"board_{board}"
 
 
-def _check_shardable(job: BackgroundJob, spec: str) -> DigitsFinetune:
-    """The job, if this driver knows how to give each replica its own data batches."""
-    if not isinstance(job, DigitsFinetune):
-        raise ValueError(
-            f"lend.job={spec!r}: data-parallel lending needs a job whose data it can shard "
-            "across boards; builtin:digits-finetune is the one it shards"
-        )
-    return job
-
-
 class Replica:
     """One board's replica of the job (a Ray actor; plain class, so it runs in tests too).
 
@@ -99,7 +88,7 @@ class Replica:
     ) -> None:
         torch.set_num_threads(torch_threads)
         self.board = board
-        self.job = _check_shardable(load_job(spec, **dict(options)), spec)
+        self.job = shardable_job(spec, options)
         self.batch_size = int(self.job.options["batch_size"])
         self.per_epoch = math.ceil(len(load_digits_split().x_train) / self.batch_size)
 
@@ -187,11 +176,7 @@ class LentTraining:
         self.settings = settings or LendSettings()
         self.options = dict(self.settings.options)
         # built once here so a bad spec or option fails now, not on a board
-        try:
-            job = load_job(self.settings.job, **self.options)
-        except ValueError as exc:
-            raise ValueError(f"lend.job={self.settings.job!r}: {exc}") from None
-        probe = _check_shardable(job, self.settings.job)
+        probe = shardable_job(self.settings.job, self.options)
         self.job_name = probe.name
         self.resource_of = resource_of
         self.torch_threads = torch_threads
