@@ -178,6 +178,21 @@ def test_cli_refuses_a_bad_bill_before_measuring(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ingress-w", "-5", "--boards", "orin:2"], "--boards, --ingress-w"),
+        (["--parked-w", "foo:1"], "fleet-only option(s) without --fleet: --parked-w"),
+        (["--fleet", "--boards", "nano:1", "--background", "builtin:digits-finetune"], "lends"),
+    ],
+)
+def test_cli_refuses_fleet_options_where_they_would_be_ignored(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", "--trace", "poisson:20", "--duration", "1m", *argv]) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+
+
 def test_one_board_of_a_fleet_run_is_replayed_request_by_request() -> None:
     """A tiny fleet of Nanos: the woken board's requests through its own engine on its twin."""
     boards = [FleetBoard("nano-0", "nano"), FleetBoard("nano-1", "nano")]

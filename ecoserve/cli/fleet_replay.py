@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from ecoserve.core.fleet import DEFAULTS
@@ -40,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trough-rate", type=float, help="diurnal envelope trough (default: peak / 10)")
     g.add_argument(
         "--parking",
-        default="off,min-clocks",
+        default=FLEET_ONLY_DEFAULTS["parking"],
         help="parking modes to compare: off (operator power-off), min-clocks (default both)",
     )
     g.add_argument("--period-s", type=float, default=5.0, help="fleet policy period (s)")
@@ -83,6 +85,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_alias(p, "--period", "--period-s")
     add_alias(p, "--slo-ms", "--slo-latency-s", lambda ms: ms / 1e3, "--slo-latency-s (seconds)")
+
+
+#: The fleet's own options (their dests) and their defaults: given without --fleet, an error.
+FLEET_ONLY_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {
+        "boards": DEFAULT_BOARDS,
+        "peak_rate": None,
+        "trough_rate": None,
+        "parking": "off,min-clocks",
+        "period_s": 5.0,
+        "headroom": DEFAULTS.headroom,
+        "ray_target": "2,little",
+        "ingress_w": None,
+        "parked_w": None,
+        "wake_s": None,
+    }
+)
+
+
+def misplaced_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with the fleet's options here, or None: fleet-only options given
+    without ``--fleet`` (they would be ignored), or ``--background`` with it."""
+    if args.fleet:
+        if getattr(args, "background", None):
+            return (
+                "--background is not replayed with --fleet: the fleet lends its idle boards "
+                "to background work in benchmarks/bench_fleet_lending.py"
+            )
+        return None
+    given = [
+        "--" + dest.replace("_", "-")
+        for dest, default in FLEET_ONLY_DEFAULTS.items()
+        if getattr(args, dest, default) != default
+    ]
+    if given:
+        return (
+            f"fleet-only option(s) without --fleet: {', '.join(given)} "
+            "(add --fleet, or leave them out)"
+        )
+    return None
 
 
 def run(args: argparse.Namespace, err: Any) -> int:

@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     if not out.is_terminal:
         out = Console(stderr=args.json, width=200 if args.wide else 100)
     tuners = tuple(t.strip() for t in args.tuners.split(",") if t.strip())
-    problem = _scale_load_problem(args)
+    problem = _scale_load_problem(args) or fleet_replay.misplaced_options(args)
     if problem is not None:
         err.print(f"ecoserve replay: {problem}", style="red", markup=False)
         return 2
