@@ -134,11 +134,13 @@ async def test_a_board_that_cannot_be_lent_is_parked_as_before() -> None:
     await svc.close()
 
 
-def test_the_fleet_config_checks_its_lend_table(tmp_path: Path) -> None:
+def test_the_fleet_config_refuses_bad_values_before_ray_starts(tmp_path: Path) -> None:
     fleet = FleetSettings.from_args({"boards": "nano:1", "lend": {"group_size": 2, "k": 4}})
     assert fleet.lend == {"group_size": 2, "k": 4}
     with pytest.raises(ValueError, match="lend: unknown key"):
         FleetSettings.from_args({"boards": "nano:1", "lend": {"group": 2}})
+    with pytest.raises(ValueError, match="wake_ramp_s='abc': expected a number"):
+        FleetSettings.from_args({"boards": "nano:1", "wake_ramp_s": "abc"})
     # the job and its options are built when the settings are read, before Ray starts
     with pytest.raises(ValueError, match="lend.job='builtin:nope'.*unknown built-in"):
         FleetSettings.from_args({"boards": "nano:1", "lend": {"job": "builtin:nope"}})

@@ -191,7 +191,10 @@ class FleetSettings:
             "stats_timeout_s",
         ):
             if key in data:
-                data[key] = float(data[key])
+                try:
+                    data[key] = float(data[key])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{key}={data[key]!r}: expected a number") from None
         return cls(boards=boards, **data)
 
 
