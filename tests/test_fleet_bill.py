@@ -169,6 +169,10 @@ def test_bill_options_parse_per_kind_and_name_typos() -> None:
         (["--parked-w", "nano:x"], "--parked-w"),
         (["--wake-s", "orin:60"], "not in the fleet"),
         (["--ray-target", "none"], "--ray-target"),
+        (["--parked-w", "nano:1,nano:2"], "given twice"),
+        (["--parked-w", "1,2"], "two values for every kind"),
+        (["--parked-w", ":1"], "names no kind"),
+        (["--wake-s", ""], "is empty"),
     ],
 )
 def test_cli_refuses_a_bad_bill_before_measuring(

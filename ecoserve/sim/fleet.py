@@ -114,8 +114,15 @@ def parse_per_kind(text: str, what: str) -> tuple[float | None, tuple[tuple[str,
             raise ValueError(
                 f"{what}: {part!r} is not a number or KIND:NUMBER (e.g. 2 or orin:2,nano:0.5)"
             ) from None
+        kind = kind.strip()
+        if sep and not kind:
+            raise ValueError(f"{what}: {part!r} names no kind (e.g. orin:2)")
+        if sep and any(k == kind for k, _ in pairs):
+            raise ValueError(f"{what}: {kind!r} is given twice; give each kind once")
+        if not sep and default is not None:
+            raise ValueError(f"{what}: two values for every kind ({default:g} and {number:g})")
         if sep:
-            pairs.append((kind.strip(), number))
+            pairs.append((kind, number))
         else:
             default = number
     if default is None and not pairs:
@@ -128,8 +135,10 @@ def make_bill(
 ) -> Bill:
     """A :class:`Bill` from the fleet replay's options, the defaults where one is not given."""
     base = Bill()
-    off_w, off_pairs = parse_per_kind(parked_w, "--parked-w") if parked_w else (None, ())
-    wake, wake_pairs = parse_per_kind(wake_s, "--wake-s") if wake_s else (None, ())
+    off_w, off_pairs = (
+        parse_per_kind(parked_w, "--parked-w") if parked_w is not None else (None, ())
+    )
+    wake, wake_pairs = parse_per_kind(wake_s, "--wake-s") if wake_s is not None else (None, ())
     return Bill(
         ingress_w=base.ingress_w if ingress_w is None else ingress_w,
         off_w=base.off_w if off_w is None else off_w,
