@@ -234,9 +234,11 @@ def render(reports: Sequence[HarvestReport]) -> str:
     lines = [head, "-" * len(head)]
     for rep in reports:
         for r in rep.rows:
+            # no items, no joules per item (the serving arm runs no job)
+            per_item = f"{r.energy_per_item_j:.4f}" if r.items else "-"
             lines.append(
                 f"{rep.workload:<18} {r.arm:<12} {r.steps:>7} {r.items:>8} "
-                f"{r.capacity:>8.2f} {r.energy_per_item_j:>7.4f} {r.clock_switches:>8} "
+                f"{r.capacity:>8.2f} {per_item:>7} {r.clock_switches:>8} "
                 f"{r.latency_p99_s:>7.3f} {r.p99_ratio:>6.3f} {r.serving_cost:>6.3f}"
             )
         lines.append(
