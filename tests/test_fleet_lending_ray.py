@@ -155,6 +155,18 @@ def test_the_fleet_config_refuses_bad_values_before_ray_starts(tmp_path: Path) -
         )
 
 
+def start_ray(*boards: str) -> None:
+    """A local Ray cluster of its own (never one already running here) offering each board's
+    resource."""
+    ray.init(
+        address="local",
+        num_cpus=2,
+        resources={f"board_{b}": 1 for b in boards},
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def digits_loaded() -> Iterator[None]:
     """The shipped jobs, scikit-learn and the digits data imported once (seconds on a busy
@@ -219,13 +231,7 @@ def wait_step(training: LentTraining, step: int, timeout_s: float) -> dict:
 @pytest.mark.slow
 @needs_ray
 def test_three_lent_boards_train_one_job_and_a_recalled_board_leaves(tmp_path: Path) -> None:
-    ray.init(
-        address="local",  # a cluster of its own, never one already running here
-        num_cpus=2,
-        resources={f"board_{b}": 1 for b in BOARDS},
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray(*BOARDS)
     try:
         settings = LendSettings(group_size=2, k=4, eval_every=4, options={"lr": 0.02})
         training = LentTraining(settings, state_dir=tmp_path)
@@ -281,13 +287,7 @@ def test_three_lent_boards_train_one_job_and_a_recalled_board_leaves(tmp_path: P
 async def test_the_fleet_lender_lends_and_recalls_without_blocking_the_loop(
     tmp_path: Path,
 ) -> None:
-    ray.init(
-        address="local",  # a cluster of its own, never one already running here
-        num_cpus=2,
-        resources={"board_nano-0": 1},
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray("nano-0")
     try:
         lender = FleetLender(LentTraining(LendSettings(), state_dir=tmp_path))
         with pytest.raises(ValueError, match="no live Ray node offers resource 'board_ghost'"):
@@ -309,13 +309,7 @@ async def test_the_fleet_lender_lends_and_recalls_without_blocking_the_loop(
 @pytest.mark.slow
 @needs_ray
 def test_a_board_recalled_while_its_replica_starts_leaves_at_once(tmp_path: Path) -> None:
-    ray.init(
-        address="local",  # a cluster of its own, never one already running here
-        num_cpus=2,
-        resources={"board_nano-0": 1},
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray("nano-0")
     try:
         training = LentTraining(LendSettings(), state_dir=tmp_path)
         training.lend("nano-0")
@@ -347,13 +341,7 @@ def test_a_board_recalled_while_its_replica_starts_leaves_at_once(tmp_path: Path
 def test_a_member_recalled_while_another_board_starts_leaves_without_waiting(
     tmp_path: Path,
 ) -> None:
-    ray.init(
-        address="local",  # a cluster of its own, never one already running here
-        num_cpus=2,
-        resources={"board_nano-0": 1, "board_nano-1": 1},
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray("nano-0", "nano-1")
     try:
         training = LentTraining(LendSettings(), state_dir=tmp_path)
         training.lend("nano-0")
