@@ -67,6 +67,19 @@ def test_with_one_size_measured_a_smaller_batch_is_no_faster_than_it() -> None:
     assert g.capacity((2, 2, 1)) == pytest.approx(2 / 0.2)
 
 
+def test_the_loops_time_around_each_batch_counts_against_its_capacity() -> None:
+    # the same batches, and the serving loop spends 0.05 s of CPU on each request: batch 1
+    # turns in 0.15 + 0.05 s (5/s, not 6.7/s) and batch 8 in 0.5 + 0.4 s (8.9/s, not 16/s)
+    g = CapacityGuard(SPACE, batch())
+    for items in (1, 4, 8):
+        busy, loop = 0.1 + 0.05 * items, 0.05 * items
+        told = {"batches": 10.0, "busy_s": 10 * busy, "loop_s": 10 * loop}
+        g.observe((2, 2, items - 1), told | {"requests": 10.0 * items})
+    assert g.capacity((2, 2, 0)) == pytest.approx(1 / 0.2)
+    assert g.capacity((2, 2, 7)) == pytest.approx(8 / 0.9)
+    assert g.unsafe((2, 2, 7), 10.0) and not guard().unsafe((2, 2, 7), 10.0)
+
+
 def test_the_refuge_is_maximum_clocks_with_the_smallest_safe_batch() -> None:
     g = guard()
     refuge = g.refuge(10.0)
@@ -138,7 +151,7 @@ def test_the_busy_rate_counts_the_seconds_that_had_arrivals() -> None:
         BusyRate(quantile=0.0)
 
 
-def test_the_controller_reports_the_busy_rate_beside_the_mean() -> None:
+def test_the_controller_reports_the_busy_rate_and_the_loops_time() -> None:
     told: list[dict[str, float]] = []
 
     class Recorder(EcoGD):
@@ -155,10 +168,17 @@ def test_the_controller_reports_the_busy_rate_beside_the_mean() -> None:
             now += 0.004
             control.on_arrival(now)
         config = control.config
-        control.on_batch(BatchOutcome(config, [0.01] * 25, 1.0, now + 0.01, float(burst)))
+        outcome = BatchOutcome(
+            config, [0.01] * 25, 1.0, now + 0.01, float(burst), busy_s=0.01, loop_s=0.02
+        )
+        control.on_batch(outcome)
         now += 5.0
     assert told, "no window closed"
     assert told[0]["arrival_rate"] < 10.0 and told[0]["busy_rate"] == 25.0
+    # and the batches' run and the loop's time around them, summed over the window
+    batches = told[0]["batches"]
+    assert told[0]["busy_s"] == pytest.approx(0.01 * batches)
+    assert told[0]["loop_s"] == pytest.approx(0.02 * batches)
 
 
 @pytest.mark.parametrize(

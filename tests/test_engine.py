@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import selectors
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -395,3 +396,49 @@ def test_a_batch_whose_bookkeeping_raises_is_still_reported_to_the_engine() -> N
         loop.close()
     assert answers == list(range(1, 30))
     assert runtime.loop_errors == 1 and calls["n"] >= 29
+
+
+def burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+@pytest.mark.parametrize("run_inline", [False, True])
+def test_the_loops_cpu_around_each_batch_is_reported_apart_from_the_model(
+    run_inline: bool,
+) -> None:
+    """Each request costs the loop 10 ms of its own work and each batch 20 ms of model: the
+    batch's ``loop_s`` holds the loop's part alone, whether the model ran on the loop's
+    thread or in the worker."""
+    twin = LineTwin()
+
+    def model(batch: list[int]) -> list[int]:
+        burn(0.02)
+        return batch
+
+    engine = build_engine(twin.knobs(), SETTINGS)
+    outcomes: list[BatchOutcome] = []
+    reported = engine.batch_done
+
+    def spy(outcome: BatchOutcome, *rest: Any) -> None:
+        outcomes.append(outcome)
+        reported(outcome, *rest)
+
+    engine.batch_done = spy  # type: ignore[method-assign]
+    device = Device("line", RememberingActuator(twin), SummingMeter())
+    runtime = Runtime(model, device, engine, run_inline=run_inline)
+
+    async def main() -> None:
+        await runtime.start()
+        for i in range(6):
+            burn(0.01)  # the loop's work on this request (parsing, say) before it is queued
+            await runtime.submit(i)
+        await runtime.stop(drain=True)
+
+    asyncio.run(main())
+    assert len(outcomes) == 6
+    for outcome in outcomes[1:]:  # the first also holds the loop's start-up
+        assert 0.009 <= outcome.loop_s < 0.018, outcome  # 20 ms of model would show
+        assert outcome.busy_s >= 0.019

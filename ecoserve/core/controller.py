@@ -63,6 +63,11 @@ class BatchOutcome:
     errors: float = 0.0
     #: Seconds the batch ran (dispatch to completion); 0 when the driver does not time it.
     busy_s: float = 0.0
+    #: CPU seconds the serving loop's thread spent since the previous batch ended, outside
+    #: this batch's model call: its requests' parsing and coding, dispatch, bookkeeping. A
+    #: live server's loop runs out before the model on a small board; 0 where nothing
+    #: measures it (the simulator, whose twin times the batch alone).
+    loop_s: float = 0.0
     #: The queue (model) the batch came from (``Dispatch.queue``).
     queue: str = DEFAULT_QUEUE
 
@@ -167,6 +172,7 @@ class _Window:
     arrivals: int = 0
     errors: float = 0.0
     busy_s: float = 0.0
+    loop_s: float = 0.0
     batches: int = 0
     busy_rate: BusyRate = field(default_factory=BusyRate)
     context: dict[str, float] = field(default_factory=dict)
@@ -343,6 +349,7 @@ class Controller:
         w.failed += outcome.failed
         w.errors += outcome.errors
         w.busy_s += outcome.busy_s
+        w.loop_s += outcome.loop_s
         w.batches += 1
         if self.queues is not None:
             part = self._part(w, outcome.queue)
@@ -643,6 +650,7 @@ class Controller:
             "window_s": duration,
             "batches": float(w.batches),
             "busy_s": w.busy_s,
+            "loop_s": w.loop_s,
             # 1 for the window that set the baseline: its traffic may be the daemon's own
             # synthetic warm-up, not the load
             "baseline": 1.0 if phase == "baseline" else 0.0,

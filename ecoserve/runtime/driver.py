@@ -154,6 +154,9 @@ class Runtime:
         self._task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
         self._in_flight = 0
+        # The loop thread's CPU clock when the last batch ended: what it spent between two
+        # batch ends, less the model call when it ran inline, is the loop's part of a batch.
+        self._loop_cpu = 0.0
         self._last_energy = 0.0
         self._hold = False
         # Pins in force before a meter fault held the configuration, put back once it heals.
@@ -171,6 +174,7 @@ class Runtime:
         if self._task is not None:
             return
         now = self.clock()
+        self._loop_cpu = time.thread_time()
         await self._apply(self.engine.start(now, self._energy()))
         self._task = asyncio.create_task(self._dispatch_loop(), name="ecoserve-dispatch")
 
@@ -294,6 +298,7 @@ class Runtime:
         error: BaseException | None = None
         results: list[Any] = []
         fn, is_async = self._fns[batch.queue]
+        inline_cpu = 0.0
         try:
             inputs = collate([r.item for r in requests])
             self.device.begin_batch(len(requests))
@@ -301,7 +306,9 @@ class Runtime:
             if is_async:
                 output = await fn(inputs)
             elif self.run_inline:
+                cpu_before = time.thread_time()
                 output = fn(inputs)
+                inline_cpu = time.thread_time() - cpu_before
             else:
                 output = await loop.run_in_executor(self._executor, fn, inputs)
             measured = time.perf_counter() - t0
@@ -315,6 +322,9 @@ class Runtime:
             self.device.batch_done()
         energy_after = self._energy()
         end = self.clock()
+        loop_cpu = time.thread_time()
+        loop_s = max(0.0, loop_cpu - self._loop_cpu - inline_cpu)
+        self._loop_cpu = loop_cpu
         self._in_flight = 0
         latencies = []
         for i, req in enumerate(requests):
@@ -348,6 +358,7 @@ class Runtime:
                     failed=0 if ok else len(requests),
                     errors=errors,
                     busy_s=end - started,
+                    loop_s=loop_s,
                     queue=batch.queue,
                 ),
                 self._context,

@@ -52,7 +52,8 @@ class EcoGD(Climber):
     (off by default: expiry also follows what the arrival rate does not show, a board warming
     up or a model swapped, and on the twins it saved under 1.5% of cost) (``load_following``).
     ``capacity_guard``: never choose, measure or probe a configuration whose capacity, from
-    the online model of batch time (needs the windows' ``batches`` and ``busy_s``), is below
+    the online model of batch time (needs the windows' ``batches``, ``busy_s`` and, live,
+    ``loop_s``), is below
     ``guard_headroom`` times the busiest arrival rate of the last memory's windows, each
     taken over its busy seconds (``busy_rate``) when the driver counts them (``capacity``).
     """
