@@ -31,7 +31,10 @@ Servers: ``ecoserve serve`` with EcoGD tuning the batch size, ``ecoserve serve -
 (largest batch, the timer only: batching without tuning), ``benchmarks/plain_server.py`` (a
 FastAPI endpoint calling the model per request, with the daemon's codec and collector
 treatment) and, when Ray is installed, ``benchmarks/ray_server.py`` (Ray Serve with
-``@serve.batch``, access log off). All with one torch thread.
+``@serve.batch``, access log off). All with one torch thread. ``null``
+(``benchmarks/null_server.py``, answers at once and runs no model) is not in the default
+list: its rate is the load generator's own ceiling on the box, which every server's figure
+must sit well below for the figure to be the server's.
 
     python benchmarks/bench_serving.py --runs 3 --out bench_serving.json
     python benchmarks/bench_serving.py --runs 3 --generator gevent --out bench_serving_gevent.json
@@ -215,6 +218,7 @@ def main() -> int:
         "ecoserve-fixed": (lambda port: ecoserve_cmd(args.model, port, t, ["--device", "none", "--tuner", "fixed", *batching]), "/readyz"),
         "plain": (lambda port: plain_cmd(args.model, port, t), "/healthz"),
         "ray": (lambda port: ray_cmd(args.model, port, t, args.max_batch, args.max_wait_s), "/v1/infer"),
+        "null": (lambda port: [sys.executable, str(HERE / "null_server.py"), "--port", str(port)], "/v1/infer"),
     }  # fmt: skip
     chosen = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(servers))

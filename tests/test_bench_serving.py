@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_http import Result  # noqa: E402
 from bench_serving import passes, sustained_rate  # noqa: E402
+from null_server import RESPONSE, NullProtocol  # noqa: E402
 
 
 def server(
@@ -70,3 +71,26 @@ def test_when_the_first_rate_fails_the_search_steps_down_to_one_that_holds() -> 
     assert search(server(30.0), refine=0) == 25.0  # 100 fails; 50 fails; 25 holds
     # then bisected towards 50: 37.5 holds, 43.75 does not
     assert search(server(40.0), refine=2) == 37.5
+
+
+class Transport:
+    """What the null server writes, in order."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_the_null_server_answers_each_request_once_its_body_is_in() -> None:
+    post = b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    get = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+    protocol, transport = NullProtocol(), Transport()
+    protocol.transport = transport  # type: ignore[assignment]
+    protocol.data_received(post[:-3])  # the head and part of the body: nothing yet
+    assert transport.written == []
+    protocol.data_received(post[-3:] + get + post[:10])  # the rest, a GET, a new head begun
+    assert transport.written == [RESPONSE, RESPONSE]
+    protocol.data_received(post[10:])
+    assert transport.written == [RESPONSE] * 3 and not protocol.buffer
