@@ -47,8 +47,9 @@ class Tuner(ABC):
         ``metrics`` may carry ``arrival_rate`` (requests/s), ``energy_per_request_j``,
         ``latency_mean_s``: tuners that react to load changes read them; ``batches``,
         ``busy_s`` and ``loop_s`` (the window's batch count, the seconds they ran and the
-        serving loop's CPU seconds around them), for tuners that model capacity; ``baseline`` (1 for the window that set the cost's baseline, whose
-        traffic may be a synthetic warm-up). With several models on one board, also each
+        serving loop's CPU seconds around them), for tuners that model capacity;
+        ``baseline`` (1 for the window that set the cost's baseline, whose traffic may be a
+        synthetic warm-up). With several models on one board, also each
         model's ``requests:<model>`` and, once it has a baseline, ``cost:<model>`` (its own
         cost, of which ``cost`` is the request-weighted mean).
         """

@@ -383,7 +383,10 @@ class Runtime:
         items, done, failed = step.micro_batch, False, False
         try:
             if self.run_inline:
+                cpu_before = time.thread_time()
                 result = fn(step.micro_batch, step.values)
+                # the step ran on the loop's thread: not the loop's work for the next batch
+                self._loop_cpu += time.thread_time() - cpu_before
                 await asyncio.sleep(0)  # back to the loop between steps: its callers get in
             else:
                 result = await asyncio.get_running_loop().run_in_executor(
