@@ -323,6 +323,7 @@ def runtime_with_slot(arrivals: list[float]) -> tuple[list[tuple[Any, ...]], dic
         clock=loop.time,
         run_inline=True,
         background=job,
+        cpu_clock=None,
     )
 
     async def main() -> None:
@@ -383,7 +384,9 @@ def test_the_runtime_refuses_a_slot_without_a_job_and_survives_a_failing_step() 
         raise RuntimeError("out of memory")
 
     engine = build_engine(twin.knobs(), SETTINGS, harvest=slot_policy(twin))
-    runtime = Runtime(board, device, engine, clock=loop.time, run_inline=True, background=broken)
+    runtime = Runtime(
+        board, device, engine, clock=loop.time, run_inline=True, background=broken, cpu_clock=None
+    )
 
     async def main() -> list[int]:
         await runtime.start()

@@ -88,6 +88,7 @@ def _runtime_reports(arrivals: np.ndarray, settings: EngineSettings, twin: Any) 
             engine,
             observer=observer,
             clock=loop.time,
+            cpu_clock=None,
         )
         rt._executor = _InlineExecutor()  # type: ignore[assignment]
         await rt.start()

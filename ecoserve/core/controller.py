@@ -63,10 +63,12 @@ class BatchOutcome:
     errors: float = 0.0
     #: Seconds the batch ran (dispatch to completion); 0 when the driver does not time it.
     busy_s: float = 0.0
-    #: CPU seconds the serving loop's thread spent since the previous batch ended, outside
-    #: this batch's model call: its requests' parsing and coding, dispatch, bookkeeping. A
-    #: live server's loop runs out before the model on a small board; 0 where nothing
-    #: measures it (the simulator, whose twin times the batch alone).
+    #: CPU seconds the serving loop's thread spent since the previous batch ended (less a
+    #: synchronous model call or background step run on that thread): parsing and coding
+    #: requests, dispatch, bookkeeping, whatever else the loop served. A live server's loop
+    #: runs out before the model on a small board; 0 where nothing measures it (the
+    #: simulator, whose twin times the batch alone). An ``async def`` model's own CPU is
+    #: the loop's and is counted, as well as in ``busy_s``.
     loop_s: float = 0.0
     #: The queue (model) the batch came from (``Dispatch.queue``).
     queue: str = DEFAULT_QUEUE

@@ -117,6 +117,7 @@ class Runtime:
         context_source: Callable[[], Mapping[str, float]] | None = None,
         error_source: Callable[[], float] | None = None,
         background: BackgroundStep | None = None,
+        cpu_clock: Callable[[], float] | None = time.thread_time,
     ) -> None:
         if (engine.harvest is None) != (background is None):
             raise ValueError(
@@ -154,8 +155,11 @@ class Runtime:
         self._task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
         self._in_flight = 0
-        # The loop thread's CPU clock when the last batch ended: what it spent between two
-        # batch ends, less the model call when it ran inline, is the loop's part of a batch.
+        # The loop thread's CPU clock (None under a virtual clock, whose seconds are not the
+        # CPU's: the loop's part is then 0, as in the simulator), and its reading when the
+        # last batch ended: what the loop spent between two batch ends, less the model call
+        # when it ran inline, is the loop's part of a batch.
+        self._cpu_clock: Callable[[], float] = cpu_clock or (lambda: 0.0)
         self._loop_cpu = 0.0
         self._last_energy = 0.0
         self._hold = False
@@ -174,7 +178,7 @@ class Runtime:
         if self._task is not None:
             return
         now = self.clock()
-        self._loop_cpu = time.thread_time()
+        self._loop_cpu = self._cpu_clock()
         await self._apply(self.engine.start(now, self._energy()))
         self._task = asyncio.create_task(self._dispatch_loop(), name="ecoserve-dispatch")
 
@@ -306,9 +310,9 @@ class Runtime:
             if is_async:
                 output = await fn(inputs)
             elif self.run_inline:
-                cpu_before = time.thread_time()
+                cpu_before = self._cpu_clock()
                 output = fn(inputs)
-                inline_cpu = time.thread_time() - cpu_before
+                inline_cpu = self._cpu_clock() - cpu_before
             else:
                 output = await loop.run_in_executor(self._executor, fn, inputs)
             measured = time.perf_counter() - t0
@@ -322,7 +326,7 @@ class Runtime:
             self.device.batch_done()
         energy_after = self._energy()
         end = self.clock()
-        loop_cpu = time.thread_time()
+        loop_cpu = self._cpu_clock()
         loop_s = max(0.0, loop_cpu - self._loop_cpu - inline_cpu)
         self._loop_cpu = loop_cpu
         self._in_flight = 0
@@ -383,10 +387,11 @@ class Runtime:
         items, done, failed = step.micro_batch, False, False
         try:
             if self.run_inline:
-                cpu_before = time.thread_time()
-                result = fn(step.micro_batch, step.values)
-                # the step ran on the loop's thread: not the loop's work for the next batch
-                self._loop_cpu += time.thread_time() - cpu_before
+                cpu_before = self._cpu_clock()
+                try:
+                    result = fn(step.micro_batch, step.values)
+                finally:  # the step ran on the loop's thread: not the loop's work for a batch
+                    self._loop_cpu += self._cpu_clock() - cpu_before
                 await asyncio.sleep(0)  # back to the loop between steps: its callers get in
             else:
                 result = await asyncio.get_running_loop().run_in_executor(

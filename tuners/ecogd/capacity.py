@@ -8,12 +8,14 @@ below ``headroom`` times the demand is unsafe.
 
 A batch's server time is its run (``busy_s``) plus the serving loop's CPU time around it
 (``loop_s``: parsing and coding its requests, dispatch). Live on a small CPU the loop runs
-out first: with one torch thread, ``builtin:cnn`` runs one item in about 0.3 ms, while the
-loop spends about 0.8 ms on each HTTP request, and a batch must pass through the loop on
-its way out. Timing the batch alone credited batch 1 with over 2,000 requests/s where it
-carried about 630. The two are added rather than overlapped: the batch's completion waits
-for the loop, so the loop's work delays each turn of the pipeline. The simulator's twin
-times the batch alone (``loop_s`` is 0 there).
+out first: with one torch thread, ``builtin:cnn`` runs one item in about 0.2 ms (0.46 ms
+dispatch to completion), while the loop spends 0.7-0.9 ms on each HTTP request, and a batch
+must pass through the loop on its way out. Timing the batch alone credited batch 1 with
+over 2,000 requests/s where it carried about 630. The two are added, although some of the
+loop's work runs while the batch does: the sum is cautious (for batch 16 it says about
+1,100/s where the daemon carried 1,200-1,400), and at the top of the range the refuge, the
+largest batch, is where the guard sends the centre anyway. The simulator's twin times the
+batch alone (``loop_s`` is 0 there).
 
 The demand is the busiest rate of the last memory's windows, each window's rate taken over
 its busy seconds (the controller's ``busy_rate``) rather than its mean: bursts between idle
