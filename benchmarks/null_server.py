@@ -1,9 +1,9 @@
 """A server that does no work: the load generator's own ceiling on this box.
 
 A serving figure means something only while the client can offer more than the server
-carries. This answers every ``POST /v1/infer`` at once with a fixed small JSON body, reading
-the request (head and ``Content-Length`` body) from a raw asyncio protocol, with no
-framework, no decoding and no model. The highest rate the serving benchmark's criterion
+carries. This answers every request (any method, any path) at once with a fixed small
+JSON body, reading the request (head and ``Content-Length`` body) from a raw asyncio
+protocol, with no framework, no decoding and no model. The highest rate the serving benchmark's criterion
 holds against it is what the generator and the loopback sockets can do on this box beside
 one server process; every other server's rate should sit well below it.
 

@@ -157,8 +157,8 @@ class Runtime:
         self._in_flight = 0
         # The loop thread's CPU clock (None under a virtual clock, whose seconds are not the
         # CPU's: the loop's part is then 0, as in the simulator), and its reading when the
-        # last batch ended: what the loop spent between two batch ends, less the model call
-        # when it ran inline, is the loop's part of a batch.
+        # last batch ended, less what ran inline since (``_off_loop_cpu``): the difference at
+        # the next batch's end is the loop's part of that batch.
         self._cpu_clock: Callable[[], float] = cpu_clock or (lambda: 0.0)
         self._loop_cpu = 0.0
         self._last_energy = 0.0
@@ -302,7 +302,6 @@ class Runtime:
         error: BaseException | None = None
         results: list[Any] = []
         fn, is_async = self._fns[batch.queue]
-        inline_cpu = 0.0
         try:
             inputs = collate([r.item for r in requests])
             self.device.begin_batch(len(requests))
@@ -310,9 +309,7 @@ class Runtime:
             if is_async:
                 output = await fn(inputs)
             elif self.run_inline:
-                cpu_before = self._cpu_clock()
-                output = fn(inputs)
-                inline_cpu = self._cpu_clock() - cpu_before
+                output = self._off_loop_cpu(fn, inputs)
             else:
                 output = await loop.run_in_executor(self._executor, fn, inputs)
             measured = time.perf_counter() - t0
@@ -327,8 +324,7 @@ class Runtime:
         energy_after = self._energy()
         end = self.clock()
         loop_cpu = self._cpu_clock()
-        loop_s = max(0.0, loop_cpu - self._loop_cpu - inline_cpu)
-        self._loop_cpu = loop_cpu
+        loop_s, self._loop_cpu = loop_cpu - self._loop_cpu, loop_cpu
         self._in_flight = 0
         latencies = []
         for i, req in enumerate(requests):
@@ -379,6 +375,15 @@ class Runtime:
             )
         )
 
+    def _off_loop_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the loop's thread, its CPU time kept out of the next batch's
+        ``loop_s``: a model call or a background step run inline is not the loop's work."""
+        before = self._cpu_clock()
+        try:
+            return fn(*args)
+        finally:
+            self._loop_cpu += self._cpu_clock() - before
+
     async def _run_step(self, step: RunBackground) -> None:
         """Run one background step in the worker thread; the engine hears how it went."""
         fn = self._background
@@ -387,11 +392,7 @@ class Runtime:
         items, done, failed = step.micro_batch, False, False
         try:
             if self.run_inline:
-                cpu_before = self._cpu_clock()
-                try:
-                    result = fn(step.micro_batch, step.values)
-                finally:  # the step ran on the loop's thread: not the loop's work for a batch
-                    self._loop_cpu += self._cpu_clock() - cpu_before
+                result = self._off_loop_cpu(fn, step.micro_batch, step.values)
                 await asyncio.sleep(0)  # back to the loop between steps: its callers get in
             else:
                 result = await asyncio.get_running_loop().run_in_executor(
